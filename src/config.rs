@@ -1,0 +1,697 @@
+//! [`StorageConfig`]: where the servers are and how the pools behave.
+//!
+//! Build it in code (`StorageConfig::default()` and field updates), from environment variables
+//! ([`StorageConfig::from_env`]), from a TOML file ([`StorageConfig::from_toml_file`]), or both:
+//! `from_env` reads the file named by `CAAS_CONFIG_FILE` first and lets variables override it.
+//! The defaults are the reference design's pool numbers. A bad value is an [`Error::Config`]
+//! naming the TOML key or the environment variable, and what is accepted.
+//!
+//! | TOML key | environment variable | default |
+//! |---|---|---|
+//! | `mongodb.uri` | `CAAS_MONGODB_URI` | `mongodb://127.0.0.1:27017/` |
+//! | `mongodb.app_name` | `CAAS_MONGODB_APP_NAME` | `caas-storage` |
+//! | `mongodb.max_pool_size` | `CAAS_MONGODB_MAX_POOL_SIZE` | 50 |
+//! | `mongodb.min_pool_size` | `CAAS_MONGODB_MIN_POOL_SIZE` | 10 |
+//! | `mongodb.max_idle_time` | `CAAS_MONGODB_MAX_IDLE_TIME` | `30s` |
+//! | `mongodb.server_selection_timeout` | `CAAS_MONGODB_SERVER_SELECTION_TIMEOUT` | `5s` |
+//! | `mongodb.connect_timeout` | `CAAS_MONGODB_CONNECT_TIMEOUT` | `10s` |
+//! | `mongodb.socket_timeout` | `CAAS_MONGODB_SOCKET_TIMEOUT` | `45s` |
+//! | `mongodb.probe_database` | `CAAS_MONGODB_PROBE_DATABASE` | `caas_platform` |
+//! | `redis.url` | `CAAS_REDIS_URL` | `redis://127.0.0.1:6379/` |
+//! | `redis.max_retries` | `CAAS_REDIS_MAX_RETRIES` | 3 |
+//! | `redis.ready_check` | `CAAS_REDIS_READY_CHECK` | `true` |
+//! | `redis.connection_timeout` | `CAAS_REDIS_CONNECTION_TIMEOUT` | `2s` |
+//! | `redis.response_timeout` | `CAAS_REDIS_RESPONSE_TIMEOUT` | `2s` |
+//! | `redis.key_prefix` | `CAAS_REDIS_KEY_PREFIX` | empty |
+//! | `redis.databases.platform_cache` | `CAAS_REDIS_DB_PLATFORM_CACHE` | 0 |
+//! | `redis.databases.sessions` | `CAAS_REDIS_DB_SESSIONS` | 4 |
+//! | `redis.databases.rate_limiting` | `CAAS_REDIS_DB_RATE_LIMITING` | 5 |
+//! | `redis.databases.services.NAME` | `CAAS_REDIS_DB_SERVICE_NAME` | auth 1, compliance 2, crypto 3 |
+//! | `kafka.brokers` | `CAAS_KAFKA_BROKERS` | `127.0.0.1:9092` |
+//! | `kafka.client_id` | `CAAS_KAFKA_CLIENT_ID` | `caas-storage` |
+//! | `kafka.acks` | `CAAS_KAFKA_ACKS` | `all` |
+//! | `kafka.enable_idempotence` | `CAAS_KAFKA_ENABLE_IDEMPOTENCE` | `true` |
+//! | `kafka.message_timeout` | `CAAS_KAFKA_MESSAGE_TIMEOUT` | `30s` |
+//! | `kafka.properties` (table) | none | empty: extra librdkafka settings |
+//! | `health.timeout` | `CAAS_HEALTH_TIMEOUT` | `2s` |
+//!
+//! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Everything [`Storage::connect`](crate::Storage::connect) needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The MongoDB-wire server.
+    pub mongodb: MongoConfig,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// Kafka.
+    pub kafka: KafkaConfig,
+    /// Health checks.
+    pub health: HealthConfig,
+}
+
+/// MongoDB connection and pool settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MongoConfig {
+    /// Connection string (`mongodb://` or `mongodb+srv://`).
+    pub uri: String,
+    /// Application name sent in the handshake (shows in server logs).
+    pub app_name: String,
+    /// Most connections per server.
+    #[serde(deserialize_with = "lenient")]
+    pub max_pool_size: u32,
+    /// Connections kept open per server.
+    #[serde(deserialize_with = "lenient")]
+    pub min_pool_size: u32,
+    /// How long an idle pooled connection lives.
+    #[serde(with = "duration_text")]
+    pub max_idle_time: Duration,
+    /// How long to wait for a suitable server.
+    #[serde(with = "duration_text")]
+    pub server_selection_timeout: Duration,
+    /// TCP connect timeout.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Upper bound on one database operation. The Rust driver has no `socketTimeoutMS`, so
+    /// caas-storage enforces this bound around each operation it runs.
+    #[serde(with = "duration_text")]
+    pub socket_timeout: Duration,
+    /// Database used for capability probes at connect (a scratch collection, left empty).
+    pub probe_database: String,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        MongoConfig {
+            uri: "mongodb://127.0.0.1:27017/".into(),
+            app_name: "caas-storage".into(),
+            max_pool_size: 50,
+            min_pool_size: 10,
+            max_idle_time: Duration::from_secs(30),
+            server_selection_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            socket_timeout: Duration::from_secs(45),
+            probe_database: "caas_platform".into(),
+        }
+    }
+}
+
+/// Redis connection settings and the allocation of logical databases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Connection URL (`redis://`, `rediss://`, `redis+unix://` or `unix://`). A database number
+    /// in the URL is ignored: [`RedisDatabases`] chooses it per purpose.
+    pub url: String,
+    /// Reconnect attempts per request before it fails.
+    #[serde(deserialize_with = "lenient")]
+    pub max_retries: usize,
+    /// Ping each connection before handing it out.
+    #[serde(deserialize_with = "lenient")]
+    pub ready_check: bool,
+    /// Bound on establishing a connection.
+    #[serde(with = "duration_text")]
+    pub connection_timeout: Duration,
+    /// Bound on one command's response.
+    #[serde(with = "duration_text")]
+    pub response_timeout: Duration,
+    /// Prepended to every key this crate writes (so several deployments can share a Redis).
+    pub key_prefix: String,
+    /// Which logical database serves which purpose.
+    pub databases: RedisDatabases,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/".into(),
+            max_retries: 3,
+            ready_check: true,
+            connection_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            key_prefix: String::new(),
+            databases: RedisDatabases::default(),
+        }
+    }
+}
+
+/// Logical Redis databases by purpose, as allocated in the reference design.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisDatabases {
+    /// Cache of platform-level data and of services without their own database.
+    #[serde(deserialize_with = "lenient")]
+    pub platform_cache: u8,
+    /// Session storage.
+    #[serde(deserialize_with = "lenient")]
+    pub sessions: u8,
+    /// Rate limiting.
+    #[serde(deserialize_with = "lenient")]
+    pub rate_limiting: u8,
+    /// Per-service caches, by service name. An entity in MongoDB database `caas_auth` caches in
+    /// the database of service `auth`.
+    #[serde(deserialize_with = "lenient_map")]
+    pub services: BTreeMap<String, u8>,
+}
+
+impl Default for RedisDatabases {
+    fn default() -> Self {
+        RedisDatabases {
+            platform_cache: 0,
+            sessions: 4,
+            rate_limiting: 5,
+            services: [("auth", 1), ("compliance", 2), ("crypto", 3)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }
+    }
+}
+
+impl RedisDatabases {
+    /// The cache database for entities stored in MongoDB database `database`: the service's own
+    /// (`caas_auth` -> service `auth`) or else the platform cache.
+    pub fn cache_db_for(&self, database: &str) -> u8 {
+        let service = database.strip_prefix("caas_").unwrap_or(database);
+        self.services
+            .get(service)
+            .copied()
+            .unwrap_or(self.platform_cache)
+    }
+
+    /// Every distinct logical database with the purposes it serves, in database order.
+    pub fn purposes(&self) -> BTreeMap<u8, Vec<String>> {
+        let mut out: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+        out.entry(self.platform_cache)
+            .or_default()
+            .push("platform_cache".into());
+        for (name, db) in &self.services {
+            out.entry(*db).or_default().push(format!("{name}_cache"));
+        }
+        out.entry(self.sessions).or_default().push("sessions".into());
+        out.entry(self.rate_limiting)
+            .or_default()
+            .push("rate_limiting".into());
+        out
+    }
+}
+
+/// Kafka producer settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port` separated by commas.
+    pub brokers: String,
+    /// Client id reported to the brokers.
+    pub client_id: String,
+    /// Producer acknowledgements: `all`, `1` or `0`. Idempotence requires `all`.
+    pub acks: String,
+    /// Idempotent producer (no duplicates from producer retries).
+    #[serde(deserialize_with = "lenient")]
+    pub enable_idempotence: bool,
+    /// How long the producer keeps trying to deliver one message.
+    #[serde(with = "duration_text")]
+    pub message_timeout: Duration,
+    /// Extra librdkafka producer properties, passed through as given.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "caas-storage".into(),
+            acks: "all".into(),
+            enable_idempotence: true,
+            message_timeout: Duration::from_secs(30),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Health check settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Bound on each component's check; a dead server is reported down after this long.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
+const ENV_SECTIONS: [(&str, &str); 4] = [
+    ("CAAS_MONGODB_", "mongodb"),
+    ("CAAS_REDIS_", "redis"),
+    ("CAAS_KAFKA_", "kafka"),
+    ("CAAS_HEALTH_", "health"),
+];
+
+impl StorageConfig {
+    /// Reads the process environment: the TOML file named by `CAAS_CONFIG_FILE` if set, then
+    /// every `CAAS_MONGODB_*`, `CAAS_REDIS_*`, `CAAS_KAFKA_*` and `CAAS_HEALTH_*` variable on
+    /// top. An unknown variable in those families is an error (it is most likely a typo).
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// [`from_env`](Self::from_env) over the given variables instead of the process
+    /// environment (for tests and for services that assemble their own).
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Self>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+            .collect();
+        let mut table = match vars.iter().find(|(k, _)| k == "CAAS_CONFIG_FILE") {
+            Some((_, path)) => read_toml_table(Path::new(path))?,
+            None => toml::Table::new(),
+        };
+        let mut origins = BTreeMap::new();
+        for (name, value) in &vars {
+            let Some(path) = env_path(name) else { continue };
+            set_path(&mut table, &path, toml::Value::String(value.clone()));
+            origins.insert(path.join("."), name.clone());
+        }
+        Self::from_table(table, &origins)
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::config("<toml>", e.message().to_owned()))?;
+        Self::from_table(table, &BTreeMap::new())
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_table(read_toml_table(path.as_ref())?, &BTreeMap::new())
+    }
+
+    fn from_table(table: toml::Table, origins: &BTreeMap<String, String>) -> Result<Self> {
+        let config: StorageConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let mut reason = inner.message().to_owned();
+                // deny_unknown_fields reports at the parent; name the unknown key itself.
+                let key = match unknown_field(&reason) {
+                    Some(field) if path == "." => field.to_owned(),
+                    Some(field) => format!("{path}.{field}"),
+                    None => path,
+                };
+                if let Some(var) = origins.get(&key) {
+                    reason = format!("{reason} (from {var})");
+                    return Error::config(var.clone(), reason);
+                }
+                Error::config(key, reason)
+            })?;
+        config.validate(origins)?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work. Called by every constructor here and by
+    /// [`Storage::connect`](crate::Storage::connect).
+    pub fn check(&self) -> Result<()> {
+        self.validate(&BTreeMap::new())
+    }
+
+    fn validate(&self, origins: &BTreeMap<String, String>) -> Result<()> {
+        let err = |key: &str, reason: String| {
+            Error::config(
+                origins.get(key).cloned().unwrap_or_else(|| key.to_owned()),
+                reason,
+            )
+        };
+        let m = &self.mongodb;
+        if !(m.uri.starts_with("mongodb://") || m.uri.starts_with("mongodb+srv://")) {
+            return Err(err(
+                "mongodb.uri",
+                format!(
+                    "{:?} is not a MongoDB connection string; expected mongodb://host:port/ or mongodb+srv://host/",
+                    m.uri
+                ),
+            ));
+        }
+        if m.max_pool_size == 0 {
+            return Err(err(
+                "mongodb.max_pool_size",
+                "must be at least 1".into(),
+            ));
+        }
+        if m.min_pool_size > m.max_pool_size {
+            return Err(err(
+                "mongodb.min_pool_size",
+                format!(
+                    "{} is larger than mongodb.max_pool_size ({})",
+                    m.min_pool_size, m.max_pool_size
+                ),
+            ));
+        }
+        for (key, d) in [
+            ("mongodb.server_selection_timeout", m.server_selection_timeout),
+            ("mongodb.connect_timeout", m.connect_timeout),
+            ("mongodb.socket_timeout", m.socket_timeout),
+            ("redis.connection_timeout", self.redis.connection_timeout),
+            ("redis.response_timeout", self.redis.response_timeout),
+            ("kafka.message_timeout", self.kafka.message_timeout),
+            ("health.timeout", self.health.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(err(key, "must be longer than zero".into()));
+            }
+        }
+        let r = &self.redis;
+        if !["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|s| r.url.starts_with(s))
+        {
+            return Err(err(
+                "redis.url",
+                format!(
+                    "{:?} is not a Redis URL; expected redis://host:port/, rediss://, redis+unix:// or unix://",
+                    r.url
+                ),
+            ));
+        }
+        if r.key_prefix.chars().any(|c| c.is_whitespace() || c == '*') {
+            return Err(err(
+                "redis.key_prefix",
+                "may not contain whitespace or `*`".into(),
+            ));
+        }
+        let k = &self.kafka;
+        if k.brokers.split(',').any(|b| !is_host_port(b.trim())) {
+            return Err(err(
+                "kafka.brokers",
+                format!(
+                    "{:?} is not a list of host:port separated by commas",
+                    k.brokers
+                ),
+            ));
+        }
+        if !["all", "-1", "1", "0"].contains(&k.acks.as_str()) {
+            return Err(err(
+                "kafka.acks",
+                format!("{:?} is not one of all, 1, 0", k.acks),
+            ));
+        }
+        if k.enable_idempotence && !matches!(k.acks.as_str(), "all" | "-1") {
+            return Err(err(
+                "kafka.acks",
+                "an idempotent producer (kafka.enable_idempotence) needs acks = \"all\"".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_toml_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config("CAAS_CONFIG_FILE", format!("cannot read {path:?}: {e}")))?;
+    text.parse().map_err(|e: toml::de::Error| {
+        Error::config(
+            path.display().to_string(),
+            e.to_string().trim_end().to_owned(),
+        )
+    })
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// `CAAS_REDIS_DB_SERVICE_AUTH` -> `redis.databases.services.auth`.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    let (prefix, section) = ENV_SECTIONS.iter().find(|(p, _)| name.starts_with(p))?;
+    let rest = name[prefix.len()..].to_ascii_lowercase();
+    let mut path = vec![(*section).to_owned()];
+    if *section == "redis" {
+        if let Some(service) = rest.strip_prefix("db_service_") {
+            path.extend(["databases", "services", service].map(str::to_owned));
+            return Some(path);
+        }
+        if let Some(purpose) = rest.strip_prefix("db_") {
+            path.extend(["databases", purpose].map(str::to_owned));
+            return Some(path);
+        }
+    }
+    path.push(rest);
+    Some(path)
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("paths are never empty");
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    t.insert(last.clone(), value);
+}
+
+/// Accepts a value of its own type or a string that parses as one (environment variables are
+/// always strings).
+fn lenient<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Text(String),
+        Value(T),
+    }
+    match Either::<T>::deserialize(d)? {
+        Either::Value(v) => Ok(v),
+        Either::Text(s) => s.trim().parse().map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a valid {}: {e}",
+                std::any::type_name::<T>()
+            ))
+        }),
+    }
+}
+
+fn lenient_map<'de, D>(d: D) -> std::result::Result<BTreeMap<String, u8>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Db(#[serde(deserialize_with = "lenient")] u8);
+    let m: BTreeMap<String, Db> = BTreeMap::deserialize(d)?;
+    Ok(m.into_iter().map(|(k, Db(v))| (k, v)).collect())
+}
+
+/// Parses `250ms`, `5s`, `30m`, `2h`, `1d` and sums such as `1m30s`.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration; expected e.g. 250ms, 5s, 30m, 2h, 1d".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "{text:?} is not a duration; expected a number with a unit, e.g. 250ms, 5s, 30m, 2h, 1d"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .chars()
+            .take_while(char::is_ascii_alphabetic)
+            .count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let step = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "" => {
+                return Err(format!(
+                    "{text:?} has no unit; write e.g. {n}s or {n}ms (units: ms, s, m, h, d)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?}; units are ms, s, m, h, d"
+                ))
+            }
+        };
+        total = total.saturating_add(step);
+    }
+    Ok(total)
+}
+
+/// Renders a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s != 0 && s % size == 0 {
+            return format!("{}{unit}", s / size);
+        }
+    }
+    format!("{s}s")
+}
+
+mod duration_text {
+    use super::{format_duration, parse_duration};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_reference_pool_numbers() {
+        let c = StorageConfig::default();
+        assert_eq!(c.mongodb.max_pool_size, 50);
+        assert_eq!(c.mongodb.min_pool_size, 10);
+        assert_eq!(c.mongodb.max_idle_time, Duration::from_secs(30));
+        assert_eq!(c.mongodb.server_selection_timeout, Duration::from_secs(5));
+        assert_eq!(c.mongodb.socket_timeout, Duration::from_secs(45));
+        assert_eq!(c.redis.max_retries, 3);
+        assert!(c.redis.ready_check);
+        assert_eq!(c.kafka.acks, "all");
+        assert!(c.kafka.enable_idempotence);
+        assert_eq!(c.redis.databases.cache_db_for("caas_auth"), 1);
+        assert_eq!(c.redis.databases.cache_db_for("caas_messaging"), 0);
+        assert_eq!(c.redis.databases.sessions, 4);
+        assert_eq!(c.redis.databases.rate_limiting, 5);
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("3y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("fast").is_err());
+        for d in ["250ms", "5s", "30m", "2h", "1d", "90s"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
+    }
+
+    #[test]
+    fn env_overrides_and_names_the_variable_on_error() {
+        let c = StorageConfig::from_vars([
+            ("CAAS_MONGODB_URI", "mongodb://db.internal:27018/"),
+            ("CAAS_MONGODB_MAX_POOL_SIZE", "20"),
+            ("CAAS_REDIS_DB_SERVICE_MESSAGING", "7"),
+            ("CAAS_REDIS_KEY_PREFIX", "42"),
+            ("CAAS_HEALTH_TIMEOUT", "750ms"),
+            ("PATH", "/usr/bin"),
+            ("CAAS_SERVICES_DIR", "/elsewhere"),
+        ])
+        .unwrap();
+        assert_eq!(c.mongodb.uri, "mongodb://db.internal:27018/");
+        assert_eq!(c.mongodb.max_pool_size, 20);
+        assert_eq!(c.redis.databases.cache_db_for("caas_messaging"), 7);
+        assert_eq!(c.redis.key_prefix, "42");
+        assert_eq!(c.health.timeout, Duration::from_millis(750));
+
+        let e = StorageConfig::from_vars([("CAAS_MONGODB_MAX_POOL_SIZE", "lots")]).unwrap_err();
+        let Error::Config { key, reason } = e else {
+            panic!("not a config error")
+        };
+        assert_eq!(key, "CAAS_MONGODB_MAX_POOL_SIZE");
+        assert!(reason.contains("\"lots\""), "{reason}");
+
+        let e = StorageConfig::from_vars([("CAAS_MONGODB_POOL_SIZE", "5")]).unwrap_err();
+        let Error::Config { key, reason } = e else {
+            panic!("not a config error")
+        };
+        assert_eq!(key, "CAAS_MONGODB_POOL_SIZE");
+        assert!(reason.contains("max_pool_size"), "lists accepted keys: {reason}");
+    }
+
+    #[test]
+    fn toml_errors_name_the_key_and_what_is_accepted() {
+        let c = StorageConfig::from_toml_str(
+            "[mongodb]\nuri = \"mongodb://a:1/\"\nmax_idle_time = \"1m\"\n[kafka.properties]\n\"linger.ms\" = \"5\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mongodb.max_idle_time, Duration::from_secs(60));
+        assert_eq!(c.kafka.properties["linger.ms"], "5");
+
+        let cases = [
+            ("[redis]\nresponse_timeout = \"2 parsecs\"", "redis.response_timeout", "unit"),
+            ("[mongodb]\nmaxPoolSize = 3", "mongodb.maxPoolSize", "max_pool_size"),
+            ("[mongodb]\nmin_pool_size = 90", "mongodb.min_pool_size", "max_pool_size"),
+            ("[mongodb]\nuri = \"postgres://x\"", "mongodb.uri", "mongodb://"),
+            ("[kafka]\nacks = \"1\"", "kafka.acks", "idempotent"),
+            ("[kafka]\nbrokers = \"localhost\"", "kafka.brokers", "host:port"),
+            ("[cache]\nttl = 1", "cache", "mongodb"),
+        ];
+        for (text, want_key, want_reason) in cases {
+            match StorageConfig::from_toml_str(text) {
+                Err(Error::Config { key, reason }) => {
+                    assert_eq!(key, want_key, "{text}");
+                    assert!(reason.contains(want_reason), "{text}: {reason}");
+                }
+                other => panic!("{text}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+}

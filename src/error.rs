@@ -1,0 +1,351 @@
+//! The one error type of the crate.
+//!
+//! Every fallible call returns [`Result<T>`]. Errors carry the context a user needs to act on them
+//! (the entity, the id, the config key, the server component) and say whether retrying can help:
+//! [`Error::is_transient`].
+
+use std::fmt;
+use std::time::Duration;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The servers caas-storage talks to; names the component an error or a health check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    /// The MongoDB-wire server (MongoDB, or FerretDB in our tests).
+    Mongodb,
+    /// Redis.
+    Redis,
+    /// The Kafka cluster.
+    Kafka,
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Component::Mongodb => "mongodb",
+            Component::Redis => "redis",
+            Component::Kafka => "kafka",
+        })
+    }
+}
+
+/// Everything that can go wrong in caas-storage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is missing or malformed. `key` is the TOML path or environment
+    /// variable that holds it.
+    #[error("invalid configuration for `{key}`: {reason}")]
+    Config {
+        /// The offending key, e.g. `mongodb.max_pool_size` or `CAAS_MONGODB_MAX_POOL_SIZE`.
+        key: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+
+    /// A tenant id that cannot be used (empty, too long, or with characters that would break
+    /// cache keys).
+    #[error("invalid tenant id {value:?}: {reason}")]
+    InvalidTenant {
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// An entity's tenant field does not match the tenant the call is scoped to.
+    #[error("{entity}: the entity belongs to tenant {found:?} but the call is scoped to tenant {expected:?}")]
+    TenantMismatch {
+        /// Entity type name.
+        entity: &'static str,
+        /// The tenant of the call.
+        expected: String,
+        /// The tenant stored in the entity.
+        found: String,
+    },
+
+    /// A filter tried to choose the tenant itself; tenancy is set by the repository only.
+    #[error("{entity}: filters may not name the tenant field `{field}`; the repository scopes every call to its tenant")]
+    TenantFilter {
+        /// Entity type name.
+        entity: &'static str,
+        /// The tenant field.
+        field: &'static str,
+    },
+
+    /// A unique index rejected a write.
+    #[error("{entity}: duplicate key{}: {message}", index.as_deref().map(|i| format!(" on index `{i}`")).unwrap_or_default())]
+    DuplicateKey {
+        /// Entity type name.
+        entity: &'static str,
+        /// The index, when the server names it (MongoDB does; FerretDB does not).
+        index: Option<String>,
+        /// The server's message.
+        message: String,
+    },
+
+    /// No document with this id in this tenant.
+    #[error("{entity} {id} not found")]
+    NotFound {
+        /// Entity type name.
+        entity: &'static str,
+        /// The id, rendered as extended JSON.
+        id: String,
+    },
+
+    /// Optimistic locking: the document's version is not the one the write expected.
+    #[error("{entity} {id}: version conflict, expected version {expected}{}", actual.map(|a| format!(", found {a}")).unwrap_or_else(|| ", or the document is gone".to_owned()))]
+    VersionConflict {
+        /// Entity type name.
+        entity: &'static str,
+        /// The id, rendered as extended JSON.
+        id: String,
+        /// The version the caller read.
+        expected: u64,
+        /// The version found, when the document still exists.
+        actual: Option<u64>,
+    },
+
+    /// An entity could not be turned into BSON, or a stored document back into the entity.
+    #[error("{entity}: cannot {direction} a document: {message}")]
+    Codec {
+        /// Entity type name (or the value being converted).
+        entity: &'static str,
+        /// `encode` or `decode`.
+        direction: &'static str,
+        /// The serde error text.
+        message: String,
+    },
+
+    /// The connected server lacks a feature and there is no fallback for this call.
+    #[error("{feature} is not supported by the connected {server} server")]
+    Unsupported {
+        /// The feature, e.g. `TTL indexes`.
+        feature: &'static str,
+        /// The server's self-description, e.g. `FerretDB 1.24.2`.
+        server: String,
+    },
+
+    /// An operation did not finish within its bound.
+    #[error("{component}: {operation} timed out after {after:?}")]
+    Timeout {
+        /// The server the operation waited on.
+        component: Component,
+        /// What was being done.
+        operation: &'static str,
+        /// The bound that expired.
+        after: Duration,
+    },
+
+    /// An error from the MongoDB driver.
+    #[error("mongodb: {operation} failed: {source}")]
+    Mongo {
+        /// What was being done, e.g. `insert users`.
+        operation: String,
+        /// The driver's error.
+        #[source]
+        source: Box<mongodb::error::Error>,
+    },
+
+    /// An error from Redis.
+    #[error("redis: {operation} failed: {source}")]
+    Redis {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// An error from Kafka.
+    #[error("kafka: {operation} failed: {source}")]
+    Kafka {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+impl Error {
+    /// Whether the same call may succeed if retried: network faults, timeouts, server
+    /// selection, failover and transient transaction errors. Permanent errors (bad config,
+    /// duplicate keys, version conflicts, codec errors) return `false`.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Mongo { source, .. } => mongo_is_transient(source),
+            Error::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_timeout()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+            }
+            Error::Kafka { source, .. } => kafka_is_transient(source),
+            _ => false,
+        }
+    }
+
+    /// The component whose server produced this error, if any.
+    pub fn component(&self) -> Option<Component> {
+        match self {
+            Error::Mongo { .. } | Error::DuplicateKey { .. } => Some(Component::Mongodb),
+            Error::Redis { .. } => Some(Component::Redis),
+            Error::Kafka { .. } => Some(Component::Kafka),
+            Error::Timeout { component, .. } => Some(*component),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn mongo(operation: impl Into<String>, source: mongodb::error::Error) -> Self {
+        Error::Mongo {
+            operation: operation.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+fn mongo_is_transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, RETRYABLE_WRITE_ERROR, TRANSIENT_TRANSACTION_ERROR};
+    if e.contains_label(TRANSIENT_TRANSACTION_ERROR) || e.contains_label(RETRYABLE_WRITE_ERROR) {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => true,
+        ErrorKind::ServerSelection { .. } => true,
+        ErrorKind::Command(c) => matches!(
+            c.code,
+            // HostUnreachable, HostNotFound, NetworkTimeout, ShutdownInProgress,
+            // PrimarySteppedDown, ExceededTimeLimit, SocketException, NotWritablePrimary,
+            // InterruptedAtShutdown, InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk,
+            // NotPrimaryOrSecondary, WriteConcernFailed (64) is not retryable by itself.
+            6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436
+        ),
+        _ => false,
+    }
+}
+
+fn kafka_is_transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+    match e.rdkafka_error_code() {
+        Some(code) => matches!(
+            code,
+            C::QueueFull
+                | C::MessageTimedOut
+                | C::RequestTimedOut
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NetworkException
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::OperationTimedOut
+        ),
+        None => matches!(e, KafkaError::Canceled),
+    }
+}
+
+/// MongoDB's duplicate-key error code.
+pub(crate) const DUPLICATE_KEY: i32 = 11000;
+
+/// Turns a driver error on a write into [`Error::DuplicateKey`] when it is one (code 11000 from a
+/// command, a write error or an `insertMany` batch), naming the index when the server does.
+pub(crate) fn classify_write(
+    entity: &'static str,
+    operation: impl Into<String>,
+    e: mongodb::error::Error,
+) -> Error {
+    match duplicate_key_message(&e) {
+        Some(message) => Error::DuplicateKey {
+            entity,
+            index: index_from_message(&message),
+            message,
+        },
+        None => Error::mongo(operation, e),
+    }
+}
+
+pub(crate) fn duplicate_key_message(e: &mongodb::error::Error) -> Option<String> {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) if c.code == DUPLICATE_KEY => Some(c.message.clone()),
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => {
+            Some(w.message.clone())
+        }
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .iter()
+            .flatten()
+            .find(|w| w.code == DUPLICATE_KEY)
+            .map(|w| w.message.clone()),
+        _ => None,
+    }
+}
+
+/// MongoDB says `E11000 duplicate key error collection: db.c index: name dup key: {...}`;
+/// FerretDB stops after the collection.
+fn index_from_message(message: &str) -> Option<String> {
+    let rest = message.split(" index: ").nth(1)?;
+    let name = rest.split_whitespace().next()?;
+    Some(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_name_is_taken_from_mongodb_messages_only() {
+        assert_eq!(
+            index_from_message(
+                "E11000 duplicate key error collection: caas_auth.users index: tenant_id_1_email_1 dup key: { tenant_id: \"t\", email: \"a\" }"
+            )
+            .as_deref(),
+            Some("tenant_id_1_email_1")
+        );
+        assert_eq!(
+            index_from_message("E11000 duplicate key error collection: caas_auth.users"),
+            None
+        );
+    }
+
+    #[test]
+    fn messages_name_their_context() {
+        let e = Error::VersionConflict {
+            entity: "User",
+            id: "\"u1\"".into(),
+            expected: 3,
+            actual: Some(4),
+        };
+        assert_eq!(
+            e.to_string(),
+            "User \"u1\": version conflict, expected version 3, found 4"
+        );
+        let e = Error::DuplicateKey {
+            entity: "User",
+            index: None,
+            message: "E11000".into(),
+        };
+        assert_eq!(e.to_string(), "User: duplicate key: E11000");
+        assert!(!e.is_transient());
+        let t = Error::Timeout {
+            component: Component::Redis,
+            operation: "GET",
+            after: Duration::from_millis(5),
+        };
+        assert!(t.is_transient());
+        assert_eq!(t.component(), Some(Component::Redis));
+    }
+}

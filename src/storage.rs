@@ -1,0 +1,286 @@
+//! [`Storage`]: the handle that owns the connection pools.
+//!
+//! One `Storage` per process is the intended use; it is cheap to clone (an `Arc`) and every
+//! repository, background worker and health check hangs off it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+use mongodb::options::ClientOptions;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::ClientConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::IntoConnectionInfo;
+
+use crate::capabilities::Capabilities;
+use crate::config::StorageConfig;
+use crate::error::{Component, Error, Result};
+use crate::health::{self, ComponentHealth, HealthReport};
+
+/// The connection pools and what was learnt about the servers at connect.
+///
+/// ```no_run
+/// # async fn run() -> caas_storage::Result<()> {
+/// use caas_storage::{Storage, StorageConfig};
+/// let storage = Storage::connect(StorageConfig::from_env()?).await?;
+/// println!("{}", serde_json::to_string_pretty(&storage.health().await).unwrap());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StorageConfig,
+    mongo: mongodb::Client,
+    capabilities: Capabilities,
+    redis: BTreeMap<u8, ConnectionManager>,
+    kafka: FutureProducer,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("mongodb", &self.inner.config.mongodb.uri)
+            .field("server", &self.inner.capabilities.server_description())
+            .field("redis", &self.inner.config.redis.url)
+            .field("redis_databases", &self.inner.redis.keys().collect::<Vec<_>>())
+            .field("kafka", &self.inner.config.kafka.brokers)
+            .finish()
+    }
+}
+
+impl Storage {
+    /// Connects: builds the MongoDB pool and detects the server's [`Capabilities`] (this needs
+    /// MongoDB to answer within `mongodb.server_selection_timeout`), and sets up one
+    /// auto-reconnecting Redis connection per allocated logical database and the shared Kafka
+    /// producer. Redis and Kafka connect lazily: a service starts while they are down, and
+    /// [`health`](Self::health) reports them.
+    pub async fn connect(config: StorageConfig) -> Result<Self> {
+        config.check()?;
+        let mongo = mongo_client(&config).await?;
+        let probe_bound = config.mongodb.server_selection_timeout * 2 + config.mongodb.connect_timeout;
+        let capabilities = tokio::time::timeout(
+            probe_bound,
+            Capabilities::detect(&mongo, &config.mongodb.probe_database),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            component: Component::Mongodb,
+            operation: "capability detection",
+            after: probe_bound,
+        })??;
+        tracing::info!(server = %capabilities.server_description(), ?capabilities, "connected to MongoDB");
+
+        let mut redis = BTreeMap::new();
+        for db in config.redis.databases.purposes().into_keys() {
+            redis.insert(db, redis_manager(&config, db)?);
+        }
+        if config.redis.ready_check {
+            for (db, conn) in &redis {
+                let mut conn = conn.clone();
+                let ping = redis::cmd("PING");
+                match tokio::time::timeout(
+                    config.redis.connection_timeout,
+                    ping.query_async::<String>(&mut conn),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(db, error = %e, "Redis not ready at connect; caching degrades to the database until it is"),
+                    Err(_) => tracing::warn!(db, "Redis did not answer at connect; caching degrades to the database until it does"),
+                }
+            }
+        }
+        let kafka = kafka_producer(&config)?;
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                config,
+                mongo,
+                capabilities,
+                redis,
+                kafka,
+            }),
+        })
+    }
+
+    /// The configuration this handle was built from.
+    pub fn config(&self) -> &StorageConfig {
+        &self.inner.config
+    }
+
+    /// What the MongoDB-wire server supports.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// The MongoDB client, for what caas-storage does not cover. Writes made through it bypass
+    /// tenancy, caching and the outbox.
+    pub fn mongo(&self) -> &mongodb::Client {
+        &self.inner.mongo
+    }
+
+    /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...), from the shared pool.
+    pub fn database(&self, name: &str) -> mongodb::Database {
+        self.inner.mongo.database(name)
+    }
+
+    /// The auto-reconnecting connection to Redis logical database `db`, which must be one the
+    /// configuration allocates (see [`RedisDatabases`](crate::config::RedisDatabases)).
+    pub fn redis(&self, db: u8) -> Result<ConnectionManager> {
+        self.inner.redis.get(&db).cloned().ok_or_else(|| {
+            Error::config(
+                "redis.databases",
+                format!(
+                    "Redis database {db} is not allocated to any purpose; allocated: {:?}",
+                    self.inner.redis.keys().collect::<Vec<_>>()
+                ),
+            )
+        })
+    }
+
+    /// The Redis connection that caches entities of MongoDB database `database`.
+    pub fn redis_cache_for(&self, database: &str) -> ConnectionManager {
+        let db = self.inner.config.redis.databases.cache_db_for(database);
+        self.inner.redis[&db].clone()
+    }
+
+    /// The shared idempotent Kafka producer.
+    pub fn kafka_producer(&self) -> &FutureProducer {
+        &self.inner.kafka
+    }
+
+    /// Checks MongoDB, every allocated Redis database and Kafka concurrently, each bounded by
+    /// `health.timeout`. Never fails and never hangs: a dead component is reported `down`.
+    pub async fn health(&self) -> HealthReport {
+        let timestamp = mongodb::bson::DateTime::now()
+            .try_to_rfc3339_string()
+            .unwrap_or_default();
+        let started = Instant::now();
+        let timeout = self.inner.config.health.timeout;
+
+        let mongo = {
+            let client = self.inner.mongo.clone();
+            let mut details = BTreeMap::new();
+            details.insert(
+                "server".to_owned(),
+                self.inner.capabilities.server_description().into(),
+            );
+            health::check("mongodb".into(), Component::Mongodb, timeout, details, async move {
+                client
+                    .database("admin")
+                    .run_command(doc! { "ping": 1 })
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        };
+
+        let purposes = self.inner.config.redis.databases.purposes();
+        let redis = futures::future::join_all(self.inner.redis.iter().map(|(db, conn)| {
+            let mut conn = conn.clone();
+            let mut details = BTreeMap::new();
+            details.insert("db".to_owned(), (*db).into());
+            details.insert(
+                "purposes".to_owned(),
+                purposes.get(db).cloned().unwrap_or_default().into(),
+            );
+            health::check(format!("redis/db{db}"), Component::Redis, timeout, details, async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        }));
+
+        let kafka = {
+            let producer = self.inner.kafka.clone();
+            let mut details = BTreeMap::new();
+            details.insert("brokers".to_owned(), self.inner.config.kafka.brokers.clone().into());
+            health::check("kafka".into(), Component::Kafka, timeout, details, async move {
+                kafka_metadata(producer, timeout).await
+            })
+        };
+
+        let (mongo, redis, kafka) = tokio::join!(mongo, redis, kafka);
+        let mut components: Vec<ComponentHealth> = vec![mongo];
+        components.extend(redis);
+        components.push(kafka);
+        HealthReport {
+            status: health::overall(&components),
+            timestamp,
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+            components,
+        }
+    }
+}
+
+async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(), String> {
+    let brokers = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|m| m.brokers().len())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    if brokers == 0 {
+        return Err("metadata lists no brokers".into());
+    }
+    Ok(())
+}
+
+async fn mongo_client(config: &StorageConfig) -> Result<mongodb::Client> {
+    let m = &config.mongodb;
+    let mut options = ClientOptions::parse(&m.uri).await.map_err(|e| Error::Config {
+        key: "mongodb.uri".into(),
+        reason: e.to_string(),
+    })?;
+    options.app_name = Some(m.app_name.clone());
+    options.max_pool_size = Some(m.max_pool_size);
+    options.min_pool_size = Some(m.min_pool_size);
+    options.max_idle_time = Some(m.max_idle_time);
+    options.server_selection_timeout = Some(m.server_selection_timeout);
+    options.connect_timeout = Some(m.connect_timeout);
+    mongodb::Client::with_options(options).map_err(|e| Error::Config {
+        key: "mongodb.uri".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn redis_manager(config: &StorageConfig, db: u8) -> Result<ConnectionManager> {
+    let r = &config.redis;
+    let bad_url = |e: redis::RedisError| Error::config("redis.url", e.to_string());
+    let info = r.url.as_str().into_connection_info().map_err(bad_url)?;
+    let settings = info.redis_settings().clone().set_db(i64::from(db));
+    let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_number_of_retries(r.max_retries)
+        .set_connection_timeout(Some(r.connection_timeout))
+        .set_response_timeout(Some(r.response_timeout))
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| Error::Redis {
+        operation: "create connection manager",
+        source: e,
+    })
+}
+
+fn kafka_producer(config: &StorageConfig) -> Result<FutureProducer> {
+    let k = &config.kafka;
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &k.brokers)
+        .set("client.id", &k.client_id)
+        .set("acks", &k.acks)
+        .set("enable.idempotence", k.enable_idempotence.to_string())
+        .set("message.timeout.ms", k.message_timeout.as_millis().to_string());
+    for (key, value) in &k.properties {
+        cc.set(key, value);
+    }
+    cc.create().map_err(|e| Error::config("kafka.properties", e.to_string()))
+}
