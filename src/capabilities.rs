@@ -72,7 +72,11 @@ impl Capabilities {
     /// A short human description, e.g. `FerretDB 1.24.2 (MongoDB 7.0.42 wire)`.
     pub fn server_description(&self) -> String {
         match &self.ferretdb_version {
-            Some(v) => format!("FerretDB {} (MongoDB {} wire)", v.trim_start_matches('v'), self.version),
+            Some(v) => format!(
+                "FerretDB {} (MongoDB {} wire)",
+                v.trim_start_matches('v'),
+                self.version
+            ),
             None => format!("MongoDB {}", self.version),
         }
     }

@@ -198,7 +198,9 @@ impl RedisDatabases {
         for (name, db) in &self.services {
             out.entry(*db).or_default().push(format!("{name}_cache"));
         }
-        out.entry(self.sessions).or_default().push("sessions".into());
+        out.entry(self.sessions)
+            .or_default()
+            .push("sessions".into());
         out.entry(self.rate_limiting)
             .or_default()
             .push("rate_limiting".into());
@@ -317,6 +319,7 @@ impl StorageConfig {
                 let mut reason = inner.message().to_owned();
                 // deny_unknown_fields reports at the parent; name the unknown key itself.
                 let key = match unknown_field(&reason) {
+                    Some(field) if path == field || path.ends_with(&format!(".{field}")) => path,
                     Some(field) if path == "." => field.to_owned(),
                     Some(field) => format!("{path}.{field}"),
                     None => path,
@@ -355,10 +358,7 @@ impl StorageConfig {
             ));
         }
         if m.max_pool_size == 0 {
-            return Err(err(
-                "mongodb.max_pool_size",
-                "must be at least 1".into(),
-            ));
+            return Err(err("mongodb.max_pool_size", "must be at least 1".into()));
         }
         if m.min_pool_size > m.max_pool_size {
             return Err(err(
@@ -370,7 +370,10 @@ impl StorageConfig {
             ));
         }
         for (key, d) in [
-            ("mongodb.server_selection_timeout", m.server_selection_timeout),
+            (
+                "mongodb.server_selection_timeout",
+                m.server_selection_timeout,
+            ),
             ("mongodb.connect_timeout", m.connect_timeout),
             ("mongodb.socket_timeout", m.socket_timeout),
             ("redis.connection_timeout", self.redis.connection_timeout),
@@ -538,10 +541,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
             .parse()
             .map_err(|_| format!("{text:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .chars()
-            .take_while(char::is_ascii_alphabetic)
-            .count();
+        let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let step = match unit {
@@ -663,7 +663,10 @@ mod tests {
             panic!("not a config error")
         };
         assert_eq!(key, "CAAS_MONGODB_POOL_SIZE");
-        assert!(reason.contains("max_pool_size"), "lists accepted keys: {reason}");
+        assert!(
+            reason.contains("max_pool_size"),
+            "lists accepted keys: {reason}"
+        );
     }
 
     #[test]
@@ -676,12 +679,32 @@ mod tests {
         assert_eq!(c.kafka.properties["linger.ms"], "5");
 
         let cases = [
-            ("[redis]\nresponse_timeout = \"2 parsecs\"", "redis.response_timeout", "unit"),
-            ("[mongodb]\nmaxPoolSize = 3", "mongodb.maxPoolSize", "max_pool_size"),
-            ("[mongodb]\nmin_pool_size = 90", "mongodb.min_pool_size", "max_pool_size"),
-            ("[mongodb]\nuri = \"postgres://x\"", "mongodb.uri", "mongodb://"),
+            (
+                "[redis]\nresponse_timeout = \"2 parsecs\"",
+                "redis.response_timeout",
+                "unit",
+            ),
+            (
+                "[mongodb]\nmaxPoolSize = 3",
+                "mongodb.maxPoolSize",
+                "max_pool_size",
+            ),
+            (
+                "[mongodb]\nmin_pool_size = 90",
+                "mongodb.min_pool_size",
+                "max_pool_size",
+            ),
+            (
+                "[mongodb]\nuri = \"postgres://x\"",
+                "mongodb.uri",
+                "mongodb://",
+            ),
             ("[kafka]\nacks = \"1\"", "kafka.acks", "idempotent"),
-            ("[kafka]\nbrokers = \"localhost\"", "kafka.brokers", "host:port"),
+            (
+                "[kafka]\nbrokers = \"localhost\"",
+                "kafka.brokers",
+                "host:port",
+            ),
             ("[cache]\nttl = 1", "cache", "mongodb"),
         ];
         for (text, want_key, want_reason) in cases {

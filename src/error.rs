@@ -97,7 +97,7 @@ pub enum Error {
     },
 
     /// Optimistic locking: the document's version is not the one the write expected.
-    #[error("{entity} {id}: version conflict, expected version {expected}{}", actual.map(|a| format!(", found {a}")).unwrap_or_else(|| ", or the document is gone".to_owned()))]
+    #[error("{entity} {id}: version conflict, expected version {expected}{}", actual.map(|a| format!(", found {a}")).unwrap_or_else(|| ", which another writer is changing".to_owned()))]
     VersionConflict {
         /// Entity type name.
         entity: &'static str,
@@ -105,7 +105,7 @@ pub enum Error {
         id: String,
         /// The version the caller read.
         expected: u64,
-        /// The version found, when the document still exists.
+        /// The version found; `None` when another writer holds the claim on this version.
         actual: Option<u64>,
     },
 

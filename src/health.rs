@@ -134,20 +134,40 @@ mod tests {
 
     #[tokio::test]
     async fn overall_status_follows_the_source_of_truth() {
-        let up = |name: &str, component| async move {
-            check(name.into(), component, Duration::from_secs(1), BTreeMap::new(), async { Ok(()) }).await
-        };
-        let down = |name: &str, component| async move {
-            check(name.into(), component, Duration::from_secs(1), BTreeMap::new(), async {
-                Err("refused".to_owned())
-            })
+        async fn up(name: &str, component: Component) -> ComponentHealth {
+            check(
+                name.into(),
+                component,
+                Duration::from_secs(1),
+                BTreeMap::new(),
+                async { Ok(()) },
+            )
             .await
-        };
-        let all_up = vec![up("mongodb", Component::Mongodb).await, up("kafka", Component::Kafka).await];
+        }
+        async fn down(name: &str, component: Component) -> ComponentHealth {
+            check(
+                name.into(),
+                component,
+                Duration::from_secs(1),
+                BTreeMap::new(),
+                async { Err("refused".to_owned()) },
+            )
+            .await
+        }
+        let all_up = vec![
+            up("mongodb", Component::Mongodb).await,
+            up("kafka", Component::Kafka).await,
+        ];
         assert_eq!(overall(&all_up), HealthStatus::Up);
-        let kafka_down = vec![up("mongodb", Component::Mongodb).await, down("kafka", Component::Kafka).await];
+        let kafka_down = vec![
+            up("mongodb", Component::Mongodb).await,
+            down("kafka", Component::Kafka).await,
+        ];
         assert_eq!(overall(&kafka_down), HealthStatus::Degraded);
-        let mongo_down = vec![down("mongodb", Component::Mongodb).await, up("kafka", Component::Kafka).await];
+        let mongo_down = vec![
+            down("mongodb", Component::Mongodb).await,
+            up("kafka", Component::Kafka).await,
+        ];
         assert_eq!(overall(&mongo_down), HealthStatus::Down);
     }
 }

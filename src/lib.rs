@@ -1,21 +1,106 @@
 //! caas-storage: typed, tenant-scoped data access for multi-tenant services on MongoDB, Redis
 //! and Kafka.
 //!
-//! Start with [`Storage::connect`] and a [`StorageConfig`]; the derive macro and the
-//! repositories build on that handle.
+//! A service annotates its structs with `#[derive(Repository)]` and gets a typed repository
+//! whose every call is scoped to a tenant, consistent as declared, and indexed as declared.
+//! Everything the generated code does, it does by delegating to [`Repository<E>`], the one
+//! executor, over the pools of a [`Storage`] handle.
+//!
+//! ```ignore
+//! use caas_storage::prelude::*;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Repository)]
+//! #[repository(database = "caas_auth", collection = "users", consistency = strong)]
+//! #[index(keys(email), unique)]
+//! pub struct User {
+//!     #[repository(id)] pub user_id: String,
+//!     #[repository(tenant)] pub tenant_id: String,
+//!     pub email: String,
+//! }
+//!
+//! let storage = Storage::connect(StorageConfig::from_env()?).await?;
+//! storage.sync_indexes::<User>().await?;
+//! let users = UserRepository::new(&storage);
+//! let t = TenantId::new("tenant_123")?;
+//! let u = users.find_by_email(&t, "a@example.com").await?;
+//! ```
+//!
+//! Where things are: [`config`] (settings), [`storage`] (pools), [`capabilities`] (what the
+//! server supports), [`health`], [`tenant`], [`consistency`], [`index`] (declared indexes and
+//! their sync), [`repo`] (the executor, queries, patches, paging), [`entity`] (what the derive
+//! generates).
 
 #![deny(missing_docs)]
 
 pub mod capabilities;
 pub mod config;
+pub mod consistency;
+pub mod entity;
 pub mod error;
 pub mod health;
+pub mod index;
+pub mod repo;
 pub mod storage;
 pub mod tenant;
 
+// TEMP pub use caas_storage_derive::Repository;
 pub use capabilities::Capabilities;
 pub use config::StorageConfig;
+pub use consistency::Consistency;
+pub use entity::Entity;
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
+pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
 pub use storage::Storage;
 pub use tenant::TenantId;
+
+/// Re-export of the BSON crate the driver uses (for `DateTime`, `oid::ObjectId`, raw filters).
+pub use mongodb::bson;
+
+/// Everything a service needs in scope: `use caas_storage::prelude::*;`.
+pub mod prelude {
+    pub use crate::bson::DateTime;
+    pub use crate::{
+        Consistency, Entity, Error, Filter, Page, PageRequest, Patch, Repository, Result, Storage,
+        StorageConfig, TenantId,
+    };
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// What generated code uses. Not a public API: names here change without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::consistency::Consistency;
+    pub use crate::entity::{
+        CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec,
+    };
+    pub use crate::error::{Error, Result};
+    pub use crate::index::{IndexKey, IndexSpec, SortDirection};
+    pub use crate::repo::{Field, Filter, Page, PageRequest, Patch, PatchWriter, Repository, Sort};
+    pub use crate::storage::Storage;
+    pub use crate::tenant::TenantId;
+    pub use core::time::Duration;
+    pub use serde;
+
+    /// Integer types a `#[repository(version)]` field may have.
+    pub trait VersionField: Copy {
+        /// As `u64` (negative values read as 0).
+        fn to_u64(self) -> u64;
+        /// From `u64`, saturating at the type's maximum.
+        fn from_u64(v: u64) -> Self;
+    }
+
+    macro_rules! version_field {
+        ($($t:ty),*) => {$(
+            impl VersionField for $t {
+                fn to_u64(self) -> u64 {
+                    u64::try_from(self).unwrap_or(0)
+                }
+                fn from_u64(v: u64) -> Self {
+                    <$t>::try_from(v).unwrap_or(<$t>::MAX)
+                }
+            }
+        )*};
+    }
+    version_field!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
+}

@@ -17,8 +17,10 @@ use redis::IntoConnectionInfo;
 
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
+use crate::entity::{Entity, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::health::{self, ComponentHealth, HealthReport};
+use crate::index::{IndexPlan, SyncOptions};
 
 /// The connection pools and what was learnt about the servers at connect.
 ///
@@ -48,7 +50,10 @@ impl fmt::Debug for Storage {
             .field("mongodb", &self.inner.config.mongodb.uri)
             .field("server", &self.inner.capabilities.server_description())
             .field("redis", &self.inner.config.redis.url)
-            .field("redis_databases", &self.inner.redis.keys().collect::<Vec<_>>())
+            .field(
+                "redis_databases",
+                &self.inner.redis.keys().collect::<Vec<_>>(),
+            )
             .field("kafka", &self.inner.config.kafka.brokers)
             .finish()
     }
@@ -63,7 +68,8 @@ impl Storage {
     pub async fn connect(config: StorageConfig) -> Result<Self> {
         config.check()?;
         let mongo = mongo_client(&config).await?;
-        let probe_bound = config.mongodb.server_selection_timeout * 2 + config.mongodb.connect_timeout;
+        let probe_bound =
+            config.mongodb.server_selection_timeout * 2 + config.mongodb.connect_timeout;
         let capabilities = tokio::time::timeout(
             probe_bound,
             Capabilities::detect(&mongo, &config.mongodb.probe_database),
@@ -154,6 +160,37 @@ impl Storage {
         &self.inner.kafka
     }
 
+    /// Brings `E`'s indexes in line with its declaration: creates missing ones and reports
+    /// changed, extraneous and unsupported ones (see [`index`](crate::index)). Idempotent.
+    pub async fn sync_indexes<E: Entity>(&self) -> Result<IndexPlan> {
+        self.sync_indexes_with(E::META, SyncOptions::default())
+            .await
+    }
+
+    /// [`sync_indexes`](Self::sync_indexes) for one entity's metadata (`User::META`) with
+    /// options: dry run, drop extraneous, re-create changed.
+    pub async fn sync_indexes_with(
+        &self,
+        meta: &EntityMeta,
+        options: SyncOptions,
+    ) -> Result<IndexPlan> {
+        let db = self.database(meta.database);
+        crate::index::sync_indexes(&db, &self.inner.capabilities, meta, options).await
+    }
+
+    /// Syncs the indexes of every entity listed, e.g. `&[User::META, Session::META]`.
+    pub async fn sync_all_indexes(
+        &self,
+        entities: &[&EntityMeta],
+        options: SyncOptions,
+    ) -> Result<Vec<IndexPlan>> {
+        let mut plans = Vec::with_capacity(entities.len());
+        for meta in entities {
+            plans.push(self.sync_indexes_with(meta, options).await?);
+        }
+        Ok(plans)
+    }
+
     /// Checks MongoDB, every allocated Redis database and Kafka concurrently, each bounded by
     /// `health.timeout`. Never fails and never hangs: a dead component is reported `down`.
     pub async fn health(&self) -> HealthReport {
@@ -170,14 +207,20 @@ impl Storage {
                 "server".to_owned(),
                 self.inner.capabilities.server_description().into(),
             );
-            health::check("mongodb".into(), Component::Mongodb, timeout, details, async move {
-                client
-                    .database("admin")
-                    .run_command(doc! { "ping": 1 })
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
+            health::check(
+                "mongodb".into(),
+                Component::Mongodb,
+                timeout,
+                details,
+                async move {
+                    client
+                        .database("admin")
+                        .run_command(doc! { "ping": 1 })
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                },
+            )
         };
 
         let purposes = self.inner.config.redis.databases.purposes();
@@ -189,22 +232,35 @@ impl Storage {
                 "purposes".to_owned(),
                 purposes.get(db).cloned().unwrap_or_default().into(),
             );
-            health::check(format!("redis/db{db}"), Component::Redis, timeout, details, async move {
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
+            health::check(
+                format!("redis/db{db}"),
+                Component::Redis,
+                timeout,
+                details,
+                async move {
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                },
+            )
         }));
 
         let kafka = {
             let producer = self.inner.kafka.clone();
             let mut details = BTreeMap::new();
-            details.insert("brokers".to_owned(), self.inner.config.kafka.brokers.clone().into());
-            health::check("kafka".into(), Component::Kafka, timeout, details, async move {
-                kafka_metadata(producer, timeout).await
-            })
+            details.insert(
+                "brokers".to_owned(),
+                self.inner.config.kafka.brokers.clone().into(),
+            );
+            health::check(
+                "kafka".into(),
+                Component::Kafka,
+                timeout,
+                details,
+                async move { kafka_metadata(producer, timeout).await },
+            )
         };
 
         let (mongo, redis, kafka) = tokio::join!(mongo, redis, kafka);
@@ -238,10 +294,12 @@ async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(
 
 async fn mongo_client(config: &StorageConfig) -> Result<mongodb::Client> {
     let m = &config.mongodb;
-    let mut options = ClientOptions::parse(&m.uri).await.map_err(|e| Error::Config {
-        key: "mongodb.uri".into(),
-        reason: e.to_string(),
-    })?;
+    let mut options = ClientOptions::parse(&m.uri)
+        .await
+        .map_err(|e| Error::Config {
+            key: "mongodb.uri".into(),
+            reason: e.to_string(),
+        })?;
     options.app_name = Some(m.app_name.clone());
     options.max_pool_size = Some(m.max_pool_size);
     options.min_pool_size = Some(m.min_pool_size);
@@ -278,9 +336,13 @@ fn kafka_producer(config: &StorageConfig) -> Result<FutureProducer> {
         .set("client.id", &k.client_id)
         .set("acks", &k.acks)
         .set("enable.idempotence", k.enable_idempotence.to_string())
-        .set("message.timeout.ms", k.message_timeout.as_millis().to_string());
+        .set(
+            "message.timeout.ms",
+            k.message_timeout.as_millis().to_string(),
+        );
     for (key, value) in &k.properties {
         cc.set(key, value);
     }
-    cc.create().map_err(|e| Error::config("kafka.properties", e.to_string()))
+    cc.create()
+        .map_err(|e| Error::config("kafka.properties", e.to_string()))
 }

@@ -1,0 +1,134 @@
+//! The [`Entity`] trait that `#[derive(Repository)]` implements, and the static descriptions it
+//! is made of.
+//!
+//! Everything here is data: names, index specs, policies. Behaviour lives in the executor
+//! ([`Repository`](crate::repo::Repository)), which reads these constants; the generated code
+//! only fills them in.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::consistency::Consistency;
+use crate::index::IndexSpec;
+
+/// A struct stored by caas-storage. Implemented by `#[derive(Repository)]`; implementing it by
+/// hand is possible but the derive checks the rules below at compile time.
+///
+/// Rules the derive enforces: exactly one id field and one tenant field (`String`); index keys
+/// name existing fields; the version field is an integer; secret fields can be left out of a
+/// read (`Option` or `#[serde(default)]`).
+pub trait Entity: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    /// The id type (the type of the `#[repository(id)]` field).
+    type Id: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static;
+
+    /// Static description of the entity.
+    const META: &'static EntityMeta;
+
+    /// The id of this value.
+    fn id(&self) -> &Self::Id;
+
+    /// The tenant this value belongs to.
+    fn tenant(&self) -> &str;
+
+    /// The optimistic-locking version, when the entity has a `#[repository(version)]` field.
+    fn version(&self) -> Option<u64> {
+        None
+    }
+
+    /// Sets the version field (no-op without one). Used after a versioned write.
+    fn set_version(&mut self, _version: u64) {}
+}
+
+/// Everything the executor needs to know about an entity type, built at compile time.
+#[derive(Debug)]
+pub struct EntityMeta {
+    /// The Rust type name, e.g. `User`; used in errors, cache keys and event types.
+    pub name: &'static str,
+    /// MongoDB database.
+    pub database: &'static str,
+    /// MongoDB collection.
+    pub collection: &'static str,
+    /// Stored name of the id field.
+    pub id_field: &'static str,
+    /// Stored name of the tenant field.
+    pub tenant_field: &'static str,
+    /// Stored name of the version field, if any.
+    pub version_field: Option<&'static str>,
+    /// Stored names of every field, in declaration order.
+    pub fields: &'static [&'static str],
+    /// Stored names of `secret` fields: left out of default projections, caches and events.
+    pub secret_fields: &'static [&'static str],
+    /// Declared indexes (the tenant key already prepended where it applies).
+    pub indexes: &'static [IndexSpec],
+    /// Schema version written into every document (`_schema_version`).
+    pub schema_version: u32,
+    /// Declared consistency model.
+    pub consistency: Consistency,
+    /// Whether deletes are soft (`_deleted_at` set, document kept and hidden from reads).
+    pub soft_delete: bool,
+    /// Cache policy, if the entity is cached.
+    pub cache: Option<CacheSpec>,
+    /// Outbox policy, if writes record events.
+    pub outbox: Option<OutboxSpec>,
+}
+
+impl EntityMeta {
+    /// The unique index every entity gets on (tenant, id).
+    pub fn primary_index_name(&self) -> String {
+        format!("{}_1_{}_1", self.tenant_field, self.id_field)
+    }
+
+    /// Whether `field` is a stored field of this entity.
+    pub fn has_field(&self, field: &str) -> bool {
+        self.fields.contains(&field)
+    }
+}
+
+/// How a cached entity is written to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheStrategy {
+    /// Read through the cache, load on miss, invalidate on write (the default).
+    CacheAside,
+    /// Writes update the cache together with the database.
+    WriteThrough,
+    /// Writes are acknowledged once durably queued and applied to the database in batches.
+    WriteBehind,
+}
+
+/// The `cache(...)` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Time to live of a Redis entry.
+    pub ttl: Duration,
+    /// Random extra TTL, up to this much, so entries written together do not expire together.
+    pub jitter: Duration,
+    /// Write strategy.
+    pub strategy: CacheStrategy,
+    /// The optional in-process tier.
+    pub local: Option<LocalCacheSpec>,
+}
+
+/// The in-process cache tier: `cache(local(ttl = "5s", capacity = 10_000))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalCacheSpec {
+    /// Time to live of an in-process entry.
+    pub ttl: Duration,
+    /// Most entries held.
+    pub capacity: u64,
+}
+
+/// The `outbox(...)` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxSpec {
+    /// Kafka topic the relay publishes to.
+    pub topic: &'static str,
+    /// Event type recorded on insert, if inserts record events.
+    pub insert: Option<&'static str>,
+    /// Event type recorded on update and replace, if they record events.
+    pub update: Option<&'static str>,
+    /// Event type recorded on delete, if deletes record events.
+    pub delete: Option<&'static str>,
+}

@@ -1,0 +1,99 @@
+//! Entity <-> stored document, and the projections reads use.
+
+use mongodb::bson::{Bson, Document};
+
+use crate::entity::{Entity, EntityMeta};
+use crate::error::{Error, Result};
+use crate::repo::{DELETED_AT_FIELD, SCHEMA_VERSION_FIELD};
+use crate::tenant::TenantId;
+
+/// The stored document of `entity`: its serde form plus `_schema_version`. The entity's tenant
+/// must be `tenant`.
+pub(crate) fn encode<E: Entity>(tenant: &TenantId, entity: &E) -> Result<Document> {
+    if entity.tenant() != tenant.as_str() {
+        return Err(Error::TenantMismatch {
+            entity: E::META.name,
+            expected: tenant.as_str().to_owned(),
+            found: entity.tenant().to_owned(),
+        });
+    }
+    let mut doc = mongodb::bson::to_document(entity).map_err(|e| Error::Codec {
+        entity: E::META.name,
+        direction: "encode",
+        message: e.to_string(),
+    })?;
+    doc.insert(SCHEMA_VERSION_FIELD, i64::from(E::META.schema_version));
+    Ok(doc)
+}
+
+/// Decodes a stored document (framework fields are ignored).
+pub(crate) fn decode<E: Entity>(doc: Document) -> Result<E> {
+    mongodb::bson::from_document(doc).map_err(|e| Error::Codec {
+        entity: E::META.name,
+        direction: "decode",
+        message: e.to_string(),
+    })
+}
+
+/// Leaves out `_id`, the framework fields and, unless asked, the secret fields.
+pub(crate) fn projection(meta: &EntityMeta, with_secrets: bool) -> Document {
+    let mut p = Document::new();
+    p.insert("_id", 0);
+    p.insert(SCHEMA_VERSION_FIELD, 0);
+    p.insert(DELETED_AT_FIELD, 0);
+    if !with_secrets {
+        for f in meta.secret_fields {
+            p.insert(*f, 0);
+        }
+    }
+    p
+}
+
+pub(crate) fn id_to_bson<E: Entity>(id: &E::Id) -> Result<Bson> {
+    mongodb::bson::to_bson(id).map_err(|e| Error::Codec {
+        entity: E::META.name,
+        direction: "encode",
+        message: format!("id: {e}"),
+    })
+}
+
+pub(crate) fn id_text<E: Entity>(id: &E::Id) -> String {
+    match mongodb::bson::to_bson(id) {
+        Ok(b) => b.into_relaxed_extjson().to_string(),
+        Err(_) => format!("{id:?}"),
+    }
+}
+
+/// Whether `field` appears as a key anywhere in `filter` (also inside `$or`, `$and`, ...).
+pub(crate) fn mentions_field(filter: &Document, field: &str) -> bool {
+    fn walk(b: &Bson, field: &str) -> bool {
+        match b {
+            Bson::Document(d) => mentions_field(d, field),
+            Bson::Array(a) => a.iter().any(|b| walk(b, field)),
+            _ => false,
+        }
+    }
+    filter
+        .iter()
+        .any(|(k, v)| k == field || k.split('.').next() == Some(field) || walk(v, field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    #[test]
+    fn finds_the_tenant_field_wherever_it_hides() {
+        assert!(mentions_field(&doc! { "tenant_id": "x" }, "tenant_id"));
+        assert!(mentions_field(
+            &doc! { "$or": [ { "a": 1 }, { "tenant_id": { "$ne": "x" } } ] },
+            "tenant_id"
+        ));
+        assert!(mentions_field(&doc! { "tenant_id.x": 1 }, "tenant_id"));
+        assert!(!mentions_field(
+            &doc! { "tenant": 1, "x_tenant_id": 2 },
+            "tenant_id"
+        ));
+    }
+}

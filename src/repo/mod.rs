@@ -1,0 +1,536 @@
+//! The executor: [`Repository<E>`], which every generated repository delegates to.
+//!
+//! Every call follows one flow: scope (the tenant goes into the filter, the document, the key),
+//! policy (the entity's consistency model picks concerns and read preference), store (MongoDB,
+//! with the server's capabilities choosing between the MongoDB path and its fallback). Generated
+//! code adds only types: `UserRepository` derefs to `Repository<User>`.
+
+mod codec;
+mod filter;
+mod page;
+mod patch;
+mod query;
+mod versioned;
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{CollectionOptions, ReturnDocument};
+use mongodb::Collection;
+
+use crate::entity::{Entity, EntityMeta};
+use crate::error::{classify_write, Component, Error, Result};
+use crate::storage::Storage;
+use crate::tenant::TenantId;
+
+pub use filter::{Field, FieldPath, Filter, Sort};
+pub use page::{Cursor, Page, PageRequest};
+pub use patch::{patch_document, Patch, PatchWriter};
+pub use query::Query;
+
+/// Framework field: the schema version a document was written with.
+pub const SCHEMA_VERSION_FIELD: &str = "_schema_version";
+/// Framework field: when a soft-deleted document was deleted.
+pub const DELETED_AT_FIELD: &str = "_deleted_at";
+
+/// The generic repository of entity `E`: tenant-scoped CRUD, queries and paging.
+///
+/// Obtain one through the generated type (`UserRepository::new(&storage)`, which derefs to
+/// `Repository<User>`) or directly with [`Repository::new`].
+pub struct Repository<E: Entity> {
+    storage: Storage,
+    docs: Collection<Document>,
+    typed: Collection<E>,
+    _entity: PhantomData<fn() -> E>,
+}
+
+impl<E: Entity> Clone for Repository<E> {
+    fn clone(&self) -> Self {
+        Repository {
+            storage: self.storage.clone(),
+            docs: self.docs.clone(),
+            typed: self.typed.clone(),
+            _entity: PhantomData,
+        }
+    }
+}
+
+impl<E: Entity> std::fmt::Debug for Repository<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Repository<{}>({}.{})",
+            E::META.name,
+            E::META.database,
+            E::META.collection
+        )
+    }
+}
+
+/// What [`Repository::insert_many`] did: the batch is unordered, so some documents can fail
+/// (duplicates) while the rest are written.
+#[derive(Debug)]
+pub struct InsertManyReport {
+    /// How many documents were written.
+    pub inserted: usize,
+    /// The documents that were not, by position in the input, with why.
+    pub failed: Vec<(usize, Error)>,
+}
+
+/// Whether [`Repository::upsert`] inserted or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// No document had this id in this tenant; one was inserted.
+    Inserted,
+    /// An existing document was replaced.
+    Replaced,
+}
+
+impl<E: Entity> Repository<E> {
+    /// The repository of `E` on `storage`'s pools, with `E`'s consistency model applied to
+    /// every call.
+    pub fn new(storage: &Storage) -> Self {
+        let c = E::META.consistency;
+        let options = CollectionOptions::builder()
+            .write_concern(c.write_concern())
+            .read_concern(c.read_concern())
+            .selection_criteria(c.read_preference())
+            .build();
+        let db = storage.database(E::META.database);
+        Repository {
+            storage: storage.clone(),
+            docs: db.collection_with_options(E::META.collection, options.clone()),
+            typed: db.collection_with_options(E::META.collection, options),
+            _entity: PhantomData,
+        }
+    }
+
+    /// The storage handle.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The static description of `E`.
+    pub fn meta(&self) -> &'static EntityMeta {
+        E::META
+    }
+
+    /// Inserts one entity. Its tenant field must equal `tenant`. A unique index violation is
+    /// [`Error::DuplicateKey`].
+    pub async fn insert(&self, tenant: &TenantId, entity: &E) -> Result<()> {
+        let doc = codec::encode(tenant, entity)?;
+        self.bounded("insert", self.docs.insert_one(doc))
+            .await?
+            .map_err(|e| classify_write(E::META.name, self.op("insert"), e))?;
+        Ok(())
+    }
+
+    /// Inserts many entities in one unordered batch. Every entity must belong to `tenant`, or
+    /// nothing is written. Documents rejected by the server (duplicates) are reported in
+    /// [`InsertManyReport::failed`]; the others are written.
+    pub async fn insert_many(&self, tenant: &TenantId, entities: &[E]) -> Result<InsertManyReport> {
+        if entities.is_empty() {
+            return Ok(InsertManyReport {
+                inserted: 0,
+                failed: Vec::new(),
+            });
+        }
+        let docs = entities
+            .iter()
+            .map(|e| codec::encode(tenant, e))
+            .collect::<Result<Vec<_>>>()?;
+        let n = docs.len();
+        match self
+            .bounded("insert_many", self.docs.insert_many(docs).ordered(false))
+            .await?
+        {
+            Ok(r) => Ok(InsertManyReport {
+                inserted: r.inserted_ids.len(),
+                failed: Vec::new(),
+            }),
+            Err(e) => {
+                let failed: Vec<(usize, Error)> = match e.kind.as_ref() {
+                    mongodb::error::ErrorKind::InsertMany(m) if m.write_concern_error.is_none() => {
+                        m.write_errors
+                            .iter()
+                            .flatten()
+                            .map(|w| {
+                                let err = if w.code == crate::error::DUPLICATE_KEY {
+                                    Error::DuplicateKey {
+                                        entity: E::META.name,
+                                        index: None,
+                                        message: w.message.clone(),
+                                    }
+                                } else {
+                                    Error::config(
+                                        format!("{}[{}]", E::META.name, w.index),
+                                        format!(
+                                            "server rejected the document: {} (code {})",
+                                            w.message, w.code
+                                        ),
+                                    )
+                                };
+                                (w.index, err)
+                            })
+                            .collect()
+                    }
+                    _ => return Err(classify_write(E::META.name, self.op("insert_many"), e)),
+                };
+                Ok(InsertManyReport {
+                    inserted: n - failed.len(),
+                    failed,
+                })
+            }
+        }
+    }
+
+    /// The entity with this id in this tenant (secret fields left out), or `None`.
+    pub async fn find_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
+        let filter = self.id_filter(tenant, id)?;
+        self.bounded(
+            "find_by_id",
+            self.typed
+                .find_one(filter)
+                .projection(codec::projection(E::META, false)),
+        )
+        .await?
+        .map_err(|e| Error::mongo(self.op("find_by_id"), e))
+    }
+
+    /// Like [`find_by_id`](Self::find_by_id), with secret fields included (e.g. to check a
+    /// password hash). Never cached.
+    pub async fn find_by_id_with_secrets(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+    ) -> Result<Option<E>> {
+        let filter = self.id_filter(tenant, id)?;
+        self.bounded(
+            "find_by_id_with_secrets",
+            self.typed
+                .find_one(filter)
+                .projection(codec::projection(E::META, true)),
+        )
+        .await?
+        .map_err(|e| Error::mongo(self.op("find_by_id_with_secrets"), e))
+    }
+
+    /// The entity with this id, or [`Error::NotFound`].
+    pub async fn get(&self, tenant: &TenantId, id: &E::Id) -> Result<E> {
+        self.find_by_id(tenant, id)
+            .await?
+            .ok_or_else(|| self.not_found(id))
+    }
+
+    /// Whether an entity with this id exists in this tenant.
+    pub async fn exists(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
+        let filter = self.id_filter(tenant, id)?;
+        let n = self
+            .bounded("exists", self.docs.count_documents(filter).limit(1))
+            .await?
+            .map_err(|e| Error::mongo(self.op("exists"), e))?;
+        Ok(n > 0)
+    }
+
+    /// How many entities of this tenant match `filter`.
+    pub async fn count(&self, tenant: &TenantId, filter: Filter<E>) -> Result<u64> {
+        self.query(tenant).filter(filter).count().await
+    }
+
+    /// A query over this tenant's entities.
+    pub fn query(&self, tenant: &TenantId) -> Query<'_, E> {
+        Query::new(self, tenant.clone())
+    }
+
+    /// Applies `patch` to the entity with this id and returns it as it is afterwards, or `None`
+    /// if there is none. The version field, if any, is incremented. Unconditional: use
+    /// [`update_checked`](Self::update_checked) to fail when someone else wrote first.
+    pub async fn update<P: Patch<Entity = E>>(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+        patch: P,
+    ) -> Result<Option<E>> {
+        let set = self.patch_set(&patch)?;
+        if E::META.version_field.is_some() {
+            return versioned::update_latest(self, tenant, id, set).await;
+        }
+        if set.is_empty() {
+            return self.find_by_id(tenant, id).await;
+        }
+        let filter = self.id_filter(tenant, id)?;
+        self.bounded(
+            "update",
+            self.typed
+                .find_one_and_update(filter, doc! { "$set": set })
+                .return_document(ReturnDocument::After)
+                .projection(codec::projection(E::META, false)),
+        )
+        .await?
+        .map_err(|e| classify_write(E::META.name, self.op("update"), e))
+    }
+
+    /// Optimistic locking: applies `patch` only if the stored version is `expected_version`,
+    /// and returns the entity afterwards (version `expected_version + 1`). Otherwise
+    /// [`Error::VersionConflict`] (someone else wrote first) or [`Error::NotFound`].
+    pub async fn update_checked<P: Patch<Entity = E>>(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+        expected_version: u64,
+        patch: P,
+    ) -> Result<E> {
+        self.require_version("update_checked")?;
+        let set = self.patch_set(&patch)?;
+        versioned::update_at(self, tenant, id, expected_version, set).await
+    }
+
+    /// Replaces the stored entity with `entity`. With a version field this is optimistic: it
+    /// succeeds only if the stored version equals `entity`'s, and then sets `entity`'s version
+    /// to the new one; otherwise [`Error::VersionConflict`]. Without one, [`Error::NotFound`]
+    /// if there is nothing to replace.
+    pub async fn replace(&self, tenant: &TenantId, entity: &mut E) -> Result<()> {
+        if E::META.version_field.is_some() {
+            return versioned::replace(self, tenant, entity).await;
+        }
+        let doc = codec::encode(tenant, entity)?;
+        let filter = self.id_filter(tenant, entity.id())?;
+        let r = self
+            .bounded("replace", self.docs.replace_one(filter, doc))
+            .await?
+            .map_err(|e| classify_write(E::META.name, self.op("replace"), e))?;
+        if r.matched_count == 0 {
+            return Err(self.not_found(entity.id()));
+        }
+        Ok(())
+    }
+
+    /// Inserts `entity`, or replaces the one with its id, without a version check.
+    pub async fn upsert(&self, tenant: &TenantId, entity: &E) -> Result<Upserted> {
+        let doc = codec::encode(tenant, entity)?;
+        let filter = self.id_filter(tenant, entity.id())?;
+        // Two concurrent upserts of a new id can both try to insert; the unique (tenant, id)
+        // index lets one win and the other, retried, replaces.
+        for attempt in 0..2 {
+            let r = self
+                .bounded(
+                    "upsert",
+                    self.docs
+                        .replace_one(filter.clone(), doc.clone())
+                        .upsert(true),
+                )
+                .await?;
+            match r {
+                Ok(r) if r.upserted_id.is_some() => return Ok(Upserted::Inserted),
+                Ok(_) => return Ok(Upserted::Replaced),
+                Err(e) if attempt == 0 && crate::error::duplicate_key_message(&e).is_some() => {
+                    continue
+                }
+                Err(e) => return Err(classify_write(E::META.name, self.op("upsert"), e)),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Deletes the entity with this id: soft (hidden, kept with `_deleted_at`) when the entity
+    /// declares `soft_delete`, otherwise removed. Returns whether there was one.
+    pub async fn delete(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
+        let filter = self.id_filter(tenant, id)?;
+        if E::META.soft_delete {
+            let r = self
+                .bounded(
+                    "delete",
+                    self.docs.update_one(
+                        filter,
+                        doc! { "$set": { DELETED_AT_FIELD: mongodb::bson::DateTime::now() } },
+                    ),
+                )
+                .await?
+                .map_err(|e| Error::mongo(self.op("soft delete"), e))?;
+            return Ok(r.matched_count > 0);
+        }
+        let r = self
+            .bounded("delete", self.docs.delete_one(filter))
+            .await?
+            .map_err(|e| Error::mongo(self.op("delete"), e))?;
+        Ok(r.deleted_count > 0)
+    }
+
+    /// Removes the document with this id for good, soft-deleted or not.
+    pub async fn purge(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
+        let mut filter = self.id_filter(tenant, id)?;
+        filter.remove(DELETED_AT_FIELD);
+        let r = self
+            .bounded("purge", self.docs.delete_one(filter))
+            .await?
+            .map_err(|e| Error::mongo(self.op("purge"), e))?;
+        Ok(r.deleted_count > 0)
+    }
+
+    /// Cross-tenant reads for operators and migrations. Loudly named on purpose: nothing a
+    /// tenant-facing request does should need it.
+    pub fn unscoped_admin_across_all_tenants(&self) -> UnscopedAdmin<'_, E> {
+        UnscopedAdmin { repo: self }
+    }
+
+    // ---- shared pieces -------------------------------------------------------------------
+
+    pub(crate) fn docs(&self) -> &Collection<Document> {
+        &self.docs
+    }
+
+    pub(crate) fn typed(&self) -> &Collection<E> {
+        &self.typed
+    }
+
+    /// `{tenant: t, [_deleted_at: null]}`: the scope every call starts from.
+    pub(crate) fn tenant_filter(&self, tenant: &TenantId) -> Document {
+        let mut d = doc! { E::META.tenant_field: tenant.as_str() };
+        if E::META.soft_delete {
+            d.insert(DELETED_AT_FIELD, Bson::Null);
+        }
+        d
+    }
+
+    pub(crate) fn id_filter(&self, tenant: &TenantId, id: &E::Id) -> Result<Document> {
+        let mut d = self.tenant_filter(tenant);
+        d.insert(E::META.id_field, codec::id_to_bson::<E>(id)?);
+        Ok(d)
+    }
+
+    /// The tenant scope AND a user filter, which may not name the tenant field.
+    pub(crate) fn scoped(&self, tenant: &TenantId, user: Document) -> Result<Document> {
+        if codec::mentions_field(&user, E::META.tenant_field) {
+            return Err(Error::TenantFilter {
+                entity: E::META.name,
+                field: E::META.tenant_field,
+            });
+        }
+        let scope = self.tenant_filter(tenant);
+        if user.is_empty() {
+            return Ok(scope);
+        }
+        if user.keys().any(|k| scope.contains_key(k)) {
+            return Ok(doc! { "$and": [scope, user] });
+        }
+        let mut d = scope;
+        d.extend(user);
+        Ok(d)
+    }
+
+    fn patch_set<P: Patch<Entity = E>>(&self, patch: &P) -> Result<Document> {
+        let mut w = PatchWriter::new(E::META.name);
+        patch.write(&mut w)?;
+        Ok(w.into_document())
+    }
+
+    fn require_version(&self, op: &'static str) -> Result<()> {
+        if E::META.version_field.is_none() {
+            return Err(Error::Unsupported {
+                feature: op,
+                server: format!(
+                    "(entity {} has no #[repository(version)] field, so this)",
+                    E::META.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn not_found(&self, id: &E::Id) -> Error {
+        Error::NotFound {
+            entity: E::META.name,
+            id: codec::id_text::<E>(id),
+        }
+    }
+
+    pub(crate) fn op(&self, what: &str) -> String {
+        format!("{what} {}.{}", E::META.database, E::META.collection)
+    }
+
+    /// Bounds one driver call by `mongodb.socket_timeout` (the driver has no socket timeout).
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        f: impl std::future::IntoFuture<Output = T>,
+    ) -> Result<T> {
+        let after = self.storage.config().mongodb.socket_timeout;
+        bounded_by(after, operation, f.into_future()).await
+    }
+}
+
+pub(crate) async fn bounded_by<T>(
+    after: std::time::Duration,
+    operation: &'static str,
+    f: impl Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(after, f)
+        .await
+        .map_err(|_| Error::Timeout {
+            component: Component::Mongodb,
+            operation,
+            after,
+        })
+}
+
+/// Reads across tenants: see [`Repository::unscoped_admin_across_all_tenants`].
+#[derive(Debug)]
+pub struct UnscopedAdmin<'r, E: Entity> {
+    repo: &'r Repository<E>,
+}
+
+impl<E: Entity> UnscopedAdmin<'_, E> {
+    /// Entities of every tenant matching `filter` (secret fields left out).
+    pub async fn find(&self, filter: Filter<E>) -> Result<Vec<E>> {
+        use futures::TryStreamExt;
+        let mut f = filter.into_document()?;
+        if E::META.soft_delete {
+            f.insert(DELETED_AT_FIELD, Bson::Null);
+        }
+        let r = self.repo;
+        let cursor = r
+            .bounded(
+                "unscoped find",
+                r.typed
+                    .find(f)
+                    .projection(codec::projection(E::META, false)),
+            )
+            .await?
+            .map_err(|e| Error::mongo(r.op("unscoped find"), e))?;
+        r.bounded("unscoped find", cursor.try_collect())
+            .await?
+            .map_err(|e| Error::mongo(r.op("unscoped find"), e))
+    }
+
+    /// How many entities all tenants hold.
+    pub async fn count_all(&self) -> Result<u64> {
+        let r = self.repo;
+        let f = if E::META.soft_delete {
+            doc! { DELETED_AT_FIELD: Bson::Null }
+        } else {
+            Document::new()
+        };
+        r.bounded("unscoped count", r.docs.count_documents(f))
+            .await?
+            .map_err(|e| Error::mongo(r.op("unscoped count"), e))
+    }
+
+    /// The tenants that have at least one entity.
+    pub async fn tenants(&self) -> Result<Vec<String>> {
+        let r = self.repo;
+        let values = r
+            .bounded(
+                "distinct tenants",
+                r.docs.distinct(E::META.tenant_field, doc! {}),
+            )
+            .await?
+            .map_err(|e| Error::mongo(r.op("distinct tenants"), e))?;
+        let mut out: Vec<String> = values
+            .into_iter()
+            .filter_map(|b| b.as_str().map(str::to_owned))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,310 @@
+//! [`Query`]: filter, sort, page and project a tenant's entities.
+
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, Document};
+use serde::de::DeserializeOwned;
+
+use crate::entity::Entity;
+use crate::error::{Error, Result};
+use crate::index::SortDirection;
+use crate::repo::filter::{FieldPath, Filter, Sort};
+use crate::repo::page::{Cursor, Page, PageRequest};
+use crate::repo::{codec, Repository, DELETED_AT_FIELD};
+use crate::tenant::TenantId;
+
+/// A query over one tenant's entities of type `E`, built from typed filters and sorts.
+///
+/// ```ignore
+/// let active = users.query(&tenant)
+///     .filter(User::fields().status().eq(UserStatus::Active))
+///     .sort(User::fields().created_at().desc())
+///     .limit(50)
+///     .fetch().await?;
+/// ```
+#[must_use = "a query does nothing until fetched"]
+pub struct Query<'r, E: Entity> {
+    repo: &'r Repository<E>,
+    tenant: TenantId,
+    filter: Filter<E>,
+    sort: Vec<(&'static str, SortDirection)>,
+    skip: Option<u64>,
+    limit: Option<i64>,
+    with_secrets: bool,
+    only: Option<Vec<&'static str>>,
+}
+
+impl<E: Entity> std::fmt::Debug for Query<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Query")
+            .field("entity", &E::META.name)
+            .field("tenant", &self.tenant)
+            .field("filter", &self.filter)
+            .field("sort", &self.sort)
+            .field("skip", &self.skip)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl<'r, E: Entity> Query<'r, E> {
+    pub(crate) fn new(repo: &'r Repository<E>, tenant: TenantId) -> Self {
+        Query {
+            repo,
+            tenant,
+            filter: Filter::all(),
+            sort: Vec::new(),
+            skip: None,
+            limit: None,
+            with_secrets: false,
+            only: None,
+        }
+    }
+
+    /// Adds a condition (conditions combine with AND).
+    pub fn filter(mut self, filter: Filter<E>) -> Self {
+        self.filter = self.filter.and(filter);
+        self
+    }
+
+    /// Adds a sort key (earlier keys sort first).
+    pub fn sort(mut self, sort: Sort<E>) -> Self {
+        self.sort.push((sort.field, sort.direction));
+        self
+    }
+
+    /// Skips the first `n` matches. Prefer [`page`](Self::page) for paging through results.
+    pub fn skip(mut self, n: u64) -> Self {
+        self.skip = Some(n);
+        self
+    }
+
+    /// Returns at most `n` matches.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = Some(i64::from(n));
+        self
+    }
+
+    /// Includes `secret` fields, which reads leave out by default.
+    pub fn include_secrets(mut self) -> Self {
+        self.with_secrets = true;
+        self
+    }
+
+    /// Fetches only these fields; read the results with [`fetch_as`](Self::fetch_as) into a
+    /// struct that has them. Secret fields stay out unless
+    /// [`include_secrets`](Self::include_secrets) is set.
+    pub fn only(mut self, fields: impl IntoIterator<Item = FieldPath<E>>) -> Self {
+        self.only = Some(fields.into_iter().map(|f| f.name).collect());
+        self
+    }
+
+    fn projection(&self) -> Document {
+        match &self.only {
+            None => codec::projection(E::META, self.with_secrets),
+            Some(fields) => {
+                let mut p = doc! { "_id": 0 };
+                for f in fields {
+                    if self.with_secrets || !E::META.secret_fields.contains(f) {
+                        p.insert(*f, 1);
+                    }
+                }
+                p
+            }
+        }
+    }
+
+    fn sort_document(&self) -> Option<Document> {
+        (!self.sort.is_empty()).then(|| {
+            self.sort
+                .iter()
+                .map(|(f, d)| ((*f).to_owned(), Bson::Int32(d.as_i32())))
+                .collect()
+        })
+    }
+
+    fn filter_document(&mut self) -> Result<Document> {
+        let user = std::mem::take(&mut self.filter).into_document()?;
+        self.repo.scoped(&self.tenant, user)
+    }
+
+    /// All matches.
+    pub async fn fetch(self) -> Result<Vec<E>> {
+        self.stream().await?.try_collect().await
+    }
+
+    /// The first match, if any.
+    pub async fn first(mut self) -> Result<Option<E>> {
+        self.limit = Some(1);
+        let mut all = self.fetch().await?;
+        Ok(if all.is_empty() {
+            None
+        } else {
+            Some(all.swap_remove(0))
+        })
+    }
+
+    /// All matches, as a stream (for large result sets).
+    pub async fn stream(mut self) -> Result<BoxStream<'static, Result<E>>> {
+        let filter = self.filter_document()?;
+        let repo = self.repo;
+        let mut find = repo.typed().find(filter).projection(self.projection());
+        if let Some(s) = self.sort_document() {
+            find = find.sort(s);
+        }
+        if let Some(n) = self.skip {
+            find = find.skip(n);
+        }
+        if let Some(n) = self.limit {
+            find = find.limit(n);
+        }
+        let op = repo.op("find");
+        let cursor = repo
+            .bounded("find", find)
+            .await?
+            .map_err(|e| Error::mongo(op.clone(), e))?;
+        Ok(cursor
+            .map(move |r| r.map_err(|e| Error::mongo(op.clone(), e)))
+            .boxed())
+    }
+
+    /// All matches, read as `T` (use with [`only`](Self::only)).
+    pub async fn fetch_as<T: DeserializeOwned + Send + Sync + Unpin>(mut self) -> Result<Vec<T>> {
+        let docs = self.fetch_documents(None).await?;
+        docs.into_iter()
+            .map(|d| {
+                mongodb::bson::from_document(d).map_err(|e| Error::Codec {
+                    entity: E::META.name,
+                    direction: "decode",
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn fetch_documents(&mut self, extra: Option<Document>) -> Result<Vec<Document>> {
+        let mut filter = self.filter_document()?;
+        if let Some(extra) = extra {
+            filter = doc! { "$and": [filter, extra] };
+        }
+        let repo = self.repo;
+        let mut find = repo.docs().find(filter).projection(self.projection());
+        if let Some(s) = self.sort_document() {
+            find = find.sort(s);
+        }
+        if let Some(n) = self.skip {
+            find = find.skip(n);
+        }
+        if let Some(n) = self.limit {
+            find = find.limit(n);
+        }
+        let cursor = repo
+            .bounded("find", find)
+            .await?
+            .map_err(|e| Error::mongo(repo.op("find"), e))?;
+        repo.bounded("find", cursor.try_collect::<Vec<Document>>())
+            .await?
+            .map_err(|e| Error::mongo(repo.op("find"), e))
+    }
+
+    /// How many entities match.
+    pub async fn count(mut self) -> Result<u64> {
+        let filter = self.filter_document()?;
+        let repo = self.repo;
+        let mut count = repo.docs().count_documents(filter);
+        if let Some(n) = self.skip {
+            count = count.skip(n);
+        }
+        if let Some(n) = self.limit {
+            count = count.limit(n.unsigned_abs());
+        }
+        repo.bounded("count", count)
+            .await?
+            .map_err(|e| Error::mongo(repo.op("count"), e))
+    }
+
+    /// One page, sorted by this query's sort keys and then the id; see [`Page`].
+    pub async fn page(mut self, request: PageRequest) -> Result<Page<E>> {
+        let id_field = E::META.id_field;
+        if !self.sort.iter().any(|(f, _)| *f == id_field) {
+            self.sort.push((id_field, SortDirection::Asc));
+        }
+        let keys = self.sort.clone();
+        let after = match &request.after {
+            None => None,
+            Some(c) => Some(after_filter(&keys, c.values()?)?),
+        };
+        let limit = request.limit.max(1);
+        self.limit = Some(i64::from(limit) + 1);
+        self.skip = None;
+        self.only = None;
+        let mut docs = self.fetch_documents(after).await?;
+        let more = docs.len() > limit as usize;
+        docs.truncate(limit as usize);
+        let next = if more {
+            docs.last().map(|last| {
+                Cursor::from_values(
+                    keys.iter()
+                        .map(|(f, _)| last.get(*f).cloned().unwrap_or(Bson::Null))
+                        .collect(),
+                )
+            })
+        } else {
+            None
+        };
+        let items = docs
+            .into_iter()
+            .map(codec::decode::<E>)
+            .collect::<Result<Vec<E>>>()?;
+        Ok(Page { items, next })
+    }
+
+    /// Deletes every match (soft where the entity declares it) and returns how many.
+    pub async fn delete(mut self) -> Result<u64> {
+        let filter = self.filter_document()?;
+        let repo = self.repo;
+        if E::META.soft_delete {
+            let r = repo
+                .bounded(
+                    "delete many",
+                    repo.docs().update_many(
+                        filter,
+                        doc! { "$set": { DELETED_AT_FIELD: mongodb::bson::DateTime::now() } },
+                    ),
+                )
+                .await?
+                .map_err(|e| Error::mongo(repo.op("soft delete many"), e))?;
+            return Ok(r.modified_count);
+        }
+        let r = repo
+            .bounded("delete many", repo.docs().delete_many(filter))
+            .await?
+            .map_err(|e| Error::mongo(repo.op("delete many"), e))?;
+        Ok(r.deleted_count)
+    }
+}
+
+/// Strictly after `values` in the order `keys`: `k0 > v0 OR (k0 = v0 AND k1 > v1) OR ...`
+/// (`<` for descending keys).
+fn after_filter(keys: &[(&'static str, SortDirection)], values: Vec<Bson>) -> Result<Document> {
+    if values.len() != keys.len() {
+        return Err(Error::Codec {
+            entity: "Cursor",
+            direction: "decode",
+            message: "the cursor belongs to a query with other sort keys".into(),
+        });
+    }
+    let mut branches = Vec::with_capacity(keys.len());
+    for i in 0..keys.len() {
+        let mut branch = Document::new();
+        for j in 0..i {
+            branch.insert(keys[j].0, values[j].clone());
+        }
+        let op = match keys[i].1 {
+            SortDirection::Asc => "$gt",
+            SortDirection::Desc => "$lt",
+        };
+        branch.insert(keys[i].0, doc! { op: values[i].clone() });
+        branches.push(Bson::Document(branch));
+    }
+    Ok(doc! { "$or": branches })
+}

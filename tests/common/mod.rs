@@ -1,0 +1,272 @@
+//! Shared test support: configuration for the servers `scripts/services up` runs, unique
+//! tenants, and private server instances for tests that stop and start servers.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use caas_storage::{Storage, StorageConfig, TenantId};
+
+/// The configuration of the shared servers (environment, else the script's loopback defaults).
+pub fn config() -> StorageConfig {
+    StorageConfig::from_env().expect("CAAS_* environment is valid")
+}
+
+/// A handle on the shared servers.
+pub async fn storage() -> Storage {
+    Storage::connect(config())
+        .await
+        .expect("the servers are up: run scripts/services up")
+}
+
+/// A tenant no other test (or earlier run) uses, so tests share collections safely.
+pub fn tenant(label: &str) -> TenantId {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    TenantId::new(format!(
+        "{label}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000
+    ))
+    .unwrap()
+}
+
+pub fn services_dir() -> PathBuf {
+    std::env::var_os("CAAS_SERVICES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".services"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A server process this test started; killed on drop.
+pub struct Private {
+    pub name: &'static str,
+    pub port: u16,
+    child: Option<Child>,
+    start: Box<dyn Fn() -> Child + Send + Sync>,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+    _dir: Option<tempdir::Dir>,
+}
+
+impl Private {
+    fn launch(
+        name: &'static str,
+        port: u16,
+        dir: Option<tempdir::Dir>,
+        start: Box<dyn Fn() -> Child + Send + Sync>,
+        ready: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        let mut p = Private {
+            name,
+            port,
+            child: None,
+            start,
+            ready,
+            _dir: dir,
+        };
+        p.start();
+        p
+    }
+
+    /// Starts (again) and waits until ready.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        self.child = Some((self.start)());
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !(self.ready)() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("private {} exited early: {status}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private {} not ready in 90s",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the process and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while port_open(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(label: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "caas-test-{label}-{}-{}",
+                std::process::id(),
+                super::free_port()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A private redis-server on a free port.
+pub fn private_redis() -> Private {
+    let port = free_port();
+    Private::launch(
+        "redis",
+        port,
+        None,
+        Box::new(move || {
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--databases", "32"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/services install)")
+        }),
+        Box::new(move || port_open(port)),
+    )
+}
+
+/// A private FerretDB on a free port with its own SQLite directory.
+pub fn private_ferretdb() -> Private {
+    let port = free_port();
+    let dir = tempdir::Dir::new("ferretdb");
+    let data = dir.path().join("data");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let bin = services_dir().join("bin/ferretdb");
+    Private::launch(
+        "ferretdb",
+        port,
+        Some(dir),
+        Box::new(move || {
+            Command::new(&bin)
+                .arg("--handler=sqlite")
+                .arg(format!("--sqlite-url=file:{}/", data.display()))
+                .arg(format!("--listen-addr=127.0.0.1:{port}"))
+                .arg(format!("--state-dir={}", state.display()))
+                .args(["--debug-addr=-", "--telemetry=disable", "--log-level=error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("FerretDB is built (scripts/services install)")
+        }),
+        Box::new(move || port_open(port)),
+    )
+}
+
+/// A private single-node Kafka (KRaft) on free ports with its own log directory.
+pub fn private_kafka() -> Private {
+    let port = free_port();
+    let controller = free_port();
+    let dir = tempdir::Dir::new("kafka");
+    let libs = services_dir().join("kafka/libs");
+    let conf = dir.path().join("server.properties");
+    let log4j = dir.path().join("log4j2.properties");
+    let logs = dir.path().join("logs");
+    std::fs::write(
+        &conf,
+        format!(
+            "process.roles=broker,controller\nnode.id=1\n\
+             controller.quorum.voters=1@127.0.0.1:{controller}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             inter.broker.listener.name=PLAINTEXT\ncontroller.listener.names=CONTROLLER\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+             log.dirs={}\nnum.partitions=1\ndefault.replication.factor=1\nmin.insync.replicas=1\n\
+             offsets.topic.replication.factor=1\noffsets.topic.num.partitions=1\n\
+             transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
+             transaction.state.log.num.partitions=1\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &log4j,
+        "status = error\nappender.console.type = Console\nappender.console.name = STDOUT\n\
+         appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = %m%n\n\
+         rootLogger.level = error\nrootLogger.appenderRef.stdout.ref = STDOUT\n",
+    )
+    .unwrap();
+    let cp = format!("{}/*", libs.display());
+    let status = Command::new("java")
+        .arg("-Xmx256m")
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+        .args(["-cp", &cp, "kafka.tools.StorageTool", "format"])
+        .args(["-t", "caasStoragePrivate0001", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("java is installed");
+    assert!(status.success(), "formatting private Kafka storage failed");
+    Private::launch(
+        "kafka",
+        port,
+        Some(dir),
+        Box::new(move || {
+            Command::new("java")
+                .args(["-Xms128m", "-Xmx384m", "-XX:+UseG1GC"])
+                .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+                .arg(format!("-Dkafka.logs.dir={}", logs.display()))
+                .args(["-cp", &cp, "kafka.Kafka"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("java is installed")
+        }),
+        Box::new(move || port_open(port)),
+    )
+}
