@@ -61,6 +61,9 @@ pub struct Capabilities {
     pub change_streams: bool,
     /// Causally consistent sessions (the server returns `operationTime`).
     pub causal_consistency: bool,
+    /// Whether `findAndModify` accepts a projection (`fields`). FerretDB v1 does not; the
+    /// repository then strips secret and framework fields from the returned document itself.
+    pub find_and_modify_projection: bool,
     /// Whether a conditional single-document update is atomic against concurrent writers
     /// (filter checked and document changed in one step). True on MongoDB. FerretDB v1 reads,
     /// modifies and writes back without a row lock, so two "update where version = n" can both
@@ -115,6 +118,7 @@ impl Capabilities {
         let ttl_indexes = probe.ttl_index().await;
         let change_streams = probe.change_stream().await;
         let causal_consistency = probe.causal_session().await;
+        let find_and_modify_projection = probe.find_and_modify_projection().await;
         probe.finish().await;
 
         Ok(Capabilities {
@@ -127,6 +131,7 @@ impl Capabilities {
             ttl_indexes,
             change_streams,
             causal_consistency,
+            find_and_modify_projection,
             atomic_conditional_updates: product == ServerProduct::Mongodb,
         })
     }
@@ -212,6 +217,20 @@ impl Probe {
             return false;
         }
         session.operation_time().is_some()
+    }
+
+    async fn find_and_modify_projection(&self) -> bool {
+        let id = ObjectId::new();
+        if self.coll.insert_one(doc! { "_id": id, "a": 1, "b": 2 }).await.is_err() {
+            return false;
+        }
+        matches!(
+            self.coll
+                .find_one_and_update(doc! { "_id": id }, doc! { "$set": { "a": 3 } })
+                .projection(doc! { "b": 0 })
+                .await,
+            Ok(Some(d)) if !d.contains_key("b")
+        )
     }
 
     async fn finish(self) {

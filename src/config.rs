@@ -33,6 +33,13 @@
 //! | `kafka.enable_idempotence` | `CAAS_KAFKA_ENABLE_IDEMPOTENCE` | `true` |
 //! | `kafka.message_timeout` | `CAAS_KAFKA_MESSAGE_TIMEOUT` | `30s` |
 //! | `kafka.properties` (table) | none | empty: extra librdkafka settings |
+//! | `cache.op_timeout` | `CAAS_CACHE_OP_TIMEOUT` | `250ms` |
+//! | `cache.breaker_failures` | `CAAS_CACHE_BREAKER_FAILURES` | 3 |
+//! | `cache.breaker_cooldown` | `CAAS_CACHE_BREAKER_COOLDOWN` | `1s` |
+//! | `cache.stampede_wait` | `CAAS_CACHE_STAMPEDE_WAIT` | `300ms` |
+//! | `cache.load_lock_ttl` | `CAAS_CACHE_LOAD_LOCK_TTL` | `2s` |
+//! | `cache.generation_ttl` | `CAAS_CACHE_GENERATION_TTL` | `10m` |
+//! | `cache.invalidation_channel` | `CAAS_CACHE_INVALIDATION_CHANNEL` | `caas:cache:invalidate` |
 //! | `health.timeout` | `CAAS_HEALTH_TIMEOUT` | `2s` |
 //!
 //! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
@@ -55,6 +62,8 @@ pub struct StorageConfig {
     pub redis: RedisConfig,
     /// Kafka.
     pub kafka: KafkaConfig,
+    /// Cache behaviour (Redis tier, breaker, stampede protection).
+    pub cache: CacheConfig,
     /// Health checks.
     pub health: HealthConfig,
 }
@@ -241,6 +250,48 @@ impl Default for KafkaConfig {
     }
 }
 
+/// How the cache behaves around Redis. Per-entity TTLs and strategies are declared on the
+/// entity (`cache(...)`); these settings are per process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bound on one cache call to Redis; past it the call counts as failed and the request goes
+    /// on to MongoDB.
+    #[serde(with = "duration_text")]
+    pub op_timeout: Duration,
+    /// Consecutive Redis failures that open the circuit breaker.
+    #[serde(deserialize_with = "lenient")]
+    pub breaker_failures: u32,
+    /// How long an open breaker skips Redis before one probe call.
+    #[serde(with = "duration_text")]
+    pub breaker_cooldown: Duration,
+    /// How long a miss waits for another caller's load of the same entry before loading itself.
+    #[serde(with = "duration_text")]
+    pub stampede_wait: Duration,
+    /// How long a loader holds the stampede lock at most.
+    #[serde(with = "duration_text")]
+    pub load_lock_ttl: Duration,
+    /// How long an entry's invalidation generation is kept after its last write.
+    #[serde(with = "duration_text")]
+    pub generation_ttl: Duration,
+    /// Pub/sub channel that carries invalidations to other instances' in-process tiers.
+    pub invalidation_channel: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            op_timeout: Duration::from_millis(250),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(1),
+            stampede_wait: Duration::from_millis(300),
+            load_lock_ttl: Duration::from_secs(2),
+            generation_ttl: Duration::from_secs(600),
+            invalidation_channel: "caas:cache:invalidate".into(),
+        }
+    }
+}
+
 /// Health check settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -259,10 +310,11 @@ impl Default for HealthConfig {
 }
 
 /// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
-const ENV_SECTIONS: [(&str, &str); 4] = [
+const ENV_SECTIONS: [(&str, &str); 5] = [
     ("CAAS_MONGODB_", "mongodb"),
     ("CAAS_REDIS_", "redis"),
     ("CAAS_KAFKA_", "kafka"),
+    ("CAAS_CACHE_", "cache"),
     ("CAAS_HEALTH_", "health"),
 ];
 
@@ -379,6 +431,9 @@ impl StorageConfig {
             ("redis.connection_timeout", self.redis.connection_timeout),
             ("redis.response_timeout", self.redis.response_timeout),
             ("kafka.message_timeout", self.kafka.message_timeout),
+            ("cache.op_timeout", self.cache.op_timeout),
+            ("cache.load_lock_ttl", self.cache.load_lock_ttl),
+            ("cache.generation_ttl", self.cache.generation_ttl),
             ("health.timeout", self.health.timeout),
         ] {
             if d.is_zero() {

@@ -39,6 +39,12 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
 
     /// Sets the version field (no-op without one). Used after a versioned write.
     fn set_version(&mut self, _version: u64) {}
+
+    /// A copy for the in-process cache tier. The derive implements it (with `Clone`) for
+    /// entities that declare `cache(local(...))`; `None` keeps the entity out of that tier.
+    fn local_cache_clone(&self) -> Option<Self> {
+        None
+    }
 }
 
 /// Everything the executor needs to know about an entity type, built at compile time.

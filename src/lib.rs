@@ -32,6 +32,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod capabilities;
 pub mod config;
 pub mod consistency;
@@ -39,11 +40,12 @@ pub mod entity;
 pub mod error;
 pub mod health;
 pub mod index;
+pub mod outbox;
 pub mod repo;
 pub mod storage;
 pub mod tenant;
 
-// TEMP pub use caas_storage_derive::Repository;
+pub use caas_storage_derive::Repository;
 pub use capabilities::Capabilities;
 pub use config::StorageConfig;
 pub use consistency::Consistency;
@@ -61,7 +63,7 @@ pub use mongodb::bson;
 pub mod prelude {
     pub use crate::bson::DateTime;
     pub use crate::{
-        Consistency, Entity, Error, Filter, Page, PageRequest, Patch, Repository, Result, Storage,
+        Consistency, Cursor, Entity, Error, Filter, Page, PageRequest, Patch, Repository, Result, Storage,
         StorageConfig, TenantId,
     };
     pub use serde::{Deserialize, Serialize};

@@ -15,6 +15,7 @@ use rdkafka::ClientConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 
+use crate::cache::CacheLayer;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
 use crate::entity::{Entity, EntityMeta};
@@ -42,6 +43,7 @@ struct Inner {
     capabilities: Capabilities,
     redis: BTreeMap<u8, ConnectionManager>,
     kafka: FutureProducer,
+    cache: CacheLayer,
 }
 
 impl fmt::Debug for Storage {
@@ -103,6 +105,11 @@ impl Storage {
             }
         }
         let kafka = kafka_producer(&config)?;
+        let cache = CacheLayer::new(
+            config.redis.key_prefix.clone(),
+            config.cache.clone(),
+            redis_client(&config, config.redis.databases.platform_cache)?,
+        );
         Ok(Storage {
             inner: Arc::new(Inner {
                 config,
@@ -110,6 +117,7 @@ impl Storage {
                 capabilities,
                 redis,
                 kafka,
+                cache,
             }),
         })
     }
@@ -153,6 +161,11 @@ impl Storage {
     pub fn redis_cache_for(&self, database: &str) -> ConnectionManager {
         let db = self.inner.config.redis.databases.cache_db_for(database);
         self.inner.redis[&db].clone()
+    }
+
+    /// The cache: metrics, explicit invalidation.
+    pub fn cache(&self) -> &CacheLayer {
+        &self.inner.cache
     }
 
     /// The shared idempotent Kafka producer.
@@ -312,12 +325,16 @@ async fn mongo_client(config: &StorageConfig) -> Result<mongodb::Client> {
     })
 }
 
+fn redis_client(config: &StorageConfig, db: u8) -> Result<redis::Client> {
+    let bad_url = |e: redis::RedisError| Error::config("redis.url", e.to_string());
+    let info = config.redis.url.as_str().into_connection_info().map_err(bad_url)?;
+    let settings = info.redis_settings().clone().set_db(i64::from(db));
+    redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)
+}
+
 fn redis_manager(config: &StorageConfig, db: u8) -> Result<ConnectionManager> {
     let r = &config.redis;
-    let bad_url = |e: redis::RedisError| Error::config("redis.url", e.to_string());
-    let info = r.url.as_str().into_connection_info().map_err(bad_url)?;
-    let settings = info.redis_settings().clone().set_db(i64::from(db));
-    let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
+    let client = redis_client(config, db)?;
     let manager_config = ConnectionManagerConfig::new()
         .set_number_of_retries(r.max_retries)
         .set_connection_timeout(Some(r.connection_timeout))

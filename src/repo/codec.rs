@@ -35,6 +35,15 @@ pub(crate) fn decode<E: Entity>(doc: Document) -> Result<E> {
     })
 }
 
+/// Decodes a document read without a projection, leaving out what a projection would have:
+/// secret fields (unless `with_secrets`) and framework fields.
+pub(crate) fn decode_projected<E: Entity>(mut doc: Document, with_secrets: bool) -> Result<E> {
+    for (field, _) in projection(E::META, with_secrets) {
+        doc.remove(&field);
+    }
+    decode(doc)
+}
+
 /// Leaves out `_id`, the framework fields and, unless asked, the secret fields.
 pub(crate) fn projection(meta: &EntityMeta, with_secrets: bool) -> Document {
     let mut p = Document::new();

@@ -120,10 +120,12 @@ impl<E: Entity> Repository<E> {
     /// [`Error::DuplicateKey`].
     pub async fn insert(&self, tenant: &TenantId, entity: &E) -> Result<()> {
         let doc = codec::encode(tenant, entity)?;
-        self.bounded("insert", self.docs.insert_one(doc))
-            .await?
-            .map_err(|e| classify_write(E::META.name, self.op("insert"), e))?;
-        Ok(())
+        let r = self
+            .bounded("insert", self.docs.insert_one(doc))
+            .await
+            .and_then(|r| r.map_err(|e| classify_write(E::META.name, self.op("insert"), e)));
+        self.after_write(tenant, entity.id(), &r, Some(entity)).await;
+        r.map(drop)
     }
 
     /// Inserts many entities in one unordered batch. Every entity must belong to `tenant`, or
@@ -141,10 +143,18 @@ impl<E: Entity> Repository<E> {
             .map(|e| codec::encode(tenant, e))
             .collect::<Result<Vec<_>>>()?;
         let n = docs.len();
-        match self
+        let outcome = self
             .bounded("insert_many", self.docs.insert_many(docs).ordered(false))
-            .await?
-        {
+            .await;
+        if E::META.cache.is_some() {
+            for e in entities {
+                self.storage
+                    .cache()
+                    .after_write::<E>(&self.storage, tenant, e.id(), None)
+                    .await;
+            }
+        }
+        match outcome? {
             Ok(r) => Ok(InsertManyReport {
                 inserted: r.inserted_ids.len(),
                 failed: Vec::new(),
@@ -187,6 +197,17 @@ impl<E: Entity> Repository<E> {
 
     /// The entity with this id in this tenant (secret fields left out), or `None`.
     pub async fn find_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
+        if E::META.cache.is_some() {
+            return self
+                .storage
+                .cache()
+                .read(&self.storage, tenant, id, || self.load_by_id(tenant, id))
+                .await;
+        }
+        self.load_by_id(tenant, id).await
+    }
+
+    async fn load_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
         let filter = self.id_filter(tenant, id)?;
         self.bounded(
             "find_by_id",
@@ -253,22 +274,19 @@ impl<E: Entity> Repository<E> {
         patch: P,
     ) -> Result<Option<E>> {
         let set = self.patch_set(&patch)?;
-        if E::META.version_field.is_some() {
-            return versioned::update_latest(self, tenant, id, set).await;
-        }
-        if set.is_empty() {
+        if E::META.version_field.is_none() && set.is_empty() {
             return self.find_by_id(tenant, id).await;
         }
-        let filter = self.id_filter(tenant, id)?;
-        self.bounded(
-            "update",
-            self.typed
-                .find_one_and_update(filter, doc! { "$set": set })
-                .return_document(ReturnDocument::After)
-                .projection(codec::projection(E::META, false)),
-        )
-        .await?
-        .map_err(|e| classify_write(E::META.name, self.op("update"), e))
+        let r = if E::META.version_field.is_some() {
+            versioned::update_latest(self, tenant, id, set).await
+        } else {
+            let filter = self.id_filter(tenant, id)?;
+            self.find_one_and_update_public("update", filter, doc! { "$set": set })
+                .await
+        };
+        let written = r.as_ref().ok().and_then(Option::as_ref);
+        self.after_write(tenant, id, &r, written).await;
+        r
     }
 
     /// Optimistic locking: applies `patch` only if the stored version is `expected_version`,
@@ -283,7 +301,9 @@ impl<E: Entity> Repository<E> {
     ) -> Result<E> {
         self.require_version("update_checked")?;
         let set = self.patch_set(&patch)?;
-        versioned::update_at(self, tenant, id, expected_version, set).await
+        let r = versioned::update_at(self, tenant, id, expected_version, set).await;
+        self.after_write(tenant, id, &r, r.as_ref().ok()).await;
+        r
     }
 
     /// Replaces the stored entity with `entity`. With a version field this is optimistic: it
@@ -291,9 +311,16 @@ impl<E: Entity> Repository<E> {
     /// to the new one; otherwise [`Error::VersionConflict`]. Without one, [`Error::NotFound`]
     /// if there is nothing to replace.
     pub async fn replace(&self, tenant: &TenantId, entity: &mut E) -> Result<()> {
-        if E::META.version_field.is_some() {
-            return versioned::replace(self, tenant, entity).await;
-        }
+        let r = if E::META.version_field.is_some() {
+            versioned::replace(self, tenant, entity).await
+        } else {
+            self.replace_unversioned(tenant, entity).await
+        };
+        self.after_write(tenant, entity.id(), &r, Some(&*entity)).await;
+        r
+    }
+
+    async fn replace_unversioned(&self, tenant: &TenantId, entity: &E) -> Result<()> {
         let doc = codec::encode(tenant, entity)?;
         let filter = self.id_filter(tenant, entity.id())?;
         let r = self
@@ -308,6 +335,12 @@ impl<E: Entity> Repository<E> {
 
     /// Inserts `entity`, or replaces the one with its id, without a version check.
     pub async fn upsert(&self, tenant: &TenantId, entity: &E) -> Result<Upserted> {
+        let r = self.upsert_inner(tenant, entity).await;
+        self.after_write(tenant, entity.id(), &r, Some(entity)).await;
+        r
+    }
+
+    async fn upsert_inner(&self, tenant: &TenantId, entity: &E) -> Result<Upserted> {
         let doc = codec::encode(tenant, entity)?;
         let filter = self.id_filter(tenant, entity.id())?;
         // Two concurrent upserts of a new id can both try to insert; the unique (tenant, id)
@@ -336,6 +369,12 @@ impl<E: Entity> Repository<E> {
     /// Deletes the entity with this id: soft (hidden, kept with `_deleted_at`) when the entity
     /// declares `soft_delete`, otherwise removed. Returns whether there was one.
     pub async fn delete(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
+        let r = self.delete_inner(tenant, id).await;
+        self.after_write(tenant, id, &r, None).await;
+        r
+    }
+
+    async fn delete_inner(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
         let filter = self.id_filter(tenant, id)?;
         if E::META.soft_delete {
             let r = self
@@ -363,9 +402,11 @@ impl<E: Entity> Repository<E> {
         filter.remove(DELETED_AT_FIELD);
         let r = self
             .bounded("purge", self.docs.delete_one(filter))
-            .await?
-            .map_err(|e| Error::mongo(self.op("purge"), e))?;
-        Ok(r.deleted_count > 0)
+            .await
+            .and_then(|r| r.map_err(|e| Error::mongo(self.op("purge"), e)))
+            .map(|r| r.deleted_count > 0);
+        self.after_write(tenant, id, &r, None).await;
+        r
     }
 
     /// Cross-tenant reads for operators and migrations. Loudly named on purpose: nothing a
@@ -375,6 +416,66 @@ impl<E: Entity> Repository<E> {
     }
 
     // ---- shared pieces -------------------------------------------------------------------
+
+    /// Keeps the cache right after a write attempt: on success (and when the outcome is
+    /// unknown: a timeout or a driver error) the entry is invalidated, or written through.
+    /// Errors raised before anything was sent (tenant mismatch, conflicts, duplicates) leave
+    /// the cache alone.
+    pub(crate) async fn after_write<T>(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+        outcome: &Result<T>,
+        written: Option<&E>,
+    ) {
+        if E::META.cache.is_none() {
+            return;
+        }
+        let touched = match outcome {
+            Ok(_) => true,
+            Err(e) => matches!(e, Error::Timeout { .. } | Error::Mongo { .. }),
+        };
+        if touched {
+            let written = if outcome.is_ok() { written } else { None };
+            self.storage
+                .cache()
+                .after_write::<E>(&self.storage, tenant, id, written)
+                .await;
+        }
+    }
+
+    /// `findAndModify` returning the document after the update, secret fields left out: by
+    /// projection where the server supports it there, else stripped here.
+    pub(crate) async fn find_one_and_update_public(
+        &self,
+        operation: &'static str,
+        filter: Document,
+        update: Document,
+    ) -> Result<Option<E>> {
+        let classify = |e| classify_write(E::META.name, self.op(operation), e);
+        if self.storage.capabilities().find_and_modify_projection {
+            return self
+                .bounded(
+                    operation,
+                    self.typed
+                        .find_one_and_update(filter, update)
+                        .return_document(ReturnDocument::After)
+                        .projection(codec::projection(E::META, false)),
+                )
+                .await?
+                .map_err(classify);
+        }
+        let doc = self
+            .bounded(
+                operation,
+                self.docs
+                    .find_one_and_update(filter, update)
+                    .return_document(ReturnDocument::After),
+            )
+            .await?
+            .map_err(classify)?;
+        doc.map(|d| codec::decode_projected(d, false)).transpose()
+    }
 
     pub(crate) fn docs(&self) -> &Collection<Document> {
         &self.docs

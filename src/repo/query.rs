@@ -258,28 +258,64 @@ impl<'r, E: Entity> Query<'r, E> {
         Ok(Page { items, next })
     }
 
-    /// Deletes every match (soft where the entity declares it) and returns how many.
+    /// Deletes every match (soft where the entity declares it) and returns how many. For a
+    /// cached entity the matching ids are read first and exactly those are deleted and
+    /// invalidated.
     pub async fn delete(mut self) -> Result<u64> {
-        let filter = self.filter_document()?;
+        let mut filter = self.filter_document()?;
         let repo = self.repo;
-        if E::META.soft_delete {
-            let r = repo
+        let mut ids = Vec::new();
+        if E::META.cache.is_some() {
+            let id_field = E::META.id_field;
+            let cursor = repo
                 .bounded(
-                    "delete many",
-                    repo.docs().update_many(
-                        filter,
-                        doc! { "$set": { DELETED_AT_FIELD: mongodb::bson::DateTime::now() } },
-                    ),
+                    "delete many (ids)",
+                    repo.docs()
+                        .find(filter.clone())
+                        .projection(doc! { "_id": 0, id_field: 1 }),
                 )
                 .await?
-                .map_err(|e| Error::mongo(repo.op("soft delete many"), e))?;
-            return Ok(r.modified_count);
+                .map_err(|e| Error::mongo(repo.op("delete many"), e))?;
+            let docs: Vec<Document> = repo
+                .bounded("delete many (ids)", cursor.try_collect())
+                .await?
+                .map_err(|e| Error::mongo(repo.op("delete many"), e))?;
+            ids = docs
+                .into_iter()
+                .filter_map(|mut d| d.remove(id_field))
+                .collect::<Vec<Bson>>();
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            filter = doc! { "$and": [filter, { id_field: { "$in": ids.clone() } }] };
         }
-        let r = repo
-            .bounded("delete many", repo.docs().delete_many(filter))
-            .await?
-            .map_err(|e| Error::mongo(repo.op("delete many"), e))?;
-        Ok(r.deleted_count)
+        let outcome = if E::META.soft_delete {
+            repo.bounded(
+                "delete many",
+                repo.docs().update_many(
+                    filter,
+                    doc! { "$set": { DELETED_AT_FIELD: mongodb::bson::DateTime::now() } },
+                ),
+            )
+            .await
+            .and_then(|r| {
+                r.map(|r| r.modified_count)
+                    .map_err(|e| Error::mongo(repo.op("soft delete many"), e))
+            })
+        } else {
+            repo.bounded("delete many", repo.docs().delete_many(filter))
+                .await
+                .and_then(|r| {
+                    r.map(|r| r.deleted_count)
+                        .map_err(|e| Error::mongo(repo.op("delete many"), e))
+                })
+        };
+        for id in ids {
+            if let Ok(id) = mongodb::bson::from_bson::<E::Id>(id) {
+                repo.after_write(&self.tenant, &id, &outcome, None).await;
+            }
+        }
+        outcome
     }
 }
 

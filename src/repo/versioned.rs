@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
-use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 
 use crate::entity::Entity;
@@ -48,15 +47,8 @@ pub(crate) async fn update_latest<E: Entity>(
             update.insert("$set", set);
         }
         return repo
-            .bounded(
-                "update",
-                repo.typed()
-                    .find_one_and_update(filter, update)
-                    .return_document(ReturnDocument::After)
-                    .projection(codec::projection(E::META, false)),
-            )
-            .await?
-            .map_err(|e| classify_write(E::META.name, repo.op("update"), e));
+            .find_one_and_update_public("update", filter, update)
+            .await;
     }
     let mut last = None;
     for attempt in 0..UPDATE_ATTEMPTS {
@@ -91,18 +83,12 @@ pub(crate) async fn update_at<E: Entity>(
     filter.insert(vf, version_bson(expected));
     let claim = Claim::take(repo, tenant, id, expected).await?;
     let result = repo
-        .bounded(
-            "update_checked",
-            repo.typed()
-                .find_one_and_update(filter, doc! { "$set": set })
-                .return_document(ReturnDocument::After)
-                .projection(codec::projection(E::META, false)),
-        )
+        .find_one_and_update_public("update_checked", filter, doc! { "$set": set })
         .await;
     if let Some(c) = claim {
         c.release().await;
     }
-    match result?.map_err(|e| classify_write(E::META.name, repo.op("update_checked"), e))? {
+    match result? {
         Some(e) => Ok(e),
         None => Err(diagnose(repo, tenant, id, expected).await),
     }

@@ -1,0 +1,604 @@
+//! The cache: an optional in-process tier, then Redis, then MongoDB, declared per entity with
+//! `cache(...)`.
+//!
+//! What it guarantees (details and the choice per consistency model in `docs/caching.md`):
+//! - **No stale-set race.** Every write bumps the entry's generation in Redis before it is
+//!   acknowledged; a put after a miss succeeds only if the generation is the one read before
+//!   the load ([`scripts::PUT_IF_UNCHANGED`]). Write-through puts are fenced by version.
+//! - **One loader per hot miss.** The first miss takes a short lock; the others wait for its
+//!   value (bounded by `cache.stampede_wait`) and load themselves only if it does not come.
+//! - **Redis never fails a request.** Errors and timeouts (`cache.op_timeout`) send the call
+//!   to MongoDB; a circuit breaker skips Redis while it is down. Writes made while Redis could
+//!   not be told are remembered, and their entity's entries are cleared when Redis is back,
+//!   before Redis serves that entity again.
+//! - Entries that do not decode are misses, deleted and counted.
+//! - Secret fields are never cached.
+
+mod breaker;
+mod keys;
+mod listener;
+mod local;
+mod metrics;
+mod scripts;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+
+use crate::config::CacheConfig;
+use crate::entity::{CacheSpec, CacheStrategy, Entity};
+use crate::error::{Component, Error, Result};
+use crate::storage::Storage;
+use crate::tenant::TenantId;
+
+use breaker::{Breaker, Permit};
+use keys::EntryKeys;
+use metrics::{bump, Counters};
+
+pub use metrics::CacheMetrics;
+
+/// The cache of one [`Storage`] handle: tiers, breaker, metrics. Reach it with
+/// [`Storage::cache`]; repositories use it on their own.
+pub struct CacheLayer {
+    prefix: String,
+    settings: CacheConfig,
+    breaker: Breaker,
+    counters: Mutex<HashMap<&'static str, Arc<Counters>>>,
+    /// Entities with writes Redis was not told about; their entries are cleared when Redis is
+    /// back, and Redis is not read for them until then.
+    dirty: Mutex<HashSet<(&'static str, u8)>>,
+    local: Arc<local::Registry>,
+    listener: Mutex<Option<tokio::task::AbortHandle>>,
+    client: redis::Client,
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("prefix", &self.prefix)
+            .field("breaker_open", &self.breaker.is_open())
+            .finish()
+    }
+}
+
+impl Drop for CacheLayer {
+    fn drop(&mut self) {
+        if let Some(h) = self.listener.lock().expect("listener lock").take() {
+            h.abort();
+        }
+    }
+}
+
+/// Why a Redis call was not answered.
+enum Fault {
+    Skipped,
+    Failed(String),
+}
+
+impl CacheLayer {
+    pub(crate) fn new(prefix: String, settings: CacheConfig, client: redis::Client) -> Self {
+        CacheLayer {
+            prefix,
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            settings,
+            counters: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            local: Arc::new(local::Registry::default()),
+            listener: Mutex::new(None),
+            client,
+        }
+    }
+
+    /// Counters per entity type, since this handle was created.
+    pub fn metrics(&self) -> BTreeMap<String, CacheMetrics> {
+        self.counters
+            .lock()
+            .expect("cache counters")
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.snapshot()))
+            .collect()
+    }
+
+    /// Counters of entity `E`.
+    pub fn metrics_of<E: Entity>(&self) -> CacheMetrics {
+        self.counters_of(E::META.name).snapshot()
+    }
+
+    /// Whether the breaker currently keeps calls away from Redis.
+    pub fn is_bypassing_redis(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    fn counters_of(&self, entity: &'static str) -> Arc<Counters> {
+        self.counters
+            .lock()
+            .expect("cache counters")
+            .entry(entity)
+            .or_default()
+            .clone()
+    }
+
+    fn channel_for(&self, spec: &CacheSpec) -> &str {
+        if spec.local.is_some() {
+            &self.settings.invalidation_channel
+        } else {
+            ""
+        }
+    }
+
+    /// Runs one Redis call under the breaker and the op timeout.
+    async fn call<T, F>(&self, f: F) -> std::result::Result<T, Fault>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        if self.breaker.permit() == Permit::Skip {
+            return Err(Fault::Skipped);
+        }
+        match tokio::time::timeout(self.settings.op_timeout, f).await {
+            Ok(Ok(v)) => {
+                if self.breaker.success() {
+                    tracing::info!("Redis is back; cache calls resume");
+                }
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.breaker.failure();
+                Err(Fault::Failed(e.to_string()))
+            }
+            Err(_) => {
+                self.breaker.failure();
+                Err(Fault::Failed(format!(
+                    "no answer within {:?}",
+                    self.settings.op_timeout
+                )))
+            }
+        }
+    }
+
+    fn local_tier<E: Entity>(&self, spec: &CacheSpec) -> Option<Arc<dyn local::LocalTier>> {
+        let l = spec.local.as_ref()?;
+        let tier = self.local.tier::<E>(l);
+        let mut listener = self.listener.lock().expect("listener lock");
+        if listener.is_none() {
+            *listener = Some(listener::spawn(
+                self.client.clone(),
+                self.settings.invalidation_channel.clone(),
+                Arc::downgrade(&self.local),
+            ));
+        }
+        Some(tier)
+    }
+
+    /// Clears `E`'s entries if writes happened while Redis was unreachable. Returns whether
+    /// Redis may be read for `E`.
+    async fn ensure_clean<E: Entity>(&self, conn: &mut ConnectionManager, db: u8) -> bool {
+        let key = (E::META.name, db);
+        if !self.dirty.lock().expect("dirty set").contains(&key) {
+            return true;
+        }
+        let pattern = keys::pattern(&self.prefix, None, E::META.name);
+        match self.delete_matching(conn, &pattern).await {
+            Ok(n) => {
+                self.dirty.lock().expect("dirty set").remove(&key);
+                tracing::info!(entity = E::META.name, entries = n, "cleared cache entries that may have gone stale while Redis was unreachable");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn mark_dirty<E: Entity>(&self, db: u8) {
+        self.dirty
+            .lock()
+            .expect("dirty set")
+            .insert((E::META.name, db));
+    }
+
+    /// SCANs (never KEYS) for `pattern` and deletes what it finds, with its generation keys.
+    async fn delete_matching(
+        &self,
+        conn: &mut ConnectionManager,
+        pattern: &str,
+    ) -> std::result::Result<u64, Fault> {
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = self
+                .call(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(conn),
+                )
+                .await?;
+            let data_keys: HashSet<&str> = found
+                .iter()
+                .filter(|k| !k.ends_with(":load"))
+                .map(|k| k.strip_suffix(":gen").unwrap_or(k))
+                .collect();
+            for data in data_keys {
+                let Some(tag) = keys::tag_of(&self.prefix, data) else {
+                    continue;
+                };
+                let _: i64 = self
+                    .call(
+                        scripts::INVALIDATE
+                            .key(data)
+                            .key(format!("{data}:gen"))
+                            .arg(self.settings.generation_ttl.as_millis() as u64)
+                            .arg(&self.settings.invalidation_channel)
+                            .arg(tag)
+                            .invoke_async(conn),
+                    )
+                    .await?;
+                deleted += 1;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Read-through: in-process tier, then Redis, then `load` (MongoDB), filling the tiers on
+    /// the way back with fenced puts.
+    pub(crate) async fn read<E, F, Fut>(
+        &self,
+        storage: &Storage,
+        tenant: &TenantId,
+        id: &E::Id,
+        load: F,
+    ) -> Result<Option<E>>
+    where
+        E: Entity,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<E>>>,
+    {
+        let spec = E::META
+            .cache
+            .as_ref()
+            .expect("read runs for cached entities");
+        let c = self.counters_of(E::META.name);
+        let tag = keys::tag(tenant, E::META.name, &keys::id_segment::<E>(id)?);
+        let local = self.local_tier::<E>(spec);
+        if let Some(tier) = &local {
+            if let Some(hit) = local::typed::<E>(tier).get(&tag) {
+                bump(&c.local_hits);
+                return Ok(Some(clone_of(&hit)));
+            }
+            bump(&c.local_misses);
+        }
+
+        let db = storage.config().redis.databases.cache_db_for(E::META.database);
+        let mut conn = storage.redis_cache_for(E::META.database);
+        if !self.ensure_clean::<E>(&mut conn, db).await {
+            bump(&c.bypassed);
+            return self.load_counted(&c, load).await;
+        }
+        let k = keys::entry(&self.prefix, &tag);
+        match self.get_entry::<E>(&mut conn, &k, &c).await {
+            Err(_) => {
+                bump(&c.bypassed);
+                return self.load_counted(&c, load).await;
+            }
+            Ok(Some(e)) => {
+                bump(&c.redis_hits);
+                return Ok(Some(self.fill_local(&local, &tag, e)));
+            }
+            Ok(None) => bump(&c.redis_misses),
+        }
+
+        // Miss. Read the generation before loading: a write after this point changes it and
+        // fences our put.
+        let generation: Option<String> = match self
+            .call(redis::cmd("GET").arg(&k.generation).query_async(&mut conn))
+            .await
+        {
+            Ok(g) => g,
+            Err(_) => return self.load_counted(&c, load).await,
+        };
+        let token = lock_token();
+        let locked: bool = self
+            .call(
+                redis::cmd("SET")
+                    .arg(&k.load)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.settings.load_lock_ttl.as_millis() as u64)
+                    .query_async::<Option<String>>(&mut conn),
+            )
+            .await
+            .map(|r| r.is_some())
+            .unwrap_or(true);
+        if !locked {
+            bump(&c.stampede_waits);
+            let deadline = Instant::now() + self.settings.stampede_wait;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                match self.get_entry::<E>(&mut conn, &k, &c).await {
+                    Ok(Some(e)) => {
+                        bump(&c.redis_hits);
+                        return Ok(Some(self.fill_local(&local, &tag, e)));
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let loaded = self.load_counted(&c, load).await;
+        if let Ok(Some(e)) = &loaded {
+            match encode_entry(e) {
+                Ok(value) => {
+                    let put = self
+                        .call(
+                            scripts::PUT_IF_UNCHANGED
+                                .key(&k.data)
+                                .key(&k.generation)
+                                .arg(generation.unwrap_or_default())
+                                .arg(value)
+                                .arg(ttl_ms(spec))
+                                .invoke_async::<i64>(&mut conn),
+                        )
+                        .await;
+                    match put {
+                        Ok(1) => bump(&c.sets),
+                        Ok(_) => bump(&c.fenced_puts),
+                        Err(_) => bump(&c.errors),
+                    }
+                }
+                Err(e) => tracing::warn!(entity = E::META.name, error = %e, "entity not cacheable"),
+            }
+        }
+        if locked {
+            let _ = self
+                .call(
+                    scripts::RELEASE_LOCK
+                        .key(&k.load)
+                        .arg(&token)
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await;
+        }
+        match loaded {
+            Ok(Some(e)) => Ok(Some(self.fill_local(&local, &tag, e))),
+            other => other,
+        }
+    }
+
+    async fn get_entry<E: Entity>(
+        &self,
+        conn: &mut ConnectionManager,
+        k: &EntryKeys,
+        c: &Counters,
+    ) -> std::result::Result<Option<E>, ()> {
+        let raw: Option<Vec<u8>> = match self
+            .call(redis::cmd("GET").arg(&k.data).query_async(conn))
+            .await
+        {
+            Ok(v) => v,
+            Err(Fault::Failed(_)) => {
+                bump(&c.errors);
+                return Err(());
+            }
+            Err(Fault::Skipped) => return Err(()),
+        };
+        let Some(raw) = raw else { return Ok(None) };
+        match decode_entry::<E>(&raw) {
+            Some(e) => Ok(Some(e)),
+            None => {
+                bump(&c.decode_errors);
+                let _ = self
+                    .call(redis::cmd("DEL").arg(&k.data).query_async::<i64>(conn))
+                    .await;
+                Ok(None)
+            }
+        }
+    }
+
+    fn fill_local<E: Entity>(
+        &self,
+        local: &Option<Arc<dyn local::LocalTier>>,
+        tag: &str,
+        e: E,
+    ) -> E {
+        if let (Some(tier), Some(copy)) = (local, e.local_cache_clone()) {
+            local::typed::<E>(tier).insert(tag.to_owned(), Arc::new(copy));
+        }
+        e
+    }
+
+    async fn load_counted<E, F, Fut>(&self, c: &Counters, load: F) -> Result<Option<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<E>>>,
+    {
+        let started = Instant::now();
+        let r = load().await;
+        bump(&c.db_loads);
+        c.load_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// After a write to MongoDB, before it is acknowledged: invalidate (or, write-through,
+    /// replace) the entry in every tier. `written` is the entity as stored, when known.
+    pub(crate) async fn after_write<E: Entity>(
+        &self,
+        storage: &Storage,
+        tenant: &TenantId,
+        id: &E::Id,
+        written: Option<&E>,
+    ) {
+        let Some(spec) = E::META.cache.as_ref() else {
+            return;
+        };
+        let c = self.counters_of(E::META.name);
+        let Ok(segment) = keys::id_segment::<E>(id) else {
+            return;
+        };
+        let tag = keys::tag(tenant, E::META.name, &segment);
+        if let Some(tier) = self.local_tier::<E>(spec) {
+            tier.invalidate(&tag);
+        }
+        let db = storage.config().redis.databases.cache_db_for(E::META.database);
+        let mut conn = storage.redis_cache_for(E::META.database);
+        let k = keys::entry(&self.prefix, &tag);
+        let gen_ttl = self.settings.generation_ttl.as_millis() as u64;
+        let through = match (spec.strategy, written) {
+            (CacheStrategy::WriteThrough, Some(e)) => {
+                e.version().zip(encode_entry(e).ok())
+            }
+            _ => None,
+        };
+        let r = match through {
+            Some((version, value)) => self
+                .call(
+                    scripts::WRITE_THROUGH
+                        .key(&k.data)
+                        .key(&k.generation)
+                        .arg(gen_ttl)
+                        .arg(self.channel_for(spec))
+                        .arg(&tag)
+                        .arg(version)
+                        .arg(value)
+                        .arg(ttl_ms(spec))
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await
+                .map(|set| {
+                    bump(if set == 1 { &c.sets } else { &c.fenced_puts });
+                }),
+            None => self
+                .call(
+                    scripts::INVALIDATE
+                        .key(&k.data)
+                        .key(&k.generation)
+                        .arg(gen_ttl)
+                        .arg(self.channel_for(spec))
+                        .arg(&tag)
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await
+                .map(|_| bump(&c.invalidations)),
+        };
+        if let Err(fault) = r {
+            if let Fault::Failed(e) = &fault {
+                bump(&c.errors);
+                tracing::warn!(entity = E::META.name, error = %e, "cache not invalidated; the entity's entries will be cleared when Redis answers again");
+            }
+            self.mark_dirty::<E>(db);
+        }
+    }
+
+    /// Drops the entry of one entity from every tier.
+    pub async fn invalidate<E: Entity>(
+        &self,
+        storage: &Storage,
+        tenant: &TenantId,
+        id: &E::Id,
+    ) -> Result<()> {
+        self.after_write::<E>(storage, tenant, id, None).await;
+        Ok(())
+    }
+
+    /// Drops every cached entry of `E` in `tenant` (or, with `None`, in every tenant), found
+    /// with `SCAN`. Returns how many entries were dropped.
+    pub async fn invalidate_all<E: Entity>(
+        &self,
+        storage: &Storage,
+        tenant: Option<&TenantId>,
+    ) -> Result<u64> {
+        if let Some(spec) = E::META.cache.as_ref() {
+            if let Some(tier) = self.local_tier::<E>(spec) {
+                tier.clear();
+            }
+        }
+        let mut conn = storage.redis_cache_for(E::META.database);
+        let pattern = keys::pattern(&self.prefix, tenant, E::META.name);
+        let n = self.delete_matching(&mut conn, &pattern).await.map_err(|f| {
+            let db = storage.config().redis.databases.cache_db_for(E::META.database);
+            self.mark_dirty::<E>(db);
+            match f {
+                Fault::Skipped => Error::Timeout {
+                    component: Component::Redis,
+                    operation: "cache invalidation (breaker open)",
+                    after: self.settings.breaker_cooldown,
+                },
+                Fault::Failed(_) => Error::Timeout {
+                    component: Component::Redis,
+                    operation: "cache invalidation",
+                    after: self.settings.op_timeout,
+                },
+            }
+        })?;
+        self.counters_of(E::META.name)
+            .invalidations
+            .fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn clone_of<E: Entity>(shared: &Arc<E>) -> E {
+    shared
+        .local_cache_clone()
+        .expect("only entities that can be cloned get an in-process tier")
+}
+
+fn ttl_ms(spec: &CacheSpec) -> u64 {
+    let base = spec.ttl.as_millis() as u64;
+    let jitter = spec.jitter.as_millis() as u64;
+    if jitter == 0 {
+        return base;
+    }
+    base + cheap_random() % (jitter + 1)
+}
+
+fn cheap_random() -> u64 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64
+    let mut z = t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn lock_token() -> String {
+    format!("{}-{:x}", std::process::id(), cheap_random())
+}
+
+/// `<version>|<BSON of the entity without secret fields>`.
+fn encode_entry<E: Entity>(e: &E) -> Result<Vec<u8>> {
+    let mut doc = mongodb::bson::to_document(e).map_err(|err| Error::Codec {
+        entity: E::META.name,
+        direction: "encode",
+        message: err.to_string(),
+    })?;
+    for s in E::META.secret_fields {
+        doc.remove(*s);
+    }
+    let mut out = format!("{}|", e.version().unwrap_or(0)).into_bytes();
+    doc.to_writer(&mut out).map_err(|err| Error::Codec {
+        entity: E::META.name,
+        direction: "encode",
+        message: err.to_string(),
+    })?;
+    Ok(out)
+}
+
+fn decode_entry<E: Entity>(raw: &[u8]) -> Option<E> {
+    let bar = raw.iter().position(|b| *b == b'|')?;
+    mongodb::bson::from_slice(&raw[bar + 1..]).ok()
+}
