@@ -54,6 +54,8 @@ pub struct CacheLayer {
     local: Arc<local::Registry>,
     listener: Mutex<Option<tokio::task::AbortHandle>>,
     client: redis::Client,
+    /// Fault injection: a pause between loading from MongoDB and putting into Redis.
+    load_delay_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -90,6 +92,7 @@ impl CacheLayer {
             local: Arc::new(local::Registry::default()),
             listener: Mutex::new(None),
             client,
+            load_delay_ms: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +109,14 @@ impl CacheLayer {
     /// Counters of entity `E`.
     pub fn metrics_of<E: Entity>(&self) -> CacheMetrics {
         self.counters_of(E::META.name).snapshot()
+    }
+
+    /// Fault injection for tests: pause this long after each load from MongoDB, before the
+    /// put into Redis, to widen the window in which a concurrent write can race the put.
+    #[doc(hidden)]
+    pub fn inject_load_delay(&self, delay: Duration) {
+        self.load_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Whether the breaker currently keeps calls away from Redis.
@@ -227,7 +238,7 @@ impl CacheLayer {
                 let Some(tag) = keys::tag_of(&self.prefix, data) else {
                     continue;
                 };
-                let _: i64 = self
+                let dropped: i64 = self
                     .call(
                         scripts::INVALIDATE
                             .key(data)
@@ -238,7 +249,7 @@ impl CacheLayer {
                             .invoke_async(conn),
                     )
                     .await?;
-                deleted += 1;
+                deleted += dropped.unsigned_abs();
             }
             cursor = next;
             if cursor == 0 {
@@ -334,6 +345,10 @@ impl CacheLayer {
             }
         }
         let loaded = self.load_counted(&c, load).await;
+        let delay = self.load_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         if let Ok(Some(e)) = &loaded {
             match encode_entry(e) {
                 Ok(value) => {

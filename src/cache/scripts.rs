@@ -25,14 +25,15 @@ return 1
 /// other instances to drop their in-process copy.
 ///
 /// KEYS: data, generation. ARGV: generation ttl ms, channel ('' for none), tag.
+/// Returns 1 if an entry was dropped, 0 if there was none.
 pub(crate) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[1])
+local n = redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return 1
+return n
 ",
     )
 });
