@@ -17,6 +17,7 @@
 //! | `mongodb.connect_timeout` | `CAAS_MONGODB_CONNECT_TIMEOUT` | `10s` |
 //! | `mongodb.socket_timeout` | `CAAS_MONGODB_SOCKET_TIMEOUT` | `45s` |
 //! | `mongodb.probe_database` | `CAAS_MONGODB_PROBE_DATABASE` | `caas_platform` |
+//! | `mongodb.causal_wait` | `CAAS_MONGODB_CAUSAL_WAIT` | `2s` |
 //! | `redis.url` | `CAAS_REDIS_URL` | `redis://127.0.0.1:6379/` |
 //! | `redis.max_retries` | `CAAS_REDIS_MAX_RETRIES` | 3 |
 //! | `redis.ready_check` | `CAAS_REDIS_READY_CHECK` | `true` |
@@ -26,6 +27,7 @@
 //! | `redis.databases.platform_cache` | `CAAS_REDIS_DB_PLATFORM_CACHE` | 0 |
 //! | `redis.databases.sessions` | `CAAS_REDIS_DB_SESSIONS` | 4 |
 //! | `redis.databases.rate_limiting` | `CAAS_REDIS_DB_RATE_LIMITING` | 5 |
+//! | `redis.databases.write_behind` | `CAAS_REDIS_DB_WRITE_BEHIND` | 6 |
 //! | `redis.databases.services.NAME` | `CAAS_REDIS_DB_SERVICE_NAME` | auth 1, compliance 2, crypto 3 |
 //! | `kafka.brokers` | `CAAS_KAFKA_BROKERS` | `127.0.0.1:9092` |
 //! | `kafka.client_id` | `CAAS_KAFKA_CLIENT_ID` | `caas-storage` |
@@ -40,6 +42,14 @@
 //! | `cache.load_lock_ttl` | `CAAS_CACHE_LOAD_LOCK_TTL` | `2s` |
 //! | `cache.generation_ttl` | `CAAS_CACHE_GENERATION_TTL` | `10m` |
 //! | `cache.invalidation_channel` | `CAAS_CACHE_INVALIDATION_CHANNEL` | `caas:cache:invalidate` |
+//! | `write_behind.batch_size` | `CAAS_WRITE_BEHIND_BATCH_SIZE` | 500 |
+//! | `write_behind.flush_interval` | `CAAS_WRITE_BEHIND_FLUSH_INTERVAL` | `50ms` |
+//! | `write_behind.retry_backoff` | `CAAS_WRITE_BEHIND_RETRY_BACKOFF` | `500ms` |
+//! | `write_behind.lease_ttl` | `CAAS_WRITE_BEHIND_LEASE_TTL` | `5s` |
+//! | `write_behind.max_attempts` | `CAAS_WRITE_BEHIND_MAX_ATTEMPTS` | 5 |
+//! | `write_behind.enqueue_timeout` | `CAAS_WRITE_BEHIND_ENQUEUE_TIMEOUT` | `2s` |
+//! | `write_behind.start_flusher` | `CAAS_WRITE_BEHIND_START_FLUSHER` | `true` |
+//! | `write_behind.resume_on_connect` | `CAAS_WRITE_BEHIND_RESUME_ON_CONNECT` | `true` |
 //! | `health.timeout` | `CAAS_HEALTH_TIMEOUT` | `2s` |
 //!
 //! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
@@ -64,6 +74,8 @@ pub struct StorageConfig {
     pub kafka: KafkaConfig,
     /// Cache behaviour (Redis tier, breaker, stampede protection).
     pub cache: CacheConfig,
+    /// The durable queue behind `eventual` entities.
+    pub write_behind: WriteBehindConfig,
     /// Health checks.
     pub health: HealthConfig,
 }
@@ -97,6 +109,10 @@ pub struct MongoConfig {
     pub socket_timeout: Duration,
     /// Database used for capability probes at connect (a scratch collection, left empty).
     pub probe_database: String,
+    /// How long a read with a [`CausalToken`](crate::consistency::CausalToken) waits for the
+    /// version the token requires before it fails with a timeout.
+    #[serde(with = "duration_text")]
+    pub causal_wait: Duration,
 }
 
 impl Default for MongoConfig {
@@ -111,6 +127,7 @@ impl Default for MongoConfig {
             connect_timeout: Duration::from_secs(10),
             socket_timeout: Duration::from_secs(45),
             probe_database: "caas_platform".into(),
+            causal_wait: Duration::from_secs(2),
         }
     }
 }
@@ -167,6 +184,9 @@ pub struct RedisDatabases {
     /// Rate limiting.
     #[serde(deserialize_with = "lenient")]
     pub rate_limiting: u8,
+    /// Write-behind queues of `eventual` entities.
+    #[serde(deserialize_with = "lenient")]
+    pub write_behind: u8,
     /// Per-service caches, by service name. An entity in MongoDB database `caas_auth` caches in
     /// the database of service `auth`.
     #[serde(deserialize_with = "lenient_map")]
@@ -179,6 +199,7 @@ impl Default for RedisDatabases {
             platform_cache: 0,
             sessions: 4,
             rate_limiting: 5,
+            write_behind: 6,
             services: [("auth", 1), ("compliance", 2), ("crypto", 3)]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -213,6 +234,9 @@ impl RedisDatabases {
         out.entry(self.rate_limiting)
             .or_default()
             .push("rate_limiting".into());
+        out.entry(self.write_behind)
+            .or_default()
+            .push("write_behind".into());
         out
     }
 }
@@ -292,6 +316,51 @@ impl Default for CacheConfig {
     }
 }
 
+/// The write-behind queue (see [`write_behind`](crate::write_behind)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriteBehindConfig {
+    /// Most queued writes applied in one round.
+    #[serde(deserialize_with = "lenient")]
+    pub batch_size: usize,
+    /// Pause between rounds when the queue is empty.
+    #[serde(with = "duration_text")]
+    pub flush_interval: Duration,
+    /// Pause after a round that failed (database down).
+    #[serde(with = "duration_text")]
+    pub retry_backoff: Duration,
+    /// How long a flusher's lease on a queue lasts without renewal.
+    #[serde(with = "duration_text")]
+    pub lease_ttl: Duration,
+    /// Attempts at an entry the database rejects for good before it is dead-lettered.
+    #[serde(deserialize_with = "lenient")]
+    pub max_attempts: u32,
+    /// Bound on appending a write to the queue.
+    #[serde(with = "duration_text")]
+    pub enqueue_timeout: Duration,
+    /// Run flushers in this process (turn off in processes that only enqueue).
+    #[serde(deserialize_with = "lenient")]
+    pub start_flusher: bool,
+    /// At connect, start flushers for queues earlier processes left behind.
+    #[serde(deserialize_with = "lenient")]
+    pub resume_on_connect: bool,
+}
+
+impl Default for WriteBehindConfig {
+    fn default() -> Self {
+        WriteBehindConfig {
+            batch_size: 500,
+            flush_interval: Duration::from_millis(50),
+            retry_backoff: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(5),
+            max_attempts: 5,
+            enqueue_timeout: Duration::from_secs(2),
+            start_flusher: true,
+            resume_on_connect: true,
+        }
+    }
+}
+
 /// Health check settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -310,7 +379,8 @@ impl Default for HealthConfig {
 }
 
 /// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
-const ENV_SECTIONS: [(&str, &str); 5] = [
+const ENV_SECTIONS: [(&str, &str); 6] = [
+    ("CAAS_WRITE_BEHIND_", "write_behind"),
     ("CAAS_MONGODB_", "mongodb"),
     ("CAAS_REDIS_", "redis"),
     ("CAAS_KAFKA_", "kafka"),

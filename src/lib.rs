@@ -44,11 +44,12 @@ pub mod outbox;
 pub mod repo;
 pub mod storage;
 pub mod tenant;
+pub mod write_behind;
 
 pub use caas_storage_derive::Repository;
 pub use capabilities::Capabilities;
 pub use config::StorageConfig;
-pub use consistency::Consistency;
+pub use consistency::{CausalToken, Consistency};
 pub use entity::Entity;
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
+use mongodb::event::command::{CommandEvent, CommandStartedEvent};
+use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
@@ -16,6 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 
 use crate::cache::CacheLayer;
+use crate::write_behind::WriteBehind;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
 use crate::entity::{Entity, EntityMeta};
@@ -44,6 +47,23 @@ struct Inner {
     redis: BTreeMap<u8, ConnectionManager>,
     kafka: FutureProducer,
     cache: CacheLayer,
+    write_behind: WriteBehind,
+}
+
+/// A [`Storage`] that does not keep the pools alive (for background tasks).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakStorage(std::sync::Weak<Inner>);
+
+impl WeakStorage {
+    pub(crate) fn upgrade(&self) -> Option<Storage> {
+        self.0.upgrade().map(|inner| Storage { inner })
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Storage")
+    }
 }
 
 impl fmt::Debug for Storage {
@@ -68,8 +88,24 @@ impl Storage {
     /// producer. Redis and Kafka connect lazily: a service starts while they are down, and
     /// [`health`](Self::health) reports them.
     pub async fn connect(config: StorageConfig) -> Result<Self> {
+        Self::connect_inner(config, None).await
+    }
+
+    /// [`connect`](Self::connect), calling `on_command` with every command the MongoDB driver
+    /// starts (the exact document sent: concerns, read preference, session fields). For tests
+    /// and diagnostics; the callback runs on the driver's path, so keep it cheap. Without it,
+    /// commands are logged by `tracing` at debug level under target `caas_storage::mongodb`
+    /// when that level is enabled at connect.
+    pub async fn connect_with_command_log(
+        config: StorageConfig,
+        on_command: impl Fn(&CommandStartedEvent) + Send + Sync + 'static,
+    ) -> Result<Self> {
+        Self::connect_inner(config, Some(Arc::new(on_command))).await
+    }
+
+    async fn connect_inner(config: StorageConfig, on_command: Option<CommandLog>) -> Result<Self> {
         config.check()?;
-        let mongo = mongo_client(&config).await?;
+        let mongo = mongo_client(&config, on_command).await?;
         let probe_bound =
             config.mongodb.server_selection_timeout * 2 + config.mongodb.connect_timeout;
         let capabilities = tokio::time::timeout(
@@ -110,7 +146,11 @@ impl Storage {
             config.cache.clone(),
             redis_client(&config, config.redis.databases.platform_cache)?,
         );
-        Ok(Storage {
+        let write_behind = WriteBehind::new(
+            config.redis.key_prefix.clone(),
+            config.write_behind.clone(),
+        );
+        let storage = Storage {
             inner: Arc::new(Inner {
                 config,
                 mongo,
@@ -118,8 +158,16 @@ impl Storage {
                 redis,
                 kafka,
                 cache,
+                write_behind,
             }),
-        })
+        };
+        let wb = &storage.inner.config.write_behind;
+        if wb.resume_on_connect && wb.start_flusher {
+            if let Err(e) = storage.write_behind().resume(&storage).await {
+                tracing::warn!(error = %e, "could not look for write-behind queues to resume; writes queued earlier apply once Redis answers and this entity is written again");
+            }
+        }
+        Ok(storage)
     }
 
     /// The configuration this handle was built from.
@@ -166,6 +214,15 @@ impl Storage {
     /// The cache: metrics, explicit invalidation.
     pub fn cache(&self) -> &CacheLayer {
         &self.inner.cache
+    }
+
+    /// The write-behind queues of `eventual` entities: flush, lag.
+    pub fn write_behind(&self) -> &WriteBehind {
+        &self.inner.write_behind
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakStorage {
+        WeakStorage(Arc::downgrade(&self.inner))
     }
 
     /// The shared idempotent Kafka producer.
@@ -305,7 +362,9 @@ async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(
     Ok(())
 }
 
-async fn mongo_client(config: &StorageConfig) -> Result<mongodb::Client> {
+type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
+
+async fn mongo_client(config: &StorageConfig, on_command: Option<CommandLog>) -> Result<mongodb::Client> {
     let m = &config.mongodb;
     let mut options = ClientOptions::parse(&m.uri)
         .await
@@ -319,6 +378,20 @@ async fn mongo_client(config: &StorageConfig) -> Result<mongodb::Client> {
     options.max_idle_time = Some(m.max_idle_time);
     options.server_selection_timeout = Some(m.server_selection_timeout);
     options.connect_timeout = Some(m.connect_timeout);
+    let log = on_command.or_else(|| {
+        tracing::enabled!(target: "caas_storage::mongodb", tracing::Level::DEBUG).then(|| {
+            Arc::new(|e: &CommandStartedEvent| {
+                tracing::debug!(target: "caas_storage::mongodb", db = %e.db, command = %e.command, "mongodb command");
+            }) as CommandLog
+        })
+    });
+    if let Some(log) = log {
+        options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
+            if let CommandEvent::Started(started) = e {
+                log(&started);
+            }
+        }));
+    }
     mongodb::Client::with_options(options).map_err(|e| Error::Config {
         key: "mongodb.uri".into(),
         reason: e.to_string(),

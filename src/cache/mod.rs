@@ -468,7 +468,7 @@ impl CacheLayer {
         let k = keys::entry(&self.prefix, &tag);
         let gen_ttl = self.settings.generation_ttl.as_millis() as u64;
         let through = match (spec.strategy, written) {
-            (CacheStrategy::WriteThrough, Some(e)) => {
+            (CacheStrategy::WriteThrough | CacheStrategy::WriteBehind, Some(e)) => {
                 e.version().zip(encode_entry(e).ok())
             }
             _ => None,
@@ -511,6 +511,27 @@ impl CacheLayer {
             }
             self.mark_dirty::<E>(db);
         }
+    }
+
+    /// Drops one entry by tag (`tenant:Entity:id`) without knowing the entity type (for the
+    /// write-behind flusher, after it applied a write).
+    pub(crate) async fn invalidate_tag(&self, storage: &Storage, database: &str, tag: &str) {
+        if let Some(tier) = keys::entity_of(tag).and_then(|e| self.local.get(e)) {
+            tier.invalidate(tag);
+        }
+        let mut conn = storage.redis_cache_for(database);
+        let k = keys::entry(&self.prefix, tag);
+        let _ = self
+            .call(
+                scripts::INVALIDATE
+                    .key(&k.data)
+                    .key(&k.generation)
+                    .arg(self.settings.generation_ttl.as_millis() as u64)
+                    .arg(&self.settings.invalidation_channel)
+                    .arg(tag)
+                    .invoke_async::<i64>(&mut conn),
+            )
+            .await;
     }
 
     /// Drops the entry of one entity from every tier.

@@ -19,7 +19,9 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{CollectionOptions, ReturnDocument};
 use mongodb::Collection;
 
+use crate::consistency::Consistency;
 use crate::entity::{Entity, EntityMeta};
+use crate::write_behind::Op;
 use crate::error::{classify_write, Component, Error, Result};
 use crate::storage::Storage;
 use crate::tenant::TenantId;
@@ -40,6 +42,7 @@ pub const DELETED_AT_FIELD: &str = "_deleted_at";
 /// `Repository<User>`) or directly with [`Repository::new`].
 pub struct Repository<E: Entity> {
     storage: Storage,
+    consistency: Consistency,
     docs: Collection<Document>,
     typed: Collection<E>,
     _entity: PhantomData<fn() -> E>,
@@ -49,6 +52,7 @@ impl<E: Entity> Clone for Repository<E> {
     fn clone(&self) -> Self {
         Repository {
             storage: self.storage.clone(),
+            consistency: self.consistency,
             docs: self.docs.clone(),
             typed: self.typed.clone(),
             _entity: PhantomData,
@@ -91,7 +95,22 @@ impl<E: Entity> Repository<E> {
     /// The repository of `E` on `storage`'s pools, with `E`'s consistency model applied to
     /// every call.
     pub fn new(storage: &Storage) -> Self {
-        let c = E::META.consistency;
+        Self::with_model(storage, E::META.consistency)
+    }
+
+    /// This repository with another consistency model for the calls made through it, e.g. a
+    /// `strong` read of an `eventual` entity, or a direct (unqueued) write:
+    /// `audit.with_consistency(Consistency::Strong).insert(&t, &entry)`.
+    pub fn with_consistency(&self, consistency: Consistency) -> Self {
+        Self::with_model(&self.storage, consistency)
+    }
+
+    /// The consistency model calls through this repository follow.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
+    fn with_model(storage: &Storage, c: Consistency) -> Self {
         let options = CollectionOptions::builder()
             .write_concern(c.write_concern())
             .read_concern(c.read_concern())
@@ -100,6 +119,7 @@ impl<E: Entity> Repository<E> {
         let db = storage.database(E::META.database);
         Repository {
             storage: storage.clone(),
+            consistency: c,
             docs: db.collection_with_options(E::META.collection, options.clone()),
             typed: db.collection_with_options(E::META.collection, options),
             _entity: PhantomData,
@@ -118,8 +138,20 @@ impl<E: Entity> Repository<E> {
 
     /// Inserts one entity. Its tenant field must equal `tenant`. A unique index violation is
     /// [`Error::DuplicateKey`].
+    ///
+    /// Under the `eventual` model the insert is queued (see [`write_behind`](crate::write_behind)):
+    /// acknowledged once durable in the queue, applied to MongoDB in a batch shortly after; a
+    /// duplicate is then dropped by the flusher rather than reported here.
     pub async fn insert(&self, tenant: &TenantId, entity: &E) -> Result<()> {
         let doc = codec::encode(tenant, entity)?;
+        if self.queued() {
+            self.storage
+                .write_behind()
+                .enqueue::<E>(&self.storage, tenant, vec![Op::Insert(doc)])
+                .await?;
+            self.after_queued(tenant, entity.id(), Some(entity)).await;
+            return Ok(());
+        }
         let r = self
             .bounded("insert", self.docs.insert_one(doc))
             .await
@@ -143,6 +175,19 @@ impl<E: Entity> Repository<E> {
             .map(|e| codec::encode(tenant, e))
             .collect::<Result<Vec<_>>>()?;
         let n = docs.len();
+        if self.queued() {
+            self.storage
+                .write_behind()
+                .enqueue::<E>(&self.storage, tenant, docs.into_iter().map(Op::Insert).collect())
+                .await?;
+            for e in entities {
+                self.after_queued(tenant, e.id(), Some(e)).await;
+            }
+            return Ok(InsertManyReport {
+                inserted: n,
+                failed: Vec::new(),
+            });
+        }
         let outcome = self
             .bounded("insert_many", self.docs.insert_many(docs).ordered(false))
             .await;
@@ -235,6 +280,54 @@ impl<E: Entity> Repository<E> {
         )
         .await?
         .map_err(|e| Error::mongo(self.op("find_by_id_with_secrets"), e))
+    }
+
+    /// The entity with this id, at least as new as `token` requires (see
+    /// [`CausalToken`](crate::consistency::CausalToken)): a read that comes back older is
+    /// repeated against the primary (majority read concern, no cache) until the version is
+    /// there, or fails with [`Error::Timeout`] after `mongodb.causal_wait`.
+    pub async fn find_by_id_after(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+        token: &crate::consistency::CausalToken,
+    ) -> Result<Option<E>> {
+        let Some(required) = token.required::<E>(tenant, id) else {
+            return self.find_by_id(tenant, id).await;
+        };
+        if let Some(e) = self.find_by_id(tenant, id).await? {
+            if e.version().unwrap_or(0) >= required {
+                return Ok(Some(e));
+            }
+        }
+        let primary = self.with_consistency(Consistency::Strong);
+        let wait = self.storage.config().mongodb.causal_wait;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = primary.load_by_id(tenant, id).await? {
+                if e.version().unwrap_or(0) >= required {
+                    // The cache tiers held something older: drop it.
+                    self.storage
+                        .cache()
+                        .after_write::<E>(&self.storage, tenant, id, None)
+                        .await;
+                    return Ok(Some(e));
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    component: Component::Mongodb,
+                    operation: "causal read (waiting for the version the token requires)",
+                    after: wait,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token requiring at least `entity`'s version, to hand to later requests.
+    pub fn causal_token(&self, tenant: &TenantId, entity: &E) -> crate::consistency::CausalToken {
+        crate::consistency::CausalToken::of(tenant, entity)
     }
 
     /// The entity with this id, or [`Error::NotFound`].
@@ -415,7 +508,74 @@ impl<E: Entity> Repository<E> {
         UnscopedAdmin { repo: self }
     }
 
+    /// Queues a patch (any model; the default for `eventual` entities' updates is direct,
+    /// since [`update`](Self::update) returns the result). Applied in queue order after the
+    /// writes queued before it; the version field is not touched.
+    pub async fn queue_update<P: Patch<Entity = E>>(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+        patch: P,
+    ) -> Result<()> {
+        let set = self.patch_set(&patch)?;
+        let op = Op::Update {
+            id: codec::id_to_bson::<E>(id)?,
+            set,
+        };
+        self.storage
+            .write_behind()
+            .enqueue::<E>(&self.storage, tenant, vec![op])
+            .await?;
+        self.after_queued(tenant, id, None).await;
+        Ok(())
+    }
+
+    /// Queues an insert-or-replace of `entity`.
+    pub async fn queue_upsert(&self, tenant: &TenantId, entity: &E) -> Result<()> {
+        let op = Op::Upsert {
+            id: codec::id_to_bson::<E>(entity.id())?,
+            doc: codec::encode(tenant, entity)?,
+        };
+        self.storage
+            .write_behind()
+            .enqueue::<E>(&self.storage, tenant, vec![op])
+            .await?;
+        self.after_queued(tenant, entity.id(), Some(entity)).await;
+        Ok(())
+    }
+
+    /// Queues a delete (soft where the entity declares it).
+    pub async fn queue_delete(&self, tenant: &TenantId, id: &E::Id) -> Result<()> {
+        let op = Op::Delete {
+            id: codec::id_to_bson::<E>(id)?,
+        };
+        self.storage
+            .write_behind()
+            .enqueue::<E>(&self.storage, tenant, vec![op])
+            .await?;
+        self.after_queued(tenant, id, None).await;
+        Ok(())
+    }
+
     // ---- shared pieces -------------------------------------------------------------------
+
+    /// Whether writes through this repository go through the write-behind queue.
+    fn queued(&self) -> bool {
+        self.consistency == Consistency::Eventual
+    }
+
+    /// After a write was queued: a `write_behind` cache puts the new value now; any other
+    /// cache drops the entry (the flusher drops it again once the write is applied).
+    async fn after_queued(&self, tenant: &TenantId, id: &E::Id, written: Option<&E>) {
+        let Some(spec) = E::META.cache.as_ref() else {
+            return;
+        };
+        let written = written.filter(|_| spec.strategy == crate::entity::CacheStrategy::WriteBehind);
+        self.storage
+            .cache()
+            .after_write::<E>(&self.storage, tenant, id, written)
+            .await;
+    }
 
     /// Keeps the cache right after a write attempt: on success (and when the outcome is
     /// unknown: a timeout or a driver error) the entry is invalidated, or written through.

@@ -5,6 +5,10 @@
 //! The exact guarantees, and which of them need a MongoDB replica set, are in
 //! `docs/consistency.md`.
 
+mod token;
+
+pub use token::CausalToken;
+
 use mongodb::options::{
     Acknowledgment, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
 };
