@@ -238,3 +238,40 @@ async fn eventual_writes_survive_a_database_restart() {
     let n = repo.count(&t, Filter::all()).await.unwrap();
     assert_eq!(n, acked, "every acknowledged write is in the database");
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_consistency_test", collection = "eventual_attrs", consistency = eventual)]
+pub struct Tagged {
+    #[repository(id)]
+    pub id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub attrs: std::collections::BTreeMap<String, String>,
+}
+
+/// A queued write the database refuses for good is retried `max_attempts` times, then set
+/// aside in the dead-letter stream with its error; the writes behind it still apply.
+#[tokio::test]
+async fn a_write_the_database_refuses_is_dead_lettered_and_the_rest_applies() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!("dead{}:", std::process::id());
+    config.write_behind.start_flusher = false;
+    config.write_behind.max_attempts = 3;
+    let storage = Storage::connect(config).await.unwrap();
+    let repo = TaggedRepository::new(&storage);
+    let t = common::tenant("dead");
+    let ok = |id: &str| Tagged { id: id.into(), tenant_id: t.to_string(), attrs: [("k".to_owned(), "v".to_owned())].into() };
+    // FerretDB (like MongoDB before 5.0) refuses field names with a dot.
+    let poison = Tagged { id: "poison".into(), tenant_id: t.to_string(), attrs: [("a.b".to_owned(), "v".to_owned())].into() };
+    repo.insert(&t, &ok("before")).await.unwrap();
+    repo.insert(&t, &poison).await.unwrap();
+    repo.insert(&t, &ok("after")).await.unwrap();
+    storage.write_behind().flush::<Tagged>(&storage, Duration::from_secs(20)).await.unwrap();
+    let direct = repo.with_consistency(Consistency::Strong);
+    assert!(direct.exists(&t, &"before".to_owned()).await.unwrap());
+    assert!(direct.exists(&t, &"after".to_owned()).await.unwrap());
+    assert!(!direct.exists(&t, &"poison".to_owned()).await.unwrap());
+    let lag = storage.write_behind().lag(&storage).await.unwrap();
+    let mine = lag.iter().find(|l| l.namespace == "caas_consistency_test.eventual_attrs").unwrap();
+    assert_eq!((mine.pending, mine.dead_letters), (0, 1), "{lag:?}");
+}
