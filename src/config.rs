@@ -24,6 +24,7 @@
 //! | `redis.connection_timeout` | `CAAS_REDIS_CONNECTION_TIMEOUT` | `2s` |
 //! | `redis.response_timeout` | `CAAS_REDIS_RESPONSE_TIMEOUT` | `2s` |
 //! | `redis.key_prefix` | `CAAS_REDIS_KEY_PREFIX` | empty |
+//! | `redis.cluster_nodes` | `CAAS_REDIS_CLUSTER_NODES` (comma-separated) | empty: not a cluster |
 //! | `redis.databases.platform_cache` | `CAAS_REDIS_DB_PLATFORM_CACHE` | 0 |
 //! | `redis.databases.sessions` | `CAAS_REDIS_DB_SESSIONS` | 4 |
 //! | `redis.databases.rate_limiting` | `CAAS_REDIS_DB_RATE_LIMITING` | 5 |
@@ -155,6 +156,10 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Which logical database serves which purpose.
     pub databases: RedisDatabases,
+    /// Redis Cluster seed nodes (`host:port`). When set, `url` only supplies credentials and
+    /// TLS, every purpose shares the cluster's database 0, and keys keep purposes apart.
+    #[serde(deserialize_with = "list")]
+    pub cluster_nodes: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -167,6 +172,7 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_secs(2),
             key_prefix: String::new(),
             databases: RedisDatabases::default(),
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -523,6 +529,12 @@ impl StorageConfig {
                 ),
             ));
         }
+        if let Some(bad) = r.cluster_nodes.iter().find(|n| !is_host_port(n)) {
+            return Err(err(
+                "redis.cluster_nodes",
+                format!("{bad:?} is not host:port"),
+            ));
+        }
         if r.key_prefix.chars().any(|c| c.is_whitespace() || c == '*') {
             return Err(err(
                 "redis.key_prefix",
@@ -635,6 +647,28 @@ where
             ))
         }),
     }
+}
+
+/// A list, or a string of items separated by commas (environment variables).
+fn list<'de, D>(d: D) -> std::result::Result<Vec<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 fn lenient_map<'de, D>(d: D) -> std::result::Result<BTreeMap<String, u8>, D::Error>

@@ -41,6 +41,7 @@ pub mod error;
 pub mod health;
 pub mod index;
 pub mod outbox;
+pub mod redis_conn;
 pub mod repo;
 pub mod storage;
 pub mod tenant;

@@ -18,6 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 
 use crate::cache::CacheLayer;
+use crate::redis_conn::RedisConnection;
 use crate::write_behind::WriteBehind;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
@@ -44,7 +45,7 @@ struct Inner {
     config: StorageConfig,
     mongo: mongodb::Client,
     capabilities: Capabilities,
-    redis: BTreeMap<u8, ConnectionManager>,
+    redis: BTreeMap<u8, RedisConnection>,
     kafka: FutureProducer,
     cache: CacheLayer,
     write_behind: WriteBehind,
@@ -121,8 +122,15 @@ impl Storage {
         tracing::info!(server = %capabilities.server_description(), ?capabilities, "connected to MongoDB");
 
         let mut redis = BTreeMap::new();
-        for db in config.redis.databases.purposes().into_keys() {
-            redis.insert(db, redis_manager(&config, db)?);
+        if config.redis.cluster_nodes.is_empty() {
+            for db in config.redis.databases.purposes().into_keys() {
+                redis.insert(db, RedisConnection::single(redis_manager(&config, db)?));
+            }
+        } else {
+            let cluster = RedisConnection::cluster(cluster_client(&config)?);
+            for db in config.redis.databases.purposes().into_keys() {
+                redis.insert(db, cluster.clone());
+            }
         }
         if config.redis.ready_check {
             for (db, conn) in &redis {
@@ -144,7 +152,7 @@ impl Storage {
         let cache = CacheLayer::new(
             config.redis.key_prefix.clone(),
             config.cache.clone(),
-            redis_client(&config, config.redis.databases.platform_cache)?,
+            pubsub_client(&config)?,
         );
         let write_behind = WriteBehind::new(
             config.redis.key_prefix.clone(),
@@ -193,7 +201,7 @@ impl Storage {
 
     /// The auto-reconnecting connection to Redis logical database `db`, which must be one the
     /// configuration allocates (see [`RedisDatabases`](crate::config::RedisDatabases)).
-    pub fn redis(&self, db: u8) -> Result<ConnectionManager> {
+    pub fn redis(&self, db: u8) -> Result<RedisConnection> {
         self.inner.redis.get(&db).cloned().ok_or_else(|| {
             Error::config(
                 "redis.databases",
@@ -206,7 +214,7 @@ impl Storage {
     }
 
     /// The Redis connection that caches entities of MongoDB database `database`.
-    pub fn redis_cache_for(&self, database: &str) -> ConnectionManager {
+    pub fn redis_cache_for(&self, database: &str) -> RedisConnection {
         let db = self.inner.config.redis.databases.cache_db_for(database);
         self.inner.redis[&db].clone()
     }
@@ -228,6 +236,37 @@ impl Storage {
     /// The shared idempotent Kafka producer.
     pub fn kafka_producer(&self) -> &FutureProducer {
         &self.inner.kafka
+    }
+
+    /// What the health check pings: each allocated logical database, or the cluster once.
+    fn redis_health_targets(&self) -> Vec<(String, RedisConnection, BTreeMap<String, serde_json::Value>)> {
+        let r = &self.inner.config.redis;
+        if !r.cluster_nodes.is_empty() {
+            let mut details = BTreeMap::new();
+            details.insert("nodes".to_owned(), r.cluster_nodes.clone().into());
+            return self
+                .inner
+                .redis
+                .values()
+                .next()
+                .map(|c| ("redis/cluster".to_owned(), c.clone(), details))
+                .into_iter()
+                .collect();
+        }
+        let purposes = r.databases.purposes();
+        self.inner
+            .redis
+            .iter()
+            .map(|(db, c)| {
+                let mut details = BTreeMap::new();
+                details.insert("db".to_owned(), (*db).into());
+                details.insert(
+                    "purposes".to_owned(),
+                    purposes.get(db).cloned().unwrap_or_default().into(),
+                );
+                (format!("redis/db{db}"), c.clone(), details)
+            })
+            .collect()
     }
 
     /// Brings `E`'s indexes in line with its declaration: creates missing ones and reports
@@ -293,29 +332,17 @@ impl Storage {
             )
         };
 
-        let purposes = self.inner.config.redis.databases.purposes();
-        let redis = futures::future::join_all(self.inner.redis.iter().map(|(db, conn)| {
-            let mut conn = conn.clone();
-            let mut details = BTreeMap::new();
-            details.insert("db".to_owned(), (*db).into());
-            details.insert(
-                "purposes".to_owned(),
-                purposes.get(db).cloned().unwrap_or_default().into(),
-            );
-            health::check(
-                format!("redis/db{db}"),
-                Component::Redis,
-                timeout,
-                details,
-                async move {
+        let redis = futures::future::join_all(self.redis_health_targets().into_iter().map(
+            |(name, mut conn, details)| {
+                health::check(name, Component::Redis, timeout, details, async move {
                     redis::cmd("PING")
                         .query_async::<String>(&mut conn)
                         .await
                         .map(drop)
                         .map_err(|e| e.to_string())
-                },
-            )
-        }));
+                })
+            },
+        ));
 
         let kafka = {
             let producer = self.inner.kafka.clone();
@@ -396,6 +423,31 @@ async fn mongo_client(config: &StorageConfig, on_command: Option<CommandLog>) ->
         key: "mongodb.uri".into(),
         reason: e.to_string(),
     })
+}
+
+fn cluster_client(config: &StorageConfig) -> Result<redis::cluster::ClusterClient> {
+    let r = &config.redis;
+    let nodes: Vec<String> = r
+        .cluster_nodes
+        .iter()
+        .map(|n| format!("redis://{n}/"))
+        .collect();
+    redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(r.connection_timeout)
+        .response_timeout(r.response_timeout)
+        .retries(r.max_retries as u32)
+        .build()
+        .map_err(|e| Error::config("redis.cluster_nodes", e.to_string()))
+}
+
+/// The client the cache's invalidation listener subscribes with: on a cluster, the first seed
+/// node (PUBLISH reaches every node of a cluster).
+fn pubsub_client(config: &StorageConfig) -> Result<redis::Client> {
+    match config.redis.cluster_nodes.first() {
+        Some(node) => redis::Client::open(format!("redis://{node}/"))
+            .map_err(|e| Error::config("redis.cluster_nodes", e.to_string())),
+        None => redis_client(config, config.redis.databases.platform_cache),
+    }
 }
 
 fn redis_client(config: &StorageConfig, db: u8) -> Result<redis::Client> {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 
 use crate::config::CacheConfig;
 use crate::entity::{CacheSpec, CacheStrategy, Entity};
@@ -186,7 +186,7 @@ impl CacheLayer {
 
     /// Clears `E`'s entries if writes happened while Redis was unreachable. Returns whether
     /// Redis may be read for `E`.
-    async fn ensure_clean<E: Entity>(&self, conn: &mut ConnectionManager, db: u8) -> bool {
+    async fn ensure_clean<E: Entity>(&self, conn: &mut RedisConnection, db: u8) -> bool {
         let key = (E::META.name, db);
         if !self.dirty.lock().expect("dirty set").contains(&key) {
             return true;
@@ -212,23 +212,30 @@ impl CacheLayer {
     /// SCANs (never KEYS) for `pattern` and deletes what it finds, with its generation keys.
     async fn delete_matching(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         pattern: &str,
     ) -> std::result::Result<u64, Fault> {
-        let mut cursor: u64 = 0;
+        let found = match self.breaker.permit() {
+            Permit::Skip => return Err(Fault::Skipped),
+            _ => match tokio::time::timeout(
+                self.settings.op_timeout * 20,
+                conn.scan_match(pattern, None),
+            )
+            .await
+            {
+                Ok(Ok(keys)) => keys,
+                Ok(Err(e)) => {
+                    self.breaker.failure();
+                    return Err(Fault::Failed(e.to_string()));
+                }
+                Err(_) => {
+                    self.breaker.failure();
+                    return Err(Fault::Failed("SCAN timed out".into()));
+                }
+            },
+        };
         let mut deleted = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = self
-                .call(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(conn),
-                )
-                .await?;
+        {
             let data_keys: HashSet<&str> = found
                 .iter()
                 .filter(|k| !k.ends_with(":load"))
@@ -251,11 +258,8 @@ impl CacheLayer {
                     .await?;
                 deleted += dropped.unsigned_abs();
             }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(deleted);
-            }
         }
+        Ok(deleted)
     }
 
     /// Read-through: in-process tier, then Redis, then `load` (MongoDB), filling the tiers on
@@ -390,7 +394,7 @@ impl CacheLayer {
 
     async fn get_entry<E: Entity>(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         k: &EntryKeys,
         c: &Counters,
     ) -> std::result::Result<Option<E>, ()> {

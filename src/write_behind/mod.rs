@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson, Document};
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use serde::Serialize;
 
 use crate::config::WriteBehindConfig;
@@ -172,7 +172,7 @@ impl WriteBehind {
         Ok(())
     }
 
-    fn conn(&self, storage: &Storage) -> Result<ConnectionManager> {
+    fn conn(&self, storage: &Storage) -> Result<RedisConnection> {
         storage.redis(storage.config().redis.databases.write_behind)
     }
 
@@ -209,25 +209,12 @@ impl WriteBehind {
     async fn queues(&self, storage: &Storage, dead: bool) -> Result<Vec<String>> {
         let mut conn = self.conn(storage)?;
         let pattern = format!("{}caas:wb:*", self.prefix);
-        let mut cursor: u64 = 0;
-        let mut found = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("TYPE")
-                .arg("stream")
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err("write-behind (SCAN queues)"))?;
-            found.extend(keys.into_iter().filter(|k| dead || !k.ends_with(":dead")));
-            cursor = next;
-            if cursor == 0 {
-                found.sort();
-                return Ok(found);
-            }
-        }
+        let mut found = conn
+            .scan_match(&pattern, Some("stream"))
+            .await
+            .map_err(redis_err("write-behind (SCAN queues)"))?;
+        found.retain(|k| dead || !k.ends_with(":dead"));
+        Ok(found)
     }
 
     /// Starts flushers for every queue that holds entries (left by this or an earlier
@@ -352,7 +339,7 @@ fn first_entry_millis(v: &redis::Value) -> Option<u64> {
 
 /// Takes or renews the stream's lease: one flusher per stream keeps writes in order.
 async fn hold_lease(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     key: &str,
     token: &str,
     ttl: Duration,
@@ -503,7 +490,7 @@ fn give_up(id: &str, max_attempts: u32) -> bool {
 }
 
 async fn dead_letter(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     key: &str,
     id: &str,
     entry: Option<&Document>,

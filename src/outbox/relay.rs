@@ -1,0 +1,841 @@
+//! [`OutboxRelay`]: publishes the `ready` records of the shards it leases to Kafka.
+//!
+//! One drain pass, per database: keep the shard leases fresh (see [`lease`](super::lease)),
+//! reconcile stale `prepared` records of the held shards, read the oldest `ready` records of
+//! those shards, hold back any event whose aggregate still has an earlier revision pending,
+//! send the rest (key = aggregate id, value = envelope JSON, headers from
+//! [`EventEnvelope::headers`]), await their delivery reports and mark them `published`.
+//! Failures back off with jitter and park after `max_attempts` (copied to a dead-letter topic
+//! when one is configured). The pass never waits longer than its operation bounds.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::outbox::envelope::{now_millis, EventEnvelope};
+use crate::outbox::lease::ShardLeases;
+use crate::outbox::metrics::{Counters, RelayMetrics};
+use crate::outbox::store::{
+    record_from_doc, EventState, Head, OutboxLag, OutboxRecord, OutboxStore, ReconcileReport,
+    DEFAULT_RECONCILE_AFTER, DEFAULT_SHARD_COUNT,
+};
+use crate::storage::Storage;
+
+/// How long topic creation waits before giving up (and trying again later).
+const TOPIC_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before retrying a failed topic creation.
+const TOPIC_RETRY: Duration = Duration::from_secs(10);
+
+/// Settings of an [`OutboxRelay`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayOptions {
+    /// The databases whose outboxes this relay drains.
+    pub databases: Vec<String>,
+    /// Number of shards (must match the writers' [`OutboxStore::with_shard_count`]).
+    pub shard_count: u32,
+    /// Most events read and published per database per pass.
+    pub batch_size: usize,
+    /// Pause between passes that found no full batch.
+    pub poll_interval: Duration,
+    /// Lifetime of a shard lease; renewed every third of it. A crashed relay's shards are
+    /// taken over after at most this long.
+    pub lease_ttl: Duration,
+    /// Delivery attempts before an event is parked.
+    pub max_attempts: u32,
+    /// Backoff after the first failure; doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// Age after which `prepared` records are reconciled (see [`OutboxStore::reconcile`]).
+    pub reconcile_after: Duration,
+    /// How often the backlog gauges (`pending`, `oldest_pending_age_ms`) are refreshed.
+    pub lag_interval: Duration,
+    /// Topic parked events are copied to, if any.
+    pub dlq_topic: Option<String>,
+    /// Create missing topics before publishing to them.
+    pub create_topics: bool,
+    /// Partitions of topics the relay creates.
+    pub topic_partitions: i32,
+    /// Replication factor of topics the relay creates.
+    pub topic_replication: i32,
+    /// This relay's identity in leases (unique per process).
+    pub instance_id: String,
+    /// Bound on each MongoDB operation.
+    pub op_timeout: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            databases: Vec::new(),
+            shard_count: DEFAULT_SHARD_COUNT,
+            batch_size: 200,
+            poll_interval: Duration::from_millis(200),
+            lease_ttl: Duration::from_secs(15),
+            max_attempts: 8,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            reconcile_after: DEFAULT_RECONCILE_AFTER,
+            lag_interval: Duration::from_secs(5),
+            dlq_topic: None,
+            create_topics: true,
+            topic_partitions: 3,
+            topic_replication: 1,
+            instance_id: uuid::Uuid::now_v7().hyphenated().to_string(),
+            op_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RelayOptions {
+    /// Defaults, draining `databases`.
+    pub fn for_databases<I, S>(databases: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RelayOptions {
+            databases: databases.into_iter().map(Into::into).collect(),
+            ..RelayOptions::default()
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |key: &str, reason: &str| Err(Error::config(format!("outbox.relay.{key}"), reason));
+        if self.databases.is_empty() {
+            return bad("databases", "name at least one database to drain");
+        }
+        if self.shard_count == 0 {
+            return bad("shard_count", "must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1");
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return bad("lease_ttl", "must be at least 300ms");
+        }
+        if self.instance_id.is_empty() {
+            return bad("instance_id", "may not be empty");
+        }
+        if self.topic_partitions < 1 || self.topic_replication < 1 {
+            return bad("topic_partitions", "partitions and replication must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Backoff before attempt `attempts + 1`: `base * 2^(attempts-1)` capped at the maximum,
+    /// with "equal jitter" (a uniform draw from the upper half).
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(30);
+        let full = self
+            .backoff_base
+            .saturating_mul(1_u32 << exp)
+            .min(self.backoff_max);
+        let half = full / 2;
+        let span = u64::try_from((full - half).as_micros()).unwrap_or(u64::MAX);
+        let r = std::collections::hash_map::RandomState::new().hash_one((attempts, now_millis()));
+        half + Duration::from_micros(if span == 0 { 0 } else { r % (span + 1) })
+    }
+}
+
+/// What one [`OutboxRelay::drain_once`] pass did, over all databases.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DrainReport {
+    /// Events delivered and marked published.
+    pub published: u64,
+    /// Failed delivery attempts.
+    pub failed: u64,
+    /// Events parked in this pass.
+    pub parked: u64,
+    /// Events held back behind an earlier pending event of their aggregate (or not yet due).
+    pub deferred: u64,
+    /// Reconciliation of stale prepared records.
+    pub reconciled: ReconcileReport,
+    /// Shard leases held after the pass.
+    pub shards_held: u64,
+    /// Whether some database had a full batch (call again without waiting).
+    pub more: bool,
+    /// Errors met (logged; the pass went on with the next database).
+    pub errors: Vec<String>,
+}
+
+struct TopicState {
+    created: bool,
+    retry_at: Instant,
+}
+
+struct RelayInner {
+    storage: Storage,
+    options: RelayOptions,
+    stores: Vec<OutboxStore>,
+    leases: tokio::sync::Mutex<Vec<ShardLeases>>,
+    counters: Arc<Counters>,
+    topics: std::sync::Mutex<HashMap<String, TopicState>>,
+    admin: Option<AdminClient<DefaultClientContext>>,
+    indexes_ready: AtomicBool,
+    last_lag: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Publishes outbox records to Kafka. Cheap to clone; run it with [`spawn`](Self::spawn) or
+/// call [`drain_once`](Self::drain_once) in a loop of your own.
+#[derive(Clone)]
+pub struct OutboxRelay {
+    inner: Arc<RelayInner>,
+}
+
+impl std::fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelay")
+            .field("instance_id", &self.inner.options.instance_id)
+            .field("databases", &self.inner.options.databases)
+            .finish()
+    }
+}
+
+impl OutboxRelay {
+    /// A relay over `storage`'s MongoDB and shared Kafka producer. Fails on invalid options
+    /// or when the Kafka admin client (for topic creation) cannot be configured.
+    pub fn new(storage: &Storage, options: RelayOptions) -> Result<Self> {
+        options.check()?;
+        let stores = options
+            .databases
+            .iter()
+            .map(|db| {
+                OutboxStore::new(storage, db)
+                    .with_shard_count(options.shard_count)
+                    .with_reconcile_after(options.reconcile_after)
+                    .with_op_timeout(options.op_timeout)
+            })
+            .collect();
+        let leases = options
+            .databases
+            .iter()
+            .map(|db| {
+                ShardLeases::new(
+                    storage,
+                    db,
+                    &options.instance_id,
+                    options.shard_count,
+                    options.lease_ttl,
+                    options.op_timeout,
+                )
+            })
+            .collect();
+        let admin = if options.create_topics {
+            let k = &storage.config().kafka;
+            let mut cc = ClientConfig::new();
+            for (key, value) in &k.properties {
+                cc.set(key, value);
+            }
+            cc.set("bootstrap.servers", &k.brokers)
+                .set("client.id", format!("{}-outbox-admin", k.client_id));
+            Some(
+                cc.create::<AdminClient<DefaultClientContext>>()
+                    .map_err(|e| Error::config("kafka.properties", e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Ok(OutboxRelay {
+            inner: Arc::new(RelayInner {
+                storage: storage.clone(),
+                counters: Arc::new(Counters::new(options.instance_id.clone())),
+                options,
+                stores,
+                leases: tokio::sync::Mutex::new(leases),
+                topics: std::sync::Mutex::new(HashMap::new()),
+                admin,
+                indexes_ready: AtomicBool::new(false),
+                last_lag: std::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The options the relay runs with.
+    pub fn options(&self) -> &RelayOptions {
+        &self.inner.options
+    }
+
+    /// The outbox of each drained database.
+    pub fn stores(&self) -> &[OutboxStore] {
+        &self.inner.stores
+    }
+
+    /// A snapshot of the relay's counters.
+    pub fn metrics(&self) -> RelayMetrics {
+        self.inner.counters.snapshot()
+    }
+
+    /// Runs the relay in a tokio task until [`RelayHandle::shutdown`].
+    pub fn spawn(&self) -> RelayHandle {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let relay = self.clone();
+        let join = tokio::spawn(async move {
+            loop {
+                if *stopped.borrow() {
+                    break;
+                }
+                let more = match relay.drain_once().await {
+                    Ok(r) => r.more,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox relay pass failed");
+                        false
+                    }
+                };
+                if !more {
+                    tokio::select! {
+                        _ = tokio::time::sleep(relay.inner.options.poll_interval) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+            }
+            relay.release().await;
+        });
+        RelayHandle {
+            stop,
+            join,
+            counters: self.inner.counters.clone(),
+            bound: self.shutdown_bound(),
+        }
+    }
+
+    /// The longest a pass can take (every bound it waits on, plus slack).
+    fn shutdown_bound(&self) -> Duration {
+        let k = self.inner.storage.config().kafka.message_timeout;
+        let o = &self.inner.options;
+        (k + Duration::from_secs(5)) * 2
+            + TOPIC_CREATE_TIMEOUT
+            + o.op_timeout * 8 * (o.databases.len() as u32 + 1)
+    }
+
+    /// Releases every shard lease this relay holds (for a clean stop when driving
+    /// [`drain_once`](Self::drain_once) yourself; the spawned task does it on shutdown).
+    pub async fn release(&self) {
+        let mut leases = self.inner.leases.lock().await;
+        for l in leases.iter_mut() {
+            l.release_all().await;
+        }
+        self.inner.counters.shards_held.store(0, Ordering::Relaxed);
+    }
+
+    /// One pass over every database: leases, reconciliation, one batch published.
+    pub async fn drain_once(&self) -> Result<DrainReport> {
+        let inner = &self.inner;
+        let mut report = DrainReport::default();
+        if !inner.indexes_ready.load(Ordering::Relaxed) {
+            let mut ok = true;
+            for s in &inner.stores {
+                if let Err(e) = s.ensure_indexes().await {
+                    ok = false;
+                    tracing::warn!(database = s.database(), error = %e, "could not create outbox indexes");
+                }
+            }
+            inner.indexes_ready.store(ok, Ordering::Relaxed);
+        }
+        let mut leases = inner.leases.lock().await;
+        for (store, lease) in inner.stores.iter().zip(leases.iter_mut()) {
+            if let Err(e) = self.drain_database(store, lease, &mut report).await {
+                tracing::warn!(database = store.database(), error = %e, "outbox relay pass failed for a database");
+                report.errors.push(format!("{}: {e}", store.database()));
+            }
+        }
+        report.shards_held = leases.iter().map(|l| l.held_count() as u64).sum();
+        drop(leases);
+        inner
+            .counters
+            .shards_held
+            .store(report.shards_held, Ordering::Relaxed);
+        inner.counters.record_reconcile(&report.reconciled);
+        inner.counters.tick();
+        self.refresh_lag().await;
+        Ok(report)
+    }
+
+    async fn refresh_lag(&self) {
+        let inner = &self.inner;
+        {
+            let mut last = inner.last_lag.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < inner.options.lag_interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut total = OutboxLag::default();
+        for s in &inner.stores {
+            match s.lag().await {
+                Ok(l) => total.merge(&l),
+                Err(e) => {
+                    tracing::warn!(database = s.database(), error = %e, "could not measure outbox lag");
+                    return;
+                }
+            }
+        }
+        inner.counters.record_lag(&total);
+    }
+
+    async fn drain_database(
+        &self,
+        store: &OutboxStore,
+        lease: &mut ShardLeases,
+        report: &mut DrainReport,
+    ) -> Result<()> {
+        let o = &self.inner.options;
+        if lease.due() {
+            if let Err(e) = lease.maintain().await {
+                // Shards whose leases are still comfortably valid are drained anyway.
+                tracing::warn!(database = store.database(), error = %e, "could not maintain outbox shard leases");
+                report.errors.push(format!("{}: {e}", store.database()));
+            }
+        }
+        let owned = lease.owned();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let shards = shard_filter(&owned, o.shard_count);
+
+        let mut prepared = store.prepared_heads(shards.clone()).await?;
+        let rec = store
+            .reconcile_heads(&prepared, DateTime::now())
+            .await?;
+        if rec.ready + rec.abandoned + rec.parked > 0 {
+            prepared = store.prepared_heads(shards.clone()).await?;
+        }
+        report.reconciled.merge(&rec);
+
+        let window = store.ready_window(shards.clone(), o.batch_size).await?;
+        if window.is_empty() {
+            return Ok(());
+        }
+        let full = window.len() >= o.batch_size;
+        report.more |= full;
+
+        // Pending events outside the window: the lowest revision per aggregate.
+        let mut earliest_outside: HashMap<String, i64> = HashMap::new();
+        let mut note = |h: &Head| {
+            let e = earliest_outside.entry(h.agg.clone()).or_insert(h.revision);
+            *e = (*e).min(h.revision);
+        };
+        prepared.iter().for_each(&mut note);
+        if full {
+            let in_window: HashSet<&str> = window
+                .iter()
+                .filter_map(|d| d.get_str("_id").ok())
+                .collect();
+            let last_created = window
+                .last()
+                .map(|d| crate::outbox::store::millis(d.get("created_at")))
+                .unwrap_or(0);
+            for h in store.ready_heads_since(shards, last_created).await? {
+                if !in_window.contains(h.id.as_str()) {
+                    note(&h);
+                }
+            }
+        }
+
+        let (eligible, deferred) = select(&window, &earliest_outside, now_millis())?;
+        report.deferred += deferred;
+        Counters::add(&self.inner.counters.deferred, deferred);
+        if eligible.is_empty() {
+            return Ok(());
+        }
+        self.publish(store, eligible, report).await
+    }
+
+    async fn publish(
+        &self,
+        store: &OutboxStore,
+        records: Vec<OutboxRecord>,
+        report: &mut DrainReport,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let mut topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for t in topics {
+            self.ensure_topic(t).await;
+        }
+
+        let producer = inner.storage.kafka_producer();
+        let wait = inner.storage.config().kafka.message_timeout + Duration::from_secs(5);
+        let mut pending = Vec::with_capacity(records.len());
+        let mut failed: Vec<(OutboxRecord, String)> = Vec::new();
+        for r in records {
+            let value = match r.envelope.to_json() {
+                Ok(v) => v,
+                Err(e) => {
+                    failed.push((r, e.to_string()));
+                    continue;
+                }
+            };
+            let record = FutureRecord::to(&r.topic)
+                .key(r.envelope.aggregate_id.as_str())
+                .payload(value.as_slice())
+                .headers(headers(&r.envelope, &[]));
+            match producer.send_result(record) {
+                Ok(delivery) => pending.push((r, delivery)),
+                Err((e, _)) => {
+                    let msg = e.to_string();
+                    failed.push((r, msg));
+                }
+            }
+        }
+        let outcomes = futures::future::join_all(
+            pending
+                .into_iter()
+                .map(|(r, d)| async move { (r, tokio::time::timeout(wait, d).await) }),
+        )
+        .await;
+        let mut delivered = Vec::new();
+        for (r, outcome) in outcomes {
+            match outcome {
+                Ok(Ok(Ok(_))) => delivered.push(r),
+                Ok(Ok(Err((e, _)))) => failed.push((r, e.to_string())),
+                Ok(Err(_)) => failed.push((r, "delivery report dropped (producer closed)".into())),
+                Err(_) => failed.push((r, format!("no delivery report within {wait:?}"))),
+            }
+        }
+
+        let now = DateTime::now();
+        let n = store
+            .update_each(
+                "mark outbox records published",
+                delivered.iter().map(|r| {
+                    (
+                        doc! { "_id": &r.envelope.event_id, "state": EventState::Ready.as_str() },
+                        doc! { "$set": {
+                            "state": EventState::Published.as_str(),
+                            "published_at": now, "updated_at": now,
+                        } },
+                    )
+                }),
+            )
+            .await;
+        let published = delivered.len() as u64;
+        report.published += published;
+        Counters::add(&inner.counters.published, published);
+        if let Err(e) = n {
+            // Delivered but not marked: they will be published again (at-least-once).
+            report.errors.push(format!("{}: {e}", store.database()));
+        }
+
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let o = &inner.options;
+        let mut updates = Vec::with_capacity(failed.len());
+        for (r, err) in &failed {
+            let attempts = r.attempts + 1;
+            let park = attempts >= o.max_attempts;
+            tracing::warn!(
+                database = store.database(), event_id = %r.envelope.event_id, topic = %r.topic,
+                attempts, park, error = %err, "outbox event delivery failed"
+            );
+            let next = DateTime::from_millis(
+                now.timestamp_millis()
+                    + i64::try_from(o.backoff(attempts).as_millis()).unwrap_or(i64::MAX / 4),
+            );
+            let state = if park {
+                EventState::Parked
+            } else {
+                EventState::Ready
+            };
+            updates.push((
+                doc! { "_id": &r.envelope.event_id, "state": EventState::Ready.as_str() },
+                doc! { "$set": {
+                    "state": state.as_str(), "attempts": i64::from(attempts),
+                    "next_attempt_at": next, "last_error": err.as_str(), "updated_at": now,
+                } },
+            ));
+            if park {
+                report.parked += 1;
+                Counters::add(&inner.counters.parked, 1);
+                if let Some(dlq) = &o.dlq_topic {
+                    self.dead_letter(dlq, r, err).await;
+                }
+            }
+        }
+        report.failed += failed.len() as u64;
+        Counters::add(&inner.counters.failures, failed.len() as u64);
+        store
+            .update_each("record outbox delivery failure", updates)
+            .await
+            .map(drop)
+    }
+
+    /// Copies a parked event to the dead-letter topic (best effort: the record stays parked
+    /// in the outbox either way).
+    async fn dead_letter(&self, dlq: &str, r: &OutboxRecord, err: &str) {
+        self.ensure_topic(dlq).await;
+        let Ok(value) = r.envelope.to_json() else {
+            return;
+        };
+        let producer = self.inner.storage.kafka_producer();
+        let record = FutureRecord::to(dlq)
+            .key(r.envelope.aggregate_id.as_str())
+            .payload(value.as_slice())
+            .headers(headers(
+                &r.envelope,
+                &[("caas_error", err), ("caas_original_topic", &r.topic)],
+            ));
+        let wait = self.inner.storage.config().kafka.message_timeout + Duration::from_secs(5);
+        match tokio::time::timeout(wait, producer.send(record, Duration::from_secs(0))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                tracing::warn!(event_id = %r.envelope.event_id, dlq, error = %e, "could not copy a parked event to the dead-letter topic")
+            }
+            Err(_) => {
+                tracing::warn!(event_id = %r.envelope.event_id, dlq, "dead-letter copy timed out")
+            }
+        }
+    }
+
+    /// Creates `topic` with the configured partitions and replication unless it exists (or a
+    /// recent attempt failed). Failure is logged, not returned: the broker may auto-create.
+    async fn ensure_topic(&self, topic: &str) {
+        let Some(admin) = &self.inner.admin else {
+            return;
+        };
+        {
+            let topics = self.inner.topics.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = topics.get(topic) {
+                if t.created || t.retry_at > Instant::now() {
+                    return;
+                }
+            }
+        }
+        let o = &self.inner.options;
+        let new = NewTopic::new(
+            topic,
+            o.topic_partitions,
+            TopicReplication::Fixed(o.topic_replication),
+        );
+        let opts = AdminOptions::new()
+            .request_timeout(Some(TOPIC_CREATE_TIMEOUT))
+            .operation_timeout(Some(TOPIC_CREATE_TIMEOUT));
+        let created = match tokio::time::timeout(
+            TOPIC_CREATE_TIMEOUT + Duration::from_secs(1),
+            admin.create_topics([&new], &opts),
+        )
+        .await
+        {
+            Ok(Ok(results)) => results.iter().all(|r| match r {
+                Ok(_) => true,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => true,
+                Err((name, code)) => {
+                    tracing::warn!(topic = %name, error = %code, "could not create a Kafka topic");
+                    false
+                }
+            }),
+            Ok(Err(e)) => {
+                log_admin_error(topic, &e);
+                false
+            }
+            Err(_) => {
+                tracing::warn!(topic, "Kafka topic creation timed out");
+                false
+            }
+        };
+        self.inner
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                topic.to_owned(),
+                TopicState {
+                    created,
+                    retry_at: Instant::now() + TOPIC_RETRY,
+                },
+            );
+    }
+}
+
+fn log_admin_error(topic: &str, e: &KafkaError) {
+    tracing::warn!(topic, error = %e, "could not create a Kafka topic");
+}
+
+fn headers(e: &EventEnvelope, extra: &[(&str, &str)]) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(8);
+    for (k, v) in e.headers() {
+        h = h.insert(Header {
+            key: k,
+            value: Some(v.as_str()),
+        });
+    }
+    for (k, v) in extra {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    h
+}
+
+/// `None` when every shard is held (no filter), the shard itself for one, `$in` otherwise.
+fn shard_filter(owned: &[u32], shard_count: u32) -> Option<Bson> {
+    if owned.len() as u32 >= shard_count {
+        return None;
+    }
+    if let [one] = owned {
+        return Some(Bson::Int64(i64::from(*one)));
+    }
+    Some(Bson::Document(doc! {
+        "$in": owned.iter().map(|s| Bson::Int64(i64::from(*s))).collect::<Vec<_>>()
+    }))
+}
+
+/// Chooses what to publish from a window of ready records (oldest first): per aggregate, in
+/// revision order, up to the first event that must wait (an earlier revision pending outside
+/// the window, or not yet due after a failure). Returns the records in send order and how
+/// many were held back.
+fn select(
+    window: &[Document],
+    earliest_outside: &HashMap<String, i64>,
+    now: i64,
+) -> Result<(Vec<OutboxRecord>, u64)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: HashMap<String, Vec<(Head, &Document)>> = HashMap::new();
+    for d in window {
+        let h = Head::from_doc(d)?;
+        if !groups.contains_key(&h.agg) {
+            order.push(h.agg.clone());
+        }
+        groups.entry(h.agg.clone()).or_default().push((h, d));
+    }
+    let mut out = Vec::with_capacity(window.len());
+    let mut deferred = 0;
+    for agg in order {
+        let mut chain = groups.remove(&agg).unwrap_or_default();
+        chain.sort_by(|(a, _), (b, _)| {
+            (a.revision, a.created_at, &a.id).cmp(&(b.revision, b.created_at, &b.id))
+        });
+        let blocked_above = earliest_outside.get(&agg).copied();
+        for (i, (h, d)) in chain.iter().enumerate() {
+            let blocked = blocked_above.is_some_and(|b| b < h.revision);
+            if blocked || h.next_attempt_at > now {
+                deferred += (chain.len() - i) as u64;
+                break;
+            }
+            out.push(record_from_doc(d)?);
+        }
+    }
+    Ok((out, deferred))
+}
+
+/// A running relay task.
+pub struct RelayHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    join: tokio::task::JoinHandle<()>,
+    counters: Arc<Counters>,
+    bound: Duration,
+}
+
+impl std::fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayHandle")
+            .field("finished", &self.join.is_finished())
+            .finish()
+    }
+}
+
+impl RelayHandle {
+    /// A snapshot of the relay's counters.
+    pub fn metrics(&self) -> RelayMetrics {
+        self.counters.snapshot()
+    }
+
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Stops after the current pass and releases the leases. Bounded: a pass stuck past every
+    /// operation bound is aborted (its leases then expire by themselves).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let mut join = self.join;
+        if tokio::time::timeout(self.bound, &mut join).await.is_err() {
+            tracing::warn!("outbox relay did not stop in time; aborting it");
+            join.abort();
+        }
+    }
+
+    /// Kills the task where it stands without releasing its leases, as a crash would: other
+    /// relays take its shards over when the leases expire.
+    pub fn abort(self) {
+        self.join.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(agg: &str, id: &str, revision: i64, created: i64, due: i64) -> Document {
+        doc! {
+            "_id": id, "event_type": "t", "aggregate_type": "A", "aggregate_id": agg,
+            "tenant": "t", "revision": revision, "payload": "{}", "topic": "x",
+            "state": "ready", "op": id, "agg": agg, "shard": 0_i64, "attempts": 0_i64,
+            "created_at": DateTime::from_millis(created),
+            "next_attempt_at": DateTime::from_millis(due),
+        }
+    }
+
+    #[test]
+    fn selection_keeps_aggregate_order_and_waits_for_earlier_revisions() {
+        let window = vec![
+            rec("a", "1", 2, 10, 0),
+            rec("b", "2", 7, 11, 0),
+            rec("a", "3", 1, 12, 0),
+            rec("c", "4", 5, 13, 0),
+            rec("c", "5", 6, 14, 0),
+            rec("d", "6", 1, 15, 100),
+            rec("d", "7", 2, 16, 0),
+        ];
+        let mut outside = HashMap::new();
+        outside.insert("b".to_owned(), 6);
+        outside.insert("c".to_owned(), 6);
+        let (out, deferred) = select(&window, &outside, 50).unwrap();
+        let ids: Vec<&str> = out.iter().map(|r| r.envelope.event_id.as_str()).collect();
+        // a: revision order (3 before 1); b: blocked by revision 6 outside; c: 5 goes, 6 is
+        // not blocked by an equal revision; d: first not due, so both wait.
+        assert_eq!(ids, ["3", "1", "4", "5"]);
+        assert_eq!(deferred, 3);
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let o = RelayOptions {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..RelayOptions::default()
+        };
+        for attempts in 1..20 {
+            let d = o.backoff(attempts);
+            let full = (Duration::from_millis(100) * 2_u32.pow((attempts - 1).min(10)))
+                .min(Duration::from_secs(1));
+            assert!(d >= full / 2 && d <= full, "{attempts}: {d:?} vs {full:?}");
+        }
+    }
+
+    #[test]
+    fn shard_filters() {
+        assert_eq!(shard_filter(&[0, 1], 2), None);
+        assert_eq!(shard_filter(&[3], 16), Some(Bson::Int64(3)));
+        assert!(matches!(shard_filter(&[1, 2], 16), Some(Bson::Document(_))));
+    }
+}
