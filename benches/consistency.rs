@@ -38,14 +38,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    let n: usize = std::env::var("BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let n: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let mut config = StorageConfig::from_env().unwrap();
     config.redis.key_prefix = "bench:".into();
     config.write_behind.start_flusher = false; // the bench drains explicitly, and times it
     let storage = Storage::connect(config).await.unwrap();
     for c in ["bench_strong", "bench_eventual"] {
-        storage.database("caas_bench").collection::<caas_storage::bson::Document>(c).drop().await.unwrap();
+        storage
+            .database("caas_bench")
+            .collection::<caas_storage::bson::Document>(c)
+            .drop()
+            .await
+            .unwrap();
     }
     storage.sync_indexes::<StrongRow>().await.unwrap();
     storage.sync_indexes::<EventualRow>().await.unwrap();
@@ -55,18 +66,27 @@ async fn main() {
     let payload = "x".repeat(200);
 
     let (mut ack_ratio, mut applied_ratio) = (Vec::new(), Vec::new());
-    let (mut strong_rate, mut eventual_ack_rate, mut eventual_applied_rate) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut strong_rate, mut eventual_ack_rate, mut eventual_applied_rate) =
+        (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         let start = Instant::now();
         for i in 0..n {
-            let row = StrongRow { row_id: format!("s{r}-{i}"), tenant_id: "bench".into(), payload: payload.clone() };
+            let row = StrongRow {
+                row_id: format!("s{r}-{i}"),
+                tenant_id: "bench".into(),
+                payload: payload.clone(),
+            };
             strong.insert(&t, &row).await.unwrap();
         }
         let strong_secs = start.elapsed().as_secs_f64();
 
         let start = Instant::now();
         for i in 0..n {
-            let row = EventualRow { row_id: format!("e{r}-{i}"), tenant_id: "bench".into(), payload: payload.clone() };
+            let row = EventualRow {
+                row_id: format!("e{r}-{i}"),
+                tenant_id: "bench".into(),
+                payload: payload.clone(),
+            };
             eventual.insert(&t, &row).await.unwrap();
         }
         let ack_secs = start.elapsed().as_secs_f64();
@@ -84,7 +104,18 @@ async fn main() {
         applied_ratio.push(strong_secs / applied_secs);
     }
     println!("eventual (write-behind) vs strong inserts, {rounds} rounds x {n} writes, medians");
-    println!("strong inserts           {:>9.0} writes/s", median(strong_rate));
-    println!("eventual acknowledged    {:>9.0} writes/s  ratio {:>6.1}x  (target >= 10x)", median(eventual_ack_rate), median(ack_ratio));
-    println!("eventual applied (drain) {:>9.0} writes/s  ratio {:>6.1}x", median(eventual_applied_rate), median(applied_ratio));
+    println!(
+        "strong inserts           {:>9.0} writes/s",
+        median(strong_rate)
+    );
+    println!(
+        "eventual acknowledged    {:>9.0} writes/s  ratio {:>6.1}x  (target >= 10x)",
+        median(eventual_ack_rate),
+        median(ack_ratio)
+    );
+    println!(
+        "eventual applied (drain) {:>9.0} writes/s  ratio {:>6.1}x",
+        median(eventual_applied_rate),
+        median(applied_ratio)
+    );
 }

@@ -25,12 +25,26 @@ pub struct BenchDoc {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
-    let batch: usize = std::env::var("BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    let storage = Storage::connect(StorageConfig::from_env().unwrap()).await.unwrap();
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let batch: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let storage = Storage::connect(StorageConfig::from_env().unwrap())
+        .await
+        .unwrap();
     let db = storage.database("caas_bench");
-    db.collection::<caas_storage::bson::Document>("bench_docs").drop().await.unwrap();
-    db.collection::<caas_storage::bson::Document>("bench_raw").drop().await.unwrap();
+    db.collection::<caas_storage::bson::Document>("bench_docs")
+        .drop()
+        .await
+        .unwrap();
+    db.collection::<caas_storage::bson::Document>("bench_raw")
+        .drop()
+        .await
+        .unwrap();
     storage.sync_indexes::<BenchDoc>().await.unwrap();
     // The hand-written baseline gets the same (tenant, id) unique index and write concern.
     let raw_coll = db.collection_with_options::<BenchDoc>(
@@ -45,7 +59,11 @@ async fn main() {
         .create_index(
             mongodb::IndexModel::builder()
                 .keys(doc! { "tenant_id": 1, "doc_id": 1 })
-                .options(mongodb::options::IndexOptions::builder().unique(true).build())
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
                 .build(),
         )
         .await
@@ -111,7 +129,10 @@ async fn main() {
         |i| {
             let (repo, t, id) = (&repo, &t, format!("g{}", (i * 7919) % n));
             async move {
-                let patch = BenchDocPatch { score: Some(i as i64), ..Default::default() };
+                let patch = BenchDocPatch {
+                    score: Some(i as i64),
+                    ..Default::default()
+                };
                 let _ = repo.update(t, &id, patch).await.unwrap();
             }
         },

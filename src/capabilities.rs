@@ -221,7 +221,12 @@ impl Probe {
 
     async fn find_and_modify_projection(&self) -> bool {
         let id = ObjectId::new();
-        if self.coll.insert_one(doc! { "_id": id, "a": 1, "b": 2 }).await.is_err() {
+        if self
+            .coll
+            .insert_one(doc! { "_id": id, "a": 1, "b": 2 })
+            .await
+            .is_err()
+        {
             return false;
         }
         matches!(

@@ -728,12 +728,12 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 /// Renders a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s != 0 && s % size == 0 {
+        if s != 0 && s.is_multiple_of(size) {
             return format!("{}{unit}", s / size);
         }
     }
@@ -864,7 +864,8 @@ mod tests {
                 "kafka.brokers",
                 "host:port",
             ),
-            ("[cache]\nttl = 1", "cache", "mongodb"),
+            ("[cache]\nttl = 1", "cache.ttl", "op_timeout"),
+            ("[caches]\nttl = 1", "caches", "mongodb"),
         ];
         for (text, want_key, want_reason) in cases {
             match StorageConfig::from_toml_str(text) {

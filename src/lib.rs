@@ -39,6 +39,7 @@ pub mod consistency;
 pub mod entity;
 pub mod error;
 pub mod health;
+mod hex;
 pub mod index;
 pub mod outbox;
 pub mod redis_conn;
@@ -65,8 +66,8 @@ pub use mongodb::bson;
 pub mod prelude {
     pub use crate::bson::DateTime;
     pub use crate::{
-        Consistency, Cursor, Entity, Error, Filter, Page, PageRequest, Patch, Repository, Result, Storage,
-        StorageConfig, TenantId,
+        Consistency, Cursor, Entity, Error, Filter, Page, PageRequest, Patch, Repository, Result,
+        Storage, StorageConfig, TenantId,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -22,17 +22,19 @@ pub struct RedisConnection(Inner);
 #[derive(Clone)]
 enum Inner {
     Single(ConnectionManager),
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        conn: Arc<OnceCell<ClusterConnection>>,
-    },
+    Cluster(Arc<Cluster>),
+}
+
+struct Cluster {
+    client: redis::cluster::ClusterClient,
+    conn: OnceCell<ClusterConnection>,
 }
 
 impl std::fmt::Debug for RedisConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             Inner::Single(_) => f.write_str("RedisConnection(single)"),
-            Inner::Cluster { .. } => f.write_str("RedisConnection(cluster)"),
+            Inner::Cluster(_) => f.write_str("RedisConnection(cluster)"),
         }
     }
 }
@@ -45,32 +47,38 @@ impl RedisConnection {
     /// A cluster connection, established on first use (a cluster that is down at start
     /// does not stop the service from starting).
     pub(crate) fn cluster(client: redis::cluster::ClusterClient) -> Self {
-        RedisConnection(Inner::Cluster {
+        RedisConnection(Inner::Cluster(Arc::new(Cluster {
             client,
-            conn: Arc::new(OnceCell::new()),
-        })
+            conn: OnceCell::new(),
+        })))
     }
 
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.0, Inner::Cluster { .. })
+        matches!(self.0, Inner::Cluster(_))
     }
 
-    async fn cluster_conn(
-        client: &redis::cluster::ClusterClient,
-        cell: &OnceCell<ClusterConnection>,
-    ) -> RedisResult<ClusterConnection> {
-        cell.get_or_try_init(|| client.get_async_connection())
+    async fn cluster_conn(c: &Cluster) -> RedisResult<ClusterConnection> {
+        c.conn
+            .get_or_try_init(|| c.client.get_async_connection())
             .await
             .cloned()
     }
 
     /// Every key matching `pattern` (a `SCAN MATCH` glob), visiting every primary of a cluster.
     /// `TYPE` narrows to one key type when given.
-    pub async fn scan_match(&mut self, pattern: &str, key_type: Option<&str>) -> RedisResult<Vec<String>> {
+    pub async fn scan_match(
+        &mut self,
+        pattern: &str,
+        key_type: Option<&str>,
+    ) -> RedisResult<Vec<String>> {
         fn scan_cmd(cursor: u64, pattern: &str, key_type: Option<&str>) -> Cmd {
             let mut c = redis::cmd("SCAN");
-            c.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500);
+            c.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500);
             if let Some(t) = key_type {
                 c.arg("TYPE").arg(t);
             }
@@ -82,8 +90,9 @@ impl RedisConnection {
                 let mut m = m.clone();
                 let mut cursor = 0_u64;
                 loop {
-                    let (next, keys): (u64, Vec<String>) =
-                        scan_cmd(cursor, pattern, key_type).query_async(&mut m).await?;
+                    let (next, keys): (u64, Vec<String>) = scan_cmd(cursor, pattern, key_type)
+                        .query_async(&mut m)
+                        .await?;
                     out.extend(keys);
                     cursor = next;
                     if cursor == 0 {
@@ -91,25 +100,35 @@ impl RedisConnection {
                     }
                 }
             }
-            Inner::Cluster { client, conn } => {
-                let mut c = Self::cluster_conn(client, conn).await?;
-                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await?;
+            Inner::Cluster(cluster) => {
+                let mut c = Self::cluster_conn(cluster).await?;
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c)
+                    .await?;
                 for line in nodes.lines() {
                     let fields: Vec<&str> = line.split_whitespace().collect();
                     if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
                         continue;
                     }
                     let addr = fields[1].split('@').next().unwrap_or_default();
-                    let Some((host, port)) = addr.rsplit_once(':') else { continue };
-                    let Ok(port) = port.parse::<u16>() else { continue };
+                    let Some((host, port)) = addr.rsplit_once(':') else {
+                        continue;
+                    };
+                    let Ok(port) = port.parse::<u16>() else {
+                        continue;
+                    };
                     let mut cursor = 0_u64;
                     loop {
                         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                             host: host.to_owned(),
                             port,
                         });
-                        let v = c.route_command(scan_cmd(cursor, pattern, key_type), routing).await?;
-                        let (next, keys): (u64, Vec<String>) = redis::FromRedisValue::from_redis_value(v)?;
+                        let v = c
+                            .route_command(scan_cmd(cursor, pattern, key_type), routing)
+                            .await?;
+                        let (next, keys): (u64, Vec<String>) =
+                            redis::FromRedisValue::from_redis_value(v)?;
                         out.extend(keys);
                         cursor = next;
                         if cursor == 0 {
@@ -129,8 +148,8 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             Inner::Single(m) => m.req_packed_command(cmd),
-            Inner::Cluster { client, conn } => Box::pin(async move {
-                let mut c = Self::cluster_conn(client, conn).await?;
+            Inner::Cluster(cluster) => Box::pin(async move {
+                let mut c = Self::cluster_conn(cluster).await?;
                 c.req_packed_command(cmd).await
             }),
         }
@@ -144,8 +163,8 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
             Inner::Single(m) => m.req_packed_commands(pipeline, offset, count),
-            Inner::Cluster { client, conn } => Box::pin(async move {
-                let mut c = Self::cluster_conn(client, conn).await?;
+            Inner::Cluster(cluster) => Box::pin(async move {
+                let mut c = Self::cluster_conn(cluster).await?;
                 c.req_packed_commands(pipeline, offset, count).await
             }),
         }
@@ -154,7 +173,7 @@ impl ConnectionLike for RedisConnection {
     fn get_db(&self) -> i64 {
         match &self.0 {
             Inner::Single(m) => m.get_db(),
-            Inner::Cluster { .. } => 0,
+            Inner::Cluster(_) => 0,
         }
     }
 }

@@ -18,14 +18,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 
 use crate::cache::CacheLayer;
-use crate::redis_conn::RedisConnection;
-use crate::write_behind::WriteBehind;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
 use crate::entity::{Entity, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::health::{self, ComponentHealth, HealthReport};
 use crate::index::{IndexPlan, SyncOptions};
+use crate::redis_conn::RedisConnection;
+use crate::write_behind::WriteBehind;
 
 /// The connection pools and what was learnt about the servers at connect.
 ///
@@ -154,10 +154,8 @@ impl Storage {
             config.cache.clone(),
             pubsub_client(&config)?,
         );
-        let write_behind = WriteBehind::new(
-            config.redis.key_prefix.clone(),
-            config.write_behind.clone(),
-        );
+        let write_behind =
+            WriteBehind::new(config.redis.key_prefix.clone(), config.write_behind.clone());
         let storage = Storage {
             inner: Arc::new(Inner {
                 config,
@@ -239,7 +237,9 @@ impl Storage {
     }
 
     /// What the health check pings: each allocated logical database, or the cluster once.
-    fn redis_health_targets(&self) -> Vec<(String, RedisConnection, BTreeMap<String, serde_json::Value>)> {
+    fn redis_health_targets(
+        &self,
+    ) -> Vec<(String, RedisConnection, BTreeMap<String, serde_json::Value>)> {
         let r = &self.inner.config.redis;
         if !r.cluster_nodes.is_empty() {
             let mut details = BTreeMap::new();
@@ -391,7 +391,10 @@ async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(
 
 type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
 
-async fn mongo_client(config: &StorageConfig, on_command: Option<CommandLog>) -> Result<mongodb::Client> {
+async fn mongo_client(
+    config: &StorageConfig,
+    on_command: Option<CommandLog>,
+) -> Result<mongodb::Client> {
     let m = &config.mongodb;
     let mut options = ClientOptions::parse(&m.uri)
         .await
@@ -452,7 +455,12 @@ fn pubsub_client(config: &StorageConfig) -> Result<redis::Client> {
 
 fn redis_client(config: &StorageConfig, db: u8) -> Result<redis::Client> {
     let bad_url = |e: redis::RedisError| Error::config("redis.url", e.to_string());
-    let info = config.redis.url.as_str().into_connection_info().map_err(bad_url)?;
+    let info = config
+        .redis
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad_url)?;
     let settings = info.redis_settings().clone().set_db(i64::from(db));
     redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)
 }

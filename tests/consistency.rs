@@ -12,7 +12,7 @@ use caas_storage::prelude::*;
 use caas_storage::{CausalToken, Error, StorageConfig};
 
 macro_rules! entity {
-    ($name:ident, $coll:tt, $model:ident) => {
+    ($name:ident, $coll:literal, $model:ident) => {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
         #[repository(database = "caas_consistency_test", collection = $coll, consistency = $model)]
         pub struct $name {
@@ -40,7 +40,12 @@ async fn logged_storage(config: StorageConfig) -> (Storage, Log) {
     let storage = Storage::connect_with_command_log(config, move |e| {
         sink.lock().unwrap().push((
             e.command_name.clone(),
-            e.command.get_str("insert").or(e.command.get_str("find")).or(e.command.get_str("findAndModify")).unwrap_or_default().to_owned(),
+            e.command
+                .get_str("insert")
+                .or(e.command.get_str("find"))
+                .or(e.command.get_str("findAndModify"))
+                .unwrap_or_default()
+                .to_owned(),
             e.command.clone(),
         ));
     })
@@ -67,45 +72,136 @@ async fn each_model_sends_its_concerns() {
 
     let (id, tenant_id) = doc_of("s1");
     let strong = StrongDocRepository::new(&storage);
-    strong.insert(&t, &StrongDoc { id: id.clone(), tenant_id, body: "x".into(), version: 0 }).await.unwrap();
+    strong
+        .insert(
+            &t,
+            &StrongDoc {
+                id: id.clone(),
+                tenant_id,
+                body: "x".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
     strong.find_by_id(&t, &id).await.unwrap().unwrap();
     let insert = last(&log, "insert", "strong_docs");
-    assert_eq!(insert.get_document("writeConcern").unwrap(), &doc! { "w": "majority", "j": true });
+    assert_eq!(
+        insert.get_document("writeConcern").unwrap(),
+        &doc! { "w": "majority", "j": true }
+    );
     let find = last(&log, "find", "strong_docs");
-    assert_eq!(find.get_document("readConcern").unwrap(), &doc! { "level": "majority" });
+    assert_eq!(
+        find.get_document("readConcern").unwrap(),
+        &doc! { "level": "majority" }
+    );
 
     let (id, tenant_id) = doc_of("r1");
     let ryw = RywDocRepository::new(&storage);
-    ryw.insert(&t, &RywDoc { id: id.clone(), tenant_id, body: "x".into(), version: 0 }).await.unwrap();
+    ryw.insert(
+        &t,
+        &RywDoc {
+            id: id.clone(),
+            tenant_id,
+            body: "x".into(),
+            version: 0,
+        },
+    )
+    .await
+    .unwrap();
     ryw.find_by_id(&t, &id).await.unwrap().unwrap();
-    assert_eq!(last(&log, "insert", "ryw_docs").get_document("writeConcern").unwrap(), &doc! { "w": "majority" });
-    assert_eq!(last(&log, "find", "ryw_docs").get_document("readConcern").unwrap(), &doc! { "level": "majority" });
+    assert_eq!(
+        last(&log, "insert", "ryw_docs")
+            .get_document("writeConcern")
+            .unwrap(),
+        &doc! { "w": "majority" }
+    );
+    assert_eq!(
+        last(&log, "find", "ryw_docs")
+            .get_document("readConcern")
+            .unwrap(),
+        &doc! { "level": "majority" }
+    );
 
     let (id, tenant_id) = doc_of("c1");
     let causal = CausalDocRepository::new(&storage);
-    causal.insert(&t, &CausalDoc { id: id.clone(), tenant_id, body: "x".into(), version: 0 }).await.unwrap();
+    causal
+        .insert(
+            &t,
+            &CausalDoc {
+                id: id.clone(),
+                tenant_id,
+                body: "x".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
     causal.find_by_id(&t, &id).await.unwrap().unwrap();
-    assert_eq!(last(&log, "insert", "causal_docs").get_document("writeConcern").unwrap(), &doc! { "w": "majority" });
-    assert_eq!(last(&log, "find", "causal_docs").get_document("readConcern").unwrap(), &doc! { "level": "majority" });
+    assert_eq!(
+        last(&log, "insert", "causal_docs")
+            .get_document("writeConcern")
+            .unwrap(),
+        &doc! { "w": "majority" }
+    );
+    assert_eq!(
+        last(&log, "find", "causal_docs")
+            .get_document("readConcern")
+            .unwrap(),
+        &doc! { "level": "majority" }
+    );
 
     // Eventual: the insert is queued, then applied by the flusher with w:1; reads use local
     // read concern and may go to secondaries.
     let (id, tenant_id) = doc_of("e1");
     let eventual = EventualDocRepository::new(&storage);
-    eventual.insert(&t, &EventualDoc { id: id.clone(), tenant_id, body: "x".into(), version: 0 }).await.unwrap();
-    storage.write_behind().flush::<EventualDoc>(&storage, Duration::from_secs(10)).await.unwrap();
+    eventual
+        .insert(
+            &t,
+            &EventualDoc {
+                id: id.clone(),
+                tenant_id,
+                body: "x".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
+    storage
+        .write_behind()
+        .flush::<EventualDoc>(&storage, Duration::from_secs(10))
+        .await
+        .unwrap();
     let applied = last(&log, "insert", "eventual_docs");
-    assert_eq!(applied.get_document("writeConcern").unwrap(), &doc! { "w": 1 });
+    assert_eq!(
+        applied.get_document("writeConcern").unwrap(),
+        &doc! { "w": 1 }
+    );
     eventual.find_by_id(&t, &id).await.unwrap().unwrap();
-    assert_eq!(last(&log, "find", "eventual_docs").get_document("readConcern").unwrap(), &doc! { "level": "local" });
+    assert_eq!(
+        last(&log, "find", "eventual_docs")
+            .get_document("readConcern")
+            .unwrap(),
+        &doc! { "level": "local" }
+    );
     assert_eq!(
         format!("{:?}", eventual.consistency().read_preference()),
         format!("{:?}", Consistency::Eventual.read_preference())
     );
 
     // A per-call override: a strong read of an eventual entity.
-    eventual.with_consistency(Consistency::Strong).find_by_id(&t, &id).await.unwrap().unwrap();
-    assert_eq!(last(&log, "find", "eventual_docs").get_document("readConcern").unwrap(), &doc! { "level": "majority" });
+    eventual
+        .with_consistency(Consistency::Strong)
+        .find_by_id(&t, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        last(&log, "find", "eventual_docs")
+            .get_document("readConcern")
+            .unwrap(),
+        &doc! { "level": "majority" }
+    );
 }
 
 #[tokio::test]
@@ -116,11 +212,25 @@ async fn a_causal_token_makes_another_handle_read_at_least_that_version() {
     let t = common::tenant("causal");
     let id = "conv-1".to_owned();
     repo_a
-        .insert(&t, &CausalDoc { id: id.clone(), tenant_id: t.to_string(), body: "v0".into(), version: 0 })
+        .insert(
+            &t,
+            &CausalDoc {
+                id: id.clone(),
+                tenant_id: t.to_string(),
+                body: "v0".into(),
+                version: 0,
+            },
+        )
         .await
         .unwrap();
     let written = repo_a
-        .update(&t, &id, CausalDocPatch { body: Some("v1".into()) })
+        .update(
+            &t,
+            &id,
+            CausalDocPatch {
+                body: Some("v1".into()),
+            },
+        )
         .await
         .unwrap()
         .unwrap();
@@ -128,9 +238,14 @@ async fn a_causal_token_makes_another_handle_read_at_least_that_version() {
 
     // Handle B sits behind a stale copy (what a lagging secondary or a stale cache would
     // give): simulate it with an older document in its view of the collection.
-    let stale_view = b.database("caas_consistency_test").collection::<Document>("causal_docs");
+    let stale_view = b
+        .database("caas_consistency_test")
+        .collection::<Document>("causal_docs");
     stale_view
-        .update_one(doc! { "tenant_id": t.as_str(), "id": &id }, doc! { "$set": { "version": 0_i64, "body": "v0" } })
+        .update_one(
+            doc! { "tenant_id": t.as_str(), "id": &id },
+            doc! { "$set": { "version": 0_i64, "body": "v0" } },
+        )
         .await
         .unwrap();
     let plain = repo_b.find_by_id(&t, &id).await.unwrap().unwrap();
@@ -141,19 +256,32 @@ async fn a_causal_token_makes_another_handle_read_at_least_that_version() {
         let (t, id) = (t.clone(), id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            coll.update_one(doc! { "tenant_id": t.as_str(), "id": &id }, doc! { "$set": { "version": 1_i64, "body": "v1" } })
-                .await
-                .unwrap();
+            coll.update_one(
+                doc! { "tenant_id": t.as_str(), "id": &id },
+                doc! { "$set": { "version": 1_i64, "body": "v1" } },
+            )
+            .await
+            .unwrap();
         })
     };
     let token = CausalToken::decode(&token).unwrap();
-    let seen = repo_b.find_by_id_after(&t, &id, &token).await.unwrap().unwrap();
+    let seen = repo_b
+        .find_by_id_after(&t, &id, &token)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(seen.version >= 1 && seen.body == "v1", "{seen:?}");
     catch_up.await.unwrap();
 
     // A token no replica will ever satisfy fails within causal_wait instead of hanging.
     let mut impossible = CausalToken::new();
-    impossible.observe(&t, &CausalDoc { version: 99, ..seen.clone() });
+    impossible.observe(
+        &t,
+        &CausalDoc {
+            version: 99,
+            ..seen.clone()
+        },
+    );
     let started = std::time::Instant::now();
     match repo_b.find_by_id_after(&t, &id, &impossible).await {
         Err(Error::Timeout { .. }) => {}
@@ -175,32 +303,70 @@ async fn eventual_writes_survive_a_crash_between_ack_and_apply() {
     let repo = EventualDocRepository::new(&crashed);
     let t = common::tenant("crash");
     let batch: Vec<EventualDoc> = (0..200)
-        .map(|i| EventualDoc { id: format!("e{i}"), tenant_id: t.to_string(), body: format!("#{i}"), version: 0 })
+        .map(|i| EventualDoc {
+            id: format!("e{i}"),
+            tenant_id: t.to_string(),
+            body: format!("#{i}"),
+            version: 0,
+        })
         .collect();
     for chunk in batch.chunks(50) {
         repo.insert_many(&t, chunk).await.unwrap();
     }
-    repo.queue_update(&t, &"e0".to_owned(), EventualDocPatch { body: Some("patched".into()) })
-        .await
-        .unwrap();
+    repo.queue_update(
+        &t,
+        &"e0".to_owned(),
+        EventualDocPatch {
+            body: Some("patched".into()),
+        },
+    )
+    .await
+    .unwrap();
     repo.queue_delete(&t, &"e1".to_owned()).await.unwrap();
     let lag = crashed.write_behind().lag(&crashed).await.unwrap();
-    let mine = lag.iter().find(|l| l.namespace == "caas_consistency_test.eventual_docs").unwrap();
-    assert_eq!(mine.pending, 202, "200 inserts, one update, one delete: {lag:?}");
+    let mine = lag
+        .iter()
+        .find(|l| l.namespace == "caas_consistency_test.eventual_docs")
+        .unwrap();
+    assert_eq!(
+        mine.pending, 202,
+        "200 inserts, one update, one delete: {lag:?}"
+    );
     drop(repo);
     drop(crashed);
     let direct = common::storage().await;
-    let coll = direct.database("caas_consistency_test").collection::<Document>("eventual_docs");
-    assert_eq!(coll.count_documents(doc! { "tenant_id": t.as_str() }).await.unwrap(), 0, "nothing applied yet");
+    let coll = direct
+        .database("caas_consistency_test")
+        .collection::<Document>("eventual_docs");
+    assert_eq!(
+        coll.count_documents(doc! { "tenant_id": t.as_str() })
+            .await
+            .unwrap(),
+        0,
+        "nothing applied yet"
+    );
 
     let recovered = Storage::connect(config).await.unwrap(); // resumes the queue at connect
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while coll.count_documents(doc! { "tenant_id": t.as_str() }).await.unwrap() != 199 {
+    while coll
+        .count_documents(doc! { "tenant_id": t.as_str() })
+        .await
+        .unwrap()
+        != 199
+    {
         assert!(std::time::Instant::now() < deadline, "queue not drained");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let e0 = coll.find_one(doc! { "tenant_id": t.as_str(), "id": "e0" }).await.unwrap().unwrap();
-    assert_eq!(e0.get_str("body").unwrap(), "patched", "applied in order after its insert");
+    let e0 = coll
+        .find_one(doc! { "tenant_id": t.as_str(), "id": "e0" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        e0.get_str("body").unwrap(),
+        "patched",
+        "applied in order after its insert"
+    );
     let lag = recovered.write_behind().lag(&recovered).await.unwrap();
     assert!(lag.iter().all(|l| l.pending == 0), "{lag:?}");
 }
@@ -208,7 +374,9 @@ async fn eventual_writes_survive_a_crash_between_ack_and_apply() {
 /// FerretDB restarted under eventual load: the flusher retries and nothing is lost.
 #[tokio::test]
 async fn eventual_writes_survive_a_database_restart() {
-    let mut ferret = tokio::task::spawn_blocking(common::private_ferretdb).await.unwrap();
+    let mut ferret = tokio::task::spawn_blocking(common::private_ferretdb)
+        .await
+        .unwrap();
     let mut config = common::config();
     config.mongodb.uri = format!("mongodb://127.0.0.1:{}/", ferret.port);
     config.mongodb.server_selection_timeout = Duration::from_millis(500);
@@ -226,7 +394,12 @@ async fn eventual_writes_survive_a_database_restart() {
         if i == 100 {
             ferret.start();
         }
-        let d = EventualDoc { id: format!("d{i}"), tenant_id: t.to_string(), body: String::new(), version: 0 };
+        let d = EventualDoc {
+            id: format!("d{i}"),
+            tenant_id: t.to_string(),
+            body: String::new(),
+            version: 0,
+        };
         repo.insert(&t, &d).await.unwrap(); // queued: acknowledged while the database is down
         acked += 1;
     }
@@ -260,18 +433,33 @@ async fn a_write_the_database_refuses_is_dead_lettered_and_the_rest_applies() {
     let storage = Storage::connect(config).await.unwrap();
     let repo = TaggedRepository::new(&storage);
     let t = common::tenant("dead");
-    let ok = |id: &str| Tagged { id: id.into(), tenant_id: t.to_string(), attrs: [("k".to_owned(), "v".to_owned())].into() };
+    let ok = |id: &str| Tagged {
+        id: id.into(),
+        tenant_id: t.to_string(),
+        attrs: [("k".to_owned(), "v".to_owned())].into(),
+    };
     // FerretDB (like MongoDB before 5.0) refuses field names with a dot.
-    let poison = Tagged { id: "poison".into(), tenant_id: t.to_string(), attrs: [("a.b".to_owned(), "v".to_owned())].into() };
+    let poison = Tagged {
+        id: "poison".into(),
+        tenant_id: t.to_string(),
+        attrs: [("a.b".to_owned(), "v".to_owned())].into(),
+    };
     repo.insert(&t, &ok("before")).await.unwrap();
     repo.insert(&t, &poison).await.unwrap();
     repo.insert(&t, &ok("after")).await.unwrap();
-    storage.write_behind().flush::<Tagged>(&storage, Duration::from_secs(20)).await.unwrap();
+    storage
+        .write_behind()
+        .flush::<Tagged>(&storage, Duration::from_secs(20))
+        .await
+        .unwrap();
     let direct = repo.with_consistency(Consistency::Strong);
     assert!(direct.exists(&t, &"before".to_owned()).await.unwrap());
     assert!(direct.exists(&t, &"after".to_owned()).await.unwrap());
     assert!(!direct.exists(&t, &"poison".to_owned()).await.unwrap());
     let lag = storage.write_behind().lag(&storage).await.unwrap();
-    let mine = lag.iter().find(|l| l.namespace == "caas_consistency_test.eventual_attrs").unwrap();
+    let mine = lag
+        .iter()
+        .find(|l| l.namespace == "caas_consistency_test.eventual_attrs")
+        .unwrap();
     assert_eq!((mine.pending, mine.dead_letters), (0, 1), "{lag:?}");
 }

@@ -35,7 +35,7 @@ pub struct User {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
-#[repository(database = "caas_messaging", collection = "test_notes", consistency = eventual, soft_delete)]
+#[repository(database = "caas_messaging", collection = "test_notes", consistency = causal, soft_delete)]
 pub struct Note {
     #[repository(id)]
     pub note_id: String,
@@ -71,13 +71,24 @@ async fn insert_find_get_exists_count() {
 
     let found = repo.find_by_id(&t, &u.user_id).await.unwrap().unwrap();
     assert_eq!(found.email, u.email);
-    assert_eq!(found.password_hash, "", "secret fields are not read by default");
-    let with = repo.find_by_id_with_secrets(&t, &u.user_id).await.unwrap().unwrap();
+    assert_eq!(
+        found.password_hash, "",
+        "secret fields are not read by default"
+    );
+    let with = repo
+        .find_by_id_with_secrets(&t, &u.user_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(with, u);
     assert_eq!(repo.get(&t, &u.user_id).await.unwrap().user_id, "u1");
     assert!(repo.exists(&t, &u.user_id).await.unwrap());
     assert!(!repo.exists(&t, &"nobody".to_owned()).await.unwrap());
-    assert!(repo.find_by_id(&t, &"nobody".to_owned()).await.unwrap().is_none());
+    assert!(repo
+        .find_by_id(&t, &"nobody".to_owned())
+        .await
+        .unwrap()
+        .is_none());
     match repo.get(&t, &"nobody".to_owned()).await {
         Err(Error::NotFound { entity, id }) => {
             assert_eq!(entity, "User");
@@ -123,7 +134,10 @@ async fn insert_many_is_unordered_and_reports_failures() {
     let report = repo.insert_many(&t, &batch).await.unwrap();
     assert_eq!(report.inserted, 3);
     assert_eq!(report.failed.len(), 1);
-    assert_eq!(report.failed[0].0, 1, "the second document (u2) was the duplicate");
+    assert_eq!(
+        report.failed[0].0, 1,
+        "the second document (u2) was the duplicate"
+    );
     assert!(matches!(report.failed[0].1, Error::DuplicateKey { .. }));
     assert_eq!(repo.count(&t, Filter::all()).await.unwrap(), 4);
     assert_eq!(repo.insert_many(&t, &[]).await.unwrap().inserted, 0);
@@ -134,19 +148,35 @@ async fn unique_finders_and_index_list_finders() {
     let repo = users().await;
     let t = common::tenant("finders");
     for n in 1..=5 {
-        let s = if n % 2 == 0 { Status::Locked } else { Status::Active };
+        let s = if n % 2 == 0 {
+            Status::Locked
+        } else {
+            Status::Active
+        };
         repo.insert(&t, &user(&t, n, s)).await.unwrap();
     }
-    let u = repo.find_by_email(&t, "user3@example.com").await.unwrap().unwrap();
+    let u = repo
+        .find_by_email(&t, "user3@example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(u.user_id, "u3");
-    assert!(repo.find_by_email(&t, "none@example.com").await.unwrap().is_none());
+    assert!(repo
+        .find_by_email(&t, "none@example.com")
+        .await
+        .unwrap()
+        .is_none());
 
     let page = repo
         .list_by_status(&t, Status::Active, PageRequest::first(10))
         .await
         .unwrap();
     let ids: Vec<&str> = page.items.iter().map(|u| u.user_id.as_str()).collect();
-    assert_eq!(ids, ["u5", "u3", "u1"], "sorted by created_at desc, the index's last key");
+    assert_eq!(
+        ids,
+        ["u5", "u3", "u1"],
+        "sorted by created_at desc, the index's last key"
+    );
     assert!(page.next.is_none());
 }
 
@@ -161,13 +191,18 @@ async fn keyset_pages_cover_everything_once_even_with_inserts_between_pages() {
     let mut request = PageRequest::first(5);
     let mut pages = 0;
     loop {
-        let page = repo.list_by_status(&t, Status::Active, request).await.unwrap();
+        let page = repo
+            .list_by_status(&t, Status::Active, request)
+            .await
+            .unwrap();
         pages += 1;
         assert!(page.items.len() <= 5);
         seen.extend(page.items.iter().map(|u| u.created_at));
         if pages == 2 {
             // Newer than anything seen: sorts before the cursor, so it must not appear.
-            repo.insert(&t, &user(&t, 100, Status::Active)).await.unwrap();
+            repo.insert(&t, &user(&t, 100, Status::Active))
+                .await
+                .unwrap();
         }
         match page.next_request(5) {
             Some(r) => request = r,
@@ -184,7 +219,11 @@ async fn keyset_pages_cover_everything_once_even_with_inserts_between_pages() {
         .unwrap();
     let text = first.next.unwrap().to_string();
     let again = repo
-        .list_by_status(&t, Status::Active, PageRequest::after(3, Cursor::parse(&text).unwrap()))
+        .list_by_status(
+            &t,
+            Status::Active,
+            PageRequest::after(3, Cursor::parse(&text).unwrap()),
+        )
         .await
         .unwrap();
     // u100 sorts first now: the first page is 100, 23, 22.
@@ -197,7 +236,11 @@ async fn typed_queries_filter_sort_skip_limit_and_project() {
     let repo = users().await;
     let t = common::tenant("query");
     for n in 1..=10 {
-        let s = if n <= 6 { Status::Active } else { Status::Locked };
+        let s = if n <= 6 {
+            Status::Active
+        } else {
+            Status::Locked
+        };
         repo.insert(&t, &user(&t, n, s)).await.unwrap();
     }
     let f = User::fields();
@@ -251,11 +294,20 @@ async fn typed_queries_filter_sort_skip_limit_and_project() {
         .await
         .unwrap();
     assert_eq!(contacts[0].email, "user10@example.com");
-    assert!(contacts.iter().all(|c| c.password_hash.is_none()), "secrets stay out of projections");
+    assert!(
+        contacts.iter().all(|c| c.password_hash.is_none()),
+        "secrets stay out of projections"
+    );
 
     let streamed: Vec<User> = {
         use futures::TryStreamExt;
-        repo.query(&t).stream().await.unwrap().try_collect().await.unwrap()
+        repo.query(&t)
+            .stream()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
     };
     assert_eq!(streamed.len(), 10);
 }
@@ -281,8 +333,15 @@ async fn patches_set_only_what_is_set_and_bump_the_version() {
     assert_eq!(after.status, Status::Locked);
     assert_eq!(after.email, u.email, "unset fields untouched");
     assert_eq!(after.version, 1);
-    let with = repo.find_by_id_with_secrets(&t, &u.user_id).await.unwrap().unwrap();
-    assert_eq!(with.password_hash, u.password_hash, "unset secret untouched");
+    let with = repo
+        .find_by_id_with_secrets(&t, &u.user_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        with.password_hash, u.password_hash,
+        "unset secret untouched"
+    );
     assert!(repo
         .update(&t, &"ghost".to_owned(), UserPatch::default())
         .await
@@ -328,11 +387,16 @@ async fn optimistic_locking_rejects_stale_writers() {
         .unwrap();
     assert_eq!(patched.version, 2);
     assert!(matches!(
-        repo.update_checked(&t, &u.user_id, 1, UserPatch::default()).await,
-        Err(Error::VersionConflict { actual: Some(2), .. })
+        repo.update_checked(&t, &u.user_id, 1, UserPatch::default())
+            .await,
+        Err(Error::VersionConflict {
+            actual: Some(2),
+            ..
+        })
     ));
     assert!(matches!(
-        repo.update_checked(&t, &"ghost".to_owned(), 0, UserPatch::default()).await,
+        repo.update_checked(&t, &"ghost".to_owned(), 0, UserPatch::default())
+            .await,
         Err(Error::NotFound { .. })
     ));
 }
@@ -416,7 +480,10 @@ async fn upsert_inserts_then_replaces() {
     assert_eq!(repo.upsert(&t, &u).await.unwrap(), Upserted::Inserted);
     u.status = Status::Locked;
     assert_eq!(repo.upsert(&t, &u).await.unwrap(), Upserted::Replaced);
-    assert_eq!(repo.get(&t, &u.user_id).await.unwrap().status, Status::Locked);
+    assert_eq!(
+        repo.get(&t, &u.user_id).await.unwrap().status,
+        Status::Locked
+    );
     assert_eq!(repo.count(&t, Filter::all()).await.unwrap(), 1);
 }
 
@@ -456,7 +523,10 @@ async fn soft_delete_hides_keeps_and_purges() {
     assert!(notes.find_by_id(&t, &note.note_id).await.unwrap().is_none());
     assert!(!notes.exists(&t, &note.note_id).await.unwrap());
     assert_eq!(notes.count(&t, Filter::all()).await.unwrap(), 0);
-    assert!(!notes.delete(&t, &note.note_id).await.unwrap(), "already deleted");
+    assert!(
+        !notes.delete(&t, &note.note_id).await.unwrap(),
+        "already deleted"
+    );
     // Still stored, marked.
     let raw = storage
         .database("caas_messaging")

@@ -1,1 +1,108 @@
+//! `#[derive(Repository)]` for caas-storage.
+//!
+//! The derive reads a struct and its `#[repository(...)]`, `#[index(...)]`, `#[id]` and
+//! `#[tenant]` attributes (plus the `#[serde(...)]` attributes that decide stored names), checks
+//! them, and generates the `Entity` impl the runtime executes against, a typed repository, a
+//! patch type and typed field paths. `docs/attributes.md` in the repository is the reference.
+//!
+//! The crate is organised like serde_derive: [`internals`] parses the input into a model
+//! ([`internals::ast`], [`internals::attr`]) and checks it ([`internals::check`]), collecting
+//! every error in a [`internals::ctxt::Ctxt`]; [`expand`] generates code from the checked
+//! model. All errors are reported together; alongside them the derive still emits the generated
+//! API where it can (or placeholders where it cannot), so user code that names it does not
+//! drown the real errors in follow-on ones.
 
+mod expand;
+mod internals;
+
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::{parse_macro_input, DeriveInput};
+
+use internals::ast::Container;
+use internals::check;
+use internals::ctxt::Ctxt;
+
+/// Derives a caas-storage entity: `impl Entity`, `{Name}Repository`, `{Name}Patch`,
+/// `{Name}Fields` and `{Name}::fields()`. See `docs/attributes.md` for every attribute.
+#[proc_macro_derive(Repository, attributes(repository, index, id, tenant))]
+pub fn derive_repository(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    derive(&input).into()
+}
+
+/// Parse, check, generate; errors become `compile_error!` next to whatever could be generated.
+fn derive(input: &DeriveInput) -> proc_macro2::TokenStream {
+    let cx = Ctxt::new();
+    let container = Container::from_ast(&cx, input);
+    let model = check::check(&cx, &container);
+    let generated = match &model {
+        Some(model) => expand::expand(model),
+        None => expand::stub::expand(&container),
+    };
+    match cx.finish() {
+        Ok(()) => generated,
+        Err(errors) => {
+            let errors = errors.to_compile_error();
+            quote! {
+                #errors
+                #generated
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn expand(input: &syn::DeriveInput) -> String {
+        super::derive(input).to_string()
+    }
+
+    #[test]
+    fn valid_input_generates_without_errors() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(email), unique)]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+                pub email: String,
+            }
+        });
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(out.contains("fn find_by_email"));
+        assert!(out.contains("\"tenant_id_1_email_1\""));
+    }
+
+    #[test]
+    fn errors_come_with_the_generated_api() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users", consistency = eventual,
+                         cache(strategy = write_through))]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+            }
+        });
+        assert!(out.contains("compile_error"));
+        assert!(out.contains("needs `ttl`"));
+        assert!(out.contains("impl :: caas_storage :: __private :: Entity for User"));
+    }
+
+    #[test]
+    fn unmodellable_input_gets_placeholders() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            pub enum User {
+                A,
+            }
+        });
+        assert!(out.contains("compile_error"));
+        assert!(out.contains("struct UserRepository ;"), "{out}");
+        assert!(!out.contains("Entity for User"));
+    }
+}

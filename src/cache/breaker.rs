@@ -73,7 +73,10 @@ impl Breaker {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        !matches!(*self.state.lock().expect("breaker lock"), State::Closed { .. })
+        !matches!(
+            *self.state.lock().expect("breaker lock"),
+            State::Closed { .. }
+        )
     }
 }
 

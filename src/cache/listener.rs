@@ -21,20 +21,28 @@ pub(crate) fn spawn(
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(&channel).await.is_ok() {
-                        let Some(reg) = registry.upgrade() else { return };
+                        let Some(reg) = registry.upgrade() else {
+                            return;
+                        };
                         reg.clear_all();
                         drop(reg);
                         let mut messages = pubsub.on_message();
                         while let Some(msg) = messages.next().await {
-                            let Some(reg) = registry.upgrade() else { return };
-                            let Ok(tag) = msg.get_payload::<String>() else { continue };
+                            let Some(reg) = registry.upgrade() else {
+                                return;
+                            };
+                            let Ok(tag) = msg.get_payload::<String>() else {
+                                continue;
+                            };
                             if let Some(tier) = keys::entity_of(&tag).and_then(|e| reg.get(e)) {
                                 tier.invalidate(&tag);
                             }
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "cache invalidation listener: Redis unavailable"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cache invalidation listener: Redis unavailable")
+                }
             }
             if registry.upgrade().is_none() {
                 return;

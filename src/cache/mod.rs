@@ -195,7 +195,11 @@ impl CacheLayer {
         match self.delete_matching(conn, &pattern).await {
             Ok(n) => {
                 self.dirty.lock().expect("dirty set").remove(&key);
-                tracing::info!(entity = E::META.name, entries = n, "cleared cache entries that may have gone stale while Redis was unreachable");
+                tracing::info!(
+                    entity = E::META.name,
+                    entries = n,
+                    "cleared cache entries that may have gone stale while Redis was unreachable"
+                );
                 true
             }
             Err(_) => false,
@@ -291,7 +295,11 @@ impl CacheLayer {
             bump(&c.local_misses);
         }
 
-        let db = storage.config().redis.databases.cache_db_for(E::META.database);
+        let db = storage
+            .config()
+            .redis
+            .databases
+            .cache_db_for(E::META.database);
         let mut conn = storage.redis_cache_for(E::META.database);
         if !self.ensure_clean::<E>(&mut conn, db).await {
             bump(&c.bypassed);
@@ -467,7 +475,11 @@ impl CacheLayer {
         if let Some(tier) = self.local_tier::<E>(spec) {
             tier.invalidate(&tag);
         }
-        let db = storage.config().redis.databases.cache_db_for(E::META.database);
+        let db = storage
+            .config()
+            .redis
+            .databases
+            .cache_db_for(E::META.database);
         let mut conn = storage.redis_cache_for(E::META.database);
         let k = keys::entry(&self.prefix, &tag);
         let gen_ttl = self.settings.generation_ttl.as_millis() as u64;
@@ -563,22 +575,29 @@ impl CacheLayer {
         }
         let mut conn = storage.redis_cache_for(E::META.database);
         let pattern = keys::pattern(&self.prefix, tenant, E::META.name);
-        let n = self.delete_matching(&mut conn, &pattern).await.map_err(|f| {
-            let db = storage.config().redis.databases.cache_db_for(E::META.database);
-            self.mark_dirty::<E>(db);
-            match f {
-                Fault::Skipped => Error::Timeout {
-                    component: Component::Redis,
-                    operation: "cache invalidation (breaker open)",
-                    after: self.settings.breaker_cooldown,
-                },
-                Fault::Failed(_) => Error::Timeout {
-                    component: Component::Redis,
-                    operation: "cache invalidation",
-                    after: self.settings.op_timeout,
-                },
-            }
-        })?;
+        let n = self
+            .delete_matching(&mut conn, &pattern)
+            .await
+            .map_err(|f| {
+                let db = storage
+                    .config()
+                    .redis
+                    .databases
+                    .cache_db_for(E::META.database);
+                self.mark_dirty::<E>(db);
+                match f {
+                    Fault::Skipped => Error::Timeout {
+                        component: Component::Redis,
+                        operation: "cache invalidation (breaker open)",
+                        after: self.settings.breaker_cooldown,
+                    },
+                    Fault::Failed(_) => Error::Timeout {
+                        component: Component::Redis,
+                        operation: "cache invalidation",
+                        after: self.settings.op_timeout,
+                    },
+                }
+            })?;
         self.counters_of(E::META.name)
             .invalidations
             .fetch_add(n, Ordering::Relaxed);

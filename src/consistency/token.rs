@@ -67,7 +67,7 @@ impl CausalToken {
     /// Text form, safe in headers and URLs (hex of JSON).
     pub fn encode(&self) -> String {
         let json = serde_json::to_vec(self).expect("a token always serializes");
-        json.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&json)
     }
 
     /// Parses [`encode`](Self::encode)'s output.
@@ -77,14 +77,8 @@ impl CausalToken {
             direction: "decode",
             message: m.to_owned(),
         };
-        if text.len() % 2 != 0 || !text.is_ascii() {
-            return Err(bad("not a token issued by caas-storage"));
-        }
-        let bytes = (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
-            .collect::<std::result::Result<Vec<u8>, _>>()
-            .map_err(|_| bad("not a token issued by caas-storage"))?;
+        let bytes =
+            crate::hex::decode(text).ok_or_else(|| bad("not a token issued by caas-storage"))?;
         serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))
     }
 

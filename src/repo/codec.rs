@@ -38,24 +38,37 @@ pub(crate) fn decode<E: Entity>(doc: Document) -> Result<E> {
 /// Decodes a document read without a projection, leaving out what a projection would have:
 /// secret fields (unless `with_secrets`) and framework fields.
 pub(crate) fn decode_projected<E: Entity>(mut doc: Document, with_secrets: bool) -> Result<E> {
-    for (field, _) in projection(E::META, with_secrets) {
-        doc.remove(&field);
+    for field in stripped(E::META, with_secrets) {
+        doc.remove(field);
     }
     decode(doc)
 }
 
-/// Leaves out `_id`, the framework fields and, unless asked, the secret fields.
-pub(crate) fn projection(meta: &EntityMeta, with_secrets: bool) -> Document {
-    let mut p = Document::new();
-    p.insert("_id", 0);
-    p.insert(SCHEMA_VERSION_FIELD, 0);
-    p.insert(DELETED_AT_FIELD, 0);
-    if !with_secrets {
-        for f in meta.secret_fields {
-            p.insert(*f, 0);
-        }
+/// What reads leave out: the secret fields, unless asked for. `None` when there is nothing to
+/// leave out (the framework fields `_id`, `_schema_version` and `_deleted_at` are ignored when
+/// decoding, so they need no projection, and a read without one is the cheapest).
+pub(crate) fn projection(meta: &EntityMeta, with_secrets: bool) -> Option<Document> {
+    if with_secrets || meta.secret_fields.is_empty() {
+        return None;
     }
-    p
+    Some(
+        meta.secret_fields
+            .iter()
+            .map(|f| ((*f).to_owned(), Bson::Int32(0)))
+            .collect(),
+    )
+}
+
+/// The fields [`decode_projected`] strips from a document read without a projection.
+fn stripped(meta: &EntityMeta, with_secrets: bool) -> impl Iterator<Item = &'static str> + '_ {
+    ["_id", SCHEMA_VERSION_FIELD, DELETED_AT_FIELD]
+        .into_iter()
+        .chain(
+            meta.secret_fields
+                .iter()
+                .copied()
+                .filter(move |_| !with_secrets),
+        )
 }
 
 pub(crate) fn id_to_bson<E: Entity>(id: &E::Id) -> Result<Bson> {

@@ -21,10 +21,10 @@ use mongodb::Collection;
 
 use crate::consistency::Consistency;
 use crate::entity::{Entity, EntityMeta};
-use crate::write_behind::Op;
 use crate::error::{classify_write, Component, Error, Result};
 use crate::storage::Storage;
 use crate::tenant::TenantId;
+use crate::write_behind::Op;
 
 pub use filter::{Field, FieldPath, Filter, Sort};
 pub use page::{Cursor, Page, PageRequest};
@@ -156,7 +156,8 @@ impl<E: Entity> Repository<E> {
             .bounded("insert", self.docs.insert_one(doc))
             .await
             .and_then(|r| r.map_err(|e| classify_write(E::META.name, self.op("insert"), e)));
-        self.after_write(tenant, entity.id(), &r, Some(entity)).await;
+        self.after_write(tenant, entity.id(), &r, Some(entity))
+            .await;
         r.map(drop)
     }
 
@@ -178,7 +179,11 @@ impl<E: Entity> Repository<E> {
         if self.queued() {
             self.storage
                 .write_behind()
-                .enqueue::<E>(&self.storage, tenant, docs.into_iter().map(Op::Insert).collect())
+                .enqueue::<E>(
+                    &self.storage,
+                    tenant,
+                    docs.into_iter().map(Op::Insert).collect(),
+                )
                 .await?;
             for e in entities {
                 self.after_queued(tenant, e.id(), Some(e)).await;
@@ -253,15 +258,13 @@ impl<E: Entity> Repository<E> {
     }
 
     async fn load_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
-        let filter = self.id_filter(tenant, id)?;
-        self.bounded(
-            "find_by_id",
-            self.typed
-                .find_one(filter)
-                .projection(codec::projection(E::META, false)),
-        )
-        .await?
-        .map_err(|e| Error::mongo(self.op("find_by_id"), e))
+        let mut find = self.typed.find_one(self.id_filter(tenant, id)?);
+        if let Some(p) = codec::projection(E::META, false) {
+            find = find.projection(p);
+        }
+        self.bounded("find_by_id", find)
+            .await?
+            .map_err(|e| Error::mongo(self.op("find_by_id"), e))
     }
 
     /// Like [`find_by_id`](Self::find_by_id), with secret fields included (e.g. to check a
@@ -272,14 +275,9 @@ impl<E: Entity> Repository<E> {
         id: &E::Id,
     ) -> Result<Option<E>> {
         let filter = self.id_filter(tenant, id)?;
-        self.bounded(
-            "find_by_id_with_secrets",
-            self.typed
-                .find_one(filter)
-                .projection(codec::projection(E::META, true)),
-        )
-        .await?
-        .map_err(|e| Error::mongo(self.op("find_by_id_with_secrets"), e))
+        self.bounded("find_by_id_with_secrets", self.typed.find_one(filter))
+            .await?
+            .map_err(|e| Error::mongo(self.op("find_by_id_with_secrets"), e))
     }
 
     /// The entity with this id, at least as new as `token` requires (see
@@ -409,7 +407,8 @@ impl<E: Entity> Repository<E> {
         } else {
             self.replace_unversioned(tenant, entity).await
         };
-        self.after_write(tenant, entity.id(), &r, Some(&*entity)).await;
+        self.after_write(tenant, entity.id(), &r, Some(&*entity))
+            .await;
         r
     }
 
@@ -429,7 +428,8 @@ impl<E: Entity> Repository<E> {
     /// Inserts `entity`, or replaces the one with its id, without a version check.
     pub async fn upsert(&self, tenant: &TenantId, entity: &E) -> Result<Upserted> {
         let r = self.upsert_inner(tenant, entity).await;
-        self.after_write(tenant, entity.id(), &r, Some(entity)).await;
+        self.after_write(tenant, entity.id(), &r, Some(entity))
+            .await;
         r
     }
 
@@ -570,7 +570,8 @@ impl<E: Entity> Repository<E> {
         let Some(spec) = E::META.cache.as_ref() else {
             return;
         };
-        let written = written.filter(|_| spec.strategy == crate::entity::CacheStrategy::WriteBehind);
+        let written =
+            written.filter(|_| spec.strategy == crate::entity::CacheStrategy::WriteBehind);
         self.storage
             .cache()
             .after_write::<E>(&self.storage, tenant, id, written)
@@ -613,17 +614,16 @@ impl<E: Entity> Repository<E> {
         update: Document,
     ) -> Result<Option<E>> {
         let classify = |e| classify_write(E::META.name, self.op(operation), e);
-        if self.storage.capabilities().find_and_modify_projection {
-            return self
-                .bounded(
-                    operation,
-                    self.typed
-                        .find_one_and_update(filter, update)
-                        .return_document(ReturnDocument::After)
-                        .projection(codec::projection(E::META, false)),
-                )
-                .await?
-                .map_err(classify);
+        let projection = codec::projection(E::META, false);
+        if projection.is_none() || self.storage.capabilities().find_and_modify_projection {
+            let mut modify = self
+                .typed
+                .find_one_and_update(filter, update)
+                .return_document(ReturnDocument::After);
+            if let Some(p) = projection {
+                modify = modify.projection(p);
+            }
+            return self.bounded(operation, modify).await?.map_err(classify);
         }
         let doc = self
             .bounded(
@@ -750,13 +750,12 @@ impl<E: Entity> UnscopedAdmin<'_, E> {
             f.insert(DELETED_AT_FIELD, Bson::Null);
         }
         let r = self.repo;
+        let mut find = r.typed.find(f);
+        if let Some(p) = codec::projection(E::META, false) {
+            find = find.projection(p);
+        }
         let cursor = r
-            .bounded(
-                "unscoped find",
-                r.typed
-                    .find(f)
-                    .projection(codec::projection(E::META, false)),
-            )
+            .bounded("unscoped find", find)
             .await?
             .map_err(|e| Error::mongo(r.op("unscoped find"), e))?;
         r.bounded("unscoped find", cursor.try_collect())

@@ -44,7 +44,7 @@ impl Cursor {
             .collect();
         doc.to_writer(&mut bytes)
             .expect("writing BSON to a Vec cannot fail");
-        Cursor(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        Cursor(crate::hex::encode(&bytes))
     }
 
     pub(crate) fn values(&self) -> Result<Vec<Bson>> {
@@ -53,14 +53,7 @@ impl Cursor {
             direction: "decode",
             message: "not a cursor issued by caas-storage".into(),
         };
-        if self.0.len() % 2 != 0 || !self.0.is_ascii() {
-            return Err(bad());
-        }
-        let bytes = (0..self.0.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&self.0[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| bad())?;
+        let bytes = crate::hex::decode(&self.0).ok_or_else(bad)?;
         let doc = Document::from_reader(bytes.as_slice()).map_err(|_| bad())?;
         match doc.get("v") {
             Some(Bson::Array(a)) => Ok(a.clone()),

@@ -98,7 +98,7 @@ impl<'r, E: Entity> Query<'r, E> {
         self
     }
 
-    fn projection(&self) -> Document {
+    fn projection(&self) -> Option<Document> {
         match &self.only {
             None => codec::projection(E::META, self.with_secrets),
             Some(fields) => {
@@ -108,7 +108,7 @@ impl<'r, E: Entity> Query<'r, E> {
                         p.insert(*f, 1);
                     }
                 }
-                p
+                Some(p)
             }
         }
     }
@@ -147,7 +147,10 @@ impl<'r, E: Entity> Query<'r, E> {
     pub async fn stream(mut self) -> Result<BoxStream<'static, Result<E>>> {
         let filter = self.filter_document()?;
         let repo = self.repo;
-        let mut find = repo.typed().find(filter).projection(self.projection());
+        let mut find = repo.typed().find(filter);
+        if let Some(p) = self.projection() {
+            find = find.projection(p);
+        }
         if let Some(s) = self.sort_document() {
             find = find.sort(s);
         }
@@ -187,7 +190,10 @@ impl<'r, E: Entity> Query<'r, E> {
             filter = doc! { "$and": [filter, extra] };
         }
         let repo = self.repo;
-        let mut find = repo.docs().find(filter).projection(self.projection());
+        let mut find = repo.docs().find(filter);
+        if let Some(p) = self.projection() {
+            find = find.projection(p);
+        }
         if let Some(s) = self.sort_document() {
             find = find.sort(s);
         }

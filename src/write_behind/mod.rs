@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, Bson, Document};
 use crate::redis_conn::RedisConnection;
+use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
 
 use crate::config::WriteBehindConfig;
@@ -147,13 +147,11 @@ impl WriteBehind {
                 }
             }
             let mut bytes = Vec::new();
-            entry
-                .to_writer(&mut bytes)
-                .map_err(|e| Error::Codec {
-                    entity: E::META.name,
-                    direction: "encode",
-                    message: e.to_string(),
-                })?;
+            entry.to_writer(&mut bytes).map_err(|e| Error::Codec {
+                entity: E::META.name,
+                direction: "encode",
+                message: e.to_string(),
+            })?;
             pipe.cmd("XADD").arg(&key).arg("*").arg("e").arg(bytes);
         }
         let mut conn = self.conn(storage)?;
@@ -281,11 +279,7 @@ impl WriteBehind {
                 Some(b) => (b, true),
                 None => (key.as_str(), false),
             };
-            let namespace = base
-                .rsplit("caas:wb:")
-                .next()
-                .unwrap_or(base)
-                .to_owned();
+            let namespace = base.rsplit("caas:wb:").next().unwrap_or(base).to_owned();
             let len: u64 = redis::cmd("XLEN")
                 .arg(key)
                 .query_async(&mut conn)

@@ -1,0 +1,187 @@
+//! The `Entity` impl and its `META` constant.
+//!
+//! With `cache(local(...))` the impl also returns clones for the in-process cache tier, which
+//! needs the entity to be `Clone`.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::internals::attr::{CacheStrategy, Consistency, Direction};
+use crate::internals::model::Model;
+
+/// `impl Entity for User { type Id; const META; fn id; fn tenant; [fn version; fn set_version] }`.
+pub fn expand(m: &Model) -> TokenStream {
+    let p = m.private();
+    let ident = m.ident;
+    let meta = meta(m);
+    let id_ty = m.id.ty;
+    let id = m.id.ident;
+    let tenant = m.tenant.ident;
+    let tenant_body = if m.tenant_is_string {
+        quote!(&self.#tenant)
+    } else {
+        // The tenant field's type was rejected (and reported); keep the impl well-formed.
+        quote!(::core::unreachable!())
+    };
+    let version_fns = m.version.map(|v| {
+        let field = v.ident;
+        let ty = v.ty;
+        quote! {
+            #[inline]
+            fn version(&self) -> ::core::option::Option<u64> {
+                ::core::option::Option::Some(<#ty as #p::VersionField>::to_u64(self.#field))
+            }
+
+            #[inline]
+            fn set_version(&mut self, version: u64) {
+                self.#field = <#ty as #p::VersionField>::from_u64(version);
+            }
+        }
+    });
+    let local_cache_clone = m.cache.as_ref().and_then(|c| c.local).map(|_| {
+        quote! {
+            #[inline]
+            fn local_cache_clone(&self) -> ::core::option::Option<Self> {
+                ::core::option::Option::Some(::core::clone::Clone::clone(self))
+            }
+        }
+    });
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #p::Entity for #ident {
+                type Id = #id_ty;
+
+                const META: &'static #p::EntityMeta = &#meta;
+
+                // A field named `id` or `tenant` that is not the id or tenant field is fine.
+                #[inline]
+                #[allow(clippy::misnamed_getters)]
+                fn id(&self) -> &Self::Id {
+                    &self.#id
+                }
+
+                #[inline]
+                #[allow(clippy::misnamed_getters)]
+                fn tenant(&self) -> &str {
+                    #tenant_body
+                }
+
+                #version_fns
+
+                #local_cache_clone
+            }
+        };
+    }
+}
+
+/// The `EntityMeta { ... }` literal.
+fn meta(m: &Model) -> TokenStream {
+    let p = m.private();
+    let name = m.name();
+    let database = &m.database;
+    let collection = &m.collection;
+    let id_field = &m.id.stored_name;
+    let tenant_field = &m.tenant.stored_name;
+    let version_field = option(m.version.map(|v| {
+        let n = &v.stored_name;
+        quote!(#n)
+    }));
+    let fields = m.fields.iter().map(|f| &f.stored_name);
+    let secrets = m.secrets.iter().map(|f| &f.stored_name);
+    let indexes = m.indexes.iter().map(|ix| {
+        let name = &ix.name;
+        let keys = ix.keys.iter().map(|(field, dir)| match dir {
+            Direction::Asc => quote!(#p::IndexKey::asc(#field)),
+            Direction::Desc => quote!(#p::IndexKey::desc(#field)),
+        });
+        let unique = ix.unique;
+        let ttl = option(ix.ttl_ms.map(|ms| duration(m, ms)));
+        quote! {
+            #p::IndexSpec {
+                name: #name,
+                keys: &[#(#keys),*],
+                unique: #unique,
+                ttl: #ttl,
+            }
+        }
+    });
+    let schema_version = m.schema_version;
+    let consistency = match m.consistency {
+        Consistency::Strong => quote!(Strong),
+        Consistency::Eventual => quote!(Eventual),
+        Consistency::Causal => quote!(Causal),
+        Consistency::ReadYourWrites => quote!(ReadYourWrites),
+    };
+    let soft_delete = m.soft_delete;
+    let cache = option(m.cache.as_ref().map(|c| {
+        let ttl = duration(m, c.ttl_ms);
+        let jitter = duration(m, c.jitter_ms);
+        let strategy = match c.strategy {
+            CacheStrategy::CacheAside => quote!(CacheAside),
+            CacheStrategy::WriteThrough => quote!(WriteThrough),
+            CacheStrategy::WriteBehind => quote!(WriteBehind),
+        };
+        let local = option(c.local.map(|(ttl_ms, capacity)| {
+            let ttl = duration(m, ttl_ms);
+            quote!(#p::LocalCacheSpec { ttl: #ttl, capacity: #capacity })
+        }));
+        quote! {
+            #p::CacheSpec {
+                ttl: #ttl,
+                jitter: #jitter,
+                strategy: #p::CacheStrategy::#strategy,
+                local: #local,
+            }
+        }
+    }));
+    let outbox = option(m.outbox.as_ref().map(|o| {
+        let topic = &o.topic;
+        let event = |e: &Option<String>| option(e.as_ref().map(|s| quote!(#s)));
+        let (insert, update, delete) = (event(&o.insert), event(&o.update), event(&o.delete));
+        quote! {
+            #p::OutboxSpec {
+                topic: #topic,
+                insert: #insert,
+                update: #update,
+                delete: #delete,
+            }
+        }
+    }));
+    quote! {
+        #p::EntityMeta {
+            name: #name,
+            database: #database,
+            collection: #collection,
+            id_field: #id_field,
+            tenant_field: #tenant_field,
+            version_field: #version_field,
+            fields: &[#(#fields),*],
+            secret_fields: &[#(#secrets),*],
+            indexes: &[#(#indexes),*],
+            schema_version: #schema_version,
+            consistency: #p::Consistency::#consistency,
+            soft_delete: #soft_delete,
+            cache: #cache,
+            outbox: #outbox,
+        }
+    }
+}
+
+/// `Duration::from_millis(ms)`, or `Duration::ZERO`.
+fn duration(m: &Model, ms: u64) -> TokenStream {
+    let p = m.private();
+    if ms == 0 {
+        quote!(#p::Duration::ZERO)
+    } else {
+        quote!(#p::Duration::from_millis(#ms))
+    }
+}
+
+/// `Some(value)` or `None`, fully qualified.
+fn option(value: Option<TokenStream>) -> TokenStream {
+    match value {
+        Some(v) => quote!(::core::option::Option::Some(#v)),
+        None => quote!(::core::option::Option::None),
+    }
+}

@@ -1,0 +1,844 @@
+//! Rules across attributes (exactly one id and tenant, what each role allows, index keys, finder
+//! names, cache and consistency), and resolution of the input into the [`Model`] the generator
+//! works from.
+//!
+//! Every rule reports into the [`Ctxt`] at the token it is about and the checks go on, so one
+//! compile reports every mistake. A model is still produced when the struct's shape and its id
+//! and tenant fields are known, holding only the parts that passed: the generated API then
+//! exists and user code that uses it does not add errors of its own.
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::Type;
+
+use super::ast::{Container, Field};
+use super::attr::{self, CacheStrategy, Consistency, Direction, Slot, Spanned};
+use super::case::snake_case_type_name;
+use super::ctxt::Ctxt;
+use super::model::{CacheModel, Finder, FinderKind, IndexModel, Model, OutboxModel};
+use super::suggest;
+
+/// Integer types a version field may have.
+const VERSION_TYPES: &[&str] = &[
+    "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
+];
+
+/// Methods of `Repository<E>` a finder must not hide through `Deref`.
+const RESERVED_METHODS: &[&str] = &["find_by_id", "find_by_id_with_secrets"];
+
+/// Checks `cont`, reporting into `cx`; returns the model when the struct can be generated from.
+pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
+    let attrs = &cont.attrs;
+    let anchor = attrs.repository_span.unwrap_or_else(|| cont.ident.span());
+    for (slot, key, example) in [
+        (&attrs.database, "database", "database = \"caas_auth\""),
+        (&attrs.collection, "collection", "collection = \"users\""),
+    ] {
+        if !slot.is_written() && !attrs.misspelled.contains(&key) {
+            cx.error_at(
+                anchor,
+                format!("missing `{key}`: add `{example}` to the struct's #[repository(...)]"),
+            );
+        }
+    }
+    let consistency = attrs
+        .consistency
+        .value()
+        .copied()
+        .unwrap_or(Consistency::Strong);
+    check_write_behind(cx, cont, consistency);
+
+    let fields = cont.fields.as_deref()?;
+    check_not_stored(cx, fields);
+    let id = role(cx, cont, fields, |a| &a.id, "id");
+    let tenant = role(cx, cont, fields, |a| &a.tenant, "tenant");
+    let tenant_is_string = tenant.is_none_or(|t| is_string(t.ty));
+    if let Some(t) = tenant {
+        if !tenant_is_string {
+            cx.error_spanned_by(
+                t.ty,
+                format!(
+                    "the tenant field must be a `String` (tenant ids are strings); found `{}`",
+                    type_text(t.ty)
+                ),
+            );
+        }
+        if id.is_some_and(|i| std::ptr::eq(i, t)) {
+            cx.error_at(
+                t.attrs.tenant.span().unwrap_or_else(|| t.ident.span()),
+                format!(
+                    "`{}` cannot be both the id and the tenant field: the tenant is stored next \
+                     to the id, in a field of its own",
+                    t.name()
+                ),
+            );
+        }
+    }
+    let version = version_field(cx, fields, id, tenant);
+    check_cache_fencing(cx, cont, fields, consistency);
+    check_local_tier(cx, cont, consistency);
+    check_serde_container(cx, cont);
+    let secrets = secret_fields(cx, cont, fields, [id, tenant, version]);
+    let indexes = indexes(cx, cont, fields, id, tenant);
+    let finders = finders(cx, &indexes);
+
+    if !cont.supported {
+        return None;
+    }
+    let (id, tenant) = (id?, tenant?);
+    Some(Model {
+        ident: cont.ident,
+        vis: cont.vis,
+        root: match attrs.krate.value() {
+            Some(path) => path.to_token_stream(),
+            None => quote::quote!(::caas_storage),
+        },
+        database: attrs.database.value().cloned().unwrap_or_default(),
+        collection: attrs.collection.value().cloned().unwrap_or_default(),
+        consistency,
+        schema_version: attrs.schema_version.value().copied().unwrap_or(1),
+        soft_delete: attrs.soft_delete.is_written(),
+        cache: cache_model(&attrs.cache),
+        outbox: outbox_model(cont, &attrs.outbox),
+        fields: fields.iter().filter(|f| f.is_stored()).collect(),
+        id,
+        tenant,
+        tenant_is_string,
+        version,
+        secrets,
+        indexes: indexes.into_iter().map(|(_, ix)| ix).collect(),
+        finders,
+    })
+}
+
+/// `strategy = write_behind` needs `consistency = eventual`.
+fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Consistency) {
+    let Some(cache) = cont.attrs.cache.value() else {
+        return;
+    };
+    let Some(strategy) = cache.strategy.get() else {
+        return;
+    };
+    if strategy.value == CacheStrategy::WriteBehind && consistency != Consistency::Eventual {
+        cx.error_at(
+            strategy.span,
+            format!(
+                "strategy = write_behind acknowledges a write before the database has it; only \
+                 `consistency = eventual` entities allow it, and this one is `{}`",
+                consistency.as_str()
+            ),
+        );
+    }
+}
+
+/// Caching a `strong` or `read_your_writes` entity needs a version to fence cache puts.
+fn check_cache_fencing(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Consistency) {
+    let Slot::Given(cache) = &cont.attrs.cache else {
+        return;
+    };
+    if !matches!(
+        consistency,
+        Consistency::Strong | Consistency::ReadYourWrites
+    ) {
+        return;
+    }
+    if fields.iter().any(|f| f.attrs.version.is_written()) {
+        return;
+    }
+    let default_note = if cont.attrs.consistency.is_written() {
+        ""
+    } else {
+        " (`strong` is the default consistency)"
+    };
+    cx.error_at(
+        cache.span,
+        format!(
+            "cache on a `{}` entity needs a #[repository(version)] field so cache puts can be \
+             fenced{default_note}",
+            consistency.as_str()
+        ),
+    );
+}
+
+/// A `strong` read must see every acknowledged write on every instance; an in-process copy on
+/// another instance can lag the invalidation that reaches it by pub/sub.
+fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Consistency) {
+    let Some(local) = cont.attrs.cache.value().and_then(|c| c.local.get()) else {
+        return;
+    };
+    if consistency == Consistency::Strong {
+        cx.error_at(
+            local.span,
+            "an in-process tier (`local(...)`) cannot serve a `strong` entity: another instance's \
+             copy can outlive a write; use the Redis tier alone, or `read_your_writes`",
+        );
+    }
+}
+
+/// Serde options on the struct that stored documents cannot satisfy.
+fn check_serde_container(cx: &Ctxt, cont: &Container) {
+    if let Some(span) = cont.attrs.deny_unknown_fields {
+        cx.error_at(
+            span,
+            "#[serde(deny_unknown_fields)] cannot read stored documents: they carry the \
+             framework fields `_id`, `_schema_version` and `_deleted_at`; remove it",
+        );
+    }
+}
+
+/// Field attributes on fields serde does not store.
+fn check_not_stored(cx: &Ctxt, fields: &[Field]) {
+    for f in fields {
+        let Some(reason) = f.attrs.not_stored else {
+            continue;
+        };
+        let a = &f.attrs;
+        let roles = [
+            (&a.id, "id"),
+            (&a.tenant, "tenant"),
+            (&a.version, "version"),
+            (&a.secret, "secret"),
+            (&a.index, "index"),
+            (&a.unique, "unique"),
+        ];
+        for (slot, key) in roles {
+            if let Some(span) = slot.span() {
+                cx.error_at(
+                    span,
+                    format!(
+                        "`{key}` on `{}`, which serde does not store ({}): only stored fields \
+                         can be the id, the tenant, the version, secret or indexed",
+                        f.name(),
+                        reason.as_str()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The one field marked `key` (`id` or `tenant`).
+fn role<'a>(
+    cx: &Ctxt,
+    cont: &Container,
+    fields: &'a [Field<'a>],
+    slot: fn(&attr::Field) -> &Slot<()>,
+    key: &str,
+) -> Option<&'a Field<'a>> {
+    let mut chosen: Option<&'a Field<'a>> = None;
+    for f in fields {
+        let Some(span) = slot(&f.attrs).span() else {
+            continue;
+        };
+        match chosen {
+            None => chosen = Some(f),
+            Some(first) => cx.error_at(
+                span,
+                format!(
+                    "duplicate {key} field: `{}` is already the {key} field; an entity has \
+                     exactly one",
+                    first.name()
+                ),
+            ),
+        }
+    }
+    let misspelled = fields.iter().any(|f| f.attrs.misspelled.contains(&key));
+    if chosen.is_none() && !misspelled {
+        cx.error_spanned_by(
+            cont.ident,
+            format!(
+                "missing {key} field: mark the {} field with #[repository({key})] (or #[{key}])",
+                if key == "id" { "id" } else { "tenant id" }
+            ),
+        );
+    }
+    chosen
+}
+
+fn version_field<'a>(
+    cx: &Ctxt,
+    fields: &'a [Field<'a>],
+    id: Option<&Field>,
+    tenant: Option<&Field>,
+) -> Option<&'a Field<'a>> {
+    let mut chosen: Option<&'a Field<'a>> = None;
+    let mut valid = true;
+    for f in fields {
+        let Some(span) = f.attrs.version.span() else {
+            continue;
+        };
+        if let Some(first) = chosen {
+            cx.error_at(
+                span,
+                format!(
+                    "duplicate version field: `{}` is already the version field; an entity has \
+                     at most one",
+                    first.name()
+                ),
+            );
+            continue;
+        }
+        chosen = Some(f);
+        for (other, what) in [(id, "id"), (tenant, "tenant")] {
+            if other.is_some_and(|o| std::ptr::eq(o, f)) {
+                cx.error_at(
+                    span,
+                    format!(
+                        "the version field cannot also be the {what} field: the version changes \
+                         on every write"
+                    ),
+                );
+                valid = false;
+            }
+        }
+        if !is_integer(f.ty) {
+            cx.error_spanned_by(
+                f.ty,
+                format!(
+                    "the version field must be an integer ({}); found `{}`",
+                    VERSION_TYPES.join(", "),
+                    type_text(f.ty)
+                ),
+            );
+            valid = false;
+        }
+        valid &= f.is_stored();
+    }
+    chosen.filter(|_| valid)
+}
+
+fn secret_fields<'a>(
+    cx: &Ctxt,
+    cont: &Container,
+    fields: &'a [Field<'a>],
+    roles: [Option<&Field>; 3],
+) -> Vec<&'a Field<'a>> {
+    let mut secrets = Vec::new();
+    for f in fields.iter().filter(|f| f.is_stored()) {
+        let Some(span) = f.attrs.secret.span() else {
+            continue;
+        };
+        let mut valid = true;
+        for (role, what, why) in [
+            (roles[0], "id", "every read needs the id"),
+            (roles[1], "tenant", "every read is scoped by the tenant"),
+            (
+                roles[2],
+                "version",
+                "every versioned write needs the version",
+            ),
+        ] {
+            if role.is_some_and(|r| std::ptr::eq(r, f)) {
+                cx.error_at(
+                    span,
+                    format!(
+                        "the {what} field cannot be secret: reads leave secret fields out, and \
+                         {why}"
+                    ),
+                );
+                valid = false;
+            }
+        }
+        if valid && !is_option(f.ty) && !f.attrs.serde_default && !cont.attrs.serde_default {
+            cx.error_at(
+                span,
+                format!(
+                    "secret field `{}` must be an `Option<_>` or have #[serde(default)]: reads \
+                     leave secret fields out, so it must deserialize without a value",
+                    f.name()
+                ),
+            );
+            valid = false;
+        }
+        if valid {
+            secrets.push(f);
+        }
+    }
+    secrets
+}
+
+/// An index declaration with its keys resolved to fields.
+struct Decl<'a> {
+    span: Span,
+    keys: Vec<(&'a Field<'a>, Direction)>,
+    unique: bool,
+    ttl_ms: Option<u64>,
+    name: Option<Spanned<String>>,
+}
+
+/// Resolves and checks every index; returns them with the span of their declaration.
+fn indexes<'a>(
+    cx: &Ctxt,
+    cont: &Container,
+    fields: &'a [Field<'a>],
+    id: Option<&'a Field<'a>>,
+    tenant: Option<&'a Field<'a>>,
+) -> Vec<(Span, IndexModel<'a>)> {
+    let mut decls: Vec<Decl<'a>> = Vec::new();
+    for index in &cont.attrs.indexes {
+        if let Some(decl) = struct_index(cx, cont, fields, tenant, index) {
+            decls.push(decl);
+        }
+    }
+    for f in fields.iter().filter(|f| f.is_stored()) {
+        let a = &f.attrs;
+        let mut shorthand = a.unique.span().map(|s| (s, true));
+        if let Some(index_span) = a.index.span() {
+            if shorthand.is_some() {
+                cx.error_at(
+                    index_span,
+                    "`index` and `unique` on the same field declare its index twice: `unique` \
+                     alone is enough",
+                );
+            } else {
+                shorthand = Some((index_span, false));
+            }
+        }
+        let Some((span, unique)) = shorthand else {
+            continue;
+        };
+        if tenant.is_some_and(|t| std::ptr::eq(t, f)) {
+            cx.error_at(
+                span,
+                "the tenant field is the first key of every index already; it needs no index of \
+                 its own",
+            );
+            continue;
+        }
+        decls.push(Decl {
+            span,
+            keys: vec![(f, Direction::Asc)],
+            unique,
+            ttl_ms: None,
+            name: None,
+        });
+    }
+
+    let mut out: Vec<(Span, IndexModel<'a>)> = Vec::new();
+    let primary = match (id, tenant) {
+        (Some(i), Some(t)) => Some((t, i, format!("{}_1_{}_1", t.stored_name, i.stored_name))),
+        _ => None,
+    };
+    for decl in decls {
+        let mut keys: Vec<(String, Direction)> = Vec::new();
+        if decl.ttl_ms.is_none() {
+            if let Some(t) = tenant {
+                keys.push((t.stored_name.clone(), Direction::Asc));
+            }
+        }
+        keys.extend(decl.keys.iter().map(|(f, d)| (f.stored_name.clone(), *d)));
+
+        if let Some((t, i, _)) = &primary {
+            let only_id = decl.keys.len() == 1
+                && std::ptr::eq(decl.keys[0].0, *i)
+                && decl.keys[0].1 == Direction::Asc;
+            if decl.ttl_ms.is_none() && only_id {
+                cx.error_at(
+                    decl.span,
+                    format!(
+                        "this index repeats the unique ({}, {}) index the runtime creates for \
+                         every entity: remove it",
+                        t.stored_name, i.stored_name
+                    ),
+                );
+                continue;
+            }
+        }
+        if let Some((_, earlier)) = out.iter().find(|(_, ix)| ix.keys == keys) {
+            cx.error_at(
+                decl.span,
+                format!(
+                    "duplicate index: index `{}` has the same keys ({})",
+                    earlier.name,
+                    keys.iter()
+                        .map(|(k, d)| key_text(k, *d))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            continue;
+        }
+        let name = match &decl.name {
+            Some(n) => n.value.clone(),
+            None => default_index_name(&keys),
+        };
+        let name_span = decl.name.as_ref().map_or(decl.span, |n| n.span);
+        if let Some((_, _, primary_name)) = &primary {
+            if &name == primary_name {
+                cx.error_at(
+                    name_span,
+                    format!(
+                        "index name `{name}` is taken by the unique (tenant, id) index the \
+                         runtime creates for every entity"
+                    ),
+                );
+                continue;
+            }
+        }
+        if out.iter().any(|(_, ix)| ix.name == name) {
+            let fix = if decl.name.is_some() {
+                "index names are unique within a collection"
+            } else {
+                "give one of them a `name = \"...\"`"
+            };
+            cx.error_at(
+                name_span,
+                format!(
+                    "another index of `{}` is already named `{name}`: {fix}",
+                    cont.ident
+                ),
+            );
+            continue;
+        }
+        out.push((
+            decl.span,
+            IndexModel {
+                name,
+                keys,
+                fields: decl.keys,
+                unique: decl.unique,
+                ttl_ms: decl.ttl_ms,
+            },
+        ));
+    }
+    out
+}
+
+/// Resolves one `#[index(...)]`; `None` when it is unusable (errors reported).
+fn struct_index<'a>(
+    cx: &Ctxt,
+    cont: &Container,
+    fields: &'a [Field<'a>],
+    tenant: Option<&'a Field<'a>>,
+    index: &attr::Index,
+) -> Option<Decl<'a>> {
+    let keys_slot = index.keys.get()?;
+    let mut keys: Vec<(&'a Field<'a>, Direction)> = Vec::new();
+    let mut valid = true;
+    for key in &keys_slot.value {
+        let Some(f) = resolve_key(cx, cont, fields, tenant, key) else {
+            valid = false;
+            continue;
+        };
+        if keys.iter().any(|(k, _)| std::ptr::eq(*k, f)) {
+            cx.error_spanned_by(
+                &key.ident,
+                format!("`{}` is listed twice in keys(...)", f.name()),
+            );
+            valid = false;
+            continue;
+        }
+        keys.push((f, key.direction));
+    }
+    let ttl = index.ttl.get();
+    if ttl.is_some() {
+        if keys_slot.value.len() > 1 {
+            cx.error_at(
+                keys_slot.span,
+                format!(
+                    "a TTL index has exactly one key, the date field documents expire by; found \
+                     {} keys",
+                    keys_slot.value.len()
+                ),
+            );
+            valid = false;
+        }
+        if let Some(unique) = index.unique.span() {
+            cx.error_at(
+                unique,
+                "a TTL index cannot be unique: declare the unique index separately",
+            );
+            valid = false;
+        }
+    }
+    let rejected = matches!(index.ttl, Slot::Invalid(_))
+        || matches!(index.name, Slot::Invalid(_))
+        || matches!(index.unique, Slot::Invalid(_));
+    if !valid || rejected {
+        return None;
+    }
+    Some(Decl {
+        span: index.span,
+        keys,
+        unique: index.unique.is_written(),
+        ttl_ms: ttl.map(|t| t.value),
+        name: index.name.get().cloned(),
+    })
+}
+
+fn resolve_key<'a>(
+    cx: &Ctxt,
+    cont: &Container,
+    fields: &'a [Field<'a>],
+    tenant: Option<&'a Field<'a>>,
+    key: &attr::IndexKey,
+) -> Option<&'a Field<'a>> {
+    let wanted = super::ast::unraw(&key.ident);
+    let Some(f) = fields.iter().find(|f| f.name() == wanted) else {
+        let message = match fields
+            .iter()
+            .find(|f| f.is_stored() && f.stored_name == wanted)
+        {
+            Some(f) => format!(
+                "no field named `{wanted}`: index keys name Rust fields, and `{wanted}` is the \
+                 stored name of `{}`; write `{}`",
+                f.name(),
+                f.name()
+            ),
+            None => {
+                let names: Vec<String> = fields
+                    .iter()
+                    .filter(|f| f.is_stored())
+                    .map(Field::name)
+                    .collect();
+                format!(
+                    "no field `{wanted}` in `{}`{}",
+                    cont.ident,
+                    suggest::did_you_mean(&wanted, names.iter().map(String::as_str))
+                )
+            }
+        };
+        cx.error_spanned_by(&key.ident, message);
+        return None;
+    };
+    if let Some(reason) = f.attrs.not_stored {
+        cx.error_spanned_by(
+            &key.ident,
+            format!(
+                "`{wanted}` is not stored ({}), so it cannot be indexed",
+                reason.as_str()
+            ),
+        );
+        return None;
+    }
+    if tenant.is_some_and(|t| std::ptr::eq(t, f)) {
+        cx.error_spanned_by(
+            &key.ident,
+            format!(
+                "`{wanted}` is the tenant field, which is prepended to every index automatically: \
+                 remove it from keys(...)"
+            ),
+        );
+        return None;
+    }
+    Some(f)
+}
+
+/// The finder methods of the indexes, checking their names do not collide.
+fn finders<'a>(cx: &Ctxt, indexes: &[(Span, IndexModel<'a>)]) -> Vec<Finder<'a>> {
+    let mut out: Vec<Finder<'a>> = Vec::new();
+    for (span, ix) in indexes {
+        if ix.ttl_ms.is_some() || ix.fields.iter().any(|(f, _)| !f.is_typed()) {
+            continue;
+        }
+        let (kind, prefix) = if ix.unique {
+            (FinderKind::Find, "find_by_")
+        } else {
+            (FinderKind::List, "list_by_")
+        };
+        let (eq, sort): (Vec<&'a Field<'a>>, _) = match (kind, ix.fields.split_last()) {
+            (FinderKind::List, Some((last, rest))) if !rest.is_empty() => {
+                (rest.iter().map(|(f, _)| *f).collect(), Some(*last))
+            }
+            _ => (ix.fields.iter().map(|(f, _)| *f).collect(), None),
+        };
+        let method = format!(
+            "{prefix}{}",
+            eq.iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join("_and_")
+        );
+        if RESERVED_METHODS.contains(&method.as_str()) {
+            cx.error_at(
+                *span,
+                format!(
+                    "this index would generate `{method}`, which would hide \
+                     `Repository::{method}`: declare it with other keys, or without `unique`"
+                ),
+            );
+            continue;
+        }
+        if let Some(other) = out.iter().find(|f| f.method == method) {
+            let earlier = indexes.iter().find(|(_, i)| i.name == other.index);
+            let serves = earlier.is_some_and(|(_, e)| {
+                e.fields.len() >= eq.len()
+                    && e.fields
+                        .iter()
+                        .zip(&eq)
+                        .all(|((a, _), b)| std::ptr::eq(*a, *b))
+            });
+            let hint = if serves {
+                format!(
+                    "; that index also serves queries on {}, so this one can go",
+                    eq.iter()
+                        .map(|f| format!("`{}`", f.name()))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                )
+            } else {
+                "; remove one of the two indexes".to_owned()
+            };
+            cx.error_at(
+                *span,
+                format!(
+                    "this index would generate the finder `{method}`, which index `{}` already \
+                     generates{hint}",
+                    other.index
+                ),
+            );
+            continue;
+        }
+        out.push(Finder {
+            method,
+            kind,
+            eq,
+            sort,
+            index: ix.name.clone(),
+        });
+    }
+    out
+}
+
+fn cache_model(slot: &Slot<attr::Cache>) -> Option<CacheModel> {
+    let cache = slot.value()?;
+    let local = match &cache.local {
+        Slot::Given(l) => Some((*l.value.ttl.value()?, *l.value.capacity.value()?)),
+        Slot::Absent | Slot::Invalid(_) => None,
+    };
+    Some(CacheModel {
+        ttl_ms: *cache.ttl.value()?,
+        jitter_ms: cache.jitter.value().copied().unwrap_or(0),
+        strategy: cache
+            .strategy
+            .value()
+            .copied()
+            .unwrap_or(CacheStrategy::CacheAside),
+        local,
+    })
+}
+
+fn outbox_model(cont: &Container, slot: &Slot<attr::Outbox>) -> Option<OutboxModel> {
+    let outbox = slot.value()?;
+    let topic = outbox.topic.value()?.clone();
+    let any_written = [&outbox.insert, &outbox.update, &outbox.delete]
+        .iter()
+        .any(|s| s.is_written());
+    if !any_written {
+        let base = snake_case_type_name(&super::ast::unraw(cont.ident));
+        return Some(OutboxModel {
+            topic,
+            insert: Some(format!("{base}.created")),
+            update: Some(format!("{base}.updated")),
+            delete: Some(format!("{base}.deleted")),
+        });
+    }
+    Some(OutboxModel {
+        topic,
+        insert: outbox.insert.value().cloned(),
+        update: outbox.update.value().cloned(),
+        delete: outbox.delete.value().cloned(),
+    })
+}
+
+/// MongoDB's default index name: `tenant_id_1_created_at_-1`.
+fn default_index_name(keys: &[(String, Direction)]) -> String {
+    keys.iter()
+        .map(|(k, d)| format!("{k}_{}", if *d == Direction::Asc { 1 } else { -1 }))
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+fn key_text(key: &str, d: Direction) -> String {
+    match d {
+        Direction::Asc => key.to_owned(),
+        Direction::Desc => format!("{key} desc"),
+    }
+}
+
+/// The last path segment of `ty` and its generic arguments, when `ty` is a plain path.
+fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last(),
+        Type::Group(g) => last_segment(&g.elem),
+        Type::Paren(p) => last_segment(&p.elem),
+        _ => None,
+    }
+}
+
+fn is_string(ty: &Type) -> bool {
+    last_segment(ty).is_some_and(|s| s.ident == "String" && s.arguments.is_none())
+}
+
+fn is_integer(ty: &Type) -> bool {
+    last_segment(ty)
+        .is_some_and(|s| s.arguments.is_none() && VERSION_TYPES.iter().any(|t| s.ident == t))
+}
+
+fn is_option(ty: &Type) -> bool {
+    last_segment(ty).is_some_and(|s| {
+        s.ident == "Option" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
+    })
+}
+
+/// A type as a user would write it (`Option<String>`, not `Option < String >`).
+fn type_text(ty: &Type) -> String {
+    let raw = ty.to_token_stream().to_string();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    let mut prev: Option<char> = None;
+    while let Some(c) = chars.next() {
+        if c == ' ' {
+            let next = chars.peek().copied();
+            let glue_after = matches!(prev, Some('<' | ':' | '&' | '('));
+            let glue_before = matches!(next, Some('<' | '>' | ':' | ',' | ')'));
+            if glue_after || glue_before {
+                continue;
+            }
+        }
+        out.push(c);
+        prev = Some(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_text_reads_naturally() {
+        let ty: Type = syn::parse_quote!(Option<std::collections::HashMap<String, u64>>);
+        assert_eq!(
+            type_text(&ty),
+            "Option<std::collections::HashMap<String, u64>>"
+        );
+        let ty: Type = syn::parse_quote!(&'static str);
+        assert_eq!(type_text(&ty), "&'static str");
+    }
+
+    #[test]
+    fn type_predicates() {
+        assert!(is_string(&syn::parse_quote!(String)));
+        assert!(is_string(&syn::parse_quote!(std::string::String)));
+        assert!(!is_string(&syn::parse_quote!(&str)));
+        assert!(is_integer(&syn::parse_quote!(u64)));
+        assert!(is_integer(&syn::parse_quote!(core::primitive::i32)));
+        assert!(!is_integer(&syn::parse_quote!(f64)));
+        assert!(is_option(&syn::parse_quote!(Option<String>)));
+        assert!(!is_option(&syn::parse_quote!(String)));
+    }
+
+    #[test]
+    fn default_index_names_follow_mongodb() {
+        let keys = vec![
+            ("tenant_id".to_owned(), Direction::Asc),
+            ("status".to_owned(), Direction::Asc),
+            ("created_at".to_owned(), Direction::Desc),
+        ];
+        assert_eq!(
+            default_index_name(&keys),
+            "tenant_id_1_status_1_created_at_-1"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! The checked model the code generator works from: every name resolved, every default
+//! applied, and only the parts that passed the checks.
+
+use proc_macro2::TokenStream;
+use syn::{Ident, Visibility};
+
+use super::ast::Field;
+use super::attr::{CacheStrategy, Consistency, Direction};
+
+/// One entity, ready to generate.
+pub struct Model<'a> {
+    /// The struct's name.
+    pub ident: &'a Ident,
+    /// The struct's visibility, shared by the generated types.
+    pub vis: &'a Visibility,
+    /// The path of the caas-storage crate (`::caas_storage` unless `crate = "..."`).
+    pub root: TokenStream,
+    /// MongoDB database.
+    pub database: String,
+    /// MongoDB collection.
+    pub collection: String,
+    /// Consistency model.
+    pub consistency: Consistency,
+    /// Schema version.
+    pub schema_version: u32,
+    /// Whether deletes are soft.
+    pub soft_delete: bool,
+    /// Cache policy.
+    pub cache: Option<CacheModel>,
+    /// Outbox policy.
+    pub outbox: Option<OutboxModel>,
+    /// Stored fields, in declaration order.
+    pub fields: Vec<&'a Field<'a>>,
+    /// The id field.
+    pub id: &'a Field<'a>,
+    /// The tenant field.
+    pub tenant: &'a Field<'a>,
+    /// Whether the tenant field has the required type `String`.
+    pub tenant_is_string: bool,
+    /// The version field, if any (and valid).
+    pub version: Option<&'a Field<'a>>,
+    /// Secret fields.
+    pub secrets: Vec<&'a Field<'a>>,
+    /// Declared indexes, struct-level first, then field-level, in order.
+    pub indexes: Vec<IndexModel<'a>>,
+    /// Finder methods of the repository type.
+    pub finders: Vec<Finder<'a>>,
+}
+
+impl Model<'_> {
+    /// `#root::__private`, the path every generated reference to the runtime goes through.
+    pub fn private(&self) -> TokenStream {
+        let root = &self.root;
+        quote::quote!(#root::__private)
+    }
+
+    /// The entity's name without a `r#` prefix.
+    pub fn name(&self) -> String {
+        super::ast::unraw(self.ident)
+    }
+}
+
+/// `cache(...)`, defaults applied.
+pub struct CacheModel {
+    /// Redis entry TTL, milliseconds.
+    pub ttl_ms: u64,
+    /// Extra random TTL, milliseconds.
+    pub jitter_ms: u64,
+    /// Write strategy.
+    pub strategy: CacheStrategy,
+    /// In-process tier: TTL in milliseconds and capacity.
+    pub local: Option<(u64, u64)>,
+}
+
+/// `outbox(...)`, defaults applied.
+pub struct OutboxModel {
+    /// Kafka topic.
+    pub topic: String,
+    /// Event type of inserts.
+    pub insert: Option<String>,
+    /// Event type of updates and replaces.
+    pub update: Option<String>,
+    /// Event type of deletes.
+    pub delete: Option<String>,
+}
+
+/// One index, tenant key prepended where it applies.
+pub struct IndexModel<'a> {
+    /// Explicit or MongoDB-default name.
+    pub name: String,
+    /// Stored names and directions of every key, tenant first where it applies.
+    pub keys: Vec<(String, Direction)>,
+    /// The declared keys (without the tenant).
+    pub fields: Vec<(&'a Field<'a>, Direction)>,
+    /// Unique index.
+    pub unique: bool,
+    /// TTL, milliseconds.
+    pub ttl_ms: Option<u64>,
+}
+
+/// What a finder returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinderKind {
+    /// `find_by_...`: at most one entity (unique index).
+    Find,
+    /// `list_by_...`: a page of entities.
+    List,
+}
+
+/// One generated finder method.
+pub struct Finder<'a> {
+    /// Method name, e.g. `find_by_email`.
+    pub method: String,
+    /// What it returns.
+    pub kind: FinderKind,
+    /// Fields compared for equality, in order.
+    pub eq: Vec<&'a Field<'a>>,
+    /// Sort key of a list finder over a compound index.
+    pub sort: Option<(&'a Field<'a>, Direction)>,
+    /// Name of the index it is generated from.
+    pub index: String,
+}

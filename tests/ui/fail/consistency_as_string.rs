@@ -1,0 +1,15 @@
+// Consistency models are identifiers, not strings.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "users", consistency = "eventual")]
+pub struct User {
+    #[repository(id)]
+    pub user_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub email: String,
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+// Database names cannot contain `.`.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas.auth", collection = "users")]
+pub struct User {
+    #[repository(id)]
+    pub user_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub email: String,
+}
+
+fn main() {}

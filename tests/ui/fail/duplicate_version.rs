@@ -1,0 +1,18 @@
+// Two version fields.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "users")]
+pub struct User {
+    #[repository(id)]
+    pub user_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    #[repository(version)]
+    pub version: u64,
+    #[repository(version)]
+    pub revision: u64,
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+// A duration written as a number instead of a string.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "users")]
+#[index(keys(expires_at), ttl = 3600)]
+pub struct User {
+    #[repository(id)]
+    pub user_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub expires_at: DateTime,
+}
+
+fn main() {}

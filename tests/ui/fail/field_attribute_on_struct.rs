@@ -1,0 +1,16 @@
+// Field attributes used on the struct.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "users", id)]
+#[tenant]
+pub struct User {
+    #[repository(id)]
+    pub user_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub email: String,
+}
+
+fn main() {}

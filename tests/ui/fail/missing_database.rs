@@ -1,0 +1,15 @@
+// No `database`.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(collection = "users")]
+pub struct User {
+    #[repository(id)]
+    pub user_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub email: String,
+}
+
+fn main() {}

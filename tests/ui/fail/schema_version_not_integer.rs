@@ -1,0 +1,15 @@
+// schema_version takes an integer.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "users", schema_version = "2")]
+pub struct User {
+    #[repository(id)]
+    pub user_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub email: String,
+}
+
+fn main() {}

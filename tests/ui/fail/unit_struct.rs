@@ -1,0 +1,9 @@
+// A unit struct has nothing to store.
+
+use caas_storage::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "users")]
+pub struct User;
+
+fn main() {}
