@@ -56,7 +56,7 @@ pub use entity::Entity;
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
-pub use storage::Storage;
+pub use storage::{FaultPoint, Storage};
 pub use tenant::TenantId;
 
 /// Re-export of the BSON crate the driver uses (for `DateTime`, `oid::ObjectId`, raw filters).

@@ -49,6 +49,19 @@ struct Inner {
     kafka: FutureProducer,
     cache: CacheLayer,
     write_behind: WriteBehind,
+    faults: std::sync::Mutex<Vec<FaultPoint>>,
+}
+
+/// Points where a test can make a write stop as if the process died there (see
+/// [`Storage::inject_fault`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultPoint {
+    /// After a write's outbox events are recorded, before the entity write.
+    OutboxAfterPrepare,
+    /// After the entity write, before its outbox events are marked.
+    OutboxAfterWrite,
 }
 
 /// A [`Storage`] that does not keep the pools alive (for background tasks).
@@ -165,6 +178,7 @@ impl Storage {
                 kafka,
                 cache,
                 write_behind,
+                faults: std::sync::Mutex::new(Vec::new()),
             }),
         };
         let wb = &storage.inner.config.write_behind;
@@ -225,6 +239,29 @@ impl Storage {
     /// The write-behind queues of `eventual` entities: flush, lag.
     pub fn write_behind(&self) -> &WriteBehind {
         &self.inner.write_behind
+    }
+
+    /// Fault injection for tests: the next write through this handle that reaches `point`
+    /// stops there, as if the process died, and returns a timeout error.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, point: FaultPoint) {
+        self.inner.faults.lock().expect("faults").push(point);
+    }
+
+    /// Consumes an injected fault at `point`, if one is armed.
+    pub(crate) fn fault(&self, point: FaultPoint) -> Result<()> {
+        let mut faults = self.inner.faults.lock().expect("faults");
+        match faults.iter().position(|p| *p == point) {
+            Some(i) => {
+                faults.remove(i);
+                Err(Error::Timeout {
+                    component: Component::Mongodb,
+                    operation: "injected fault (process stopped here)",
+                    after: Duration::ZERO,
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn downgrade(&self) -> WeakStorage {

@@ -60,7 +60,11 @@ fn data_key(t: &TenantId, entity: &str, id: &str) -> String {
 
 async fn raw_get(storage: &Storage, key: &str) -> Option<Vec<u8>> {
     let mut conn = storage.redis_cache_for("caas_auth");
-    redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap()
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }
 
 fn cached_version(raw: &[u8]) -> u64 {
@@ -80,38 +84,90 @@ async fn reads_fill_the_cache_and_writes_invalidate_it() {
     let second = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
     assert_eq!(first, second);
     let m = storage.cache().metrics_of::<Profile>();
-    assert_eq!((m.redis_misses, m.redis_hits, m.db_loads, m.sets), (1, 1, 1, 1), "{m:?}");
+    assert_eq!(
+        (m.redis_misses, m.redis_hits, m.db_loads, m.sets),
+        (1, 1, 1, 1),
+        "{m:?}"
+    );
 
     let key = data_key(&t, "Profile", "p1");
     let raw = raw_get(&storage, &key).await.expect("cached");
     let text = String::from_utf8_lossy(&raw);
-    assert!(!text.contains("TOP-SECRET-CODE"), "secret fields are never cached");
+    assert!(
+        !text.contains("TOP-SECRET-CODE"),
+        "secret fields are never cached"
+    );
     assert!(!text.contains("recovery_code"));
 
     // Every kind of write invalidates.
-    let patch = ProfilePatch { bio: Some("patched".into()), ..Default::default() };
+    let patch = ProfilePatch {
+        bio: Some("patched".into()),
+        ..Default::default()
+    };
     repo.update(&t, &p.profile_id, patch).await.unwrap();
     assert!(raw_get(&storage, &key).await.is_none(), "patch invalidates");
-    assert_eq!(repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap().bio, "patched");
+    assert_eq!(
+        repo.find_by_id(&t, &p.profile_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bio,
+        "patched"
+    );
 
     let mut fresh = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
     fresh.bio = "replaced".into();
     repo.replace(&t, &mut fresh).await.unwrap();
-    assert!(raw_get(&storage, &key).await.is_none(), "replace invalidates");
-    assert_eq!(repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap().bio, "replaced");
+    assert!(
+        raw_get(&storage, &key).await.is_none(),
+        "replace invalidates"
+    );
+    assert_eq!(
+        repo.find_by_id(&t, &p.profile_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bio,
+        "replaced"
+    );
 
-    repo.update_checked(&t, &p.profile_id, fresh.version, ProfilePatch { bio: Some("checked".into()), ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap().bio, "checked");
+    repo.update_checked(
+        &t,
+        &p.profile_id,
+        fresh.version,
+        ProfilePatch {
+            bio: Some("checked".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        repo.find_by_id(&t, &p.profile_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bio,
+        "checked"
+    );
 
     let mut up = profile(&t, "p1");
     up.bio = "upserted".into();
     repo.upsert(&t, &up).await.unwrap();
-    assert_eq!(repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap().bio, "upserted");
+    assert_eq!(
+        repo.find_by_id(&t, &p.profile_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bio,
+        "upserted"
+    );
 
     assert!(repo.delete(&t, &p.profile_id).await.unwrap());
-    assert!(raw_get(&storage, &key).await.is_none(), "delete invalidates");
+    assert!(
+        raw_get(&storage, &key).await.is_none(),
+        "delete invalidates"
+    );
     assert!(repo.find_by_id(&t, &p.profile_id).await.unwrap().is_none());
     let m = storage.cache().metrics_of::<Profile>();
     assert!(m.invalidations >= 5, "{m:?}");
@@ -129,8 +185,13 @@ async fn batch_writes_and_explicit_calls_invalidate() {
     for p in &batch {
         repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
     }
-    repo.find_by_id(&t2, &"b0".to_owned()).await.unwrap().unwrap();
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b0")).await.is_some());
+    repo.find_by_id(&t2, &"b0".to_owned())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(raw_get(&storage, &data_key(&t, "Profile", "b0"))
+        .await
+        .is_some());
 
     // A query delete invalidates exactly what it deleted.
     let n = repo
@@ -140,16 +201,37 @@ async fn batch_writes_and_explicit_calls_invalidate() {
         .await
         .unwrap();
     assert_eq!(n, 2);
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b0")).await.is_none());
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b2")).await.is_some());
+    assert!(raw_get(&storage, &data_key(&t, "Profile", "b0"))
+        .await
+        .is_none());
+    assert!(raw_get(&storage, &data_key(&t, "Profile", "b2"))
+        .await
+        .is_some());
 
     // Explicit: one entry, then a whole tenant (found with SCAN), leaving other tenants.
-    storage.cache().invalidate::<Profile>(&storage, &t, &"b2".to_owned()).await.unwrap();
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b2")).await.is_none());
-    let dropped = storage.cache().invalidate_all::<Profile>(&storage, Some(&t)).await.unwrap();
+    storage
+        .cache()
+        .invalidate::<Profile>(&storage, &t, &"b2".to_owned())
+        .await
+        .unwrap();
+    assert!(raw_get(&storage, &data_key(&t, "Profile", "b2"))
+        .await
+        .is_none());
+    let dropped = storage
+        .cache()
+        .invalidate_all::<Profile>(&storage, Some(&t))
+        .await
+        .unwrap();
     assert_eq!(dropped, 2, "b3 and b4");
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b3")).await.is_none());
-    assert!(raw_get(&storage, &data_key(&t2, "Profile", "b0")).await.is_some(), "other tenant kept");
+    assert!(raw_get(&storage, &data_key(&t, "Profile", "b3"))
+        .await
+        .is_none());
+    assert!(
+        raw_get(&storage, &data_key(&t2, "Profile", "b0"))
+            .await
+            .is_some(),
+        "other tenant kept"
+    );
 }
 
 #[tokio::test]
@@ -157,11 +239,24 @@ async fn write_through_updates_the_cache_with_the_new_version() {
     let storage = common::storage().await;
     let repo = SettingRepository::new(&storage);
     let t = common::tenant("cache-wt");
-    let s = Setting { key: "theme".into(), tenant_id: t.to_string(), value: "dark".into(), version: 0 };
+    let s = Setting {
+        key: "theme".into(),
+        tenant_id: t.to_string(),
+        value: "dark".into(),
+        version: 0,
+    };
     repo.insert(&t, &s).await.unwrap();
     let key = data_key(&t, "Setting", "theme");
     assert_eq!(cached_version(&raw_get(&storage, &key).await.unwrap()), 0);
-    repo.update(&t, &s.key, SettingPatch { value: Some("light".into()) }).await.unwrap();
+    repo.update(
+        &t,
+        &s.key,
+        SettingPatch {
+            value: Some("light".into()),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(cached_version(&raw_get(&storage, &key).await.unwrap()), 1);
     let got = repo.find_by_id(&t, &s.key).await.unwrap().unwrap();
     assert_eq!(got.value, "light");
@@ -177,12 +272,23 @@ async fn undecodable_entries_are_misses_deleted_and_counted() {
     repo.insert(&t, &profile(&t, "g1")).await.unwrap();
     let key = data_key(&t, "Profile", "g1");
     let mut conn = storage.redis_cache_for("caas_auth");
-    let _: () = redis::cmd("SET").arg(&key).arg("7|not bson at all").query_async(&mut conn).await.unwrap();
-    let got = repo.find_by_id(&t, &"g1".to_owned()).await.unwrap().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("7|not bson at all")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let got = repo
+        .find_by_id(&t, &"g1".to_owned())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.handle, "@g1");
     let m = storage.cache().metrics_of::<Profile>();
     assert_eq!(m.decode_errors, 1);
-    let raw = raw_get(&storage, &key).await.expect("refilled with a good entry");
+    let raw = raw_get(&storage, &key)
+        .await
+        .expect("refilled with a good entry");
     assert_eq!(cached_version(&raw), 0);
 }
 
@@ -193,7 +299,11 @@ async fn a_hot_miss_loads_from_the_database_once() {
     let repo = ProfileRepository::new(&storage);
     let t = common::tenant("cache-stampede");
     repo.insert(&t, &profile(&t, "hot")).await.unwrap();
-    storage.cache().invalidate::<Profile>(&storage, &t, &"hot".to_owned()).await.unwrap();
+    storage
+        .cache()
+        .invalidate::<Profile>(&storage, &t, &"hot".to_owned())
+        .await
+        .unwrap();
     let before = storage.cache().metrics_of::<Profile>();
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -228,16 +338,30 @@ async fn a_put_that_lost_the_race_to_a_write_is_refused() {
         tokio::spawn(async move { repo.find_by_id(&t, &"f1".to_owned()).await })
     };
     tokio::time::sleep(Duration::from_millis(150)).await; // the reader has loaded version 0
-    let patch = ProfilePatch { bio: Some("new".into()), ..Default::default() };
-    let written = fast_repo.update(&t, &"f1".to_owned(), patch).await.unwrap().unwrap();
+    let patch = ProfilePatch {
+        bio: Some("new".into()),
+        ..Default::default()
+    };
+    let written = fast_repo
+        .update(&t, &"f1".to_owned(), patch)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(written.version, 1);
     let old = reader.await.unwrap().unwrap().unwrap();
     assert_eq!(old.version, 0, "the reader's own answer predates the write");
     assert_eq!(slow.cache().metrics_of::<Profile>().fenced_puts, 1);
 
     let key = data_key(&t, "Profile", "f1");
-    assert!(raw_get(&fast, &key).await.is_none(), "the stale value was not cached");
-    let seen = fast_repo.find_by_id(&t, &"f1".to_owned()).await.unwrap().unwrap();
+    assert!(
+        raw_get(&fast, &key).await.is_none(),
+        "the stale value was not cached"
+    );
+    let seen = fast_repo
+        .find_by_id(&t, &"f1".to_owned())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((seen.version, seen.bio.as_str()), (1, "new"));
 }
 
@@ -253,15 +377,21 @@ async fn no_stale_reads_under_concurrent_writers_and_readers() {
     for id in &ids {
         repo.insert(&t, &profile(&t, id)).await.unwrap();
     }
-    let acked: Arc<HashMap<String, AtomicU64>> =
-        Arc::new(ids.iter().map(|id| (id.clone(), AtomicU64::new(0))).collect());
+    let acked: Arc<HashMap<String, AtomicU64>> = Arc::new(
+        ids.iter()
+            .map(|id| (id.clone(), AtomicU64::new(0)))
+            .collect(),
+    );
     let mut tasks = Vec::new();
     for w in 0..4 {
         let (repo, t, ids, acked) = (repo.clone(), t.clone(), ids.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
                 let id = &ids[(w + i) % ids.len()];
-                let patch = ProfilePatch { bio: Some(format!("w{w}-{i}")), ..Default::default() };
+                let patch = ProfilePatch {
+                    bio: Some(format!("w{w}-{i}")),
+                    ..Default::default()
+                };
                 let after = repo.update(&t, id, patch).await.unwrap().unwrap();
                 acked[id].fetch_max(after.version, Ordering::SeqCst);
             }
@@ -269,8 +399,13 @@ async fn no_stale_reads_under_concurrent_writers_and_readers() {
     }
     let stale = Arc::new(AtomicU64::new(0));
     for r in 0..6 {
-        let (repo, t, ids, acked, stale) =
-            (repo.clone(), t.clone(), ids.clone(), acked.clone(), stale.clone());
+        let (repo, t, ids, acked, stale) = (
+            repo.clone(),
+            t.clone(),
+            ids.clone(),
+            acked.clone(),
+            stale.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             for i in 0..60 {
                 let id = &ids[(r + i) % ids.len()];
@@ -285,7 +420,11 @@ async fn no_stale_reads_under_concurrent_writers_and_readers() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(stale.load(Ordering::SeqCst), 0, "reads older than an acknowledged write");
+    assert_eq!(
+        stale.load(Ordering::SeqCst),
+        0,
+        "reads older than an acknowledged write"
+    );
     for id in &ids {
         let db = repo.find_by_id_with_secrets(&t, id).await.unwrap().unwrap();
         let writes = (0..4_usize)
@@ -294,7 +433,11 @@ async fn no_stale_reads_under_concurrent_writers_and_readers() {
             .count() as u64;
         assert_eq!(db.version, writes, "{id}: writes lost");
         if let Some(raw) = raw_get(&storage, &data_key(&t, "Profile", id)).await {
-            assert_eq!(cached_version(&raw), db.version, "{id}: cache differs from the database");
+            assert_eq!(
+                cached_version(&raw),
+                db.version,
+                "{id}: cache differs from the database"
+            );
         }
         let via_cache = repo.find_by_id(&t, id).await.unwrap().unwrap();
         assert_eq!(via_cache.version, db.version);
@@ -305,7 +448,9 @@ async fn no_stale_reads_under_concurrent_writers_and_readers() {
 /// went stale during the outage is served afterwards.
 #[tokio::test]
 async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
-    let mut redis_server = tokio::task::spawn_blocking(common::private_redis).await.unwrap();
+    let mut redis_server = tokio::task::spawn_blocking(common::private_redis)
+        .await
+        .unwrap();
     let mut config: StorageConfig = common::config();
     config.redis.url = format!("redis://127.0.0.1:{}/", redis_server.port);
     config.redis.response_timeout = Duration::from_millis(200);
@@ -328,7 +473,10 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
             let mut failures = 0;
             for i in 0..40 {
                 let id = &ids[i % ids.len()];
-                let patch = ProfilePatch { bio: Some(format!("{phase}-{i}")), ..Default::default() };
+                let patch = ProfilePatch {
+                    bio: Some(format!("{phase}-{i}")),
+                    ..Default::default()
+                };
                 if repo.update(&t, id, patch).await.is_err() {
                     failures += 1;
                 }
@@ -346,7 +494,11 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
     let before_outage = raw_get(&storage, &key).await;
 
     redis_server.stop();
-    assert_eq!(load("during").await, 0, "no request fails because Redis is down");
+    assert_eq!(
+        load("during").await,
+        0,
+        "no request fails because Redis is down"
+    );
     assert!(storage.cache().metrics_of::<Profile>().bypassed > 0);
 
     redis_server.start();
@@ -355,12 +507,18 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
         let mut conn = storage.redis_cache_for("caas_auth");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let r: redis::RedisResult<()> =
-                redis::cmd("SET").arg(&key).arg(old.clone()).query_async(&mut conn).await;
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&key)
+                .arg(old.clone())
+                .query_async(&mut conn)
+                .await;
             if r.is_ok() {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "private Redis did not come back");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private Redis did not come back"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -368,7 +526,10 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
     for id in &ids {
         let db = repo.find_by_id_with_secrets(&t, id).await.unwrap().unwrap();
         let seen = repo.find_by_id(&t, id).await.unwrap().unwrap();
-        assert_eq!(seen.version, db.version, "{id}: stale entry served after the outage");
+        assert_eq!(
+            seen.version, db.version,
+            "{id}: stale entry served after the outage"
+        );
         assert_eq!(seen.bio, db.bio);
     }
     assert_eq!(load("after").await, 0);

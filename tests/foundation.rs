@@ -54,7 +54,10 @@ async fn capabilities_report_what_ferretdb_supports() {
         "FerretDB returns no operationTime"
     );
     assert!(!caps.atomic_conditional_updates);
-    assert!(!caps.find_and_modify_projection, "FerretDB rejects findAndModify `fields`");
+    assert!(
+        !caps.find_and_modify_projection,
+        "FerretDB rejects findAndModify `fields`"
+    );
     assert!(caps.server_description().starts_with("FerretDB 1.24.2"));
 }
 

@@ -32,7 +32,13 @@ async fn sync_creates_then_is_idempotent_and_reports_what_it_will_not_do() {
     let _ = coll.drop().await;
 
     let dry = storage
-        .sync_indexes_with(Session::META, SyncOptions { dry_run: true, ..Default::default() })
+        .sync_indexes_with(
+            Session::META,
+            SyncOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(dry.created().is_empty(), "a dry run changes nothing");
@@ -57,48 +63,94 @@ async fn sync_creates_then_is_idempotent_and_reports_what_it_will_not_do() {
             _ => None,
         })
         .expect("the TTL index is reported, not dropped silently");
-    assert_eq!(ttl.0, "expires_at_1", "TTL indexes are single-field, without the tenant");
+    assert_eq!(
+        ttl.0, "expires_at_1",
+        "TTL indexes are single-field, without the tenant"
+    );
     assert!(ttl.1.contains("FerretDB"), "{}", ttl.1);
 
     let on_server: Vec<String> = coll.list_index_names().await.unwrap();
     for name in &created {
-        assert!(on_server.contains(&(*name).to_owned()), "{name} not on the server");
+        assert!(
+            on_server.contains(&(*name).to_owned()),
+            "{name} not on the server"
+        );
     }
     let again = storage.sync_indexes::<Session>().await.unwrap();
     assert!(again.is_in_sync(), "second sync: {again:#?}");
     assert!(again.created().is_empty());
 
     // An index nobody declared is reported, and dropped only when asked.
-    coll.create_index(
-        caas_storage_index_model(doc! { "status": 1 }, "stray"),
-    )
-    .await
-    .unwrap();
-    let plan = storage.sync_indexes::<Session>().await.unwrap();
-    assert!(plan.changes.contains(&IndexChange::Extraneous { name: "stray".into(), dropped: false }));
-    assert!(coll.list_index_names().await.unwrap().contains(&"stray".to_owned()));
-    let plan = storage
-        .sync_indexes_with(Session::META, SyncOptions { drop_extraneous: true, ..Default::default() })
+    coll.create_index(caas_storage_index_model(doc! { "status": 1 }, "stray"))
         .await
         .unwrap();
-    assert!(plan.changes.contains(&IndexChange::Extraneous { name: "stray".into(), dropped: true }));
-    assert!(!coll.list_index_names().await.unwrap().contains(&"stray".to_owned()));
+    let plan = storage.sync_indexes::<Session>().await.unwrap();
+    assert!(plan.changes.contains(&IndexChange::Extraneous {
+        name: "stray".into(),
+        dropped: false
+    }));
+    assert!(coll
+        .list_index_names()
+        .await
+        .unwrap()
+        .contains(&"stray".to_owned()));
+    let plan = storage
+        .sync_indexes_with(
+            Session::META,
+            SyncOptions {
+                drop_extraneous: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(plan.changes.contains(&IndexChange::Extraneous {
+        name: "stray".into(),
+        dropped: true
+    }));
+    assert!(!coll
+        .list_index_names()
+        .await
+        .unwrap()
+        .contains(&"stray".to_owned()));
 
     // An index with the declared name but other options is reported as changed, left alone
     // unless re-creation is asked for.
     coll.drop_index("tenant_id_1_email_1").await.unwrap();
-    coll.create_index(caas_storage_index_model(doc! { "tenant_id": 1, "email": 1 }, "tenant_id_1_email_1"))
-        .await
-        .unwrap();
+    coll.create_index(caas_storage_index_model(
+        doc! { "tenant_id": 1, "email": 1 },
+        "tenant_id_1_email_1",
+    ))
+    .await
+    .unwrap();
     let plan = storage.sync_indexes::<Session>().await.unwrap();
-    let changed = plan.changes.iter().find(|c| matches!(c, IndexChange::Changed { .. })).unwrap();
-    assert!(matches!(changed, IndexChange::Changed { name, applied: false, .. } if name == "tenant_id_1_email_1"));
+    let changed = plan
+        .changes
+        .iter()
+        .find(|c| matches!(c, IndexChange::Changed { .. }))
+        .unwrap();
+    assert!(
+        matches!(changed, IndexChange::Changed { name, applied: false, .. } if name == "tenant_id_1_email_1")
+    );
     let plan = storage
-        .sync_indexes_with(Session::META, SyncOptions { recreate_changed: true, ..Default::default() })
+        .sync_indexes_with(
+            Session::META,
+            SyncOptions {
+                recreate_changed: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
-    assert!(plan.changes.iter().any(|c| matches!(c, IndexChange::Changed { applied: true, .. })));
-    assert!(storage.sync_indexes::<Session>().await.unwrap().is_in_sync());
+    assert!(plan
+        .changes
+        .iter()
+        .any(|c| matches!(c, IndexChange::Changed { applied: true, .. })));
+    assert!(storage
+        .sync_indexes::<Session>()
+        .await
+        .unwrap()
+        .is_in_sync());
     let json = serde_json::to_value(&plan).unwrap();
     assert_eq!(json["namespace"], "caas_platform.test_index_sync");
 }
@@ -106,6 +158,10 @@ async fn sync_creates_then_is_idempotent_and_reports_what_it_will_not_do() {
 fn caas_storage_index_model(keys: caas_storage::bson::Document, name: &str) -> mongodb::IndexModel {
     mongodb::IndexModel::builder()
         .keys(keys)
-        .options(mongodb::options::IndexOptions::builder().name(name.to_owned()).build())
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .name(name.to_owned())
+                .build(),
+        )
         .build()
 }

@@ -44,38 +44,69 @@ async fn cluster_storage() -> Storage {
 async fn the_cache_works_on_a_cluster() {
     let storage = cluster_storage().await;
     let report = storage.health().await;
-    let redis = report.component("redis/cluster").expect("one cluster component");
+    let redis = report
+        .component("redis/cluster")
+        .expect("one cluster component");
     assert_eq!(redis.status, HealthStatus::Up, "{report:#?}");
 
     let repo = ItemRepository::new(&storage);
     let t = common::tenant("cluster");
     let ids: Vec<String> = (0..30).map(|i| format!("i{i}")).collect();
     for id in &ids {
-        repo.insert(&t, &Item { item_id: id.clone(), tenant_id: t.to_string(), label: "a".into(), version: 0 })
-            .await
-            .unwrap();
+        repo.insert(
+            &t,
+            &Item {
+                item_id: id.clone(),
+                tenant_id: t.to_string(),
+                label: "a".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
         repo.find_by_id(&t, id).await.unwrap().unwrap();
         repo.find_by_id(&t, id).await.unwrap().unwrap();
     }
     let m = storage.cache().metrics_of::<Item>();
-    assert_eq!((m.redis_hits, m.redis_misses, m.sets, m.errors), (30, 30, 30, 0), "{m:?}");
+    assert_eq!(
+        (m.redis_hits, m.redis_misses, m.sets, m.errors),
+        (30, 30, 30, 0),
+        "{m:?}"
+    );
 
     // The entries are spread over the primaries, and invalidating the tenant finds them all.
     let mut conn = storage.redis_cache_for("caas_platform");
     let mut nodes_with_keys = std::collections::BTreeSet::new();
     for id in &ids {
         let key = format!("cl{}:{{{t}:Item:{id}}}", std::process::id());
-        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(&mut conn).await.unwrap();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         nodes_with_keys.insert(slot / 5462);
     }
-    assert!(nodes_with_keys.len() >= 2, "keys landed on one primary only");
-    let dropped = storage.cache().invalidate_all::<Item>(&storage, Some(&t)).await.unwrap();
+    assert!(
+        nodes_with_keys.len() >= 2,
+        "keys landed on one primary only"
+    );
+    let dropped = storage
+        .cache()
+        .invalidate_all::<Item>(&storage, Some(&t))
+        .await
+        .unwrap();
     assert_eq!(dropped, 30);
 
     // Writes invalidate; the next read sees them.
-    let patch = ItemPatch { label: Some("b".into()) };
+    let patch = ItemPatch {
+        label: Some("b".into()),
+    };
     repo.update(&t, &ids[0], patch).await.unwrap();
-    assert_eq!(repo.find_by_id(&t, &ids[0]).await.unwrap().unwrap().label, "b");
+    assert_eq!(
+        repo.find_by_id(&t, &ids[0]).await.unwrap().unwrap().label,
+        "b"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +117,15 @@ async fn a_stale_put_is_fenced_on_a_cluster() {
     let (slow_repo, fast_repo) = (ItemRepository::new(&slow), ItemRepository::new(&fast));
     let t = common::tenant("cluster-fence");
     fast_repo
-        .insert(&t, &Item { item_id: "x".into(), tenant_id: t.to_string(), label: "old".into(), version: 0 })
+        .insert(
+            &t,
+            &Item {
+                item_id: "x".into(),
+                tenant_id: t.to_string(),
+                label: "old".into(),
+                version: 0,
+            },
+        )
         .await
         .unwrap();
     let reader = {
@@ -94,10 +133,27 @@ async fn a_stale_put_is_fenced_on_a_cluster() {
         tokio::spawn(async move { repo.find_by_id(&t, &"x".to_owned()).await })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
-    fast_repo.update(&t, &"x".to_owned(), ItemPatch { label: Some("new".into()) }).await.unwrap();
+    fast_repo
+        .update(
+            &t,
+            &"x".to_owned(),
+            ItemPatch {
+                label: Some("new".into()),
+            },
+        )
+        .await
+        .unwrap();
     reader.await.unwrap().unwrap();
     assert_eq!(slow.cache().metrics_of::<Item>().fenced_puts, 1);
-    assert_eq!(fast_repo.find_by_id(&t, &"x".to_owned()).await.unwrap().unwrap().label, "new");
+    assert_eq!(
+        fast_repo
+            .find_by_id(&t, &"x".to_owned())
+            .await
+            .unwrap()
+            .unwrap()
+            .label,
+        "new"
+    );
 }
 
 #[tokio::test]
@@ -105,10 +161,25 @@ async fn the_write_behind_queue_works_on_a_cluster() {
     let storage = cluster_storage().await;
     let repo = EventRepository::new(&storage);
     let t = common::tenant("cluster-queue");
-    let batch: Vec<Event> = (0..40).map(|i| Event { event_id: format!("e{i}"), tenant_id: t.to_string() }).collect();
+    let batch: Vec<Event> = (0..40)
+        .map(|i| Event {
+            event_id: format!("e{i}"),
+            tenant_id: t.to_string(),
+        })
+        .collect();
     repo.insert_many(&t, &batch).await.unwrap();
-    storage.write_behind().flush::<Event>(&storage, Duration::from_secs(20)).await.unwrap();
-    assert_eq!(repo.with_consistency(Consistency::Strong).count(&t, Filter::all()).await.unwrap(), 40);
+    storage
+        .write_behind()
+        .flush::<Event>(&storage, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.with_consistency(Consistency::Strong)
+            .count(&t, Filter::all())
+            .await
+            .unwrap(),
+        40
+    );
     let lag = storage.write_behind().lag(&storage).await.unwrap();
     assert!(lag.iter().all(|l| l.pending == 0), "{lag:?}");
 }

@@ -34,8 +34,12 @@ async fn setup() -> (AccountRepository, TenantId, TenantId) {
     let repo = AccountRepository::new(&storage);
     let a = common::tenant("tenant-a");
     let b = common::tenant("tenant-b");
-    repo.insert(&a, &account(&a, "shared-id", 100)).await.unwrap();
-    repo.insert(&b, &account(&b, "shared-id", 200)).await.unwrap();
+    repo.insert(&a, &account(&a, "shared-id", 100))
+        .await
+        .unwrap();
+    repo.insert(&b, &account(&b, "shared-id", 200))
+        .await
+        .unwrap();
     (repo, a, b)
 }
 
@@ -45,16 +49,30 @@ async fn the_same_id_in_two_tenants_is_two_documents() {
     let id = "shared-id".to_owned();
     assert_eq!(repo.get(&a, &id).await.unwrap().balance, 100);
     assert_eq!(repo.get(&b, &id).await.unwrap().balance, 200);
-    assert_eq!(repo.find_by_handle(&a, "@shared-id").await.unwrap().unwrap().balance, 100);
+    assert_eq!(
+        repo.find_by_handle(&a, "@shared-id")
+            .await
+            .unwrap()
+            .unwrap()
+            .balance,
+        100
+    );
 }
 
 #[tokio::test]
 async fn writes_scoped_to_one_tenant_never_touch_another() {
     let (repo, a, b) = setup().await;
     let id = "shared-id".to_owned();
-    repo.update(&a, &id, AccountPatch { balance: Some(0), ..Default::default() })
-        .await
-        .unwrap();
+    repo.update(
+        &a,
+        &id,
+        AccountPatch {
+            balance: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert!(repo.delete(&a, &id).await.unwrap());
     assert_eq!(repo.get(&b, &id).await.unwrap().balance, 200, "b untouched");
     // Ids that exist only in b are invisible from a.
@@ -63,13 +81,23 @@ async fn writes_scoped_to_one_tenant_never_touch_another() {
     assert!(repo.find_by_id(&a, &only_b).await.unwrap().is_none());
     assert!(!repo.exists(&a, &only_b).await.unwrap());
     assert!(repo
-        .update(&a, &only_b, AccountPatch { balance: Some(-1), ..Default::default() })
+        .update(
+            &a,
+            &only_b,
+            AccountPatch {
+                balance: Some(-1),
+                ..Default::default()
+            }
+        )
         .await
         .unwrap()
         .is_none());
     assert!(!repo.delete(&a, &only_b).await.unwrap());
     let mut foreign = account(&a, "only-b", 5);
-    assert!(matches!(repo.replace(&a, &mut foreign).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        repo.replace(&a, &mut foreign).await,
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(repo.get(&b, &only_b).await.unwrap().balance, 1);
     // Deleting "everything" in a deletes only a's.
     repo.query(&a).delete().await.unwrap();
@@ -81,20 +109,29 @@ async fn entities_of_another_tenant_are_refused_on_write() {
     let (repo, a, b) = setup().await;
     let theirs = account(&b, "smuggled", 1);
     match repo.insert(&a, &theirs).await {
-        Err(Error::TenantMismatch { expected, found, .. }) => {
+        Err(Error::TenantMismatch {
+            expected, found, ..
+        }) => {
             assert_eq!(expected, a.as_str());
             assert_eq!(found, b.as_str());
         }
         other => panic!("{other:?}"),
     }
     // A batch with one foreign entity writes nothing at all.
-    let batch = vec![account(&a, "ok-1", 1), theirs.clone(), account(&a, "ok-2", 2)];
+    let batch = vec![
+        account(&a, "ok-1", 1),
+        theirs.clone(),
+        account(&a, "ok-2", 2),
+    ];
     assert!(matches!(
         repo.insert_many(&a, &batch).await,
         Err(Error::TenantMismatch { .. })
     ));
     assert!(!repo.exists(&a, &"ok-1".to_owned()).await.unwrap());
-    assert!(matches!(repo.upsert(&a, &theirs).await, Err(Error::TenantMismatch { .. })));
+    assert!(matches!(
+        repo.upsert(&a, &theirs).await,
+        Err(Error::TenantMismatch { .. })
+    ));
     let mut theirs = theirs;
     assert!(matches!(
         repo.replace(&a, &mut theirs).await,
@@ -112,15 +149,24 @@ async fn crafted_filters_cannot_choose_the_tenant() {
         doc! { "$or": [ { "balance": 100 }, { "tenant_id": b.as_str() } ] },
         doc! { "$and": [ { "tenant_id.x": 1 } ] },
     ] {
-        match repo.query(&a).filter(Filter::raw(raw.clone())).fetch().await {
-            Err(Error::TenantFilter { field: "tenant_id", .. }) => {}
+        match repo
+            .query(&a)
+            .filter(Filter::raw(raw.clone()))
+            .fetch()
+            .await
+        {
+            Err(Error::TenantFilter {
+                field: "tenant_id", ..
+            }) => {}
             other => panic!("{raw}: {other:?}"),
         }
     }
     // A raw filter that does not name the tenant is still scoped to it.
     let all = repo
         .query(&a)
-        .filter(Filter::raw(doc! { "$or": [ { "balance": 100 }, { "balance": 200 } ] }))
+        .filter(Filter::raw(
+            doc! { "$or": [ { "balance": 100 }, { "balance": 200 } ] },
+        ))
         .fetch()
         .await
         .unwrap();

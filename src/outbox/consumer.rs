@@ -89,7 +89,10 @@ impl Deduplicator {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(e)) if duplicate_key_message(&e).is_some() => Ok(false),
             Ok(Err(e)) => Err(Error::mongo(
-                format!("record consumed event ({}.{CONSUMED_COLLECTION})", self.database),
+                format!(
+                    "record consumed event ({}.{CONSUMED_COLLECTION})",
+                    self.database
+                ),
                 e,
             )),
             Err(_) => Err(self.timeout("record consumed event")),
@@ -109,10 +112,18 @@ impl Deduplicator {
     /// [`first_time`](Self::first_time) said yes).
     pub async fn forget(&self, consumer_group: &str, event_id: &str) -> Result<()> {
         let key = format!("{consumer_group}:{event_id}");
-        match tokio::time::timeout(self.op_timeout, self.coll.delete_one(doc! { "_id": key }).into_future()).await {
+        match tokio::time::timeout(
+            self.op_timeout,
+            self.coll.delete_one(doc! { "_id": key }).into_future(),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(Error::mongo(
-                format!("forget consumed event ({}.{CONSUMED_COLLECTION})", self.database),
+                format!(
+                    "forget consumed event ({}.{CONSUMED_COLLECTION})",
+                    self.database
+                ),
                 e,
             )),
             Err(_) => Err(self.timeout("forget consumed event")),
@@ -130,7 +141,10 @@ impl Deduplicator {
         match tokio::time::timeout(self.op_timeout, delete.into_future()).await {
             Ok(Ok(r)) => Ok(r.deleted_count),
             Ok(Err(e)) => Err(Error::mongo(
-                format!("clean up consumed events ({}.{CONSUMED_COLLECTION})", self.database),
+                format!(
+                    "clean up consumed events ({}.{CONSUMED_COLLECTION})",
+                    self.database
+                ),
                 e,
             )),
             Err(_) => Err(self.timeout("clean up consumed events")),
@@ -153,7 +167,13 @@ mod tests {
 
     #[test]
     fn messages_parse_back_into_envelopes() {
-        let e = EventEnvelope::new("user.created", "User", "u1", "t1", serde_json::json!({"a": 1}));
+        let e = EventEnvelope::new(
+            "user.created",
+            "User",
+            "u1",
+            "t1",
+            serde_json::json!({"a": 1}),
+        );
         let headers = OwnedHeaders::new().insert(Header {
             key: "event_id",
             value: Some(e.event_id.as_str()),
@@ -168,9 +188,20 @@ mod tests {
             Some(headers),
         );
         assert_eq!(envelope_from_message(&m).unwrap(), e);
-        assert_eq!(header_value(&m, "event_id").as_deref(), Some(e.event_id.as_str()));
+        assert_eq!(
+            header_value(&m, "event_id").as_deref(),
+            Some(e.event_id.as_str())
+        );
         assert_eq!(header_value(&m, "nope"), None);
-        let empty = OwnedMessage::new(None, None, "users".into(), Timestamp::NotAvailable, 0, 8, None);
+        let empty = OwnedMessage::new(
+            None,
+            None,
+            "users".into(),
+            Timestamp::NotAvailable,
+            0,
+            8,
+            None,
+        );
         let err = envelope_from_message(&empty).unwrap_err().to_string();
         assert!(err.contains("users/0@8"), "{err}");
     }

@@ -200,7 +200,10 @@ mod tests {
     fn timestamps_are_rfc3339_with_milliseconds() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_millis(951_782_400_007), "2000-02-29T00:00:00.007Z");
-        assert_eq!(rfc3339_millis(1_735_689_599_999), "2024-12-31T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_millis(1_735_689_599_999),
+            "2024-12-31T23:59:59.999Z"
+        );
         assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
         for ms in [1_700_000_000_123_i64, 4_102_444_800_000, 1_583_020_800_500] {
             let want = mongodb::bson::DateTime::from_millis(ms)

@@ -98,8 +98,10 @@ impl Counters {
 
     pub(crate) fn record_lag(&self, lag: &OutboxLag) {
         self.pending.store(lag.pending, Ordering::Relaxed);
-        self.oldest_pending_age_ms
-            .store(lag.oldest_pending_age_ms.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.oldest_pending_age_ms.store(
+            lag.oldest_pending_age_ms.unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Closes the rate interval if it is long enough.
@@ -154,7 +156,10 @@ mod tests {
             ..Default::default()
         });
         let s = c.snapshot();
-        assert_eq!((s.published, s.reconciled_ready, s.reconciled_abandoned), (5, 2, 1));
+        assert_eq!(
+            (s.published, s.reconciled_ready, s.reconciled_abandoned),
+            (5, 2, 1)
+        );
         assert_eq!((s.pending, s.oldest_pending_age_ms), (3, Some(40)));
         assert_eq!(s.instance_id, "r1");
         c.record_lag(&OutboxLag::default());

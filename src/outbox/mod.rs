@@ -33,6 +33,7 @@ pub use relay::{DrainReport, OutboxRelay, RelayHandle, RelayOptions};
 pub use store::{
     shard_of, EventState, OutboxLag, OutboxRecord, OutboxStore, PendingEvent, ReconcileReport,
     WriteKind, WriteRef, DEFAULT_RECONCILE_AFTER, DEFAULT_SHARD_COUNT, OUTBOX_COLLECTION,
+    PUBLISHED_COLLECTION,
 };
 
 use crate::error::Result;

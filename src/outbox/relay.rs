@@ -113,7 +113,8 @@ impl RelayOptions {
     }
 
     fn check(&self) -> Result<()> {
-        let bad = |key: &str, reason: &str| Err(Error::config(format!("outbox.relay.{key}"), reason));
+        let bad =
+            |key: &str, reason: &str| Err(Error::config(format!("outbox.relay.{key}"), reason));
         if self.databases.is_empty() {
             return bad("databases", "name at least one database to drain");
         }
@@ -133,7 +134,10 @@ impl RelayOptions {
             return bad("instance_id", "may not be empty");
         }
         if self.topic_partitions < 1 || self.topic_replication < 1 {
-            return bad("topic_partitions", "partitions and replication must be at least 1");
+            return bad(
+                "topic_partitions",
+                "partitions and replication must be at least 1",
+            );
         }
         Ok(())
     }
@@ -408,16 +412,25 @@ impl OutboxRelay {
         }
         let shards = shard_filter(&owned, o.shard_count);
 
-        let mut prepared = store.prepared_heads(shards.clone()).await?;
-        let rec = store
-            .reconcile_heads(&prepared, DateTime::now())
-            .await?;
-        if rec.ready + rec.abandoned + rec.parked > 0 {
-            prepared = store.prepared_heads(shards.clone()).await?;
-        }
-        report.reconciled.merge(&rec);
-
-        let window = store.ready_window(shards.clone(), o.batch_size).await?;
+        // The two reads every pass needs, concurrently.
+        let (prepared, window) = tokio::try_join!(
+            store.prepared_heads(shards.clone()),
+            store.ready_window(shards.clone(), o.batch_size)
+        )?;
+        let (prepared, window) = if prepared.is_empty() {
+            (prepared, window)
+        } else {
+            let rec = store.reconcile_heads(&prepared, DateTime::now()).await?;
+            report.reconciled.merge(&rec);
+            if rec.ready + rec.abandoned + rec.parked > 0 {
+                tokio::try_join!(
+                    store.prepared_heads(shards.clone()),
+                    store.ready_window(shards.clone(), o.batch_size)
+                )?
+            } else {
+                (prepared, window)
+            }
+        };
         if window.is_empty() {
             return Ok(());
         }
@@ -459,11 +472,11 @@ impl OutboxRelay {
     async fn publish(
         &self,
         store: &OutboxStore,
-        records: Vec<OutboxRecord>,
+        records: Vec<(OutboxRecord, Document)>,
         report: &mut DrainReport,
     ) -> Result<()> {
         let inner = &self.inner;
-        let mut topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+        let mut topics: Vec<&str> = records.iter().map(|(r, _)| r.topic.as_str()).collect();
         topics.sort_unstable();
         topics.dedup();
         for t in topics {
@@ -473,8 +486,9 @@ impl OutboxRelay {
         let producer = inner.storage.kafka_producer();
         let wait = inner.storage.config().kafka.message_timeout + Duration::from_secs(5);
         let mut pending = Vec::with_capacity(records.len());
+        let o = &inner.options;
         let mut failed: Vec<(OutboxRecord, String)> = Vec::new();
-        for r in records {
+        for (r, d) in records {
             let value = match r.envelope.to_json() {
                 Ok(v) => v,
                 Err(e) => {
@@ -487,7 +501,7 @@ impl OutboxRelay {
                 .payload(value.as_slice())
                 .headers(headers(&r.envelope, &[]));
             match producer.send_result(record) {
-                Ok(delivery) => pending.push((r, delivery)),
+                Ok(delivery) => pending.push((r, d, delivery)),
                 Err((e, _)) => {
                     let msg = e.to_string();
                     failed.push((r, msg));
@@ -497,46 +511,32 @@ impl OutboxRelay {
         let outcomes = futures::future::join_all(
             pending
                 .into_iter()
-                .map(|(r, d)| async move { (r, tokio::time::timeout(wait, d).await) }),
+                .map(|(r, d, f)| async move { (r, d, tokio::time::timeout(wait, f).await) }),
         )
         .await;
         let mut delivered = Vec::new();
-        for (r, outcome) in outcomes {
+        for (r, d, outcome) in outcomes {
             match outcome {
-                Ok(Ok(Ok(_))) => delivered.push(r),
+                Ok(Ok(Ok(_))) => delivered.push(d),
                 Ok(Ok(Err((e, _)))) => failed.push((r, e.to_string())),
                 Ok(Err(_)) => failed.push((r, "delivery report dropped (producer closed)".into())),
                 Err(_) => failed.push((r, format!("no delivery report within {wait:?}"))),
             }
         }
 
-        let now = DateTime::now();
-        let n = store
-            .update_each(
-                "mark outbox records published",
-                delivered.iter().map(|r| {
-                    (
-                        doc! { "_id": &r.envelope.event_id, "state": EventState::Ready.as_str() },
-                        doc! { "$set": {
-                            "state": EventState::Published.as_str(),
-                            "published_at": now, "updated_at": now,
-                        } },
-                    )
-                }),
-            )
-            .await;
         let published = delivered.len() as u64;
-        report.published += published;
-        Counters::add(&inner.counters.published, published);
-        if let Err(e) = n {
+        if let Err(e) = store.mark_published(delivered, &o.instance_id).await {
             // Delivered but not marked: they will be published again (at-least-once).
+            tracing::warn!(database = store.database(), error = %e, "could not mark delivered outbox records published");
             report.errors.push(format!("{}: {e}", store.database()));
         }
+        report.published += published;
+        Counters::add(&inner.counters.published, published);
+        let now = DateTime::now();
 
         if failed.is_empty() {
             return Ok(());
         }
-        let o = &inner.options;
         let mut updates = Vec::with_capacity(failed.len());
         for (r, err) in &failed {
             let attempts = r.attempts + 1;
@@ -706,7 +706,7 @@ fn select(
     window: &[Document],
     earliest_outside: &HashMap<String, i64>,
     now: i64,
-) -> Result<(Vec<OutboxRecord>, u64)> {
+) -> Result<(Vec<(OutboxRecord, Document)>, u64)> {
     let mut order: Vec<String> = Vec::new();
     let mut groups: HashMap<String, Vec<(Head, &Document)>> = HashMap::new();
     for d in window {
@@ -730,7 +730,7 @@ fn select(
                 deferred += (chain.len() - i) as u64;
                 break;
             }
-            out.push(record_from_doc(d)?);
+            out.push((record_from_doc(d)?, (*d).clone()));
         }
     }
     Ok((out, deferred))
@@ -810,7 +810,10 @@ mod tests {
         outside.insert("b".to_owned(), 6);
         outside.insert("c".to_owned(), 6);
         let (out, deferred) = select(&window, &outside, 50).unwrap();
-        let ids: Vec<&str> = out.iter().map(|r| r.envelope.event_id.as_str()).collect();
+        let ids: Vec<&str> = out
+            .iter()
+            .map(|(r, _)| r.envelope.event_id.as_str())
+            .collect();
         // a: revision order (3 before 1); b: blocked by revision 6 outside; c: 5 goes, 6 is
         // not blocked by an equal revision; d: first not due, so both wait.
         assert_eq!(ids, ["3", "1", "4", "5"]);

@@ -17,12 +17,18 @@ use mongodb::options::IndexOptions;
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use crate::capabilities::ServerProduct;
 use crate::error::{duplicate_key_message, Component, Error, Result};
 use crate::outbox::envelope::{rfc3339_millis, EventEnvelope};
 use crate::storage::Storage;
 
 /// The outbox collection, one per database.
 pub const OUTBOX_COLLECTION: &str = "caas_outbox";
+
+/// Where published records are moved, one per database. Keeping them out of
+/// [`OUTBOX_COLLECTION`] keeps the relay's working set small: FerretDB evaluates every query by
+/// scanning the collection, so a growing tail of published records would slow every pass.
+pub const PUBLISHED_COLLECTION: &str = "caas_outbox_published";
 
 /// Default number of shards events are spread over (writers and relays must agree).
 pub const DEFAULT_SHARD_COUNT: u32 = 16;
@@ -34,8 +40,10 @@ pub const DEFAULT_RECONCILE_AFTER: Duration = Duration::from_secs(120);
 /// Default bound on each MongoDB operation of the outbox.
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Concurrent single-document updates issued by one call.
-const UPDATE_CONCURRENCY: usize = 32;
+/// Concurrent single-document updates issued by one call on MongoDB. FerretDB serializes
+/// writes in SQLite, where concurrent updates only add lock contention (measured: 30
+/// concurrent updates take 2-4x as long as the same 30 in sequence), so there it is 1.
+const UPDATE_CONCURRENCY: usize = 16;
 
 /// Where a record is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -250,9 +258,18 @@ pub(crate) struct Head {
     pub state: EventState,
     pub created_at: i64,
     pub next_attempt_at: i64,
+    /// Parked by reconciliation as undecidable (so not known to have happened).
+    pub ambiguous: bool,
 }
 
-pub(crate) const HEAD_FIELDS: [&str; 7] = [
+impl Head {
+    /// Known to have happened: ready, published, or parked after delivery failures.
+    fn committed(&self) -> bool {
+        self.state.committed() && !self.ambiguous
+    }
+}
+
+pub(crate) const HEAD_FIELDS: [&str; 8] = [
     "_id",
     "agg",
     "op",
@@ -260,10 +277,14 @@ pub(crate) const HEAD_FIELDS: [&str; 7] = [
     "state",
     "created_at",
     "next_attempt_at",
+    "ambiguous",
 ];
 
 fn head_projection() -> Document {
-    HEAD_FIELDS.iter().map(|f| (f.to_string(), Bson::Int32(1))).collect()
+    HEAD_FIELDS
+        .iter()
+        .map(|f| (f.to_string(), Bson::Int32(1)))
+        .collect()
 }
 
 impl Head {
@@ -276,6 +297,7 @@ impl Head {
             state: state_of(d)?,
             created_at: millis(d.get("created_at")),
             next_attempt_at: millis(d.get("next_attempt_at")),
+            ambiguous: d.get_bool("ambiguous").unwrap_or(false),
         })
     }
 }
@@ -291,9 +313,11 @@ pub struct OutboxStore {
     database: String,
     db: Database,
     coll: Collection<Document>,
+    published: Collection<Document>,
     shard_count: u32,
     reconcile_after: Duration,
     op_timeout: Duration,
+    update_concurrency: usize,
 }
 
 impl OutboxStore {
@@ -304,10 +328,16 @@ impl OutboxStore {
         OutboxStore {
             database: database.to_owned(),
             coll: db.collection(OUTBOX_COLLECTION),
+            published: db.collection(PUBLISHED_COLLECTION),
             db,
             shard_count: DEFAULT_SHARD_COUNT,
             reconcile_after: DEFAULT_RECONCILE_AFTER,
             op_timeout: DEFAULT_OP_TIMEOUT,
+            update_concurrency: if storage.capabilities().product == ServerProduct::Ferretdb {
+                1
+            } else {
+                UPDATE_CONCURRENCY
+            },
         }
     }
 
@@ -340,13 +370,19 @@ impl OutboxStore {
         self.shard_count
     }
 
-    /// The raw collection (for inspection; writing to it bypasses the protocol).
+    /// The raw outbox collection (for inspection; writing to it bypasses the protocol).
     pub fn collection(&self) -> &Collection<Document> {
         &self.coll
     }
 
+    /// The raw collection of published records ([`PUBLISHED_COLLECTION`]).
+    pub fn published_collection(&self) -> &Collection<Document> {
+        &self.published
+    }
+
     /// Creates the indexes the relay and reconciliation use, if missing: `(state, shard,
-    /// created_at)`, `(agg, revision)` and `(op)`. Idempotent.
+    /// created_at)`, `(agg, revision)` and `(op)` on the outbox; `(agg, revision)`, `(op)` and
+    /// `(published_at)` on the published records. Idempotent.
     pub async fn ensure_indexes(&self) -> Result<()> {
         let models = [
             (
@@ -365,8 +401,26 @@ impl OutboxStore {
         })
         .collect::<Vec<_>>();
         self.bounded("create outbox indexes", self.coll.create_indexes(models))
-            .await
-            .map(drop)
+            .await?;
+        let archive = [
+            (doc! { "agg": 1, "revision": 1 }, "agg_1_revision_1"),
+            (doc! { "op": 1 }, "op_1"),
+            (doc! { "published_at": 1 }, "published_at_1"),
+        ]
+        .into_iter()
+        .map(|(keys, name)| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build()
+        })
+        .collect::<Vec<_>>();
+        self.bounded(
+            "create published outbox indexes",
+            self.published.create_indexes(archive),
+        )
+        .await
+        .map(drop)
     }
 
     /// Records events in state `prepared`: the first step of the transaction-free protocol,
@@ -506,13 +560,70 @@ impl OutboxStore {
     /// Moves each record in `from` to `to`; returns how many moved.
     async fn transition(&self, ids: &[String], from: EventState, to: EventState) -> Result<u64> {
         let now = DateTime::now();
-        let updates = ids.iter().map(|id| {
-            (
-                doc! { "_id": id, "state": from.as_str() },
-                doc! { "$set": { "state": to.as_str(), "updated_at": now, "next_attempt_at": now } },
+        let set =
+            doc! { "$set": { "state": to.as_str(), "updated_at": now, "next_attempt_at": now } };
+        match ids {
+            [] => Ok(0),
+            [id] => {
+                self.update_one_matched(
+                    "update outbox state",
+                    doc! { "_id": id, "state": from.as_str() },
+                    set,
+                )
+                .await
+            }
+            // One command; the state equality narrows what the server scans.
+            _ => self
+                .bounded(
+                    "update outbox state",
+                    self.coll
+                        .update_many(doc! { "state": from.as_str(), "_id": { "$in": ids } }, set),
+                )
+                .await
+                .map(|r| r.matched_count),
+        }
+    }
+
+    /// `ready -> published` for delivered records, given their full documents as read: copied
+    /// to [`PUBLISHED_COLLECTION`], then deleted from the outbox. Two batched statements; a
+    /// per-document update costs FerretDB one SQLite transaction each (about 15 ms measured).
+    /// A crash between the two leaves the records `ready` as well: they are published again
+    /// (at-least-once), never lost.
+    pub(crate) async fn mark_published(&self, docs: Vec<Document>, relay: &str) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let now = DateTime::now();
+        let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+        let copies: Vec<Document> = docs
+            .into_iter()
+            .map(|mut d| {
+                d.insert("state", EventState::Published.as_str());
+                d.insert("published_at", now);
+                d.insert("published_by", relay);
+                d.insert("updated_at", now);
+                d
+            })
+            .collect();
+        match self
+            .bounded(
+                "archive published outbox records",
+                self.published.insert_many(copies).ordered(false),
             )
-        });
-        self.update_each("update outbox state", updates).await
+            .await
+        {
+            Ok(_) => {}
+            // Archived by an earlier attempt that crashed before the delete.
+            Err(Error::Mongo { source, .. }) if only_duplicates(&source) => {}
+            Err(e) => return Err(e),
+        }
+        self.bounded(
+            "remove published records from the outbox",
+            self.coll
+                .delete_many(doc! { "state": EventState::Ready.as_str(), "_id": { "$in": ids } }),
+        )
+        .await
+        .map(drop)
     }
 
     /// Runs single-document updates (by `_id`, which FerretDB pushes down to SQL),
@@ -527,7 +638,7 @@ impl OutboxStore {
             .map(|(filter, update)| self.update_one_matched(operation, filter, update))
             .collect();
         let results: Vec<Result<u64>> = futures::stream::iter(calls)
-            .buffer_unordered(UPDATE_CONCURRENCY)
+            .buffer_unordered(self.update_concurrency)
             .collect()
             .await;
         let mut n = 0;
@@ -548,18 +659,38 @@ impl OutboxStore {
             .map(|r| r.matched_count)
     }
 
-    /// One record by event id.
+    /// One record by event id, pending or published.
     pub async fn get(&self, event_id: &str) -> Result<Option<OutboxRecord>> {
         let found = self
-            .bounded("read outbox record", self.coll.find_one(doc! { "_id": event_id }))
+            .bounded(
+                "read outbox record",
+                self.coll.find_one(doc! { "_id": event_id }),
+            )
             .await?;
+        let found = match found {
+            Some(d) => Some(d),
+            None => {
+                self.bounded(
+                    "read published outbox record",
+                    self.published.find_one(doc! { "_id": event_id }),
+                )
+                .await?
+            }
+        };
         found.as_ref().map(record_from_doc).transpose()
     }
 
     /// Events not yet published and not given up on (`prepared + ready`).
     pub async fn pending_count(&self) -> Result<u64> {
-        let lag = self.lag().await?;
-        Ok(lag.pending)
+        let count = |state: EventState| {
+            self.bounded(
+                "count outbox records",
+                self.coll.count_documents(doc! { "state": state.as_str() }),
+            )
+        };
+        let (ready, prepared) =
+            tokio::try_join!(count(EventState::Ready), count(EventState::Prepared))?;
+        Ok(ready + prepared)
     }
 
     /// Age of the oldest `prepared` or `ready` record.
@@ -634,6 +765,7 @@ impl OutboxStore {
                     doc! { "$set": {
                         "state": EventState::Ready.as_str(), "attempts": 0_i64,
                         "next_attempt_at": now, "updated_at": now, "last_error": Bson::Null,
+                        "ambiguous": false,
                     } },
                 ),
             )
@@ -644,8 +776,14 @@ impl OutboxStore {
     /// Deletes `published` records delivered more than `older_than` ago; returns how many.
     /// (FerretDB has no TTL indexes; run this periodically.)
     pub async fn cleanup_published(&self, older_than: Duration) -> Result<u64> {
-        self.cleanup(EventState::Published, "published_at", older_than)
-            .await
+        let r = self
+            .bounded(
+                "clean up published outbox records",
+                self.published
+                    .delete_many(doc! { "published_at": { "$lt": cutoff(older_than) } }),
+            )
+            .await?;
+        Ok(r.deleted_count)
     }
 
     /// Deletes `abandoned` records created more than `older_than` ago; returns how many.
@@ -655,15 +793,12 @@ impl OutboxStore {
     }
 
     async fn cleanup(&self, state: EventState, field: &str, older_than: Duration) -> Result<u64> {
-        let cutoff = DateTime::from_millis(
-            DateTime::now().timestamp_millis()
-                - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2),
-        );
         let r = self
             .bounded(
                 "clean up outbox records",
-                self.coll
-                    .delete_many(doc! { "state": state.as_str(), field: { "$lt": cutoff } }),
+                self.coll.delete_many(
+                    doc! { "state": state.as_str(), field: { "$lt": cutoff(older_than) } },
+                ),
             )
             .await?;
         Ok(r.deleted_count)
@@ -688,7 +823,10 @@ impl OutboxStore {
         let mut report = ReconcileReport::default();
         for h in prepared.iter().filter(|h| h.created_at < cutoff) {
             let Some(doc) = self
-                .bounded("read outbox record", self.coll.find_one(doc! { "_id": &h.id }))
+                .bounded(
+                    "read outbox record",
+                    self.coll.find_one(doc! { "_id": &h.id }),
+                )
                 .await?
             else {
                 continue;
@@ -711,6 +849,7 @@ impl OutboxStore {
             let mut set = doc! { "state": to.as_str(), "updated_at": now, "next_attempt_at": now };
             if let Some(reason) = &reason {
                 set.insert("last_error", reason.as_str());
+                set.insert("ambiguous", true);
             }
             let moved = self
                 .bounded(
@@ -754,13 +893,16 @@ impl OutboxStore {
         // 1. Other events of the same write: one already decided decides this one (a crash
         //    between their commits or abandons).
         let siblings = self
-            .heads("read outbox op", doc! { "op": &h.op })
+            .heads_everywhere("read outbox op", doc! { "op": &h.op })
             .await?;
         let siblings = siblings.iter().filter(|s| s.id != h.id);
         let mut sibling_abandoned = false;
         for s in siblings {
-            if s.state.committed() {
+            if s.committed() {
                 return Ok(Decision::Ready);
+            }
+            if s.ambiguous {
+                return Ok(Decision::Parked(ambiguous_reason(h)));
             }
             sibling_abandoned |= s.state == EventState::Abandoned;
         }
@@ -772,12 +914,12 @@ impl OutboxStore {
         let mut ambiguous = false;
         if write.revision_field.is_some() {
             let others = self
-                .heads("read aggregate outbox", doc! { "agg": &h.agg })
+                .heads_everywhere("read aggregate outbox", doc! { "agg": &h.agg })
                 .await?;
             let mut later_committed = false;
             for o in others.iter().filter(|o| o.op != h.op) {
                 if o.revision == h.revision {
-                    if o.state.committed() {
+                    if o.committed() {
                         // Another writer's write produced this revision.
                         return Ok(Decision::Abandoned);
                     }
@@ -787,7 +929,8 @@ impl OutboxStore {
                         }
                         ambiguous = true;
                     }
-                } else if o.revision > h.revision && o.state.committed() {
+                    ambiguous |= o.ambiguous;
+                } else if o.revision > h.revision && o.committed() {
                     later_committed = true;
                 }
             }
@@ -802,12 +945,7 @@ impl OutboxStore {
         Ok(match (happened, ambiguous) {
             (false, _) => Decision::Abandoned,
             (true, false) => Decision::Ready,
-            (true, true) => Decision::Parked(format!(
-                "ambiguous reconciliation: several writers prepared revision {} of {} and the \
-                 document reached it; redrive the right one, leave the others parked",
-                h.revision,
-                h.agg.replace('\u{1f}', "/")
-            )),
+            (true, true) => Decision::Parked(ambiguous_reason(h)),
         })
     }
 
@@ -821,11 +959,17 @@ impl OutboxStore {
         let found = self
             .bounded(
                 "read entity for reconciliation",
-                coll.find_one(doc! { w.tenant_field.as_str(): &w.tenant, w.id_field.as_str(): w.id.clone() })
-                    .projection(projection),
+                coll.find_one(
+                    doc! { w.tenant_field.as_str(): &w.tenant, w.id_field.as_str(): w.id.clone() },
+                )
+                .projection(projection),
             )
             .await?;
-        let revision = |d: &Document| w.revision_field.as_ref().map(|f| int(d.get(f)).unwrap_or(0));
+        let revision = |d: &Document| {
+            w.revision_field
+                .as_ref()
+                .map(|f| int(d.get(f)).unwrap_or(0))
+        };
         let deleted = |d: &Document| !matches!(d.get("_deleted_at"), None | Some(Bson::Null));
         Ok(match (w.kind, found) {
             (WriteKind::Insert | WriteKind::Update, None) => false,
@@ -842,11 +986,40 @@ impl OutboxStore {
     }
 
     /// Light views of records matching `filter`.
-    pub(crate) async fn heads(&self, operation: &'static str, filter: Document) -> Result<Vec<Head>> {
+    pub(crate) async fn heads(
+        &self,
+        operation: &'static str,
+        filter: Document,
+    ) -> Result<Vec<Head>> {
         let docs = self
             .find_docs(operation, filter, None, None, Some(head_projection()))
             .await?;
         docs.iter().map(Head::from_doc).collect()
+    }
+
+    /// Light views of pending and published records matching `filter`.
+    async fn heads_everywhere(
+        &self,
+        operation: &'static str,
+        filter: Document,
+    ) -> Result<Vec<Head>> {
+        let published = async {
+            self.bounded(operation, async {
+                self.published
+                    .find(filter.clone())
+                    .projection(head_projection())
+                    .await?
+                    .try_collect::<Vec<Document>>()
+                    .await
+            })
+            .await
+        };
+        let (mut heads, published) =
+            tokio::try_join!(self.heads(operation, filter.clone()), published)?;
+        for d in &published {
+            heads.push(Head::from_doc(d)?);
+        }
+        Ok(heads)
     }
 
     /// Prepared records, optionally only of some shards.
@@ -940,6 +1113,22 @@ impl OutboxStore {
     }
 }
 
+fn ambiguous_reason(h: &Head) -> String {
+    format!(
+        "ambiguous reconciliation: several writers prepared revision {} of {} and the document \
+         reached it; redrive the right one, leave the others parked",
+        h.revision,
+        h.agg.replace('\u{1f}', "/")
+    )
+}
+
+fn cutoff(older_than: Duration) -> DateTime {
+    DateTime::from_millis(
+        DateTime::now().timestamp_millis()
+            - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2),
+    )
+}
+
 enum Decision {
     Ready,
     Abandoned,
@@ -960,8 +1149,7 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         ErrorKind::InsertMany(m) => {
             m.write_concern_error.is_none()
-                && m
-                    .write_errors
+                && m.write_errors
                     .as_ref()
                     .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w.code == 11000))
         }
@@ -986,7 +1174,8 @@ pub(crate) fn millis(b: Option<&Bson>) -> i64 {
 }
 
 fn req_str<'a>(d: &'a Document, key: &str) -> Result<&'a str> {
-    d.get_str(key).map_err(|_| codec_err(format!("field `{key}` missing or not a string")))
+    d.get_str(key)
+        .map_err(|_| codec_err(format!("field `{key}` missing or not a string")))
 }
 
 fn codec_err(message: String) -> Error {

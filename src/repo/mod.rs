@@ -6,11 +6,13 @@
 //! code adds only types: `UserRepository` derefs to `Repository<User>`.
 
 mod codec;
+mod events;
 mod filter;
 mod page;
 mod patch;
 mod query;
 mod versioned;
+mod write;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -152,13 +154,53 @@ impl<E: Entity> Repository<E> {
             self.after_queued(tenant, entity.id(), Some(entity)).await;
             return Ok(());
         }
-        let r = self
-            .bounded("insert", self.docs.insert_one(doc))
-            .await
-            .and_then(|r| r.map_err(|e| classify_write(E::META.name, self.op("insert"), e)));
+        self.insert_direct(tenant, entity, &[]).await
+    }
+
+    /// Inserts one entity and records `events` (custom events of this aggregate) atomically
+    /// with it, besides the entity's own insert event. Never queued. The entity must declare
+    /// an `outbox(...)`.
+    pub async fn insert_with_events(
+        &self,
+        tenant: &TenantId,
+        entity: &E,
+        events: &[crate::outbox::EventEnvelope],
+    ) -> Result<()> {
+        if E::META.outbox.is_none() {
+            return Err(Error::Unsupported {
+                feature: "insert_with_events",
+                server: format!("(entity {} declares no outbox(...), so this)", E::META.name),
+            });
+        }
+        self.insert_direct(tenant, entity, events).await
+    }
+
+    pub(crate) async fn insert_direct(
+        &self,
+        tenant: &TenantId,
+        entity: &E,
+        extra: &[crate::outbox::EventEnvelope],
+    ) -> Result<()> {
+        let doc = codec::encode(tenant, entity)?;
+        let events = events::WriteEvents {
+            kind: crate::outbox::WriteKind::Insert,
+            revision: entity.version().unwrap_or(0),
+            payload: events::payload::<E>(&doc),
+            extra,
+        };
+        let r = write::run(
+            self,
+            "insert",
+            tenant,
+            entity.id(),
+            write::RawWrite::Insert(doc),
+            events,
+        )
+        .await
+        .map(drop);
         self.after_write(tenant, entity.id(), &r, Some(entity))
             .await;
-        r.map(drop)
+        r
     }
 
     /// Inserts many entities in one unordered batch. Every entity must belong to `tenant`, or
@@ -193,9 +235,51 @@ impl<E: Entity> Repository<E> {
                 failed: Vec::new(),
             });
         }
-        let outcome = self
-            .bounded("insert_many", self.docs.insert_many(docs).ordered(false))
-            .await;
+        // Events first (outbox-first protocol), settled by what the batch did.
+        let events: Vec<Vec<crate::outbox::PendingEvent>> = if E::META.outbox.is_some() {
+            entities
+                .iter()
+                .zip(&docs)
+                .map(|(e, d)| {
+                    let ev = events::WriteEvents {
+                        kind: crate::outbox::WriteKind::Insert,
+                        revision: e.version().unwrap_or(0),
+                        payload: events::payload::<E>(d),
+                        extra: &[],
+                    };
+                    events::pending::<E>(tenant, e.id(), ev).map(Option::unwrap_or_default)
+                })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let store = crate::outbox::OutboxStore::new(&self.storage, E::META.database);
+        let all: Vec<crate::outbox::PendingEvent> = events.iter().flatten().cloned().collect();
+        if !all.is_empty() {
+            store.prepare(&all).await?;
+        }
+        let report = self.insert_many_docs(docs, n).await;
+        if let Ok(r) = &report {
+            let ids = |keep: bool| -> Vec<String> {
+                events
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| r.failed.iter().any(|(f, _)| f == i) != keep)
+                    .flat_map(|(_, evs)| evs.iter().map(|p| p.envelope.event_id.clone()))
+                    .collect()
+            };
+            let (done, failed) = (ids(true), ids(false));
+            if !done.is_empty() {
+                if let Err(e) = store.commit(&done).await {
+                    tracing::warn!(error = %e, "could not commit outbox events; reconciliation will");
+                }
+            }
+            if !failed.is_empty() {
+                if let Err(e) = store.abandon(&failed).await {
+                    tracing::warn!(error = %e, "could not abandon outbox events; reconciliation will");
+                }
+            }
+        }
         if E::META.cache.is_some() {
             for e in entities {
                 self.storage
@@ -204,6 +288,13 @@ impl<E: Entity> Repository<E> {
                     .await;
             }
         }
+        report
+    }
+
+    async fn insert_many_docs(&self, docs: Vec<Document>, n: usize) -> Result<InsertManyReport> {
+        let outcome = self
+            .bounded("insert_many", self.docs.insert_many(docs).ordered(false))
+            .await;
         match outcome? {
             Ok(r) => Ok(InsertManyReport {
                 inserted: r.inserted_ids.len(),
@@ -427,7 +518,11 @@ impl<E: Entity> Repository<E> {
 
     /// Inserts `entity`, or replaces the one with its id, without a version check.
     pub async fn upsert(&self, tenant: &TenantId, entity: &E) -> Result<Upserted> {
-        let r = self.upsert_inner(tenant, entity).await;
+        let r = if E::META.outbox.is_some() {
+            versioned::upsert_latest(self, tenant, entity).await
+        } else {
+            self.upsert_inner(tenant, entity).await
+        };
         self.after_write(tenant, entity.id(), &r, Some(entity))
             .await;
         r
@@ -462,7 +557,11 @@ impl<E: Entity> Repository<E> {
     /// Deletes the entity with this id: soft (hidden, kept with `_deleted_at`) when the entity
     /// declares `soft_delete`, otherwise removed. Returns whether there was one.
     pub async fn delete(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
-        let r = self.delete_inner(tenant, id).await;
+        let r = if E::META.outbox.is_some() {
+            versioned::delete_latest(self, tenant, id).await
+        } else {
+            self.delete_inner(tenant, id).await
+        };
         self.after_write(tenant, id, &r, None).await;
         r
     }

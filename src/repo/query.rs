@@ -271,7 +271,7 @@ impl<'r, E: Entity> Query<'r, E> {
         let mut filter = self.filter_document()?;
         let repo = self.repo;
         let mut ids = Vec::new();
-        if E::META.cache.is_some() {
+        if E::META.cache.is_some() || E::META.outbox.is_some() {
             let id_field = E::META.id_field;
             let cursor = repo
                 .bounded(
@@ -294,6 +294,19 @@ impl<'r, E: Entity> Query<'r, E> {
                 return Ok(0);
             }
             filter = doc! { "$and": [filter, { id_field: { "$in": ids.clone() } }] };
+        }
+        if E::META.outbox.is_some() {
+            // One delete, with its event, per document.
+            let mut n = 0;
+            for id in ids {
+                let Ok(id) = mongodb::bson::from_bson::<E::Id>(id) else {
+                    continue;
+                };
+                if repo.delete(&self.tenant, &id).await? {
+                    n += 1;
+                }
+            }
+            return Ok(n);
         }
         let outcome = if E::META.soft_delete {
             repo.bounded(

@@ -15,7 +15,10 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Collection;
 
 use crate::entity::Entity;
-use crate::error::{classify_write, duplicate_key_message, Error, Result};
+use crate::error::{duplicate_key_message, Error, Result};
+use crate::outbox::WriteKind;
+use crate::repo::events::{self, WriteEvents};
+use crate::repo::write::{self, Outcome, RawWrite};
 use crate::repo::{codec, Repository};
 use crate::tenant::TenantId;
 
@@ -82,9 +85,26 @@ pub(crate) async fn update_at<E: Entity>(
     let mut filter = repo.id_filter(tenant, id)?;
     filter.insert(vf, version_bson(expected));
     let claim = Claim::take(repo, tenant, id, expected).await?;
-    let result = repo
-        .find_one_and_update_public("update_checked", filter, doc! { "$set": set })
-        .await;
+    let result = if E::META.outbox.is_some() {
+        let events = WriteEvents {
+            kind: WriteKind::Update,
+            revision: next,
+            payload: events::payload::<E>(&set),
+            extra: &[],
+        };
+        let update = RawWrite::Update {
+            filter,
+            update: doc! { "$set": set },
+        };
+        match write::run(repo, "update_checked", tenant, id, update, events).await {
+            Ok(Outcome::Updated(d)) => d.map(|d| codec::decode_projected(d, false)).transpose(),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        }
+    } else {
+        repo.find_one_and_update_public("update_checked", filter, doc! { "$set": set })
+            .await
+    };
     if let Some(c) = claim {
         c.release().await;
     }
@@ -110,18 +130,128 @@ pub(crate) async fn replace<E: Entity>(
     let mut filter = repo.id_filter(tenant, entity.id())?;
     filter.insert(vf, version_bson(expected));
     let claim = Claim::take(repo, tenant, entity.id(), expected).await?;
-    let result = repo
-        .bounded("replace", repo.docs().replace_one(filter, doc))
-        .await;
+    let events = WriteEvents {
+        kind: WriteKind::Update,
+        revision: next,
+        payload: events::payload::<E>(&doc),
+        extra: &[],
+    };
+    let result = write::run(
+        repo,
+        "replace",
+        tenant,
+        entity.id(),
+        RawWrite::Replace { filter, doc },
+        events,
+    )
+    .await;
     if let Some(c) = claim {
         c.release().await;
     }
-    let r = result?.map_err(|e| classify_write(E::META.name, repo.op("replace"), e))?;
-    if r.matched_count == 0 {
+    if !matches!(result?, Outcome::Matched(n) if n > 0) {
         return Err(diagnose(repo, tenant, entity.id(), expected).await);
     }
     entity.set_version(next);
     Ok(())
+}
+
+/// Delete (soft where declared) whatever the version, as one claimed version transition, so
+/// the delete event is recorded with it. For entities with an outbox.
+pub(crate) async fn delete_latest<E: Entity>(
+    repo: &Repository<E>,
+    tenant: &TenantId,
+    id: &E::Id,
+) -> Result<bool> {
+    let vf = version_field::<E>();
+    let mut last = None;
+    for attempt in 0..UPDATE_ATTEMPTS {
+        let Some(current) = current_version(repo, tenant, id).await? else {
+            return Ok(false);
+        };
+        let next = current + 1;
+        let mut filter = repo.id_filter(tenant, id)?;
+        filter.insert(vf, version_bson(current));
+        let write = if E::META.soft_delete {
+            RawWrite::Update {
+                filter,
+                update: doc! { "$set": {
+                    crate::repo::DELETED_AT_FIELD: DateTime::now(),
+                    vf: version_bson(next),
+                } },
+            }
+        } else {
+            RawWrite::Delete { filter }
+        };
+        let events = WriteEvents {
+            kind: WriteKind::Delete,
+            revision: next,
+            payload: serde_json::json!({}),
+            extra: &[],
+        };
+        let claim = Claim::take(repo, tenant, id, current).await;
+        let claim = match claim {
+            Ok(c) => c,
+            Err(e @ Error::VersionConflict { .. }) => {
+                last = Some(e);
+                backoff(attempt).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let result = write::run(repo, "delete", tenant, id, write, events).await;
+        if let Some(c) = claim {
+            c.release().await;
+        }
+        match result? {
+            Outcome::Matched(n) if n > 0 => return Ok(true),
+            Outcome::Updated(Some(_)) => return Ok(true),
+            _ => match diagnose(repo, tenant, id, current).await {
+                Error::NotFound { .. } => return Ok(false),
+                e => {
+                    last = Some(e);
+                    backoff(attempt).await;
+                }
+            },
+        }
+    }
+    Err(last.expect("the loop ran"))
+}
+
+/// Insert-or-replace without a version check, as a claimed version transition (replace) or an
+/// insert, so the right event is recorded with it. For entities with an outbox.
+pub(crate) async fn upsert_latest<E: Entity>(
+    repo: &Repository<E>,
+    tenant: &TenantId,
+    entity: &E,
+) -> Result<crate::repo::Upserted> {
+    let mut last = None;
+    for attempt in 0..UPDATE_ATTEMPTS {
+        match current_version(repo, tenant, entity.id()).await? {
+            None => match repo.insert_direct(tenant, entity, &[]).await {
+                Ok(()) => return Ok(crate::repo::Upserted::Inserted),
+                Err(e @ Error::DuplicateKey { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            },
+            Some(current) => {
+                let mut copy = mongodb::bson::from_document::<E>(codec::encode(tenant, entity)?)
+                    .map_err(|e| Error::Codec {
+                        entity: E::META.name,
+                        direction: "decode",
+                        message: e.to_string(),
+                    })?;
+                copy.set_version(current);
+                match replace(repo, tenant, &mut copy).await {
+                    Ok(()) => return Ok(crate::repo::Upserted::Replaced),
+                    Err(e @ (Error::VersionConflict { .. } | Error::NotFound { .. })) => {
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        backoff(attempt).await;
+    }
+    Err(last.expect("the loop ran"))
 }
 
 fn version_bson(v: u64) -> Bson {

@@ -77,6 +77,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     let version = version_field(cx, fields, id, tenant);
     check_cache_fencing(cx, cont, fields, consistency);
     check_local_tier(cx, cont, consistency);
+    check_outbox(cx, cont, fields, consistency);
     check_serde_container(cx, cont);
     let secrets = secret_fields(cx, cont, fields, [id, tenant, version]);
     let indexes = indexes(cx, cont, fields, id, tenant);
@@ -171,6 +172,29 @@ fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Consistency) {
             local.span,
             "an in-process tier (`local(...)`) cannot serve a `strong` entity: another instance's \
              copy can outlive a write; use the Redis tier alone, or `read_your_writes`",
+        );
+    }
+}
+
+/// Outbox events are ordered and reconciled by the entity's version, and are recorded with a
+/// direct write (never a queued one).
+fn check_outbox(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Consistency) {
+    let Slot::Given(outbox) = &cont.attrs.outbox else {
+        return;
+    };
+    if !fields.iter().any(|f| f.attrs.version.is_written()) {
+        cx.error_at(
+            outbox.span,
+            "outbox(...) needs a #[repository(version)] field: events of one aggregate are \
+             ordered by it, and after a crash the version tells whether a write happened",
+        );
+    }
+    if consistency == Consistency::Eventual {
+        cx.error_at(
+            outbox.span,
+            "outbox(...) on an `eventual` entity: its writes are queued and applied later, so \
+             no event could be recorded atomically with them; use `causal` (or another \
+             model) for entities that publish events",
         );
     }
 }

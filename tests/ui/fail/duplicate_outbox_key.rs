@@ -13,6 +13,8 @@ pub struct User {
     pub user_id: String,
     #[repository(tenant)]
     pub tenant_id: String,
+    #[repository(version)]
+    pub version: u64,
     pub email: String,
 }
 

@@ -24,8 +24,8 @@ pub mod accounts {
 
     /// An account.
     #[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
-    #[repository(database = "caas_billing", collection = "accounts", consistency = eventual,
-                 cache(ttl = "10m", strategy = write_behind, local(ttl = "1s", capacity = 100)),
+    #[repository(database = "caas_billing", collection = "accounts", consistency = causal,
+                 cache(ttl = "10m", strategy = write_through, local(ttl = "1s", capacity = 100)),
                  outbox(topic = "billing.events"))]
     #[index(keys(handle), unique)]
     #[index(keys(owner, opened_at desc))]
