@@ -60,6 +60,10 @@ pub struct RelayOptions {
     pub backoff_max: Duration,
     /// Age after which `prepared` records are reconciled (see [`OutboxStore::reconcile`]).
     pub reconcile_after: Duration,
+    /// Largest disagreement between the clocks of the hosts that write events. Under a
+    /// backlog, events recorded within this much of the newest event read wait for a later
+    /// pass, so that an earlier revision stamped by a slower clock cannot be overtaken.
+    pub max_clock_skew: Duration,
     /// How often the backlog gauges (`pending`, `oldest_pending_age_ms`) are refreshed.
     pub lag_interval: Duration,
     /// Topic parked events are copied to, if any.
@@ -88,6 +92,7 @@ impl Default for RelayOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             reconcile_after: DEFAULT_RECONCILE_AFTER,
+            max_clock_skew: Duration::from_secs(2),
             lag_interval: Duration::from_secs(5),
             dlq_topic: None,
             create_topics: true,
@@ -415,7 +420,7 @@ impl OutboxRelay {
         // The two reads every pass needs, concurrently.
         let (prepared, window) = tokio::try_join!(
             store.prepared_heads(shards.clone()),
-            store.ready_window(shards.clone(), o.batch_size)
+            store.ready_window(shards.clone(), o.batch_size + 1)
         )?;
         let (prepared, window) = if prepared.is_empty() {
             (prepared, window)
@@ -425,7 +430,7 @@ impl OutboxRelay {
             if rec.ready + rec.abandoned + rec.parked > 0 {
                 tokio::try_join!(
                     store.prepared_heads(shards.clone()),
-                    store.ready_window(shards.clone(), o.batch_size)
+                    store.ready_window(shards.clone(), o.batch_size + 1)
                 )?
             } else {
                 (prepared, window)
@@ -434,8 +439,11 @@ impl OutboxRelay {
         if window.is_empty() {
             return Ok(());
         }
-        let full = window.len() >= o.batch_size;
-        report.more |= full;
+        // One more than a batch was asked for: whether the window holds every ready event.
+        let mut window = window;
+        let truncated = window.len() > o.batch_size;
+        window.truncate(o.batch_size);
+        report.more |= truncated;
 
         // Pending events outside the window: the lowest revision per aggregate.
         let mut earliest_outside: HashMap<String, i64> = HashMap::new();
@@ -444,23 +452,32 @@ impl OutboxRelay {
             *e = (*e).min(h.revision);
         };
         prepared.iter().for_each(&mut note);
-        if full {
-            let in_window: HashSet<&str> = window
-                .iter()
-                .filter_map(|d| d.get_str("_id").ok())
-                .collect();
-            let last_created = window
-                .last()
-                .map(|d| crate::outbox::store::millis(d.get("created_at")))
-                .unwrap_or(0);
-            for h in store.ready_heads_since(shards, last_created).await? {
-                if !in_window.contains(h.id.as_str()) {
-                    note(&h);
+        // Outside a truncated window, only events created after its last one remain. Events
+        // of one aggregate are recorded in revision order, so an earlier revision can only be
+        // out there if clocks disagree: events within `max_clock_skew` of the window's end
+        // wait for a later pass. When that is the whole window, read what is outside instead.
+        let mut edge_after = None;
+        if truncated {
+            let created = |d: &Document| crate::outbox::store::millis(d.get("created_at"));
+            let last_created = window.last().map(created).unwrap_or(0);
+            let edge =
+                last_created - i64::try_from(o.max_clock_skew.as_millis()).unwrap_or(i64::MAX / 4);
+            if window.iter().any(|d| created(d) <= edge) {
+                edge_after = Some(edge);
+            } else {
+                let in_window: HashSet<&str> = window
+                    .iter()
+                    .filter_map(|d| d.get_str("_id").ok())
+                    .collect();
+                for h in store.ready_heads_since(shards, last_created).await? {
+                    if !in_window.contains(h.id.as_str()) {
+                        note(&h);
+                    }
                 }
             }
         }
 
-        let (eligible, deferred) = select(&window, &earliest_outside, now_millis())?;
+        let (eligible, deferred) = select(&window, &earliest_outside, edge_after, now_millis())?;
         report.deferred += deferred;
         Counters::add(&self.inner.counters.deferred, deferred);
         if eligible.is_empty() {
@@ -700,11 +717,12 @@ fn shard_filter(owned: &[u32], shard_count: u32) -> Option<Bson> {
 
 /// Chooses what to publish from a window of ready records (oldest first): per aggregate, in
 /// revision order, up to the first event that must wait (an earlier revision pending outside
-/// the window, or not yet due after a failure). Returns the records in send order and how
-/// many were held back.
+/// the window, created after `edge_after`, or not yet due after a failure). Returns the
+/// records in send order and how many were held back.
 fn select(
     window: &[Document],
     earliest_outside: &HashMap<String, i64>,
+    edge_after: Option<i64>,
     now: i64,
 ) -> Result<(Vec<(OutboxRecord, Document)>, u64)> {
     let mut order: Vec<String> = Vec::new();
@@ -725,7 +743,8 @@ fn select(
         });
         let blocked_above = earliest_outside.get(&agg).copied();
         for (i, (h, d)) in chain.iter().enumerate() {
-            let blocked = blocked_above.is_some_and(|b| b < h.revision);
+            let blocked = blocked_above.is_some_and(|b| b < h.revision)
+                || edge_after.is_some_and(|t| h.created_at > t);
             if blocked || h.next_attempt_at > now {
                 deferred += (chain.len() - i) as u64;
                 break;
@@ -809,7 +828,7 @@ mod tests {
         let mut outside = HashMap::new();
         outside.insert("b".to_owned(), 6);
         outside.insert("c".to_owned(), 6);
-        let (out, deferred) = select(&window, &outside, 50).unwrap();
+        let (out, deferred) = select(&window, &outside, None, 50).unwrap();
         let ids: Vec<&str> = out
             .iter()
             .map(|(r, _)| r.envelope.event_id.as_str())
@@ -818,6 +837,14 @@ mod tests {
         // not blocked by an equal revision; d: first not due, so both wait.
         assert_eq!(ids, ["3", "1", "4", "5"]);
         assert_eq!(deferred, 3);
+        // Near the end of a truncated window (created after 12): c and a's revision 1 wait.
+        let (out, deferred) = select(&window, &outside, Some(12), 50).unwrap();
+        let ids: Vec<&str> = out
+            .iter()
+            .map(|(r, _)| r.envelope.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["3", "1"]);
+        assert_eq!(deferred, 5);
     }
 
     #[test]

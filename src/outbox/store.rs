@@ -940,13 +940,55 @@ impl OutboxStore {
             }
         }
 
-        // 3. The entity document itself.
+        // 3. The document names the op of the write that produced its current revision
+        //    (`_outbox_op`): at exactly this revision, that settles it, rivals or not.
+        if let Some(decided) = self.decided_by_op_stamp(&write, &h.op).await? {
+            return Ok(decided);
+        }
+
+        // 4. The entity document itself.
         let happened = self.write_happened(&write).await?;
         Ok(match (happened, ambiguous) {
             (false, _) => Decision::Abandoned,
             (true, false) => Decision::Ready,
             (true, true) => Decision::Parked(ambiguous_reason(h)),
         })
+    }
+
+    /// `Ready`/`Abandoned` when the document is at exactly the write's revision and carries
+    /// the op stamp of the write that produced it; `None` when that does not decide it.
+    async fn decided_by_op_stamp(&self, w: &WriteRef, op: &str) -> Result<Option<Decision>> {
+        let Some(field) = &w.revision_field else {
+            return Ok(None);
+        };
+        if w.kind == WriteKind::Delete && !w.soft_delete {
+            return Ok(None);
+        }
+        let coll = self.db.collection::<Document>(&w.collection);
+        let filter = doc! { w.tenant_field.as_str(): &w.tenant, w.id_field.as_str(): w.id.clone() };
+        let Some(found) = self
+            .bounded(
+                "read entity for reconciliation",
+                coll.find_one(filter)
+                    .projection(doc! { "_id": 0, field.as_str(): 1, "_outbox_op": 1 }),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let revision = match found.get(field.as_str()) {
+            Some(Bson::Int32(i)) => i64::from(*i),
+            Some(Bson::Int64(i)) => *i,
+            _ => return Ok(None),
+        };
+        match found.get_str("_outbox_op") {
+            Ok(stamp) if revision == w.revision => Ok(Some(if stamp == op {
+                Decision::Ready
+            } else {
+                Decision::Abandoned
+            })),
+            _ => Ok(None),
+        }
     }
 
     /// Reads the entity document named by `w` and tells whether the write is reflected.

@@ -24,6 +24,8 @@ use crate::tenant::TenantId;
 pub(crate) struct Recording {
     store: OutboxStore,
     ids: Vec<String>,
+    /// (tenant, aggregate type, aggregate id, revision) of the write.
+    aggregate: (String, String, String, i64),
 }
 
 /// What a write carries into its events.
@@ -51,9 +53,17 @@ impl Recording {
         };
         let store = OutboxStore::new(repo.storage(), E::META.database);
         store.prepare(&records).await?;
+        let first = &records[0].envelope;
+        let aggregate = (
+            first.tenant.clone(),
+            first.aggregate_type.clone(),
+            first.aggregate_id.clone(),
+            i64::try_from(first.revision).unwrap_or(i64::MAX),
+        );
         Ok(Some(Recording {
             store,
             ids: records.into_iter().map(|r| r.envelope.event_id).collect(),
+            aggregate,
         }))
     }
 
@@ -61,7 +71,11 @@ impl Recording {
     /// definitely did not; left `prepared` for reconciliation when nobody knows.
     pub(crate) async fn settle<T>(self, outcome: &Result<T>, happened: impl FnOnce(&T) -> bool) {
         let verdict = match outcome {
-            Ok(v) if happened(v) => self.store.commit(&self.ids).await,
+            Ok(v) if happened(v) => {
+                let r = self.store.commit(&self.ids).await;
+                self.abandon_rivals().await;
+                r
+            }
             Ok(_) => self.store.abandon(&self.ids).await,
             Err(
                 Error::VersionConflict { .. }
@@ -74,6 +88,50 @@ impl Recording {
         };
         if let Err(e) = verdict {
             tracing::warn!(error = %e, events = ?self.ids, "could not settle outbox events; reconciliation will");
+        }
+    }
+}
+
+impl Recording {
+    /// The op id of this write's events (the first event's id), stamped on the document.
+    pub(crate) fn op(&self) -> &str {
+        &self.ids[0]
+    }
+
+    /// This write took the aggregate to its revision, so any other `prepared` events for the
+    /// same revision belong to a writer that stopped before writing (its claim expired, or it
+    /// failed): that write can no longer happen (versions only grow; a second insert of the id
+    /// fails on the unique index). Deciding them now keeps reconciliation, which only sees
+    /// that the document reached the revision, from publishing them.
+    async fn abandon_rivals(&self) {
+        let (tenant, aggregate_type, aggregate_id, revision) = &self.aggregate;
+        let r = self
+            .store
+            .collection()
+            .update_many(
+                mongodb::bson::doc! {
+                    "tenant": tenant,
+                    "aggregate_type": aggregate_type,
+                    "aggregate_id": aggregate_id,
+                    "revision": revision,
+                    "state": "prepared",
+                    "_id": { "$nin": &self.ids },
+                },
+                mongodb::bson::doc! { "$set": {
+                    "state": "abandoned",
+                    "updated_at": mongodb::bson::DateTime::now(),
+                } },
+            )
+            .await;
+        match r {
+            Ok(r) if r.modified_count > 0 => tracing::info!(
+                aggregate = %aggregate_id, revision, abandoned = r.modified_count,
+                "abandoned outbox events of a writer that stopped before its write"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not abandon rival outbox events; reconciliation will decide them")
+            }
         }
     }
 }

@@ -37,6 +37,26 @@ pub(crate) enum RawWrite {
     },
 }
 
+/// Framework field: the outbox op (id of the first event) of the write that produced the
+/// document's current version, so reconciliation can tell rival writers apart.
+pub(crate) const OP_FIELD: &str = "_outbox_op";
+
+impl RawWrite {
+    fn stamp(&mut self, op: &str) {
+        match self {
+            RawWrite::Insert(doc) | RawWrite::Replace { doc, .. } => {
+                doc.insert(OP_FIELD, op);
+            }
+            RawWrite::Update { update, .. } => {
+                if let Ok(set) = update.get_document_mut("$set") {
+                    set.insert(OP_FIELD, op);
+                }
+            }
+            RawWrite::Delete { .. } => {}
+        }
+    }
+}
+
 /// What a [`RawWrite`] did.
 pub(crate) enum Outcome {
     Inserted,
@@ -62,16 +82,20 @@ pub(crate) async fn run<E: Entity>(
     operation: &'static str,
     tenant: &TenantId,
     id: &E::Id,
-    write: RawWrite,
+    mut write: RawWrite,
     events: WriteEvents<'_>,
 ) -> Result<Outcome> {
     if repo.storage().capabilities().transactions {
         if let Some(records) = pending::<E>(tenant, id, events)? {
+            write.stamp(&records[0].envelope.event_id);
             return transactional(repo, operation, &records, &write).await;
         }
         return exec(repo, operation, &write, None).await;
     }
     let recording = Recording::prepare(repo, tenant, id, events).await?;
+    if let Some(r) = &recording {
+        write.stamp(r.op());
+    }
     if recording.is_some() {
         repo.storage().fault(FaultPoint::OutboxAfterPrepare)?;
     }

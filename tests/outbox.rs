@@ -1,0 +1,331 @@
+//! Outbox events recorded by the generated repository and published by the relay to the real
+//! Kafka broker, on FerretDB (no transactions: the outbox-first protocol under version claims).
+//! Events are read back with a plain rdkafka consumer.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use caas_storage::outbox::{envelope_from_message, EventEnvelope, OutboxRelay, RelayOptions};
+use caas_storage::prelude::*;
+use caas_storage::{FaultPoint, StorageConfig};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const TOPIC: &str = "test.outbox.orders";
+const DB: &str = "caas_outbox_it";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_outbox_it", collection = "orders", consistency = causal,
+             outbox(topic = "test.outbox.orders", insert = "order.placed", update = "order.changed", delete = "order.cancelled"))]
+pub struct Order {
+    #[repository(id)]
+    pub order_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub status: String,
+    #[repository(secret)]
+    #[serde(default)]
+    pub card_token: String,
+    #[repository(version)]
+    pub version: u64,
+}
+
+fn order(t: &TenantId, id: &str) -> Order {
+    Order {
+        order_id: id.into(),
+        tenant_id: t.to_string(),
+        status: "new".into(),
+        card_token: "tok_secret".into(),
+        version: 0,
+    }
+}
+
+fn relay(storage: &Storage) -> OutboxRelay {
+    let mut options = RelayOptions::for_databases([DB]);
+    options.reconcile_after = Duration::from_millis(500);
+    options.poll_interval = Duration::from_millis(50);
+    OutboxRelay::new(storage, options).unwrap()
+}
+
+/// Every event of `tenant` on the topic, waiting until `want` arrived (then a second more, to
+/// catch extras).
+async fn events_of(tenant: &TenantId, want: usize) -> Vec<EventEnvelope> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::config().kafka.brokers)
+        .set("group.id", format!("outbox-it-{tenant}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let partitions = loop {
+        let md = consumer
+            .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+            .unwrap();
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == TOPIC)
+            .map_or(0, |t| t.partitions().len());
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "topic never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(TOPIC, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let hard = Instant::now() + Duration::from_secs(40);
+    let mut soft: Option<Instant> = None;
+    loop {
+        let until = soft.unwrap_or(hard).min(hard);
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        match tokio::time::timeout(until - now, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let e = envelope_from_message(&m).unwrap();
+                if e.tenant == tenant.as_str() {
+                    out.push(e);
+                }
+            }
+            Ok(Err(e)) => panic!("consumer: {e}"),
+            Err(_) => break,
+        }
+        if out.len() >= want && soft.is_none() {
+            soft = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    out
+}
+
+fn by_aggregate(events: &[EventEnvelope]) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut m: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for e in events {
+        m.entry(e.aggregate_id.clone())
+            .or_default()
+            .push((e.revision, e.event_type.clone()));
+    }
+    m
+}
+
+#[tokio::test]
+async fn writes_publish_exactly_their_events_in_aggregate_order() {
+    let storage = common::storage().await;
+    storage.sync_indexes::<Order>().await.unwrap();
+    let repo = OrderRepository::new(&storage);
+    let t = common::tenant("outbox-order");
+    let handle = relay(&storage).spawn();
+    // 3 aggregates: insert, 3 updates, a replace, and a delete on one of them.
+    for a in 0..3 {
+        let id = format!("o{a}");
+        repo.insert(&t, &order(&t, &id)).await.unwrap();
+        for step in 0..3 {
+            let patch = OrderPatch {
+                status: Some(format!("step{step}")),
+                ..Default::default()
+            };
+            repo.update(&t, &id, patch).await.unwrap().unwrap();
+        }
+        let mut current = repo.get(&t, &id).await.unwrap();
+        current.status = "replaced".into();
+        repo.replace(&t, &mut current).await.unwrap();
+    }
+    assert!(repo.delete(&t, &"o1".to_owned()).await.unwrap());
+    let events = events_of(&t, 16).await;
+    handle.shutdown().await;
+    assert_eq!(events.len(), 16, "{:#?}", by_aggregate(&events));
+    let per = by_aggregate(&events);
+    for (id, evs) in &per {
+        let revisions: Vec<u64> = evs.iter().map(|(r, _)| *r).collect();
+        let mut sorted = revisions.clone();
+        sorted.sort_unstable();
+        assert_eq!(revisions, sorted, "{id}: events out of order");
+        assert_eq!(evs[0].1, "order.placed");
+        assert!(evs[1..5].iter().all(|(_, ty)| ty == "order.changed"));
+    }
+    assert_eq!(
+        per["o1"].last().unwrap(),
+        &(5, "order.cancelled".to_owned())
+    );
+    let placed = events
+        .iter()
+        .find(|e| e.event_type == "order.placed")
+        .unwrap();
+    assert_eq!(placed.aggregate_type, "Order");
+    assert_eq!(placed.payload["status"], "new");
+    assert!(
+        placed.payload.get("card_token").is_none(),
+        "secret fields never leave in events"
+    );
+    let changed = events
+        .iter()
+        .find(|e| e.event_type == "order.changed")
+        .unwrap();
+    assert!(
+        changed.payload.get("status").is_some(),
+        "update events carry what changed"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_get_one_event_per_acknowledged_write() {
+    let storage = common::storage().await;
+    storage.sync_indexes::<Order>().await.unwrap();
+    let repo = OrderRepository::new(&storage);
+    let t = common::tenant("outbox-race");
+    repo.insert(&t, &order(&t, "hot")).await.unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|w| {
+            let (repo, t) = (repo.clone(), t.clone());
+            tokio::spawn(async move {
+                let mut acked = 0;
+                for i in 0..4 {
+                    let patch = OrderPatch {
+                        status: Some(format!("w{w}-{i}")),
+                        ..Default::default()
+                    };
+                    if repo.update(&t, &"hot".to_owned(), patch).await.is_ok() {
+                        acked += 1;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await.unwrap();
+    }
+    let handle = relay(&storage).spawn();
+    let events = events_of(&t, 1 + acked).await;
+    handle.shutdown().await;
+    let updates: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event_type == "order.changed")
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(updates.len(), acked, "one event per acknowledged write");
+    let want: Vec<u64> = (1..=acked as u64).collect();
+    assert_eq!(updates, want, "distinct revisions, in order");
+    assert_eq!(
+        repo.get(&t, &"hot".to_owned()).await.unwrap().version,
+        acked as u64
+    );
+}
+
+/// The writer stops dead at each step of the protocol. Events whose write did not happen are
+/// never published (no phantom event); events whose write happened are published (none lost).
+#[tokio::test]
+async fn a_writer_dying_at_any_step_leaves_no_phantom_and_no_lost_event() {
+    let mut config: StorageConfig = common::config();
+    config.mongodb.app_name = "outbox-crash".into();
+    let storage = Storage::connect(config).await.unwrap();
+    storage.sync_indexes::<Order>().await.unwrap();
+    let repo = OrderRepository::new(&storage);
+    let t = common::tenant("outbox-crash");
+    repo.insert(&t, &order(&t, "c1")).await.unwrap();
+
+    // Dies after recording the events, before writing: the write never happens.
+    storage.inject_fault(FaultPoint::OutboxAfterPrepare);
+    let patch = OrderPatch {
+        status: Some("never".into()),
+        ..Default::default()
+    };
+    assert!(repo
+        .update_checked(&t, &"c1".to_owned(), 0, patch)
+        .await
+        .is_err());
+    assert_eq!(repo.get(&t, &"c1".to_owned()).await.unwrap().version, 0);
+
+    // Dies after writing, before marking the events: the write happened.
+    storage.inject_fault(FaultPoint::OutboxAfterWrite);
+    let patch = OrderPatch {
+        status: Some("written".into()),
+        ..Default::default()
+    };
+    assert!(repo
+        .update_checked(&t, &"c1".to_owned(), 0, patch)
+        .await
+        .is_err());
+    let now = repo.get(&t, &"c1".to_owned()).await.unwrap();
+    assert_eq!((now.version, now.status.as_str()), (1, "written"));
+
+    // Same for an insert whose write happened but whose events were not marked.
+    storage.inject_fault(FaultPoint::OutboxAfterWrite);
+    assert!(repo.insert(&t, &order(&t, "c2")).await.is_err());
+    // And an insert that died before writing.
+    storage.inject_fault(FaultPoint::OutboxAfterPrepare);
+    assert!(repo.insert(&t, &order(&t, "c3")).await.is_err());
+    assert!(!repo.exists(&t, &"c3".to_owned()).await.unwrap());
+
+    tokio::time::sleep(Duration::from_millis(600)).await; // past reconcile_after
+    let handle = relay(&storage).spawn();
+    let events = events_of(&t, 3).await;
+    handle.shutdown().await;
+    let seen: Vec<(String, u64, String)> = events
+        .iter()
+        .map(|e| (e.aggregate_id.clone(), e.revision, e.event_type.clone()))
+        .collect();
+    assert_eq!(
+        seen.len(),
+        3,
+        "c1 placed, c1 changed (the write that happened), c2 placed: {seen:?}"
+    );
+    assert!(seen.contains(&("c1".into(), 1, "order.changed".into())));
+    assert!(seen.contains(&("c2".into(), 0, "order.placed".into())));
+    assert!(
+        !seen.iter().any(|(id, _, _)| id == "c3"),
+        "phantom event for a write that never happened"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "order.changed")
+            .count(),
+        1,
+        "the write that never happened has no event"
+    );
+}
+
+#[tokio::test]
+async fn custom_events_travel_with_the_write() {
+    let storage = common::storage().await;
+    storage.sync_indexes::<Order>().await.unwrap();
+    let repo = OrderRepository::new(&storage);
+    let t = common::tenant("outbox-custom");
+    let extra = EventEnvelope::new(
+        "order.fraud_check_requested",
+        "Order",
+        "x",
+        "x",
+        serde_json::json!({"score": 7}),
+    )
+    .with_correlation_id("req-42");
+    repo.insert_with_events(&t, &order(&t, "k1"), &[extra])
+        .await
+        .unwrap();
+    let handle = relay(&storage).spawn();
+    let events = events_of(&t, 2).await;
+    handle.shutdown().await;
+    assert_eq!(events.len(), 2);
+    let custom = events
+        .iter()
+        .find(|e| e.event_type == "order.fraud_check_requested")
+        .unwrap();
+    assert_eq!(
+        custom.aggregate_id, "k1",
+        "custom events belong to the written aggregate"
+    );
+    assert_eq!(custom.tenant, t.as_str());
+    assert_eq!(custom.correlation_id.as_deref(), Some("req-42"));
+    assert_eq!(custom.payload["score"], 7);
+}
