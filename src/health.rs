@@ -99,11 +99,7 @@ where
 /// Combines component results into the overall status.
 pub(crate) fn overall(components: &[ComponentHealth]) -> HealthStatus {
     let down = |c: &&ComponentHealth| c.status != HealthStatus::Up;
-    if components
-        .iter()
-        .filter(down)
-        .any(|c| c.component == Component::Mongodb)
-    {
+    if components.iter().filter(down).any(|c| c.name == "mongodb") {
         HealthStatus::Down
     } else if components.iter().any(|c| down(&c)) {
         HealthStatus::Degraded

@@ -50,6 +50,9 @@ struct Inner {
     cache: CacheLayer,
     write_behind: WriteBehind,
     faults: std::sync::Mutex<Vec<FaultPoint>>,
+    /// Databases whose entities record outbox events (learnt as repositories are made), for
+    /// the outbox lag in the health report.
+    outbox_databases: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 /// Points where a test can make a write stop as if the process died there (see
@@ -179,6 +182,7 @@ impl Storage {
                 cache,
                 write_behind,
                 faults: std::sync::Mutex::new(Vec::new()),
+                outbox_databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         };
         let wb = &storage.inner.config.write_behind;
@@ -241,6 +245,16 @@ impl Storage {
         &self.inner.write_behind
     }
 
+    /// Notes that entities of `database` record outbox events (the health report then shows
+    /// that outbox's lag).
+    pub(crate) fn note_outbox_database(&self, database: &'static str) {
+        self.inner
+            .outbox_databases
+            .lock()
+            .expect("outbox databases")
+            .insert(database);
+    }
+
     /// Fault injection for tests: the next write through this handle that reaches `point`
     /// stops there, as if the process died, and returns a timeout error.
     #[doc(hidden)]
@@ -271,6 +285,78 @@ impl Storage {
     /// The shared idempotent Kafka producer.
     pub fn kafka_producer(&self) -> &FutureProducer {
         &self.inner.kafka
+    }
+
+    /// The backlogs: writes queued for `eventual` entities and events waiting in outboxes.
+    /// Reported `up` with their lag in the details (a backlog is not an outage); `down` only
+    /// when it cannot be read.
+    async fn backlog_health(&self, timeout: Duration) -> Vec<ComponentHealth> {
+        use std::sync::Mutex;
+        let queue = Mutex::new(BTreeMap::new());
+        let write_behind = health::check(
+            "write_behind".into(),
+            Component::Redis,
+            timeout,
+            BTreeMap::new(),
+            async {
+                let lag = self
+                    .write_behind()
+                    .lag(self)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut d = queue.lock().expect("details");
+                d.insert(
+                    "pending".to_owned(),
+                    lag.iter().map(|l| l.pending).sum::<u64>().into(),
+                );
+                d.insert(
+                    "oldest_age_ms".to_owned(),
+                    lag.iter()
+                        .map(|l| l.oldest_age_ms)
+                        .max()
+                        .unwrap_or(0)
+                        .into(),
+                );
+                d.insert(
+                    "dead_letters".to_owned(),
+                    lag.iter().map(|l| l.dead_letters).sum::<u64>().into(),
+                );
+                Ok(())
+            },
+        );
+        let databases: Vec<&'static str> = self
+            .inner
+            .outbox_databases
+            .lock()
+            .expect("outbox databases")
+            .iter()
+            .copied()
+            .collect();
+        let events = Mutex::new(BTreeMap::new());
+        let outbox = health::check(
+            "outbox".into(),
+            Component::Mongodb,
+            timeout,
+            BTreeMap::new(),
+            async {
+                let lag = crate::outbox::outbox_lag(self, &databases)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut d = events.lock().expect("details");
+                d.insert("databases".to_owned(), databases.clone().into());
+                d.insert("pending".to_owned(), lag.pending.into());
+                d.insert("parked".to_owned(), lag.parked.into());
+                d.insert(
+                    "oldest_pending_age_ms".to_owned(),
+                    lag.oldest_pending_age_ms.unwrap_or(0).into(),
+                );
+                Ok(())
+            },
+        );
+        let (mut wb, mut ob) = tokio::join!(write_behind, outbox);
+        wb.details = queue.into_inner().expect("details");
+        ob.details = events.into_inner().expect("details");
+        vec![wb, ob]
     }
 
     /// What the health check pings: each allocated logical database, or the cluster once.
@@ -397,10 +483,12 @@ impl Storage {
             )
         };
 
-        let (mongo, redis, kafka) = tokio::join!(mongo, redis, kafka);
+        let backlog = self.backlog_health(timeout);
+        let (mongo, redis, kafka, backlog) = tokio::join!(mongo, redis, kafka, backlog);
         let mut components: Vec<ComponentHealth> = vec![mongo];
         components.extend(redis);
         components.push(kafka);
+        components.extend(backlog);
         HealthReport {
             status: health::overall(&components),
             timestamp,

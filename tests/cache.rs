@@ -534,3 +534,86 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
     }
     assert_eq!(load("after").await, 0);
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "test_prefs", consistency = read_your_writes,
+             cache(ttl = "5m", local(ttl = "30s", capacity = 1000)))]
+pub struct Pref {
+    #[repository(id)]
+    pub key: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub value: String,
+    #[repository(version)]
+    pub version: u64,
+}
+
+/// Two handles (two service instances) with in-process tiers: a write through one drops the
+/// other's in-process copy (Redis pub/sub), so the other reads the write, not its old copy.
+#[tokio::test]
+async fn a_write_on_one_instance_invalidates_the_in_process_tier_of_another() {
+    let a = common::storage().await;
+    let b = common::storage().await;
+    let (repo_a, repo_b) = (PrefRepository::new(&a), PrefRepository::new(&b));
+    let t = common::tenant("cache-local");
+    let key = "theme".to_owned();
+    repo_a
+        .insert(
+            &t,
+            &Pref {
+                key: key.clone(),
+                tenant_id: t.to_string(),
+                value: "dark".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
+    // Both instances hold the value in their in-process tier.
+    for repo in [&repo_a, &repo_b] {
+        assert_eq!(
+            repo.find_by_id(&t, &key).await.unwrap().unwrap().value,
+            "dark"
+        );
+        assert_eq!(
+            repo.find_by_id(&t, &key).await.unwrap().unwrap().value,
+            "dark"
+        );
+    }
+    assert!(b.cache().metrics_of::<Pref>().local_hits >= 1);
+    // Give B's subscription a moment to be live (it starts with the first local read).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    repo_a
+        .update(
+            &t,
+            &key,
+            PrefPatch {
+                value: Some("light".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        repo_a.find_by_id(&t, &key).await.unwrap().unwrap().value,
+        "light",
+        "the writing instance reads its write at once"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = repo_b.find_by_id(&t, &key).await.unwrap().unwrap();
+        if seen.value == "light" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance B kept serving its stale in-process copy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = b.cache().metrics_of::<Pref>();
+    assert!(
+        m.local_misses >= 2,
+        "B missed locally after the invalidation: {m:?}"
+    );
+}

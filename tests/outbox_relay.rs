@@ -337,7 +337,10 @@ async fn a_later_revision_waits_for_an_earlier_pending_one() {
         );
         assert!(relay.metrics().deferred >= 3);
 
-        store.commit(&[e1.envelope.event_id.clone()]).await.unwrap();
+        store
+            .commit(std::slice::from_ref(&e1.envelope.event_id))
+            .await
+            .unwrap();
         drain_until(&relay, Duration::from_secs(20), || async {
             store.pending_count().await.unwrap() == 0
         })
@@ -435,7 +438,7 @@ async fn crashed_writers_are_reconciled_without_phantom_or_lost_events() {
         let failed = event(&tenant, &topic, "failed", 1, WriteKind::Insert, false);
         store.prepare(std::slice::from_ref(&failed)).await.unwrap();
         store
-            .abandon(&[failed.envelope.event_id.clone()])
+            .abandon(std::slice::from_ref(&failed.envelope.event_id))
             .await
             .unwrap();
         assert_eq!(
@@ -953,4 +956,21 @@ async fn measured_server_concurrency_facts() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn probe_idle_client() {
+    let storage = storage().await;
+    let mode = std::env::var("PROBE_MODE").unwrap_or_default();
+    for _ in 0..25 {
+        if mode == "ops" {
+            let _ = storage
+                .database("caas_outbox_probe")
+                .collection::<Document>("x")
+                .find_one(doc! {})
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

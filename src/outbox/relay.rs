@@ -49,8 +49,9 @@ pub struct RelayOptions {
     pub batch_size: usize,
     /// Pause between passes that found no full batch.
     pub poll_interval: Duration,
-    /// Lifetime of a shard lease; renewed every third of it. A crashed relay's shards are
-    /// taken over after at most this long.
+    /// Lifetime of a relay's heartbeat, which keeps all its shard leases; renewed every third
+    /// of it. A crashed relay's shards are taken over within about `lease_ttl * 4/3`. Relay
+    /// clocks must agree to well within a third of it.
     pub lease_ttl: Duration,
     /// Delivery attempts before an event is parked.
     pub max_attempts: u32,

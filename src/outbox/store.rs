@@ -494,10 +494,9 @@ impl OutboxStore {
                 .await
             }
             None => {
-                self.bounded(
-                    "insert outbox records",
-                    self.coll.insert_many(docs).ordered(false),
-                )
+                self.retrying("insert outbox records", || {
+                    self.coll.insert_many(docs.iter()).ordered(false)
+                })
                 .await
             }
         };
@@ -574,11 +573,12 @@ impl OutboxStore {
             }
             // One command; the state equality narrows what the server scans.
             _ => self
-                .bounded(
-                    "update outbox state",
-                    self.coll
-                        .update_many(doc! { "state": from.as_str(), "_id": { "$in": ids } }, set),
-                )
+                .retrying("update outbox state", || {
+                    self.coll.update_many(
+                        doc! { "state": from.as_str(), "_id": { "$in": ids } },
+                        set.clone(),
+                    )
+                })
                 .await
                 .map(|r| r.matched_count),
         }
@@ -606,10 +606,9 @@ impl OutboxStore {
             })
             .collect();
         match self
-            .bounded(
-                "archive published outbox records",
-                self.published.insert_many(copies).ordered(false),
-            )
+            .retrying("archive published outbox records", || {
+                self.published.insert_many(copies.iter()).ordered(false)
+            })
             .await
         {
             Ok(_) => {}
@@ -617,11 +616,11 @@ impl OutboxStore {
             Err(Error::Mongo { source, .. }) if only_duplicates(&source) => {}
             Err(e) => return Err(e),
         }
-        self.bounded(
-            "remove published records from the outbox",
-            self.coll
-                .delete_many(doc! { "state": EventState::Ready.as_str(), "_id": { "$in": ids } }),
-        )
+        self.retrying("remove published records from the outbox", || {
+            self.coll.delete_many(
+                doc! { "state": EventState::Ready.as_str(), "_id": { "$in": ids.clone() } },
+            )
+        })
         .await
         .map(drop)
     }
@@ -654,9 +653,11 @@ impl OutboxStore {
         filter: Document,
         update: Document,
     ) -> Result<u64> {
-        self.bounded(operation, self.coll.update_one(filter, update))
-            .await
-            .map(|r| r.matched_count)
+        self.retrying(operation, || {
+            self.coll.update_one(filter.clone(), update.clone())
+        })
+        .await
+        .map(|r| r.matched_count)
     }
 
     /// One record by event id, pending or published.
@@ -1132,6 +1133,30 @@ impl OutboxStore {
             find.await?.try_collect::<Vec<Document>>().await
         };
         self.bounded(operation, fut).await
+    }
+
+    /// [`bounded`](Self::bounded), retried up to twice after a connection-level failure (I/O
+    /// error, pool cleared): only for calls that are idempotent.
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut call: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: IntoFuture<Output = mongodb::error::Result<T>>,
+    {
+        let mut attempt = 0_u64;
+        loop {
+            match self.bounded(operation, call()).await {
+                Err(e @ Error::Mongo { .. }) if e.is_transient() && attempt < 2 => {
+                    attempt += 1;
+                    tracing::debug!(database = %self.database, operation, error = %e, "retrying an outbox write");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Runs a driver call within the operation bound, with the outbox named in errors.

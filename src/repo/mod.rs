@@ -113,6 +113,9 @@ impl<E: Entity> Repository<E> {
     }
 
     fn with_model(storage: &Storage, c: Consistency) -> Self {
+        if E::META.outbox.is_some() {
+            storage.note_outbox_database(E::META.database);
+        }
         let options = CollectionOptions::builder()
             .write_concern(c.write_concern())
             .read_concern(c.read_concern())
