@@ -11,7 +11,8 @@
 //! revisions) as `ready` (untimed), then times one relay draining them (read, order, publish,
 //! await delivery, mark published); the baseline times sending the same keys, values and
 //! headers with the same producer and awaiting every delivery report. Rounds alternate which
-//! goes first; medians are compared. A third contender, the hand-written floor, does the least
+//! goes first (`OUTBOX_BENCH_ROUNDS`, default 7; relay batch `OUTBOX_BENCH_BATCH`, default
+//! 200); medians are compared. A third contender, the hand-written floor, does the least
 //! database work any relay must do (read the records once, archive, delete) around the same
 //! sends, to tell the relay's own overhead from the database's cost.
 
@@ -159,7 +160,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn main() {
     let n = env_or("OUTBOX_BENCH_EVENTS", 1000);
     let rounds = env_or("OUTBOX_BENCH_ROUNDS", 7);
-    let batch_size = env_or("OUTBOX_BENCH_BATCH", 500);
+    let batch_size = env_or("OUTBOX_BENCH_BATCH", 200);
     let storage = Storage::connect(StorageConfig::from_env().unwrap())
         .await
         .unwrap();

@@ -957,20 +957,3 @@ async fn measured_server_concurrency_facts() {
     })
     .await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn probe_idle_client() {
-    let storage = storage().await;
-    let mode = std::env::var("PROBE_MODE").unwrap_or_default();
-    for _ in 0..25 {
-        if mode == "ops" {
-            let _ = storage
-                .database("caas_outbox_probe")
-                .collection::<Document>("x")
-                .find_one(doc! {})
-                .await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
