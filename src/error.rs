@@ -257,6 +257,28 @@ fn kafka_is_transient(e: &rdkafka::error::KafkaError) -> bool {
     }
 }
 
+/// Runs one driver call under `after`: a late answer is [`Error::Timeout`], a driver error is
+/// [`Error::Mongo`] naming `operation` on `database.collection`.
+pub(crate) async fn bounded_mongo<T>(
+    after: Duration,
+    operation: &'static str,
+    (database, collection): (&str, &str),
+    call: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, call.into_future()).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::mongo(
+            format!("{operation} ({database}.{collection})"),
+            e,
+        )),
+        Err(_) => Err(Error::Timeout {
+            component: Component::Mongodb,
+            operation,
+            after,
+        }),
+    }
+}
+
 /// MongoDB's duplicate-key error code.
 pub(crate) const DUPLICATE_KEY: i32 = 11000;
 

@@ -52,8 +52,12 @@ fn relay(storage: &Storage) -> OutboxRelay {
 /// Every event of `tenant` on the topic, waiting until `want` arrived (then a second more, to
 /// catch extras).
 async fn events_of(tenant: &TenantId, want: usize) -> Vec<EventEnvelope> {
+    events_from(&common::config().kafka.brokers, tenant, want).await
+}
+
+async fn events_from(brokers: &str, tenant: &TenantId, want: usize) -> Vec<EventEnvelope> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", common::config().kafka.brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("outbox-it-{tenant}"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -328,4 +332,95 @@ async fn custom_events_travel_with_the_write() {
     assert_eq!(custom.tenant, t.as_str());
     assert_eq!(custom.correlation_id.as_deref(), Some("req-42"));
     assert_eq!(custom.payload["score"], 7);
+}
+
+/// Lives in its own database so that only this test's relay (on a private broker) drains it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_outbox_it_down", collection = "parcels", consistency = causal,
+             outbox(topic = "test.outbox.orders"))]
+pub struct Parcel {
+    #[repository(id)]
+    pub parcel_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub status: String,
+    #[repository(version)]
+    pub version: u64,
+}
+
+/// The broker stops while writes go on, then comes back: every event is delivered, none lost.
+#[tokio::test]
+async fn events_written_while_kafka_is_down_are_delivered_when_it_returns() {
+    let mut kafka = tokio::task::spawn_blocking(common::private_kafka)
+        .await
+        .unwrap();
+    let mut config = common::config();
+    config.kafka.brokers = format!("127.0.0.1:{}", kafka.port);
+    config.kafka.message_timeout = Duration::from_secs(3);
+    let storage = Storage::connect(config).await.unwrap();
+    storage.sync_indexes::<Parcel>().await.unwrap();
+    let repo = ParcelRepository::new(&storage);
+    let t = common::tenant("outbox-broker-down");
+    let mut options = RelayOptions::for_databases(["caas_outbox_it_down"]);
+    options.poll_interval = Duration::from_millis(50);
+    options.backoff_base = Duration::from_millis(200);
+    options.backoff_max = Duration::from_secs(1);
+    options.max_attempts = 1000; // retry through the outage, never park
+    let handle = OutboxRelay::new(&storage, options).unwrap().spawn();
+    let brokers = storage.config().kafka.brokers.clone();
+
+    for i in 0..5 {
+        let p = Parcel {
+            parcel_id: format!("k{i}"),
+            tenant_id: t.to_string(),
+            status: "new".into(),
+            version: 0,
+        };
+        repo.insert(&t, &p).await.unwrap();
+    }
+    assert_eq!(events_from(&brokers, &t, 5).await.len(), 5);
+
+    kafka.stop();
+    for i in 0..5 {
+        let patch = ParcelPatch {
+            status: Some("while-down".into()),
+        };
+        repo.update(&t, &format!("k{i}"), patch)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await; // the relay keeps failing meanwhile
+    let kafka = tokio::task::spawn_blocking(move || {
+        kafka.start();
+        kafka
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut distinct = 0;
+    let mut changed = 0;
+    while Instant::now() < deadline {
+        let events = events_from(&brokers, &t, 10).await;
+        let ids: std::collections::BTreeSet<&str> =
+            events.iter().map(|e| e.event_id.as_str()).collect();
+        distinct = ids.len();
+        changed = events
+            .iter()
+            .filter(|e| e.event_type == "parcel.updated")
+            .count();
+        if distinct >= 10 {
+            break;
+        }
+    }
+    handle.shutdown().await;
+    drop(kafka);
+    assert_eq!(
+        distinct, 10,
+        "every event of every acknowledged write arrives"
+    );
+    assert!(
+        changed >= 5,
+        "the five updates made while the broker was down"
+    );
 }

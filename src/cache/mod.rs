@@ -561,6 +561,29 @@ impl CacheLayer {
         Ok(())
     }
 
+    /// Drops every cache entry whose key matches the `SCAN` glob `pattern` (relative to
+    /// `redis.key_prefix`; e.g. `{acme:User:*` for one tenant's users) in the cache database
+    /// of MongoDB database `database`. Returns how many entries were dropped.
+    pub async fn invalidate_pattern(
+        &self,
+        storage: &Storage,
+        database: &str,
+        pattern: &str,
+    ) -> Result<u64> {
+        let mut conn = storage.redis_cache_for(database);
+        let full = format!("{}{pattern}", self.prefix);
+        let n = self
+            .delete_matching(&mut conn, &full)
+            .await
+            .map_err(|_| Error::Timeout {
+                component: Component::Redis,
+                operation: "cache invalidation by pattern",
+                after: self.settings.op_timeout,
+            })?;
+        self.local.clear_all();
+        Ok(n)
+    }
+
     /// Drops every cached entry of `E` in `tenant` (or, with `None`, in every tenant), found
     /// with `SCAN`. Returns how many entries were dropped.
     pub async fn invalidate_all<E: Entity>(

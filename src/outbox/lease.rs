@@ -348,17 +348,12 @@ impl ShardLeases {
         operation: &'static str,
         fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.op_timeout, fut.into_future()).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::mongo(
-                format!("{operation} ({}.{LEASE_COLLECTION})", self.database),
-                e,
-            )),
-            Err(_) => Err(Error::Timeout {
-                component: Component::Mongodb,
-                operation,
-                after: self.op_timeout,
-            }),
-        }
+        crate::error::bounded_mongo(
+            self.op_timeout,
+            operation,
+            (&self.database, LEASE_COLLECTION),
+            fut,
+        )
+        .await
     }
 }

@@ -18,7 +18,7 @@ use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::capabilities::ServerProduct;
-use crate::error::{duplicate_key_message, Component, Error, Result};
+use crate::error::{duplicate_key_message, Error, Result};
 use crate::outbox::envelope::{rfc3339_millis, EventEnvelope};
 use crate::storage::Storage;
 
@@ -1165,18 +1165,13 @@ impl OutboxStore {
         operation: &'static str,
         fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.op_timeout, fut.into_future()).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::mongo(
-                format!("{operation} ({}.{OUTBOX_COLLECTION})", self.database),
-                e,
-            )),
-            Err(_) => Err(Error::Timeout {
-                component: Component::Mongodb,
-                operation,
-                after: self.op_timeout,
-            }),
-        }
+        crate::error::bounded_mongo(
+            self.op_timeout,
+            operation,
+            (&self.database, OUTBOX_COLLECTION),
+            fut,
+        )
+        .await
     }
 }
 

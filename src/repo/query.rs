@@ -2,6 +2,7 @@
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::FindOptions;
 use serde::de::DeserializeOwned;
 
 use crate::entity::Entity;
@@ -122,6 +123,15 @@ impl<'r, E: Entity> Query<'r, E> {
         })
     }
 
+    fn find_options(&self) -> FindOptions {
+        FindOptions::builder()
+            .projection(self.projection())
+            .sort(self.sort_document())
+            .skip(self.skip)
+            .limit(self.limit)
+            .build()
+    }
+
     fn filter_document(&mut self) -> Result<Document> {
         let user = std::mem::take(&mut self.filter).into_document()?;
         self.repo.scoped(&self.tenant, user)
@@ -147,19 +157,7 @@ impl<'r, E: Entity> Query<'r, E> {
     pub async fn stream(mut self) -> Result<BoxStream<'static, Result<E>>> {
         let filter = self.filter_document()?;
         let repo = self.repo;
-        let mut find = repo.typed().find(filter);
-        if let Some(p) = self.projection() {
-            find = find.projection(p);
-        }
-        if let Some(s) = self.sort_document() {
-            find = find.sort(s);
-        }
-        if let Some(n) = self.skip {
-            find = find.skip(n);
-        }
-        if let Some(n) = self.limit {
-            find = find.limit(n);
-        }
+        let find = repo.typed().find(filter).with_options(self.find_options());
         let op = repo.op("find");
         let cursor = repo
             .bounded("find", find)
@@ -190,19 +188,7 @@ impl<'r, E: Entity> Query<'r, E> {
             filter = doc! { "$and": [filter, extra] };
         }
         let repo = self.repo;
-        let mut find = repo.docs().find(filter);
-        if let Some(p) = self.projection() {
-            find = find.projection(p);
-        }
-        if let Some(s) = self.sort_document() {
-            find = find.sort(s);
-        }
-        if let Some(n) = self.skip {
-            find = find.skip(n);
-        }
-        if let Some(n) = self.limit {
-            find = find.limit(n);
-        }
+        let find = repo.docs().find(filter).with_options(self.find_options());
         let cursor = repo
             .bounded("find", find)
             .await?
