@@ -49,6 +49,7 @@
 //! | `write_behind.lease_ttl` | `CAAS_WRITE_BEHIND_LEASE_TTL` | `5s` |
 //! | `write_behind.max_attempts` | `CAAS_WRITE_BEHIND_MAX_ATTEMPTS` | 5 |
 //! | `write_behind.enqueue_timeout` | `CAAS_WRITE_BEHIND_ENQUEUE_TIMEOUT` | `2s` |
+//! | `write_behind.max_pending` | `CAAS_WRITE_BEHIND_MAX_PENDING` | 1000000 |
 //! | `write_behind.start_flusher` | `CAAS_WRITE_BEHIND_START_FLUSHER` | `true` |
 //! | `write_behind.resume_on_connect` | `CAAS_WRITE_BEHIND_RESUME_ON_CONNECT` | `true` |
 //! | `health.timeout` | `CAAS_HEALTH_TIMEOUT` | `2s` |
@@ -344,6 +345,10 @@ pub struct WriteBehindConfig {
     /// Bound on appending a write to the queue.
     #[serde(with = "duration_text")]
     pub enqueue_timeout: Duration,
+    /// Most writes a queue holds; past it, queued writes fail with `Error::QueueFull` (the
+    /// database has been unreachable for long) instead of growing Redis without bound.
+    #[serde(deserialize_with = "lenient")]
+    pub max_pending: u64,
     /// Run flushers in this process (turn off in processes that only enqueue).
     #[serde(deserialize_with = "lenient")]
     pub start_flusher: bool,
@@ -361,6 +366,7 @@ impl Default for WriteBehindConfig {
             lease_ttl: Duration::from_secs(5),
             max_attempts: 5,
             enqueue_timeout: Duration::from_secs(2),
+            max_pending: 1_000_000,
             start_flusher: true,
             resume_on_connect: true,
         }

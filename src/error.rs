@@ -129,6 +129,20 @@ pub enum Error {
         server: String,
     },
 
+    /// A write-behind queue is at its bound (`write_behind.max_pending`): the writes were not
+    /// queued. Usually MongoDB has been unreachable for long; retry later.
+    #[error(
+        "write-behind queue {queue} is full ({pending} pending, at most {max}); nothing was queued"
+    )]
+    QueueFull {
+        /// `database.collection`.
+        queue: String,
+        /// Writes waiting in the queue.
+        pending: u64,
+        /// The bound.
+        max: u64,
+    },
+
     /// An operation did not finish within its bound.
     #[error("{component}: {operation} timed out after {after:?}")]
     Timeout {
@@ -177,7 +191,7 @@ impl Error {
     /// duplicate keys, version conflicts, codec errors) return `false`.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout { .. } => true,
+            Error::Timeout { .. } | Error::QueueFull { .. } => true,
             Error::Mongo { source, .. } => mongo_is_transient(source),
             Error::Redis { source, .. } => {
                 source.is_io_error()

@@ -245,6 +245,13 @@ impl Storage {
         &self.inner.write_behind
     }
 
+    /// Orderly shutdown: applies every write-behind queue of this Redis (bounded by `timeout`)
+    /// so acknowledged `eventual` writes are in MongoDB before the process exits. Writes left
+    /// when it times out are not lost: the next process applies them at connect.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
+        self.write_behind().flush_all(self, timeout).await
+    }
+
     /// Notes that entities of `database` record outbox events (the health report then shows
     /// that outbox's lag).
     pub(crate) fn note_outbox_database(&self, database: &'static str) {

@@ -463,3 +463,75 @@ async fn a_write_the_database_refuses_is_dead_lettered_and_the_rest_applies() {
         .unwrap();
     assert_eq!((mine.pending, mine.dead_letters), (0, 1), "{lag:?}");
 }
+
+/// Shutdown applies what is queued.
+#[tokio::test]
+async fn shutdown_flushes_the_queues() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!("shutdown{}:", std::process::id());
+    config.write_behind.start_flusher = false;
+    let storage = Storage::connect(config).await.unwrap();
+    let repo = EventualDocRepository::new(&storage);
+    let t = common::tenant("shutdown");
+    let batch: Vec<EventualDoc> = (0..30)
+        .map(|i| EventualDoc {
+            id: format!("s{i}"),
+            tenant_id: t.to_string(),
+            body: String::new(),
+            version: 0,
+        })
+        .collect();
+    repo.insert_many(&t, &batch).await.unwrap();
+    let direct = repo.with_consistency(Consistency::Strong);
+    assert_eq!(
+        direct.count(&t, Filter::all()).await.unwrap(),
+        0,
+        "queued, not applied"
+    );
+    storage.shutdown(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(direct.count(&t, Filter::all()).await.unwrap(), 30);
+}
+
+/// A queue at its bound refuses more writes, whole batches at once, instead of growing.
+#[tokio::test]
+async fn a_full_queue_refuses_writes_instead_of_growing() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!("full{}:", std::process::id());
+    config.write_behind.start_flusher = false;
+    config.write_behind.max_pending = 5;
+    let storage = Storage::connect(config).await.unwrap();
+    let repo = EventualDocRepository::new(&storage);
+    let t = common::tenant("full");
+    let doc = |i: usize| EventualDoc {
+        id: format!("f{i}"),
+        tenant_id: t.to_string(),
+        body: String::new(),
+        version: 0,
+    };
+    repo.insert_many(&t, &(0..4).map(doc).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    match repo
+        .insert_many(&t, &(4..6).map(doc).collect::<Vec<_>>())
+        .await
+    {
+        Err(
+            e @ Error::QueueFull {
+                pending: 4, max: 5, ..
+            },
+        ) => assert!(e.is_transient()),
+        other => panic!("{other:?}"),
+    }
+    repo.insert(&t, &doc(4)).await.unwrap();
+    assert!(matches!(
+        repo.insert(&t, &doc(5)).await,
+        Err(Error::QueueFull { .. })
+    ));
+    storage.shutdown(Duration::from_secs(20)).await.unwrap();
+    let direct = repo.with_consistency(Consistency::Strong);
+    assert_eq!(
+        direct.count(&t, Filter::all()).await.unwrap(),
+        5,
+        "exactly the accepted writes"
+    );
+}

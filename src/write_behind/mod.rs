@@ -85,6 +85,21 @@ impl Drop for WriteBehind {
     }
 }
 
+/// Appends every entry, or none when they would take the queue past its bound (then returns
+/// minus the current length).
+///
+/// KEYS: the stream. ARGV: the bound, then one encoded entry per write.
+static APPEND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local len = redis.call('XLEN', KEYS[1])
+if len + #ARGV - 1 > tonumber(ARGV[1]) then return -len end
+for i = 2, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end
+return len + #ARGV - 1
+",
+    )
+});
+
 fn stream_key(prefix: &str, database: &str, collection: &str) -> String {
     format!("{prefix}caas:wb:{database}.{collection}")
 }
@@ -114,7 +129,8 @@ impl WriteBehind {
             return Ok(());
         }
         let key = stream_key(&self.prefix, E::META.database, E::META.collection);
-        let mut pipe = redis::pipe();
+        let mut append = APPEND.key(&key);
+        append.arg(self.settings.max_pending);
         for op in &ops {
             let mut entry = doc! {
                 "entity": E::META.name,
@@ -152,11 +168,11 @@ impl WriteBehind {
                 direction: "encode",
                 message: e.to_string(),
             })?;
-            pipe.cmd("XADD").arg(&key).arg("*").arg("e").arg(bytes);
+            append.arg(bytes);
         }
         let mut conn = self.conn(storage)?;
         let bound = self.settings.enqueue_timeout;
-        tokio::time::timeout(bound, pipe.query_async::<Vec<String>>(&mut conn))
+        let pending: i64 = tokio::time::timeout(bound, append.invoke_async(&mut conn))
             .await
             .map_err(|_| Error::Timeout {
                 component: Component::Redis,
@@ -164,6 +180,13 @@ impl WriteBehind {
                 after: bound,
             })?
             .map_err(redis_err("write-behind enqueue (XADD)"))?;
+        if pending < 0 {
+            return Err(Error::QueueFull {
+                queue: format!("{}.{}", E::META.database, E::META.collection),
+                pending: pending.unsigned_abs(),
+                max: self.settings.max_pending,
+            });
+        }
         if self.settings.start_flusher {
             self.ensure_flusher(storage, key);
         }
