@@ -87,6 +87,21 @@ pub enum Error {
         message: String,
     },
 
+    /// The server refused one document of a batch for a reason other than a duplicate key.
+    #[error(
+        "{entity}: the server rejected document {position} of the batch: {message} (code {code})"
+    )]
+    Rejected {
+        /// Entity type name.
+        entity: &'static str,
+        /// Position of the document in the batch.
+        position: usize,
+        /// The server's error code.
+        code: i32,
+        /// The server's message.
+        message: String,
+    },
+
     /// No document with this id in this tenant.
     #[error("{entity} {id} not found")]
     NotFound {

@@ -317,13 +317,12 @@ impl<E: Entity> Repository<E> {
                                         message: w.message.clone(),
                                     }
                                 } else {
-                                    Error::config(
-                                        format!("{}[{}]", E::META.name, w.index),
-                                        format!(
-                                            "server rejected the document: {} (code {})",
-                                            w.message, w.code
-                                        ),
-                                    )
+                                    Error::Rejected {
+                                        entity: E::META.name,
+                                        position: w.index,
+                                        code: w.code,
+                                        message: w.message.clone(),
+                                    }
                                 };
                                 (w.index, err)
                             })
