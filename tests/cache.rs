@@ -295,7 +295,10 @@ async fn undecodable_entries_are_misses_deleted_and_counted() {
 /// 50 concurrent misses of one hot key: one loader reads MongoDB, the others wait for it.
 #[tokio::test]
 async fn a_hot_miss_loads_from_the_database_once() {
-    let storage = common::storage().await;
+    let mut config = common::config();
+    // Waiters wait long enough for the loader even on a loaded machine.
+    config.cache.stampede_wait = Duration::from_secs(3);
+    let storage = Storage::connect(config).await.unwrap();
     let repo = ProfileRepository::new(&storage);
     let t = common::tenant("cache-stampede");
     repo.insert(&t, &profile(&t, "hot")).await.unwrap();
@@ -324,10 +327,23 @@ async fn a_hot_miss_loads_from_the_database_once() {
 /// The classic cache-aside race, made certain: a reader misses and loads the old document;
 /// a writer updates it and invalidates; only then does the reader try to put what it loaded.
 /// The put is fenced, so the next read sees the write.
+/// Waits until `storage` has loaded one `Profile` from MongoDB (its reader is then in the
+/// injected pause between load and put).
+async fn wait_until_loaded(storage: &Storage) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while storage.cache().metrics_of::<Profile>().db_loads == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_put_that_lost_the_race_to_a_write_is_refused() {
     let slow = common::storage().await;
-    slow.cache().inject_load_delay(Duration::from_millis(400));
+    slow.cache().inject_load_delay(Duration::from_millis(1500));
     let fast = common::storage().await;
     let (slow_repo, fast_repo) = (ProfileRepository::new(&slow), ProfileRepository::new(&fast));
     let t = common::tenant("cache-fence");
@@ -337,7 +353,7 @@ async fn a_put_that_lost_the_race_to_a_write_is_refused() {
         let (repo, t) = (slow_repo.clone(), t.clone());
         tokio::spawn(async move { repo.find_by_id(&t, &"f1".to_owned()).await })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await; // the reader has loaded version 0
+    wait_until_loaded(&slow).await; // the reader has loaded version 0 and is pausing
     let patch = ProfilePatch {
         bio: Some("new".into()),
         ..Default::default()

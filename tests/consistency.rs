@@ -66,7 +66,10 @@ fn last(log: &Log, name: &str, coll: &str) -> Document {
 
 #[tokio::test]
 async fn each_model_sends_its_concerns() {
-    let (storage, log) = logged_storage(common::config()).await;
+    // Its own queue prefix: no other handle's flusher may apply this test's queued write.
+    let mut config = common::config();
+    config.redis.key_prefix = format!("concerns{}:", std::process::id());
+    let (storage, log) = logged_storage(config).await;
     let t = common::tenant("concerns");
     let doc_of = |id: &str| (id.to_owned(), t.to_string());
 

@@ -109,10 +109,23 @@ async fn the_cache_works_on_a_cluster() {
     );
 }
 
+/// Waits until `storage` has loaded one `Item` from MongoDB (its reader is then in the
+/// injected pause between load and put).
+async fn wait_until_loaded(storage: &Storage) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while storage.cache().metrics_of::<Item>().db_loads == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_stale_put_is_fenced_on_a_cluster() {
     let slow = cluster_storage().await;
-    slow.cache().inject_load_delay(Duration::from_millis(400));
+    slow.cache().inject_load_delay(Duration::from_millis(1500));
     let fast = cluster_storage().await;
     let (slow_repo, fast_repo) = (ItemRepository::new(&slow), ItemRepository::new(&fast));
     let t = common::tenant("cluster-fence");
@@ -132,7 +145,7 @@ async fn a_stale_put_is_fenced_on_a_cluster() {
         let (repo, t) = (slow_repo.clone(), t.clone());
         tokio::spawn(async move { repo.find_by_id(&t, &"x".to_owned()).await })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_until_loaded(&slow).await; // the reader has loaded the old label and is pausing
     fast_repo
         .update(
             &t,
