@@ -64,6 +64,35 @@ fn last(log: &Log, name: &str, coll: &str) -> Document {
         .unwrap_or_else(|| panic!("no {name} on {coll} was sent"))
 }
 
+/// Inserts and reads one `E` and checks the concerns the two commands carried.
+async fn write_and_read<E: caas_storage::Entity<Id = String>>(
+    storage: &Storage,
+    log: &Log,
+    t: &TenantId,
+    coll: &str,
+    write_concern: Document,
+) {
+    let repo = caas_storage::Repository::<E>::new(storage);
+    let e: E = caas_storage::bson::from_document(
+        doc! { "id": "d1", "tenant_id": t.as_str(), "body": "x", "version": 0_i64 },
+    )
+    .unwrap();
+    repo.insert(t, &e).await.unwrap();
+    repo.find_by_id(t, &"d1".to_owned()).await.unwrap().unwrap();
+    assert_eq!(
+        last(log, "insert", coll)
+            .get_document("writeConcern")
+            .unwrap(),
+        &write_concern,
+        "{coll}"
+    );
+    assert_eq!(
+        last(log, "find", coll).get_document("readConcern").unwrap(),
+        &doc! { "level": "majority" },
+        "{coll}"
+    );
+}
+
 #[tokio::test]
 async fn each_model_sends_its_concerns() {
     // Its own queue prefix: no other handle's flusher may apply this test's queued write.
@@ -73,86 +102,17 @@ async fn each_model_sends_its_concerns() {
     let t = common::tenant("concerns");
     let doc_of = |id: &str| (id.to_owned(), t.to_string());
 
-    let (id, tenant_id) = doc_of("s1");
-    let strong = StrongDocRepository::new(&storage);
-    strong
-        .insert(
-            &t,
-            &StrongDoc {
-                id: id.clone(),
-                tenant_id,
-                body: "x".into(),
-                version: 0,
-            },
-        )
-        .await
-        .unwrap();
-    strong.find_by_id(&t, &id).await.unwrap().unwrap();
-    let insert = last(&log, "insert", "strong_docs");
-    assert_eq!(
-        insert.get_document("writeConcern").unwrap(),
-        &doc! { "w": "majority", "j": true }
-    );
-    let find = last(&log, "find", "strong_docs");
-    assert_eq!(
-        find.get_document("readConcern").unwrap(),
-        &doc! { "level": "majority" }
-    );
-
-    let (id, tenant_id) = doc_of("r1");
-    let ryw = RywDocRepository::new(&storage);
-    ryw.insert(
+    // The direct models: insert and find carry the model's concerns.
+    write_and_read::<StrongDoc>(
+        &storage,
+        &log,
         &t,
-        &RywDoc {
-            id: id.clone(),
-            tenant_id,
-            body: "x".into(),
-            version: 0,
-        },
+        "strong_docs",
+        doc! { "w": "majority", "j": true },
     )
-    .await
-    .unwrap();
-    ryw.find_by_id(&t, &id).await.unwrap().unwrap();
-    assert_eq!(
-        last(&log, "insert", "ryw_docs")
-            .get_document("writeConcern")
-            .unwrap(),
-        &doc! { "w": "majority" }
-    );
-    assert_eq!(
-        last(&log, "find", "ryw_docs")
-            .get_document("readConcern")
-            .unwrap(),
-        &doc! { "level": "majority" }
-    );
-
-    let (id, tenant_id) = doc_of("c1");
-    let causal = CausalDocRepository::new(&storage);
-    causal
-        .insert(
-            &t,
-            &CausalDoc {
-                id: id.clone(),
-                tenant_id,
-                body: "x".into(),
-                version: 0,
-            },
-        )
-        .await
-        .unwrap();
-    causal.find_by_id(&t, &id).await.unwrap().unwrap();
-    assert_eq!(
-        last(&log, "insert", "causal_docs")
-            .get_document("writeConcern")
-            .unwrap(),
-        &doc! { "w": "majority" }
-    );
-    assert_eq!(
-        last(&log, "find", "causal_docs")
-            .get_document("readConcern")
-            .unwrap(),
-        &doc! { "level": "majority" }
-    );
+    .await;
+    write_and_read::<RywDoc>(&storage, &log, &t, "ryw_docs", doc! { "w": "majority" }).await;
+    write_and_read::<CausalDoc>(&storage, &log, &t, "causal_docs", doc! { "w": "majority" }).await;
 
     // Eventual: the insert is queued, then applied by the flusher with w:1; reads use local
     // read concern and may go to secondaries.
