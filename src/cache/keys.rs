@@ -4,10 +4,9 @@
 //! `...:load` the stampede lock. The braces are a Redis Cluster hash tag: all keys of one entry
 //! live in one slot, so the scripts that touch several of them work on a cluster too.
 
-use mongodb::bson::Bson;
-
 use crate::entity::Entity;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::repo::codec;
 use crate::tenant::TenantId;
 
 /// The keys of one cached entity.
@@ -23,15 +22,7 @@ pub(crate) struct EntryKeys {
 
 /// `id` as it appears in keys: strings as they are, other ids as relaxed extended JSON.
 pub(crate) fn id_segment<E: Entity>(id: &E::Id) -> Result<String> {
-    let b = mongodb::bson::to_bson(id).map_err(|e| Error::Codec {
-        entity: E::META.name,
-        direction: "encode",
-        message: format!("id: {e}"),
-    })?;
-    Ok(match b {
-        Bson::String(s) => s,
-        other => other.into_relaxed_extjson().to_string(),
-    })
+    Ok(codec::id_as_text(&codec::id_to_bson::<E>(id)?))
 }
 
 /// The tag identifying one entry, e.g. `tenant_1:User:u42`.

@@ -79,6 +79,15 @@ pub(crate) fn id_to_bson<E: Entity>(id: &E::Id) -> Result<Bson> {
     })
 }
 
+/// An id as text, the one rendering used in cache keys, event aggregate ids and the
+/// write-behind flusher: strings as they are, other ids as relaxed extended JSON.
+pub(crate) fn id_as_text(id: &Bson) -> String {
+    match id {
+        Bson::String(s) => s.clone(),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
 pub(crate) fn id_text<E: Entity>(id: &E::Id) -> String {
     match mongodb::bson::to_bson(id) {
         Ok(b) => b.into_relaxed_extjson().to_string(),

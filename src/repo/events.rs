@@ -9,7 +9,7 @@
 //! A crash at any point therefore leaves neither an event without its write nor a write without
 //! its event. On a server with transactions, [`Recording::in_transaction`] is the other path.
 
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::Document;
 
 use crate::entity::Entity;
 use crate::error::{Error, Result};
@@ -154,10 +154,7 @@ pub(crate) fn pending<E: Entity>(
         return Ok(None);
     }
     let id_bson = codec::id_to_bson::<E>(id)?;
-    let aggregate_id = match &id_bson {
-        Bson::String(s) => s.clone(),
-        other => other.clone().into_relaxed_extjson().to_string(),
-    };
+    let aggregate_id = codec::id_as_text(&id_bson);
     let write = WriteRef {
         collection: E::META.collection.to_owned(),
         tenant_field: E::META.tenant_field.to_owned(),

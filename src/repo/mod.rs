@@ -5,7 +5,7 @@
 //! with the server's capabilities choosing between the MongoDB path and its fallback). Generated
 //! code adds only types: `UserRepository` derefs to `Repository<User>`.
 
-mod codec;
+pub(crate) mod codec;
 mod events;
 mod filter;
 mod page;
@@ -14,7 +14,6 @@ mod query;
 mod versioned;
 mod write;
 
-use std::future::Future;
 use std::marker::PhantomData;
 
 use mongodb::bson::{doc, Bson, Document};
@@ -818,22 +817,14 @@ impl<E: Entity> Repository<E> {
         f: impl std::future::IntoFuture<Output = T>,
     ) -> Result<T> {
         let after = self.storage.config().mongodb.socket_timeout;
-        bounded_by(after, operation, f.into_future()).await
+        tokio::time::timeout(after, f.into_future())
+            .await
+            .map_err(|_| Error::Timeout {
+                component: Component::Mongodb,
+                operation,
+                after,
+            })
     }
-}
-
-pub(crate) async fn bounded_by<T>(
-    after: std::time::Duration,
-    operation: &'static str,
-    f: impl Future<Output = T>,
-) -> Result<T> {
-    tokio::time::timeout(after, f)
-        .await
-        .map_err(|_| Error::Timeout {
-            component: Component::Mongodb,
-            operation,
-            after,
-        })
 }
 
 /// Reads across tenants: see [`Repository::unscoped_admin_across_all_tenants`].

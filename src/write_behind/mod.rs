@@ -547,11 +547,7 @@ async fn invalidate_applied(storage: &Storage, e: &Document) {
     ) else {
         return;
     };
-    let id = match id {
-        Bson::String(s) => s.clone(),
-        other => other.clone().into_relaxed_extjson().to_string(),
-    };
-    let tag = format!("{tenant}:{entity}:{id}");
+    let tag = format!("{tenant}:{entity}:{}", crate::repo::codec::id_as_text(id));
     storage.cache().invalidate_tag(storage, db, &tag).await;
 }
 
