@@ -21,47 +21,47 @@ use rdkafka::ClientConfig;
              cache(ttl = "30m", jitter = "1m"))]
 #[index(keys(email), unique)]
 #[index(keys(status, created_at desc))]
-pub struct User {
+struct User {
     #[repository(id)]
-    pub user_id: String,
+    user_id: String,
     #[repository(tenant)]
-    pub tenant_id: String,
-    pub email: String,
+    tenant_id: String,
+    email: String,
     #[repository(secret)]
     #[serde(default)]
-    pub password_hash: String,
-    pub status: String,
+    password_hash: String,
+    status: String,
     #[repository(version)]
-    pub version: u64,
-    pub created_at: DateTime,
+    version: u64,
+    created_at: DateTime,
 }
 
 /// Preferences: read-your-writes, with an in-process tier in front of Redis.
 #[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_auth", collection = "demo_prefs", consistency = read_your_writes,
              cache(ttl = "10m", strategy = write_through, local(ttl = "5s", capacity = 10_000)))]
-pub struct Preference {
+struct Preference {
     #[repository(id)]
-    pub user_id: String,
+    user_id: String,
     #[repository(tenant)]
-    pub tenant_id: String,
-    pub theme: String,
+    tenant_id: String,
+    theme: String,
     #[repository(version)]
-    pub version: u64,
+    version: u64,
 }
 
 /// Audit entries: eventual, so writes are queued and applied in batches.
 #[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_compliance", collection = "demo_audit", consistency = eventual)]
 #[index(keys(actor, at desc))]
-pub struct AuditEntry {
+struct AuditEntry {
     #[repository(id)]
-    pub entry_id: String,
+    entry_id: String,
     #[repository(tenant)]
-    pub tenant_id: String,
-    pub actor: String,
-    pub action: String,
-    pub at: DateTime,
+    tenant_id: String,
+    actor: String,
+    action: String,
+    at: DateTime,
 }
 
 /// Conversations: causal, and every write publishes an event to Kafka through the outbox.
@@ -70,14 +70,14 @@ pub struct AuditEntry {
              outbox(topic = "demo.conversation.events", insert = "conversation.started",
                     update = "conversation.renamed", delete = "conversation.closed"),
              soft_delete)]
-pub struct Conversation {
+struct Conversation {
     #[repository(id)]
-    pub conversation_id: String,
+    conversation_id: String,
     #[repository(tenant)]
-    pub tenant_id: String,
-    pub title: String,
+    tenant_id: String,
+    title: String,
     #[repository(version)]
-    pub version: u64,
+    version: u64,
 }
 
 fn step(title: &str) {

@@ -43,6 +43,7 @@ pub fn expand(m: &Model) -> TokenStream {
         });
     quote! {
         #[doc = #type_doc]
+        #[allow(dead_code)]
         #[derive(
             ::core::clone::Clone,
             ::core::marker::Copy,
@@ -52,10 +53,12 @@ pub fn expand(m: &Model) -> TokenStream {
         #vis struct #fields_ty;
 
         const _: () = {
+            #[allow(dead_code)]
             impl #fields_ty {
                 #(#methods)*
             }
 
+            #[allow(dead_code)]
             impl #ident {
                 #[doc = #fn_doc]
                 #[inline]

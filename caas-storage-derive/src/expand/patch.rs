@@ -46,6 +46,7 @@ pub fn expand(m: &Model) -> TokenStream {
     let unused = fields.is_empty().then(|| quote!(let _ = writer;));
     quote! {
         #[doc = #doc]
+        #[allow(dead_code)]
         #[derive(::core::default::Default)]
         #vis struct #patch_ty {
             #(#decls,)*

@@ -42,11 +42,13 @@ pub fn expand(m: &Model) -> TokenStream {
     let finders = m.finders.iter().map(|f| finder(m, f));
     quote! {
         #[doc = #type_doc]
+        #[allow(dead_code)]
         #vis struct #repo_ty {
             inner: #p::Repository<#ident>,
         }
 
         const _: () = {
+            #[allow(dead_code)]
             impl #repo_ty {
                 #[doc = #new_doc]
                 #[must_use]

@@ -13,7 +13,7 @@ use caas_storage::prelude::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_bench", collection = "bench_strong", consistency = strong)]
-pub struct StrongRow {
+struct StrongRow {
     #[repository(id)]
     pub row_id: String,
     #[repository(tenant)]
@@ -23,7 +23,7 @@ pub struct StrongRow {
 
 #[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_bench", collection = "bench_eventual", consistency = eventual)]
-pub struct EventualRow {
+struct EventualRow {
     #[repository(id)]
     pub row_id: String,
     #[repository(tenant)]

@@ -1,7 +1,7 @@
 //! Index sync against FerretDB: create, idempotence, changed and extraneous indexes, and TTL
 //! indexes on a server without them.
 
-mod common;
+use caas_storage_tests as common;
 
 use caas_storage::bson::doc;
 use caas_storage::index::{IndexChange, SyncOptions};
@@ -12,7 +12,7 @@ use caas_storage::prelude::*;
 #[index(keys(email), unique)]
 #[index(keys(status, created_at desc))]
 #[index(keys(expires_at), ttl = "1h")]
-pub struct Session {
+struct Session {
     #[repository(id)]
     pub session_id: String,
     #[repository(tenant)]

@@ -2,7 +2,7 @@
 //! timeout, while the others stay up; and recovers when it is back. Uses private server
 //! instances so the shared ones keep serving the other tests.
 
-mod common;
+use caas_storage_tests as common;
 
 use std::time::{Duration, Instant};
 

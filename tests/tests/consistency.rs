@@ -2,7 +2,7 @@
 //! (captured with the driver's command monitoring), causal tokens across handles, and the
 //! durability of `eventual` writes through the write-behind queue.
 
-mod common;
+use caas_storage_tests as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +15,7 @@ macro_rules! entity {
     ($name:ident, $coll:literal, $model:ident) => {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
         #[repository(database = "caas_consistency_test", collection = $coll, consistency = $model)]
-        pub struct $name {
+        struct $name {
             #[repository(id)]
             pub id: String,
             #[repository(tenant)]
@@ -377,7 +377,7 @@ async fn eventual_writes_survive_a_database_restart() {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_consistency_test", collection = "eventual_attrs", consistency = eventual)]
-pub struct Tagged {
+struct Tagged {
     #[repository(id)]
     pub id: String,
     #[repository(tenant)]

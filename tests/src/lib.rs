@@ -1,6 +1,6 @@
-//! Shared test support: configuration for the servers `scripts/services up` runs, unique
-//! tenants, and private server instances for tests that stop and start servers.
-#![allow(dead_code)]
+//! Shared support of caas-storage's integration tests (`tests/tests/*.rs`): configuration for
+//! the servers `scripts/services up` runs, unique tenants, and private server instances for
+//! tests that stop and start servers.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -38,12 +38,15 @@ pub fn tenant(label: &str) -> TenantId {
     .unwrap()
 }
 
+/// Where `scripts/services` keeps binaries, data and logs (`CAAS_SERVICES_DIR`, else
+/// `.services/` at the workspace root).
 pub fn services_dir() -> PathBuf {
     std::env::var_os("CAAS_SERVICES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".services"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"))
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -62,7 +65,9 @@ fn port_open(port: u16) -> bool {
 
 /// A server process this test started; killed on drop.
 pub struct Private {
+    /// Which server: `redis`, `ferretdb` or `kafka`.
     pub name: &'static str,
+    /// The port it listens on (127.0.0.1).
     pub port: u16,
     child: Option<Child>,
     start: Box<dyn Fn() -> Child + Send + Sync>,
@@ -134,6 +139,7 @@ mod tempdir {
     pub struct Dir(PathBuf);
 
     impl Dir {
+        /// A fresh directory under the system's temporary directory.
         pub fn new(label: &str) -> Self {
             let p = std::env::temp_dir().join(format!(
                 "caas-test-{label}-{}-{}",
@@ -143,6 +149,8 @@ mod tempdir {
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
         }
+
+        /// Where it is.
         pub fn path(&self) -> &Path {
             &self.0
         }

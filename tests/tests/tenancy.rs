@@ -1,7 +1,7 @@
 //! Attempts to read or write across tenants through the repository. Every one must fail or
 //! see nothing; only the loudly named admin API sees every tenant.
 
-mod common;
+use caas_storage_tests as common;
 
 use caas_storage::bson::doc;
 use caas_storage::prelude::*;
@@ -10,7 +10,7 @@ use caas_storage::Error;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_platform", collection = "test_accounts")]
 #[index(keys(handle), unique)]
-pub struct Account {
+struct Account {
     #[repository(id)]
     pub account_id: String,
     #[repository(tenant)]

@@ -17,7 +17,7 @@ use caas_storage::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_bench", collection = "bench_cached", consistency = causal, cache(ttl = "30m"))]
-pub struct Cached {
+struct Cached {
     #[repository(id)]
     pub id: String,
     #[repository(tenant)]
@@ -30,7 +30,7 @@ pub struct Cached {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_bench", collection = "bench_local", consistency = causal,
              cache(ttl = "30m", local(ttl = "10m", capacity = 10_000)))]
-pub struct Local {
+struct Local {
     #[repository(id)]
     pub id: String,
     #[repository(tenant)]
@@ -42,7 +42,7 @@ pub struct Local {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_bench", collection = "bench_plain", consistency = causal)]
-pub struct Plain {
+struct Plain {
     #[repository(id)]
     pub id: String,
     #[repository(tenant)]

@@ -2,7 +2,7 @@
 //! fenced puts under concurrency, stampede protection, undecodable entries, secrets, and
 //! Redis outages.
 
-mod common;
+use caas_storage_tests as common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use caas_storage::StorageConfig;
 #[repository(database = "caas_auth", collection = "test_profiles", consistency = read_your_writes,
              cache(ttl = "5m"))]
 #[index(keys(handle), unique)]
-pub struct Profile {
+struct Profile {
     #[repository(id)]
     pub profile_id: String,
     #[repository(tenant)]
@@ -33,7 +33,7 @@ pub struct Profile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_auth", collection = "test_settings", consistency = strong,
              cache(ttl = "5m", strategy = write_through))]
-pub struct Setting {
+struct Setting {
     #[repository(id)]
     pub key: String,
     #[repository(tenant)]
@@ -554,7 +554,7 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_auth", collection = "test_prefs", consistency = read_your_writes,
              cache(ttl = "5m", local(ttl = "30s", capacity = 1000)))]
-pub struct Pref {
+struct Pref {
     #[repository(id)]
     pub key: String,
     #[repository(tenant)]

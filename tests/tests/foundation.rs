@@ -1,7 +1,7 @@
 //! Connecting, capabilities, health and configuration errors against the real servers that
 //! `scripts/services up` runs.
 
-mod common;
+use caas_storage_tests as common;
 
 use std::time::{Duration, Instant};
 

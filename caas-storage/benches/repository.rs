@@ -14,7 +14,7 @@ use mongodb::options::ReturnDocument;
 
 #[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_bench", collection = "bench_docs", consistency = strong)]
-pub struct BenchDoc {
+struct BenchDoc {
     #[repository(id)]
     pub doc_id: String,
     #[repository(tenant)]

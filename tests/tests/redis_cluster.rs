@@ -2,7 +2,7 @@
 //! (started by `scripts/services up`): read-through, fenced puts, SCAN-based invalidation
 //! across every primary, and the write-behind queue.
 
-mod common;
+use caas_storage_tests as common;
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use caas_storage::HealthStatus;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_platform", collection = "test_cluster_items", consistency = read_your_writes,
              cache(ttl = "5m"))]
-pub struct Item {
+struct Item {
     #[repository(id)]
     pub item_id: String,
     #[repository(tenant)]
@@ -24,7 +24,7 @@ pub struct Item {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_platform", collection = "test_cluster_events", consistency = eventual)]
-pub struct Event {
+struct Event {
     #[repository(id)]
     pub event_id: String,
     #[repository(tenant)]

@@ -1,7 +1,7 @@
 //! Every generated repository method against the real FerretDB: CRUD, finders, queries,
 //! paging, patches, optimistic locking and soft deletes.
 
-mod common;
+use caas_storage_tests as common;
 
 use caas_storage::prelude::*;
 use caas_storage::repo::Upserted;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+enum Status {
     Active,
     Locked,
 }
@@ -19,7 +19,7 @@ pub enum Status {
 #[repository(database = "caas_auth", collection = "test_users", consistency = strong)]
 #[index(keys(email), unique)]
 #[index(keys(status, created_at desc))]
-pub struct User {
+struct User {
     #[repository(id)]
     pub user_id: String,
     #[repository(tenant)]
@@ -36,7 +36,7 @@ pub struct User {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_messaging", collection = "test_notes", consistency = causal, soft_delete)]
-pub struct Note {
+struct Note {
     #[repository(id)]
     pub note_id: String,
     #[repository(tenant)]

@@ -2,7 +2,7 @@
 //! Kafka broker, on FerretDB (no transactions: the outbox-first protocol under version claims).
 //! Events are read back with a plain rdkafka consumer.
 
-mod common;
+use caas_storage_tests as common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ const DB: &str = "caas_outbox_it";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_outbox_it", collection = "orders", consistency = causal,
              outbox(topic = "test.outbox.orders", insert = "order.placed", update = "order.changed", delete = "order.cancelled"))]
-pub struct Order {
+struct Order {
     #[repository(id)]
     pub order_id: String,
     #[repository(tenant)]
@@ -338,7 +338,7 @@ async fn custom_events_travel_with_the_write() {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_outbox_it_down", collection = "parcels", consistency = causal,
              outbox(topic = "test.outbox.orders"))]
-pub struct Parcel {
+struct Parcel {
     #[repository(id)]
     pub parcel_id: String,
     #[repository(tenant)]
