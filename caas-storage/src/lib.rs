@@ -35,6 +35,7 @@
 pub mod cache;
 pub mod capabilities;
 pub mod config;
+mod connection;
 pub mod consistency;
 pub mod entity;
 pub mod error;
@@ -42,7 +43,6 @@ pub mod health;
 mod hex;
 pub mod index;
 pub mod outbox;
-pub mod redis_conn;
 pub mod repo;
 pub mod storage;
 pub mod tenant;
@@ -51,12 +51,14 @@ pub mod write_behind;
 pub use caas_storage_derive::Repository;
 pub use capabilities::Capabilities;
 pub use config::StorageConfig;
+pub use connection::FaultPoint;
+pub use connection::RedisConnection;
 pub use consistency::{CausalToken, Consistency};
 pub use entity::Entity;
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
-pub use storage::{FaultPoint, Storage};
+pub use storage::Storage;
 pub use tenant::TenantId;
 
 /// Re-export of the BSON crate the driver uses (for `DateTime`, `oid::ObjectId`, raw filters).

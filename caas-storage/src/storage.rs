@@ -9,22 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
-use mongodb::event::command::{CommandEvent, CommandStartedEvent};
-use mongodb::event::EventHandler;
-use mongodb::options::ClientOptions;
+use mongodb::event::command::CommandStartedEvent;
 use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::ClientConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::IntoConnectionInfo;
 
 use crate::cache::CacheLayer;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
+use crate::connection::RedisConnection;
+use crate::connection::{CommandLog, ConnectOptions, Connections, FaultPoint};
 use crate::entity::{Entity, EntityMeta};
-use crate::error::{Component, Error, Result};
+use crate::error::{Component, Result};
 use crate::health::{self, ComponentHealth, HealthReport};
 use crate::index::{IndexPlan, SyncOptions};
-use crate::redis_conn::RedisConnection;
 use crate::write_behind::WriteBehind;
 
 /// The connection pools and what was learnt about the servers at connect.
@@ -42,29 +38,12 @@ pub struct Storage {
 }
 
 struct Inner {
-    config: StorageConfig,
-    mongo: mongodb::Client,
-    capabilities: Capabilities,
-    redis: BTreeMap<u8, RedisConnection>,
-    kafka: FutureProducer,
+    conn: Connections,
     cache: CacheLayer,
     write_behind: WriteBehind,
-    faults: std::sync::Mutex<Vec<FaultPoint>>,
     /// Databases whose entities record outbox events (learnt as repositories are made), for
     /// the outbox lag in the health report.
     outbox_databases: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
-}
-
-/// Points where a test can make a write stop as if the process died there (see
-/// [`Storage::inject_fault`]).
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FaultPoint {
-    /// After a write's outbox events are recorded, before the entity write.
-    OutboxAfterPrepare,
-    /// After the entity write, before its outbox events are marked.
-    OutboxAfterWrite,
 }
 
 /// A [`Storage`] that does not keep the pools alive (for background tasks).
@@ -86,14 +65,17 @@ impl fmt::Debug for Inner {
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Storage")
-            .field("mongodb", &self.inner.config.mongodb.uri)
-            .field("server", &self.inner.capabilities.server_description())
-            .field("redis", &self.inner.config.redis.url)
+            .field("mongodb", &self.inner.conn.config().mongodb.uri)
+            .field(
+                "server",
+                &self.inner.conn.capabilities().server_description(),
+            )
+            .field("redis", &self.inner.conn.config().redis.url)
             .field(
                 "redis_databases",
-                &self.inner.redis.keys().collect::<Vec<_>>(),
+                &self.inner.conn.redis_databases().keys().collect::<Vec<_>>(),
             )
-            .field("kafka", &self.inner.config.kafka.brokers)
+            .field("kafka", &self.inner.conn.config().kafka.brokers)
             .finish()
     }
 }
@@ -121,71 +103,31 @@ impl Storage {
     }
 
     async fn connect_inner(config: StorageConfig, on_command: Option<CommandLog>) -> Result<Self> {
-        config.check()?;
-        let mongo = mongo_client(&config, on_command).await?;
-        let probe_bound =
-            config.mongodb.server_selection_timeout * 2 + config.mongodb.connect_timeout;
-        let capabilities = tokio::time::timeout(
-            probe_bound,
-            Capabilities::detect(&mongo, &config.mongodb.probe_database),
+        let conn = Connections::connect(
+            config,
+            ConnectOptions {
+                on_command,
+                adjust_capabilities: None,
+            },
         )
-        .await
-        .map_err(|_| Error::Timeout {
-            component: Component::Mongodb,
-            operation: "capability detection",
-            after: probe_bound,
-        })??;
-        tracing::info!(server = %capabilities.server_description(), ?capabilities, "connected to MongoDB");
-
-        let mut redis = BTreeMap::new();
-        if config.redis.cluster_nodes.is_empty() {
-            for db in config.redis.databases.purposes().into_keys() {
-                redis.insert(db, RedisConnection::single(redis_manager(&config, db)?));
-            }
-        } else {
-            let cluster = RedisConnection::cluster(cluster_client(&config)?);
-            for db in config.redis.databases.purposes().into_keys() {
-                redis.insert(db, cluster.clone());
-            }
-        }
-        if config.redis.ready_check {
-            for (db, conn) in &redis {
-                let mut conn = conn.clone();
-                let ping = redis::cmd("PING");
-                match tokio::time::timeout(
-                    config.redis.connection_timeout,
-                    ping.query_async::<String>(&mut conn),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(db, error = %e, "Redis not ready at connect; caching degrades to the database until it is"),
-                    Err(_) => tracing::warn!(db, "Redis did not answer at connect; caching degrades to the database until it does"),
-                }
-            }
-        }
-        let kafka = kafka_producer(&config)?;
+        .await?;
+        let config = conn.config();
         let cache = CacheLayer::new(
             config.redis.key_prefix.clone(),
             config.cache.clone(),
-            pubsub_client(&config)?,
+            conn.redis_pubsub().clone(),
         );
         let write_behind =
             WriteBehind::new(config.redis.key_prefix.clone(), config.write_behind.clone());
         let storage = Storage {
             inner: Arc::new(Inner {
-                config,
-                mongo,
-                capabilities,
-                redis,
-                kafka,
+                conn,
                 cache,
                 write_behind,
-                faults: std::sync::Mutex::new(Vec::new()),
                 outbox_databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         };
-        let wb = &storage.inner.config.write_behind;
+        let wb = &storage.inner.conn.config().write_behind;
         if wb.resume_on_connect && wb.start_flusher {
             if let Err(e) = storage.write_behind().resume(&storage).await {
                 tracing::warn!(error = %e, "could not look for write-behind queues to resume; writes queued earlier apply once Redis answers and this entity is written again");
@@ -196,43 +138,34 @@ impl Storage {
 
     /// The configuration this handle was built from.
     pub fn config(&self) -> &StorageConfig {
-        &self.inner.config
+        self.inner.conn.config()
     }
 
     /// What the MongoDB-wire server supports.
     pub fn capabilities(&self) -> &Capabilities {
-        &self.inner.capabilities
+        self.inner.conn.capabilities()
     }
 
     /// The MongoDB client, for what caas-storage does not cover. Writes made through it bypass
     /// tenancy, caching and the outbox.
     pub fn mongo(&self) -> &mongodb::Client {
-        &self.inner.mongo
+        self.inner.conn.mongo()
     }
 
     /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...), from the shared pool.
     pub fn database(&self, name: &str) -> mongodb::Database {
-        self.inner.mongo.database(name)
+        self.inner.conn.database(name)
     }
 
     /// The auto-reconnecting connection to Redis logical database `db`, which must be one the
     /// configuration allocates (see [`RedisDatabases`](crate::config::RedisDatabases)).
     pub fn redis(&self, db: u8) -> Result<RedisConnection> {
-        self.inner.redis.get(&db).cloned().ok_or_else(|| {
-            Error::config(
-                "redis.databases",
-                format!(
-                    "Redis database {db} is not allocated to any purpose; allocated: {:?}",
-                    self.inner.redis.keys().collect::<Vec<_>>()
-                ),
-            )
-        })
+        self.inner.conn.redis(db)
     }
 
     /// The Redis connection that caches entities of MongoDB database `database`.
     pub fn redis_cache_for(&self, database: &str) -> RedisConnection {
-        let db = self.inner.config.redis.databases.cache_db_for(database);
-        self.inner.redis[&db].clone()
+        self.inner.conn.redis_cache_for(database)
     }
 
     /// The cache: metrics, explicit invalidation.
@@ -264,25 +197,14 @@ impl Storage {
 
     /// Fault injection for tests: the next write through this handle that reaches `point`
     /// stops there, as if the process died, and returns a timeout error.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn inject_fault(&self, point: FaultPoint) {
-        self.inner.faults.lock().expect("faults").push(point);
+        self.inner.conn.inject_fault(point);
     }
 
     /// Consumes an injected fault at `point`, if one is armed.
     pub(crate) fn fault(&self, point: FaultPoint) -> Result<()> {
-        let mut faults = self.inner.faults.lock().expect("faults");
-        match faults.iter().position(|p| *p == point) {
-            Some(i) => {
-                faults.remove(i);
-                Err(Error::Timeout {
-                    component: Component::Mongodb,
-                    operation: "injected fault (process stopped here)",
-                    after: Duration::ZERO,
-                })
-            }
-            None => Ok(()),
-        }
+        self.inner.conn.fault(point)
     }
 
     pub(crate) fn downgrade(&self) -> WeakStorage {
@@ -291,7 +213,7 @@ impl Storage {
 
     /// The shared idempotent Kafka producer.
     pub fn kafka_producer(&self) -> &FutureProducer {
-        &self.inner.kafka
+        self.inner.conn.kafka()
     }
 
     /// The backlogs: writes queued for `eventual` entities and events waiting in outboxes.
@@ -370,13 +292,14 @@ impl Storage {
     fn redis_health_targets(
         &self,
     ) -> Vec<(String, RedisConnection, BTreeMap<String, serde_json::Value>)> {
-        let r = &self.inner.config.redis;
+        let r = &self.inner.conn.config().redis;
         if !r.cluster_nodes.is_empty() {
             let mut details = BTreeMap::new();
             details.insert("nodes".to_owned(), r.cluster_nodes.clone().into());
             return self
                 .inner
-                .redis
+                .conn
+                .redis_databases()
                 .values()
                 .next()
                 .map(|c| ("redis/cluster".to_owned(), c.clone(), details))
@@ -385,7 +308,8 @@ impl Storage {
         }
         let purposes = r.databases.purposes();
         self.inner
-            .redis
+            .conn
+            .redis_databases()
             .iter()
             .map(|(db, c)| {
                 let mut details = BTreeMap::new();
@@ -414,7 +338,7 @@ impl Storage {
         options: SyncOptions,
     ) -> Result<IndexPlan> {
         let db = self.database(meta.database);
-        crate::index::sync_indexes(&db, &self.inner.capabilities, meta, options).await
+        crate::index::sync_indexes(&db, self.inner.conn.capabilities(), meta, options).await
     }
 
     /// Syncs the indexes of every entity listed, e.g. `&[User::META, Session::META]`.
@@ -437,14 +361,14 @@ impl Storage {
             .try_to_rfc3339_string()
             .unwrap_or_default();
         let started = Instant::now();
-        let timeout = self.inner.config.health.timeout;
+        let timeout = self.inner.conn.config().health.timeout;
 
         let mongo = {
-            let client = self.inner.mongo.clone();
+            let client = self.inner.conn.mongo().clone();
             let mut details = BTreeMap::new();
             details.insert(
                 "server".to_owned(),
-                self.inner.capabilities.server_description().into(),
+                self.inner.conn.capabilities().server_description().into(),
             );
             health::check(
                 "mongodb".into(),
@@ -475,11 +399,11 @@ impl Storage {
         ));
 
         let kafka = {
-            let producer = self.inner.kafka.clone();
+            let producer = self.inner.conn.kafka().clone();
             let mut details = BTreeMap::new();
             details.insert(
                 "brokers".to_owned(),
-                self.inner.config.kafka.brokers.clone().into(),
+                self.inner.conn.config().kafka.brokers.clone().into(),
             );
             health::check(
                 "kafka".into(),
@@ -519,112 +443,4 @@ async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(
         return Err("metadata lists no brokers".into());
     }
     Ok(())
-}
-
-type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
-
-async fn mongo_client(
-    config: &StorageConfig,
-    on_command: Option<CommandLog>,
-) -> Result<mongodb::Client> {
-    let m = &config.mongodb;
-    let mut options = ClientOptions::parse(&m.uri)
-        .await
-        .map_err(|e| Error::Config {
-            key: "mongodb.uri".into(),
-            reason: e.to_string(),
-        })?;
-    options.app_name = Some(m.app_name.clone());
-    options.max_pool_size = Some(m.max_pool_size);
-    options.min_pool_size = Some(m.min_pool_size);
-    options.max_idle_time = Some(m.max_idle_time);
-    options.server_selection_timeout = Some(m.server_selection_timeout);
-    options.connect_timeout = Some(m.connect_timeout);
-    let log = on_command.or_else(|| {
-        tracing::enabled!(target: "caas_storage::mongodb", tracing::Level::DEBUG).then(|| {
-            Arc::new(|e: &CommandStartedEvent| {
-                tracing::debug!(target: "caas_storage::mongodb", db = %e.db, command = %e.command, "mongodb command");
-            }) as CommandLog
-        })
-    });
-    if let Some(log) = log {
-        options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
-            if let CommandEvent::Started(started) = e {
-                log(&started);
-            }
-        }));
-    }
-    mongodb::Client::with_options(options).map_err(|e| Error::Config {
-        key: "mongodb.uri".into(),
-        reason: e.to_string(),
-    })
-}
-
-fn cluster_client(config: &StorageConfig) -> Result<redis::cluster::ClusterClient> {
-    let r = &config.redis;
-    let nodes: Vec<String> = r
-        .cluster_nodes
-        .iter()
-        .map(|n| format!("redis://{n}/"))
-        .collect();
-    redis::cluster::ClusterClientBuilder::new(nodes)
-        .connection_timeout(r.connection_timeout)
-        .response_timeout(r.response_timeout)
-        .retries(r.max_retries as u32)
-        .build()
-        .map_err(|e| Error::config("redis.cluster_nodes", e.to_string()))
-}
-
-/// The client the cache's invalidation listener subscribes with: on a cluster, the first seed
-/// node (PUBLISH reaches every node of a cluster).
-fn pubsub_client(config: &StorageConfig) -> Result<redis::Client> {
-    match config.redis.cluster_nodes.first() {
-        Some(node) => redis::Client::open(format!("redis://{node}/"))
-            .map_err(|e| Error::config("redis.cluster_nodes", e.to_string())),
-        None => redis_client(config, config.redis.databases.platform_cache),
-    }
-}
-
-fn redis_client(config: &StorageConfig, db: u8) -> Result<redis::Client> {
-    let bad_url = |e: redis::RedisError| Error::config("redis.url", e.to_string());
-    let info = config
-        .redis
-        .url
-        .as_str()
-        .into_connection_info()
-        .map_err(bad_url)?;
-    let settings = info.redis_settings().clone().set_db(i64::from(db));
-    redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)
-}
-
-fn redis_manager(config: &StorageConfig, db: u8) -> Result<ConnectionManager> {
-    let r = &config.redis;
-    let client = redis_client(config, db)?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_number_of_retries(r.max_retries)
-        .set_connection_timeout(Some(r.connection_timeout))
-        .set_response_timeout(Some(r.response_timeout))
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| Error::Redis {
-        operation: "create connection manager",
-        source: e,
-    })
-}
-
-fn kafka_producer(config: &StorageConfig) -> Result<FutureProducer> {
-    let k = &config.kafka;
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &k.brokers)
-        .set("client.id", &k.client_id)
-        .set("acks", &k.acks)
-        .set("enable.idempotence", k.enable_idempotence.to_string())
-        .set(
-            "message.timeout.ms",
-            k.message_timeout.as_millis().to_string(),
-        );
-    for (key, value) in &k.properties {
-        cc.set(key, value);
-    }
-    cc.create()
-        .map_err(|e| Error::config("kafka.properties", e.to_string()))
 }

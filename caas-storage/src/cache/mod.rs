@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::redis_conn::RedisConnection;
+use crate::connection::RedisConnection;
 
 use crate::config::CacheConfig;
 use crate::entity::{CacheSpec, CacheStrategy, Entity};

@@ -12,12 +12,12 @@ use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RES
 use mongodb::options::ReturnDocument;
 use mongodb::ClientSession;
 
+use crate::connection::FaultPoint;
 use crate::entity::Entity;
 use crate::error::{classify_write, Error, Result};
 use crate::outbox::OutboxStore;
 use crate::repo::events::{pending, Recording, WriteEvents};
 use crate::repo::Repository;
-use crate::storage::FaultPoint;
 use crate::tenant::TenantId;
 
 /// A write, as the driver takes it.

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::redis_conn::RedisConnection;
+use crate::connection::RedisConnection;
 use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
 

@@ -6,13 +6,18 @@
 //! (cache entries `{tenant:Entity:id}`, queues `caas:wb:...`). Multi-key scripts touch keys of
 //! one hash tag only, and `SCAN` visits every primary.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
+
+use crate::config::StorageConfig;
+use crate::error::{Error, Result};
 
 /// A connection to Redis: a single server's logical database, or a cluster. Cheap to clone;
 /// use it with the `redis` crate's commands (`redis::cmd("GET").arg(k).query_async(&mut c)`).
@@ -176,4 +181,89 @@ impl ConnectionLike for RedisConnection {
             Inner::Cluster(_) => 0,
         }
     }
+}
+
+/// One connection per allocated logical database (on a cluster, one shared connection), each
+/// pinged once when `redis.ready_check` is set: a Redis that is down is logged, not fatal.
+pub(crate) async fn connect(config: &StorageConfig) -> Result<BTreeMap<u8, RedisConnection>> {
+    let mut redis = BTreeMap::new();
+    if config.redis.cluster_nodes.is_empty() {
+        for db in config.redis.databases.purposes().into_keys() {
+            redis.insert(db, RedisConnection::single(manager(config, db)?));
+        }
+    } else {
+        let cluster = RedisConnection::cluster(cluster_client(config)?);
+        for db in config.redis.databases.purposes().into_keys() {
+            redis.insert(db, cluster.clone());
+        }
+    }
+    if config.redis.ready_check {
+        for (db, conn) in &redis {
+            let mut conn = conn.clone();
+            let ping = redis::cmd("PING");
+            match tokio::time::timeout(
+                config.redis.connection_timeout,
+                ping.query_async::<String>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(db, error = %e, "Redis not ready at connect; caching degrades to the database until it is"),
+                Err(_) => tracing::warn!(db, "Redis did not answer at connect; caching degrades to the database until it does"),
+            }
+        }
+    }
+    Ok(redis)
+}
+
+fn cluster_client(config: &StorageConfig) -> Result<redis::cluster::ClusterClient> {
+    let r = &config.redis;
+    let nodes: Vec<String> = r
+        .cluster_nodes
+        .iter()
+        .map(|n| format!("redis://{n}/"))
+        .collect();
+    redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(r.connection_timeout)
+        .response_timeout(r.response_timeout)
+        .retries(r.max_retries as u32)
+        .build()
+        .map_err(|e| Error::config("redis.cluster_nodes", e.to_string()))
+}
+
+/// The client the cache's invalidation listener subscribes with: on a cluster, the first seed
+/// node (PUBLISH reaches every node of a cluster).
+pub(crate) fn pubsub_client(config: &StorageConfig) -> Result<redis::Client> {
+    match config.redis.cluster_nodes.first() {
+        Some(node) => redis::Client::open(format!("redis://{node}/"))
+            .map_err(|e| Error::config("redis.cluster_nodes", e.to_string())),
+        None => client(config, config.redis.databases.platform_cache),
+    }
+}
+
+fn client(config: &StorageConfig, db: u8) -> Result<redis::Client> {
+    let bad_url = |e: redis::RedisError| Error::config("redis.url", e.to_string());
+    let info = config
+        .redis
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad_url)?;
+    let settings = info.redis_settings().clone().set_db(i64::from(db));
+    redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)
+}
+
+fn manager(config: &StorageConfig, db: u8) -> Result<ConnectionManager> {
+    let r = &config.redis;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_number_of_retries(r.max_retries)
+        .set_connection_timeout(Some(r.connection_timeout))
+        .set_response_timeout(Some(r.response_timeout))
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client(config, db)?, manager_config).map_err(|e| {
+        Error::Redis {
+            operation: "create connection manager",
+            source: e,
+        }
+    })
 }

@@ -1,0 +1,173 @@
+//! The connection layer: the pools, what the servers support, the configuration and the fault
+//! points, owned once and shared by everything built on top.
+//!
+//! [`Connections`] is the lowest piece of the runtime. The cache, the write-behind queue and the
+//! outbox are each built from it and never see [`Storage`](crate::Storage), which only wires
+//! them together. Cheap to clone (one `Arc`).
+//!
+//! - [`mongo`]: the MongoDB client (pool settings, command log) and the call bound.
+//! - [`redis`]: one auto-reconnecting connection per allocated logical database, or one cluster
+//!   connection, behind [`RedisConnection`].
+//! - [`kafka`]: the shared idempotent producer.
+//! - [`faults`]: points where a test can stop a write as if the process died there.
+
+mod faults;
+mod kafka;
+pub(crate) mod mongo;
+mod redis;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rdkafka::producer::FutureProducer;
+
+use crate::capabilities::Capabilities;
+use crate::config::StorageConfig;
+use crate::error::{Component, Error, Result};
+
+pub use self::redis::RedisConnection;
+pub use faults::FaultPoint;
+pub(crate) use mongo::CommandLog;
+
+/// The pools and facts every part of the runtime is built from. See the module docs.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StorageConfig,
+    mongo: mongodb::Client,
+    capabilities: Capabilities,
+    redis: BTreeMap<u8, RedisConnection>,
+    pubsub: ::redis::Client,
+    kafka: FutureProducer,
+    faults: faults::Faults,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("server", &self.inner.capabilities.server_description())
+            .field(
+                "redis_databases",
+                &self.inner.redis.keys().collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to connect, beyond the configuration.
+#[derive(Default)]
+pub(crate) struct ConnectOptions {
+    /// Called with every command the MongoDB driver starts.
+    pub on_command: Option<CommandLog>,
+    /// Applied to the detected capabilities before anything uses them (tests force a branch).
+    pub adjust_capabilities: Option<Box<dyn FnOnce(&mut Capabilities) + Send>>,
+}
+
+impl Connections {
+    /// Builds the pools and detects the server's capabilities (MongoDB must answer within
+    /// `mongodb.server_selection_timeout`). Redis and Kafka connect lazily: a service starts
+    /// while they are down, and health reports them.
+    pub(crate) async fn connect(config: StorageConfig, options: ConnectOptions) -> Result<Self> {
+        config.check()?;
+        let mongo = mongo::client(&config, options.on_command).await?;
+        let probe_bound =
+            config.mongodb.server_selection_timeout * 2 + config.mongodb.connect_timeout;
+        let mut capabilities = tokio::time::timeout(
+            probe_bound,
+            Capabilities::detect(&mongo, &config.mongodb.probe_database),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            component: Component::Mongodb,
+            operation: "capability detection",
+            after: probe_bound,
+        })??;
+        if let Some(adjust) = options.adjust_capabilities {
+            adjust(&mut capabilities);
+        }
+        tracing::info!(server = %capabilities.server_description(), ?capabilities, "connected to MongoDB");
+        let redis = redis::connect(&config).await?;
+        let pubsub = redis::pubsub_client(&config)?;
+        let kafka = kafka::producer(&config)?;
+        Ok(Connections {
+            inner: Arc::new(Inner {
+                config,
+                mongo,
+                capabilities,
+                redis,
+                pubsub,
+                kafka,
+                faults: faults::Faults::default(),
+            }),
+        })
+    }
+
+    /// The configuration the pools were built from.
+    pub(crate) fn config(&self) -> &StorageConfig {
+        &self.inner.config
+    }
+
+    /// What the MongoDB-wire server supports.
+    pub(crate) fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// The MongoDB client.
+    pub(crate) fn mongo(&self) -> &mongodb::Client {
+        &self.inner.mongo
+    }
+
+    /// A MongoDB database by name, from the shared pool.
+    pub(crate) fn database(&self, name: &str) -> mongodb::Database {
+        self.inner.mongo.database(name)
+    }
+
+    /// The connection to Redis logical database `db`, which the configuration must allocate.
+    pub(crate) fn redis(&self, db: u8) -> Result<RedisConnection> {
+        self.inner.redis.get(&db).cloned().ok_or_else(|| {
+            Error::config(
+                "redis.databases",
+                format!(
+                    "Redis database {db} is not allocated to any purpose; allocated: {:?}",
+                    self.inner.redis.keys().collect::<Vec<_>>()
+                ),
+            )
+        })
+    }
+
+    /// Every allocated logical database and its connection (one entry per database; on a
+    /// cluster they all share one connection).
+    pub(crate) fn redis_databases(&self) -> &BTreeMap<u8, RedisConnection> {
+        &self.inner.redis
+    }
+
+    /// The connection that caches entities of MongoDB database `database`.
+    pub(crate) fn redis_cache_for(&self, database: &str) -> RedisConnection {
+        let db = self.inner.config.redis.databases.cache_db_for(database);
+        self.inner.redis[&db].clone()
+    }
+
+    /// The client pub/sub subscriptions are made with.
+    pub(crate) fn redis_pubsub(&self) -> &::redis::Client {
+        &self.inner.pubsub
+    }
+
+    /// The shared idempotent Kafka producer.
+    pub(crate) fn kafka(&self) -> &FutureProducer {
+        &self.inner.kafka
+    }
+
+    /// Consumes an injected fault at `point`, if one is armed: the write stops there.
+    pub(crate) fn fault(&self, point: FaultPoint) -> Result<()> {
+        self.inner.faults.take(point)
+    }
+
+    /// Arms a fault: the next write that reaches `point` stops there.
+    #[cfg(feature = "testing")]
+    pub(crate) fn inject_fault(&self, point: FaultPoint) {
+        self.inner.faults.arm(point);
+    }
+}

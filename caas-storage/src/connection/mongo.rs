@@ -1,0 +1,46 @@
+//! The MongoDB client: pool settings from the configuration, and the command log.
+
+use std::sync::Arc;
+
+use mongodb::event::command::{CommandEvent, CommandStartedEvent};
+use mongodb::event::EventHandler;
+use mongodb::options::ClientOptions;
+
+use crate::config::StorageConfig;
+use crate::error::{Error, Result};
+
+/// A callback for every command the driver starts.
+pub(crate) type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
+
+/// The client with the configured pool. Without `on_command`, commands are logged by `tracing`
+/// at debug level under target `caas_storage::mongodb` when that level is enabled at connect.
+pub(crate) async fn client(
+    config: &StorageConfig,
+    on_command: Option<CommandLog>,
+) -> Result<mongodb::Client> {
+    let m = &config.mongodb;
+    let mut options = ClientOptions::parse(&m.uri)
+        .await
+        .map_err(|e| Error::config("mongodb.uri", e.to_string()))?;
+    options.app_name = Some(m.app_name.clone());
+    options.max_pool_size = Some(m.max_pool_size);
+    options.min_pool_size = Some(m.min_pool_size);
+    options.max_idle_time = Some(m.max_idle_time);
+    options.server_selection_timeout = Some(m.server_selection_timeout);
+    options.connect_timeout = Some(m.connect_timeout);
+    let log = on_command.or_else(|| {
+        tracing::enabled!(target: "caas_storage::mongodb", tracing::Level::DEBUG).then(|| {
+            Arc::new(|e: &CommandStartedEvent| {
+                tracing::debug!(target: "caas_storage::mongodb", db = %e.db, command = %e.command, "mongodb command");
+            }) as CommandLog
+        })
+    });
+    if let Some(log) = log {
+        options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
+            if let CommandEvent::Started(started) = e {
+                log(&started);
+            }
+        }));
+    }
+    mongodb::Client::with_options(options).map_err(|e| Error::config("mongodb.uri", e.to_string()))
+}
