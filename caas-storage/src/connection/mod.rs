@@ -63,8 +63,11 @@ pub(crate) struct ConnectOptions {
     /// Called with every command the MongoDB driver starts.
     pub on_command: Option<CommandLog>,
     /// Applied to the detected capabilities before anything uses them (tests force a branch).
-    pub adjust_capabilities: Option<Box<dyn FnOnce(&mut Capabilities) + Send>>,
+    pub adjust_capabilities: Option<AdjustCapabilities>,
 }
+
+/// Changes the detected capabilities before anything uses them.
+pub(crate) type AdjustCapabilities = Box<dyn FnOnce(&mut Capabilities) + Send>;
 
 impl Connections {
     /// Builds the pools and detects the server's capabilities (MongoDB must answer within
