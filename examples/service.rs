@@ -240,7 +240,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     storage
         .write_behind()
-        .flush::<AuditEntry>(&storage, Duration::from_secs(30))
+        .flush::<AuditEntry>(Duration::from_secs(30))
         .await?;
     let applied = audit
         .with_consistency(Consistency::Strong)
@@ -250,8 +250,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     step("outbox: events recorded with the writes, relayed to Kafka");
     let conversations = ConversationRepository::new(&storage);
-    let relay =
-        OutboxRelay::new(&storage, RelayOptions::for_databases(["caas_messaging"]))?.spawn();
+    let relay = storage
+        .outbox_relay(RelayOptions::for_databases(["caas_messaging"]))?
+        .spawn();
     let c = Conversation {
         conversation_id: "c-1".into(),
         tenant_id: acme.to_string(),
@@ -277,7 +278,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("auto.offset.reset", "earliest")
         .create()?;
     consumer.subscribe(&["demo.conversation.events"])?;
-    let dedupe = Deduplicator::new(&storage, "caas_messaging");
+    let dedupe = storage.deduplicator("caas_messaging");
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < 3 && Instant::now() < deadline {

@@ -92,7 +92,7 @@ async fn main() {
         let ack_secs = start.elapsed().as_secs_f64();
         storage
             .write_behind()
-            .flush::<EventualRow>(&storage, Duration::from_secs(120))
+            .flush::<EventualRow>(Duration::from_secs(120))
             .await
             .unwrap();
         let applied_secs = start.elapsed().as_secs_f64();

@@ -86,7 +86,7 @@ async fn relay_drain(relay: &OutboxRelay, n: usize) -> Duration {
 }
 
 async fn raw_send(storage: &Storage, batch: &[PendingEvent]) -> Duration {
-    let producer = storage.kafka_producer();
+    let producer = storage.raw().kafka_producer();
     let start = Instant::now();
     let mut deliveries = Vec::with_capacity(batch.len());
     for e in batch {
@@ -113,7 +113,7 @@ async fn raw_send(storage: &Storage, batch: &[PendingEvent]) -> Duration {
 /// The least any outbox relay on this database must do for the batch, by hand: read the
 /// ready records once, send them, await delivery, copy them to an archive, delete them.
 async fn hand_written(storage: &Storage, store: &OutboxStore, n: usize) -> Duration {
-    let producer = storage.kafka_producer();
+    let producer = storage.raw().kafka_producer();
     let archive = storage
         .database(HAND_DB)
         .collection::<Document>("hand_published");
@@ -164,21 +164,19 @@ async fn main() {
     let storage = Storage::connect(StorageConfig::from_env().unwrap())
         .await
         .unwrap();
-    storage.database(DB).drop().await.unwrap();
-    storage.database(HAND_DB).drop().await.unwrap();
-    let hand_store = OutboxStore::new(&storage, HAND_DB);
+    storage.raw().database(DB).drop().await.unwrap();
+    storage.raw().database(HAND_DB).drop().await.unwrap();
+    let hand_store = storage.outbox(HAND_DB);
     hand_store.ensure_indexes().await.unwrap();
     let topic = format!("bench.outbox.{}", uuid::Uuid::now_v7().simple());
-    let store = OutboxStore::new(&storage, DB);
-    let relay = OutboxRelay::new(
-        &storage,
-        RelayOptions {
+    let store = storage.outbox(DB);
+    let relay = storage
+        .outbox_relay(RelayOptions {
             batch_size,
             lag_interval: Duration::from_secs(3600),
             ..RelayOptions::for_databases([DB])
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
 
     // Warm-up: topic creation, leases, indexes, connections.
     let warm = events(&topic, 0, 50);
@@ -236,5 +234,5 @@ async fn main() {
         h / b
     );
     store.cleanup_published(Duration::ZERO).await.unwrap();
-    storage.database(HAND_DB).drop().await.unwrap();
+    storage.raw().database(HAND_DB).drop().await.unwrap();
 }

@@ -36,7 +36,7 @@ async fn main() {
     let storage = Storage::connect(StorageConfig::from_env().unwrap())
         .await
         .unwrap();
-    let db = storage.database("caas_bench");
+    let db = storage.raw().database("caas_bench");
     db.collection::<caas_storage::bson::Document>("bench_docs")
         .drop()
         .await

@@ -51,7 +51,6 @@
 //! | `write_behind.enqueue_timeout` | `CAAS_WRITE_BEHIND_ENQUEUE_TIMEOUT` | `2s` |
 //! | `write_behind.max_pending` | `CAAS_WRITE_BEHIND_MAX_PENDING` | 1000000 |
 //! | `write_behind.start_flusher` | `CAAS_WRITE_BEHIND_START_FLUSHER` | `true` |
-//! | `write_behind.resume_on_connect` | `CAAS_WRITE_BEHIND_RESUME_ON_CONNECT` | `true` |
 //! | `health.timeout` | `CAAS_HEALTH_TIMEOUT` | `2s` |
 //!
 //! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
@@ -349,12 +348,11 @@ pub struct WriteBehindConfig {
     /// database has been unreachable for long) instead of growing Redis without bound.
     #[serde(deserialize_with = "lenient")]
     pub max_pending: u64,
-    /// Run flushers in this process (turn off in processes that only enqueue).
+    /// Run flushers in this process (turn off in processes that only enqueue). A flusher
+    /// starts when a repository of an entity is made and its queue holds writes (left by an
+    /// earlier process, say), and whenever a write is queued.
     #[serde(deserialize_with = "lenient")]
     pub start_flusher: bool,
-    /// At connect, start flushers for queues earlier processes left behind.
-    #[serde(deserialize_with = "lenient")]
-    pub resume_on_connect: bool,
 }
 
 impl Default for WriteBehindConfig {
@@ -368,7 +366,6 @@ impl Default for WriteBehindConfig {
             enqueue_timeout: Duration::from_secs(2),
             max_pending: 1_000_000,
             start_flusher: true,
-            resume_on_connect: true,
         }
     }
 }

@@ -219,6 +219,28 @@ impl Error {
         }
     }
 
+    /// A short, stable name of the error's kind (`version_conflict`, `timeout`, ...), for
+    /// metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::InvalidTenant { .. } => "invalid_tenant",
+            Error::TenantMismatch { .. } => "tenant_mismatch",
+            Error::TenantFilter { .. } => "tenant_filter",
+            Error::DuplicateKey { .. } => "duplicate_key",
+            Error::Rejected { .. } => "rejected",
+            Error::NotFound { .. } => "not_found",
+            Error::VersionConflict { .. } => "version_conflict",
+            Error::Codec { .. } => "codec",
+            Error::Unsupported { .. } => "unsupported",
+            Error::QueueFull { .. } => "queue_full",
+            Error::Timeout { .. } => "timeout",
+            Error::Mongo { .. } => "mongodb",
+            Error::Redis { .. } => "redis",
+            Error::Kafka { .. } => "kafka",
+        }
+    }
+
     /// The component whose server produced this error, if any.
     pub fn component(&self) -> Option<Component> {
         match self {

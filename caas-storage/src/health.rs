@@ -9,9 +9,14 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use mongodb::bson::{doc, DateTime};
+use rdkafka::producer::{FutureProducer, Producer};
 use serde::Serialize;
 
+use crate::connection::{Connections, RedisConnection};
 use crate::error::Component;
+use crate::outbox::outbox_lag;
+use crate::write_behind::WriteBehind;
 
 /// Up, degraded or down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,16 +70,20 @@ pub struct ComponentHealth {
     pub details: BTreeMap<String, serde_json::Value>,
 }
 
-/// Runs one check under `timeout` and records its outcome.
+/// Facts a check adds to its component's details.
+type Details = BTreeMap<String, serde_json::Value>;
+
+/// Runs one check under `timeout` and records its outcome; what the check returns is added to
+/// `details`.
 pub(crate) async fn check<F>(
     name: String,
     component: Component,
     timeout: Duration,
-    details: BTreeMap<String, serde_json::Value>,
+    mut details: Details,
     f: F,
 ) -> ComponentHealth
 where
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<Details, String>>,
 {
     let start = Instant::now();
     let outcome = match tokio::time::timeout(timeout, f).await {
@@ -82,18 +91,188 @@ where
         Err(_) => Err(format!("no answer within {timeout:?}")),
     };
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let (status, error) = match outcome {
+        Ok(found) => {
+            details.extend(found);
+            (HealthStatus::Up, None)
+        }
+        Err(e) => (HealthStatus::Down, Some(e)),
+    };
     ComponentHealth {
         name,
         component,
-        status: if outcome.is_ok() {
-            HealthStatus::Up
-        } else {
-            HealthStatus::Down
-        },
+        status,
         latency_ms,
-        error: outcome.err(),
+        error,
         details,
     }
+}
+
+/// Checks MongoDB, every allocated Redis database (or the cluster once), Kafka and the two
+/// backlogs concurrently, each bounded by `health.timeout`.
+pub(crate) async fn report(
+    conn: &Connections,
+    queue: &WriteBehind,
+    outbox_databases: Vec<&'static str>,
+) -> HealthReport {
+    let timestamp = DateTime::now().try_to_rfc3339_string().unwrap_or_default();
+    let started = Instant::now();
+    let timeout = conn.config().health.timeout;
+
+    let mongo = {
+        let client = conn.mongo().clone();
+        let details = Details::from([(
+            "server".to_owned(),
+            conn.capabilities().server_description().into(),
+        )]);
+        check(
+            "mongodb".into(),
+            Component::Mongodb,
+            timeout,
+            details,
+            async move {
+                client
+                    .database("admin")
+                    .run_command(doc! { "ping": 1 })
+                    .await
+                    .map(|_| Details::new())
+                    .map_err(|e| e.to_string())
+            },
+        )
+    };
+    let redis = futures::future::join_all(redis_targets(conn).into_iter().map(
+        |(name, mut redis, details)| {
+            check(name, Component::Redis, timeout, details, async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut redis)
+                    .await
+                    .map(|_| Details::new())
+                    .map_err(|e| e.to_string())
+            })
+        },
+    ));
+    let kafka = {
+        let producer = conn.kafka().clone();
+        let details = Details::from([(
+            "brokers".to_owned(),
+            conn.config().kafka.brokers.clone().into(),
+        )]);
+        check(
+            "kafka".into(),
+            Component::Kafka,
+            timeout,
+            details,
+            async move {
+                kafka_metadata(producer, timeout)
+                    .await
+                    .map(|_| Details::new())
+            },
+        )
+    };
+    // Backlogs are `up` with their size in the details (a backlog is not an outage); `down`
+    // only when they cannot be read.
+    let write_behind = check(
+        "write_behind".into(),
+        Component::Redis,
+        timeout,
+        Details::new(),
+        async {
+            let lag = queue.lag().await.map_err(|e| e.to_string())?;
+            Ok(Details::from([
+                (
+                    "pending".to_owned(),
+                    lag.iter().map(|l| l.pending).sum::<u64>().into(),
+                ),
+                (
+                    "oldest_age_ms".to_owned(),
+                    lag.iter()
+                        .map(|l| l.oldest_age_ms)
+                        .max()
+                        .unwrap_or(0)
+                        .into(),
+                ),
+                (
+                    "dead_letters".to_owned(),
+                    lag.iter().map(|l| l.dead_letters).sum::<u64>().into(),
+                ),
+            ]))
+        },
+    );
+    let outbox = check(
+        "outbox".into(),
+        Component::Mongodb,
+        timeout,
+        Details::from([("databases".to_owned(), outbox_databases.clone().into())]),
+        async {
+            let lag = outbox_lag(conn, &outbox_databases)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Details::from([
+                ("pending".to_owned(), lag.pending.into()),
+                ("parked".to_owned(), lag.parked.into()),
+                (
+                    "oldest_pending_age_ms".to_owned(),
+                    lag.oldest_pending_age_ms.unwrap_or(0).into(),
+                ),
+            ]))
+        },
+    );
+    let (mongo, redis, kafka, write_behind, outbox) =
+        tokio::join!(mongo, redis, kafka, write_behind, outbox);
+    let mut components: Vec<ComponentHealth> = vec![mongo];
+    components.extend(redis);
+    components.extend([kafka, write_behind, outbox]);
+    HealthReport {
+        status: overall(&components),
+        timestamp,
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+        components,
+    }
+}
+
+/// What the health check pings: each allocated logical database, or the cluster once.
+fn redis_targets(conn: &Connections) -> Vec<(String, RedisConnection, Details)> {
+    let r = &conn.config().redis;
+    if !r.cluster_nodes.is_empty() {
+        let details = Details::from([("nodes".to_owned(), r.cluster_nodes.clone().into())]);
+        return conn
+            .redis_databases()
+            .values()
+            .next()
+            .map(|c| ("redis/cluster".to_owned(), c.clone(), details))
+            .into_iter()
+            .collect();
+    }
+    let purposes = r.databases.purposes();
+    conn.redis_databases()
+        .iter()
+        .map(|(db, c)| {
+            let details = Details::from([
+                ("db".to_owned(), (*db).into()),
+                (
+                    "purposes".to_owned(),
+                    purposes.get(db).cloned().unwrap_or_default().into(),
+                ),
+            ]);
+            (format!("redis/db{db}"), c.clone(), details)
+        })
+        .collect()
+}
+
+async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(), String> {
+    let brokers = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|m| m.brokers().len())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    if brokers == 0 {
+        return Err("metadata lists no brokers".into());
+    }
+    Ok(())
 }
 
 /// Combines component results into the overall status.
@@ -120,7 +299,7 @@ mod tests {
             Component::Kafka,
             Duration::from_millis(50),
             BTreeMap::new(),
-            std::future::pending(),
+            std::future::pending::<Result<Details, String>>(),
         )
         .await;
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -136,7 +315,7 @@ mod tests {
                 component,
                 Duration::from_secs(1),
                 BTreeMap::new(),
-                async { Ok(()) },
+                async { Ok(Details::new()) },
             )
             .await
         }
@@ -146,7 +325,7 @@ mod tests {
                 component,
                 Duration::from_secs(1),
                 BTreeMap::new(),
-                async { Err("refused".to_owned()) },
+                async { Err::<Details, _>("refused".to_owned()) },
             )
             .await
         }

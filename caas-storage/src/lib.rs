@@ -25,10 +25,11 @@
 //! let u = users.find_by_email(&t, "a@example.com").await?;
 //! ```
 //!
-//! Where things are: [`config`] (settings), [`storage`] (pools), [`capabilities`] (what the
-//! server supports), [`health`], [`tenant`], [`consistency`], [`index`] (declared indexes and
-//! their sync), [`repo`] (the executor, queries, patches, paging), [`entity`] (what the derive
-//! generates).
+//! Where things are: [`config`] (settings), [`Storage`] (the handle), [`capabilities`] (what
+//! the server supports), [`health`], [`tenant`], [`consistency`], [`cache`], [`outbox`],
+//! [`write_behind`] (the `eventual` queue), [`index`] (declared indexes and their sync),
+//! [`repo`] (the executor: the write pipeline, queries, patches, paging), [`entity`] (what the
+//! derive generates), [`driver`] (the driver crates, for [`Storage::raw`]).
 
 #![deny(missing_docs)]
 
@@ -37,6 +38,7 @@ pub mod capabilities;
 pub mod config;
 mod connection;
 pub mod consistency;
+mod document;
 pub mod entity;
 pub mod error;
 pub mod health;
@@ -44,25 +46,35 @@ mod hex;
 pub mod index;
 pub mod outbox;
 pub mod repo;
-pub mod storage;
+mod storage;
 pub mod tenant;
 pub mod write_behind;
 
 pub use caas_storage_derive::Repository;
 pub use capabilities::Capabilities;
 pub use config::StorageConfig;
+#[cfg(feature = "testing")]
 pub use connection::FaultPoint;
 pub use connection::RedisConnection;
 pub use consistency::{CausalToken, Consistency};
-pub use entity::Entity;
+pub use document::{DELETED_AT_FIELD, OP_FIELD, SCHEMA_VERSION_FIELD};
+pub use entity::{Entity, Queueable};
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
-pub use storage::Storage;
+pub use storage::{RawClients, Storage, StorageBuilder};
 pub use tenant::TenantId;
 
 /// Re-export of the BSON crate the driver uses (for `DateTime`, `oid::ObjectId`, raw filters).
 pub use mongodb::bson;
+
+/// The driver crates, re-exported for what [`Storage::raw`] hands out: use them through here
+/// so your versions always match the runtime's.
+pub mod driver {
+    pub use mongodb;
+    pub use rdkafka;
+    pub use redis;
+}
 
 /// Everything a service needs in scope: `use caas_storage::prelude::*;`.
 pub mod prelude {
@@ -78,6 +90,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::consistency::Consistency;
+    pub use crate::entity::Queueable;
     pub use crate::entity::{
         CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec,
     };
@@ -87,6 +100,7 @@ pub mod __private {
     pub use crate::storage::Storage;
     pub use crate::tenant::TenantId;
     pub use core::time::Duration;
+    pub use mongodb::bson::DateTime;
     pub use serde;
 
     /// Integer types a `#[repository(version)]` field may have.

@@ -1,29 +1,30 @@
-//! [`Storage`]: the handle that owns the connection pools.
+//! [`Storage`]: the handle a service holds. It wires the parts together and owns nothing else:
+//! the connection layer (pools, capabilities, config, fault points), the cache and the
+//! write-behind queue built from it, and the list of entities its repositories were made for.
 //!
 //! One `Storage` per process is the intended use; it is cheap to clone (an `Arc`) and every
 //! repository, background worker and health check hangs off it.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use mongodb::bson::doc;
 use mongodb::event::command::CommandStartedEvent;
-use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::cache::CacheLayer;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
-use crate::connection::RedisConnection;
-use crate::connection::{CommandLog, ConnectOptions, Connections, FaultPoint};
+use crate::connection::{CommandLog, ConnectOptions, Connections, RedisConnection};
 use crate::entity::{Entity, EntityMeta};
-use crate::error::{Component, Result};
-use crate::health::{self, ComponentHealth, HealthReport};
+use crate::error::Result;
+use crate::health::{self, HealthReport};
 use crate::index::{IndexPlan, SyncOptions};
+use crate::outbox::{Deduplicator, OutboxRelay, OutboxStore, RelayOptions};
 use crate::write_behind::WriteBehind;
 
-/// The connection pools and what was learnt about the servers at connect.
+/// The connection pools, what was learnt about the servers at connect, and the parts built on
+/// them.
 ///
 /// ```no_run
 /// # async fn run() -> caas_storage::Result<()> {
@@ -39,44 +40,76 @@ pub struct Storage {
 
 struct Inner {
     conn: Connections,
-    cache: CacheLayer,
-    write_behind: WriteBehind,
-    /// Databases whose entities record outbox events (learnt as repositories are made), for
-    /// the outbox lag in the health report.
-    outbox_databases: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
-}
-
-/// A [`Storage`] that does not keep the pools alive (for background tasks).
-#[derive(Clone, Debug)]
-pub(crate) struct WeakStorage(std::sync::Weak<Inner>);
-
-impl WeakStorage {
-    pub(crate) fn upgrade(&self) -> Option<Storage> {
-        self.0.upgrade().map(|inner| Storage { inner })
-    }
-}
-
-impl fmt::Debug for Inner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Storage")
-    }
+    cache: Arc<CacheLayer>,
+    queue: Arc<WriteBehind>,
+    /// The entities repositories were made for on this handle, by (database, collection,
+    /// name).
+    entities: Mutex<BTreeMap<(&'static str, &'static str, &'static str), &'static EntityMeta>>,
 }
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.inner.conn.config();
         f.debug_struct("Storage")
-            .field("mongodb", &self.inner.conn.config().mongodb.uri)
-            .field(
-                "server",
-                &self.inner.conn.capabilities().server_description(),
-            )
-            .field("redis", &self.inner.conn.config().redis.url)
+            .field("mongodb", &c.mongodb.uri)
+            .field("server", &self.capabilities().server_description())
+            .field("redis", &c.redis.url)
             .field(
                 "redis_databases",
                 &self.inner.conn.redis_databases().keys().collect::<Vec<_>>(),
             )
-            .field("kafka", &self.inner.conn.config().kafka.brokers)
+            .field("kafka", &c.kafka.brokers)
             .finish()
+    }
+}
+
+/// Connects a [`Storage`] with options beyond the configuration: see [`Storage::builder`].
+#[must_use = "a builder does nothing until `connect`"]
+pub struct StorageBuilder {
+    config: StorageConfig,
+    options: ConnectOptions,
+}
+
+impl fmt::Debug for StorageBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageBuilder").finish_non_exhaustive()
+    }
+}
+
+impl StorageBuilder {
+    /// Calls `on_command` with every command the MongoDB driver starts (the exact document
+    /// sent: concerns, read preference, session fields). For tests and diagnostics; the
+    /// callback runs on the driver's path, so keep it cheap. Without it, commands are logged
+    /// by `tracing` at debug level under target `caas_storage::mongodb` when that level is
+    /// enabled at connect.
+    pub fn on_command(
+        mut self,
+        on_command: impl Fn(&CommandStartedEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.options.on_command = Some(Arc::new(on_command) as CommandLog);
+        self
+    }
+
+    /// Changes the detected [`Capabilities`] before anything uses them, to run the code path
+    /// of another server: e.g. `atomic_conditional_updates = true` on FerretDB takes
+    /// MongoDB's version-filter path, which is only safe with one writer at a time. For tests.
+    #[cfg(feature = "testing")]
+    pub fn capabilities(mut self, adjust: impl FnOnce(&mut Capabilities) + Send + 'static) -> Self {
+        self.options.adjust_capabilities = Some(Box::new(adjust));
+        self
+    }
+
+    /// Connects: see [`Storage::connect`].
+    pub async fn connect(self) -> Result<Storage> {
+        let conn = Connections::connect(self.config, self.options).await?;
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                cache: Arc::new(CacheLayer::new(conn.clone())),
+                queue: Arc::new(WriteBehind::new(conn.clone())),
+                entities: Mutex::new(BTreeMap::new()),
+                conn,
+            }),
+        })
     }
 }
 
@@ -87,53 +120,16 @@ impl Storage {
     /// producer. Redis and Kafka connect lazily: a service starts while they are down, and
     /// [`health`](Self::health) reports them.
     pub async fn connect(config: StorageConfig) -> Result<Self> {
-        Self::connect_inner(config, None).await
+        Self::builder(config).connect().await
     }
 
-    /// [`connect`](Self::connect), calling `on_command` with every command the MongoDB driver
-    /// starts (the exact document sent: concerns, read preference, session fields). For tests
-    /// and diagnostics; the callback runs on the driver's path, so keep it cheap. Without it,
-    /// commands are logged by `tracing` at debug level under target `caas_storage::mongodb`
-    /// when that level is enabled at connect.
-    pub async fn connect_with_command_log(
-        config: StorageConfig,
-        on_command: impl Fn(&CommandStartedEvent) + Send + Sync + 'static,
-    ) -> Result<Self> {
-        Self::connect_inner(config, Some(Arc::new(on_command))).await
-    }
-
-    async fn connect_inner(config: StorageConfig, on_command: Option<CommandLog>) -> Result<Self> {
-        let conn = Connections::connect(
+    /// A [`StorageBuilder`], to connect with a command log (or, with the `testing` feature,
+    /// adjusted capabilities).
+    pub fn builder(config: StorageConfig) -> StorageBuilder {
+        StorageBuilder {
             config,
-            ConnectOptions {
-                on_command,
-                adjust_capabilities: None,
-            },
-        )
-        .await?;
-        let config = conn.config();
-        let cache = CacheLayer::new(
-            config.redis.key_prefix.clone(),
-            config.cache.clone(),
-            conn.redis_pubsub().clone(),
-        );
-        let write_behind =
-            WriteBehind::new(config.redis.key_prefix.clone(), config.write_behind.clone());
-        let storage = Storage {
-            inner: Arc::new(Inner {
-                conn,
-                cache,
-                write_behind,
-                outbox_databases: std::sync::Mutex::new(std::collections::BTreeSet::new()),
-            }),
-        };
-        let wb = &storage.inner.conn.config().write_behind;
-        if wb.resume_on_connect && wb.start_flusher {
-            if let Err(e) = storage.write_behind().resume(&storage).await {
-                tracing::warn!(error = %e, "could not look for write-behind queues to resume; writes queued earlier apply once Redis answers and this entity is written again");
-            }
+            options: ConnectOptions::default(),
         }
-        Ok(storage)
     }
 
     /// The configuration this handle was built from.
@@ -146,26 +142,14 @@ impl Storage {
         self.inner.conn.capabilities()
     }
 
-    /// The MongoDB client, for what caas-storage does not cover. Writes made through it bypass
-    /// tenancy, caching and the outbox.
-    pub fn mongo(&self) -> &mongodb::Client {
-        self.inner.conn.mongo()
-    }
-
-    /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...), from the shared pool.
-    pub fn database(&self, name: &str) -> mongodb::Database {
-        self.inner.conn.database(name)
-    }
-
-    /// The auto-reconnecting connection to Redis logical database `db`, which must be one the
-    /// configuration allocates (see [`RedisDatabases`](crate::config::RedisDatabases)).
-    pub fn redis(&self, db: u8) -> Result<RedisConnection> {
-        self.inner.conn.redis(db)
-    }
-
-    /// The Redis connection that caches entities of MongoDB database `database`.
-    pub fn redis_cache_for(&self, database: &str) -> RedisConnection {
-        self.inner.conn.redis_cache_for(database)
+    /// The raw driver clients, for what caas-storage does not cover. **Everything done
+    /// through them bypasses the framework**: no tenant scope, no cache invalidation, no
+    /// version bump, no outbox event. Reads are harmless; a write through them can leave
+    /// stale cache entries and events missing. Prefer a repository call.
+    pub fn raw(&self) -> RawClients<'_> {
+        RawClients {
+            conn: &self.inner.conn,
+        }
     }
 
     /// The cache: metrics, explicit invalidation.
@@ -175,152 +159,32 @@ impl Storage {
 
     /// The write-behind queues of `eventual` entities: flush, lag.
     pub fn write_behind(&self) -> &WriteBehind {
-        &self.inner.write_behind
+        &self.inner.queue
     }
 
-    /// Orderly shutdown: applies every write-behind queue of this Redis (bounded by `timeout`)
-    /// so acknowledged `eventual` writes are in MongoDB before the process exits. Writes left
-    /// when it times out are not lost: the next process applies them at connect.
+    /// The outbox of MongoDB database `database`: lag, parked events, redrive, clean-up.
+    pub fn outbox(&self, database: &str) -> OutboxStore {
+        OutboxStore::new(&self.inner.conn, database)
+    }
+
+    /// A relay that publishes the outboxes of `options.databases` to Kafka with this handle's
+    /// producer. Fails on invalid options or when the Kafka admin client (for topic creation)
+    /// cannot be configured.
+    pub fn outbox_relay(&self, options: RelayOptions) -> Result<OutboxRelay> {
+        OutboxRelay::new(&self.inner.conn, options)
+    }
+
+    /// A consumer-side deduplicator keeping its records in MongoDB database `database`.
+    pub fn deduplicator(&self, database: &str) -> Deduplicator {
+        Deduplicator::new(&self.inner.conn, database)
+    }
+
+    /// Orderly shutdown: applies the write-behind queue of every entity a repository was made
+    /// for on this handle (bounded by `timeout`), so acknowledged `eventual` writes are in
+    /// MongoDB before the process exits. Writes left when it times out are not lost: the next
+    /// process that makes a repository of the entity applies them.
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
-        self.write_behind().flush_all(self, timeout).await
-    }
-
-    /// Notes that entities of `database` record outbox events (the health report then shows
-    /// that outbox's lag).
-    pub(crate) fn note_outbox_database(&self, database: &'static str) {
-        self.inner
-            .outbox_databases
-            .lock()
-            .expect("outbox databases")
-            .insert(database);
-    }
-
-    /// Fault injection for tests: the next write through this handle that reaches `point`
-    /// stops there, as if the process died, and returns a timeout error.
-    #[cfg(feature = "testing")]
-    pub fn inject_fault(&self, point: FaultPoint) {
-        self.inner.conn.inject_fault(point);
-    }
-
-    /// Consumes an injected fault at `point`, if one is armed.
-    pub(crate) fn fault(&self, point: FaultPoint) -> Result<()> {
-        self.inner.conn.fault(point)
-    }
-
-    pub(crate) fn downgrade(&self) -> WeakStorage {
-        WeakStorage(Arc::downgrade(&self.inner))
-    }
-
-    /// The shared idempotent Kafka producer.
-    pub fn kafka_producer(&self) -> &FutureProducer {
-        self.inner.conn.kafka()
-    }
-
-    /// The backlogs: writes queued for `eventual` entities and events waiting in outboxes.
-    /// Reported `up` with their lag in the details (a backlog is not an outage); `down` only
-    /// when it cannot be read.
-    async fn backlog_health(&self, timeout: Duration) -> Vec<ComponentHealth> {
-        use std::sync::Mutex;
-        let queue = Mutex::new(BTreeMap::new());
-        let write_behind = health::check(
-            "write_behind".into(),
-            Component::Redis,
-            timeout,
-            BTreeMap::new(),
-            async {
-                let lag = self
-                    .write_behind()
-                    .lag(self)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut d = queue.lock().expect("details");
-                d.insert(
-                    "pending".to_owned(),
-                    lag.iter().map(|l| l.pending).sum::<u64>().into(),
-                );
-                d.insert(
-                    "oldest_age_ms".to_owned(),
-                    lag.iter()
-                        .map(|l| l.oldest_age_ms)
-                        .max()
-                        .unwrap_or(0)
-                        .into(),
-                );
-                d.insert(
-                    "dead_letters".to_owned(),
-                    lag.iter().map(|l| l.dead_letters).sum::<u64>().into(),
-                );
-                Ok(())
-            },
-        );
-        let databases: Vec<&'static str> = self
-            .inner
-            .outbox_databases
-            .lock()
-            .expect("outbox databases")
-            .iter()
-            .copied()
-            .collect();
-        let events = Mutex::new(BTreeMap::new());
-        let outbox = health::check(
-            "outbox".into(),
-            Component::Mongodb,
-            timeout,
-            BTreeMap::new(),
-            async {
-                let lag = crate::outbox::outbox_lag(self, &databases)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut d = events.lock().expect("details");
-                d.insert("databases".to_owned(), databases.clone().into());
-                d.insert("pending".to_owned(), lag.pending.into());
-                d.insert("parked".to_owned(), lag.parked.into());
-                d.insert(
-                    "oldest_pending_age_ms".to_owned(),
-                    lag.oldest_pending_age_ms.unwrap_or(0).into(),
-                );
-                Ok(())
-            },
-        );
-        let (mut wb, mut ob) = tokio::join!(write_behind, outbox);
-        wb.details = queue.into_inner().expect("details");
-        ob.details = events.into_inner().expect("details");
-        vec![wb, ob]
-    }
-
-    /// What the health check pings: each allocated logical database, or the cluster once.
-    fn redis_health_targets(
-        &self,
-    ) -> Vec<(String, RedisConnection, BTreeMap<String, serde_json::Value>)> {
-        let r = &self.inner.conn.config().redis;
-        if !r.cluster_nodes.is_empty() {
-            let mut details = BTreeMap::new();
-            details.insert("nodes".to_owned(), r.cluster_nodes.clone().into());
-            return self
-                .inner
-                .conn
-                .redis_databases()
-                .values()
-                .next()
-                .map(|c| ("redis/cluster".to_owned(), c.clone(), details))
-                .into_iter()
-                .collect();
-        }
-        let purposes = r.databases.purposes();
-        self.inner
-            .conn
-            .redis_databases()
-            .iter()
-            .map(|(db, c)| {
-                let mut details = BTreeMap::new();
-                details.insert("db".to_owned(), (*db).into());
-                details.insert(
-                    "purposes".to_owned(),
-                    purposes.get(db).cloned().unwrap_or_default().into(),
-                );
-                (format!("redis/db{db}"), c.clone(), details)
-            })
-            .collect()
+        self.write_behind().flush_all(timeout).await
     }
 
     /// Brings `E`'s indexes in line with its declaration: creates missing ones and reports
@@ -337,8 +201,8 @@ impl Storage {
         meta: &EntityMeta,
         options: SyncOptions,
     ) -> Result<IndexPlan> {
-        let db = self.database(meta.database);
-        crate::index::sync_indexes(&db, self.inner.conn.capabilities(), meta, options).await
+        let db = self.inner.conn.database(meta.database);
+        crate::index::sync_indexes(&db, self.capabilities(), meta, options).await
     }
 
     /// Syncs the indexes of every entity listed, e.g. `&[User::META, Session::META]`.
@@ -354,93 +218,87 @@ impl Storage {
         Ok(plans)
     }
 
-    /// Checks MongoDB, every allocated Redis database and Kafka concurrently, each bounded by
-    /// `health.timeout`. Never fails and never hangs: a dead component is reported `down`.
+    /// Checks MongoDB, every allocated Redis database and Kafka concurrently, and reports the
+    /// write-behind backlog and the outbox lag of the entities repositories were made for.
+    /// Each check is bounded by `health.timeout`: never fails and never hangs; a dead
+    /// component is reported `down`.
     pub async fn health(&self) -> HealthReport {
-        let timestamp = mongodb::bson::DateTime::now()
-            .try_to_rfc3339_string()
-            .unwrap_or_default();
-        let started = Instant::now();
-        let timeout = self.inner.conn.config().health.timeout;
+        let mut outbox_databases: Vec<&'static str> = self
+            .inner
+            .entities
+            .lock()
+            .expect("entities")
+            .values()
+            .filter(|m| m.outbox.is_some())
+            .map(|m| m.database)
+            .collect();
+        outbox_databases.dedup();
+        health::report(&self.inner.conn, &self.inner.queue, outbox_databases).await
+    }
 
-        let mongo = {
-            let client = self.inner.conn.mongo().clone();
-            let mut details = BTreeMap::new();
-            details.insert(
-                "server".to_owned(),
-                self.inner.conn.capabilities().server_description().into(),
-            );
-            health::check(
-                "mongodb".into(),
-                Component::Mongodb,
-                timeout,
-                details,
-                async move {
-                    client
-                        .database("admin")
-                        .run_command(doc! { "ping": 1 })
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                },
-            )
-        };
+    /// Test hook: the next write through this handle that reaches `point` stops there, as if
+    /// the process died, and returns a timeout error.
+    #[cfg(feature = "testing")]
+    pub fn inject_fault(&self, point: crate::connection::FaultPoint) {
+        self.inner.conn.inject_fault(point);
+    }
 
-        let redis = futures::future::join_all(self.redis_health_targets().into_iter().map(
-            |(name, mut conn, details)| {
-                health::check(name, Component::Redis, timeout, details, async move {
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                })
-            },
-        ));
+    // ---- for the executor ----------------------------------------------------------------
 
-        let kafka = {
-            let producer = self.inner.conn.kafka().clone();
-            let mut details = BTreeMap::new();
-            details.insert(
-                "brokers".to_owned(),
-                self.inner.conn.config().kafka.brokers.clone().into(),
-            );
-            health::check(
-                "kafka".into(),
-                Component::Kafka,
-                timeout,
-                details,
-                async move { kafka_metadata(producer, timeout).await },
-            )
-        };
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.inner.conn
+    }
 
-        let backlog = self.backlog_health(timeout);
-        let (mongo, redis, kafka, backlog) = tokio::join!(mongo, redis, kafka, backlog);
-        let mut components: Vec<ComponentHealth> = vec![mongo];
-        components.extend(redis);
-        components.push(kafka);
-        components.extend(backlog);
-        HealthReport {
-            status: health::overall(&components),
-            timestamp,
-            took_ms: started.elapsed().as_secs_f64() * 1000.0,
-            components,
-        }
+    pub(crate) fn cache_handle(&self) -> Arc<CacheLayer> {
+        self.inner.cache.clone()
+    }
+
+    pub(crate) fn queue_handle(&self) -> Arc<WriteBehind> {
+        self.inner.queue.clone()
+    }
+
+    /// Notes that a repository of `meta` was made on this handle.
+    pub(crate) fn register(&self, meta: &'static EntityMeta) {
+        self.inner
+            .entities
+            .lock()
+            .expect("entities")
+            .entry((meta.database, meta.collection, meta.name))
+            .or_insert(meta);
     }
 }
 
-async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(), String> {
-    let brokers = tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(None, timeout)
-            .map(|m| m.brokers().len())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    if brokers == 0 {
-        return Err("metadata lists no brokers".into());
+/// The raw driver clients of a [`Storage`]: see [`Storage::raw`]. The driver crates are
+/// re-exported in [`driver`](crate::driver), so their types need no dependency of your own.
+#[derive(Debug, Clone, Copy)]
+pub struct RawClients<'s> {
+    conn: &'s Connections,
+}
+
+impl RawClients<'_> {
+    /// The MongoDB client (its pool is the one repositories use).
+    pub fn mongo(&self) -> &mongodb::Client {
+        self.conn.mongo()
     }
-    Ok(())
+
+    /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...), from the shared pool.
+    pub fn database(&self, name: &str) -> mongodb::Database {
+        self.conn.database(name)
+    }
+
+    /// The auto-reconnecting connection to Redis logical database `db`, which must be one the
+    /// configuration allocates (see [`RedisDatabases`](crate::config::RedisDatabases)).
+    pub fn redis(&self, db: u8) -> Result<RedisConnection> {
+        self.conn.redis(db)
+    }
+
+    /// The Redis connection that caches entities of MongoDB database `database`.
+    pub fn redis_cache_for(&self, database: &str) -> RedisConnection {
+        self.conn.redis_cache_for(database)
+    }
+
+    /// The shared idempotent Kafka producer.
+    pub fn kafka_producer(&self) -> &rdkafka::producer::FutureProducer {
+        self.conn.kafka()
+    }
 }

@@ -278,3 +278,45 @@ pub fn private_kafka() -> Private {
         Box::new(move || port_open(port)),
     )
 }
+
+/// The capability sets the executor branches on that the connected server can run, each as
+/// its own handle: the transaction-free outbox path always (it is correct anywhere), the
+/// transactional one where the server has transactions; the claim path for version
+/// transitions always, and the version-filter path (`atomic_conditional_updates`) too. Forcing
+/// the version-filter path on a server whose conditional updates are not atomic (FerretDB) is
+/// only safe with one writer at a time: use these handles in single-writer tests only.
+pub async fn capability_sets() -> Vec<(String, Storage)> {
+    let detected = storage().await.capabilities().clone();
+    let mut sets = Vec::new();
+    let transactions = if detected.transactions {
+        vec![false, true]
+    } else {
+        vec![false]
+    };
+    for tx in transactions {
+        for atomic in [false, true] {
+            let storage = Storage::builder(config())
+                .capabilities(move |c| {
+                    c.transactions = tx;
+                    c.atomic_conditional_updates = atomic;
+                })
+                .connect()
+                .await
+                .expect("the servers are up: run scripts/services up");
+            sets.push((
+                format!("transactions={tx} atomic_conditional_updates={atomic}"),
+                storage,
+            ));
+        }
+    }
+    sets
+}
+
+/// Runs `body` once per [`capability_sets`] handle, naming the set on stderr first (so a
+/// failure says which branch failed).
+pub async fn each_capability_set(body: impl AsyncFn(Storage, String)) {
+    for (label, storage) in capability_sets().await {
+        eprintln!("-- capability set: {label}");
+        body(storage, label).await;
+    }
+}

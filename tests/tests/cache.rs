@@ -59,7 +59,7 @@ fn data_key(t: &TenantId, entity: &str, id: &str) -> String {
 }
 
 async fn raw_get(storage: &Storage, key: &str) -> Option<Vec<u8>> {
-    let mut conn = storage.redis_cache_for("caas_auth");
+    let mut conn = storage.raw().redis_cache_for("caas_auth");
     redis::cmd("GET")
         .arg(key)
         .query_async(&mut conn)
@@ -211,7 +211,7 @@ async fn batch_writes_and_explicit_calls_invalidate() {
     // Explicit: one entry, then a whole tenant (found with SCAN), leaving other tenants.
     storage
         .cache()
-        .invalidate::<Profile>(&storage, &t, &"b2".to_owned())
+        .invalidate::<Profile>(&t, &"b2".to_owned())
         .await
         .unwrap();
     assert!(raw_get(&storage, &data_key(&t, "Profile", "b2"))
@@ -219,7 +219,7 @@ async fn batch_writes_and_explicit_calls_invalidate() {
         .is_none());
     let dropped = storage
         .cache()
-        .invalidate_all::<Profile>(&storage, Some(&t))
+        .invalidate_all::<Profile>(Some(&t))
         .await
         .unwrap();
     assert_eq!(dropped, 2, "b3 and b4");
@@ -271,7 +271,7 @@ async fn undecodable_entries_are_misses_deleted_and_counted() {
     let t = common::tenant("cache-garbage");
     repo.insert(&t, &profile(&t, "g1")).await.unwrap();
     let key = data_key(&t, "Profile", "g1");
-    let mut conn = storage.redis_cache_for("caas_auth");
+    let mut conn = storage.raw().redis_cache_for("caas_auth");
     let _: () = redis::cmd("SET")
         .arg(&key)
         .arg("7|not bson at all")
@@ -304,7 +304,7 @@ async fn a_hot_miss_loads_from_the_database_once() {
     repo.insert(&t, &profile(&t, "hot")).await.unwrap();
     storage
         .cache()
-        .invalidate::<Profile>(&storage, &t, &"hot".to_owned())
+        .invalidate::<Profile>(&t, &"hot".to_owned())
         .await
         .unwrap();
     let before = storage.cache().metrics_of::<Profile>();
@@ -520,7 +520,7 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
     redis_server.start();
     // Simulate a Redis that came back with its old data (persistence): the pre-outage entry.
     if let Some(old) = before_outage {
-        let mut conn = storage.redis_cache_for("caas_auth");
+        let mut conn = storage.raw().redis_cache_for("caas_auth");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let r: redis::RedisResult<()> = redis::cmd("SET")

@@ -37,20 +37,22 @@ type Log = Arc<Mutex<Vec<(String, String, Document)>>>;
 async fn logged_storage(config: StorageConfig) -> (Storage, Log) {
     let log: Log = Arc::default();
     let sink = log.clone();
-    let storage = Storage::connect_with_command_log(config, move |e| {
-        sink.lock().unwrap().push((
-            e.command_name.clone(),
-            e.command
-                .get_str("insert")
-                .or(e.command.get_str("find"))
-                .or(e.command.get_str("findAndModify"))
-                .unwrap_or_default()
-                .to_owned(),
-            e.command.clone(),
-        ));
-    })
-    .await
-    .unwrap();
+    let storage = Storage::builder(config)
+        .on_command(move |e| {
+            sink.lock().unwrap().push((
+                e.command_name.clone(),
+                e.command
+                    .get_str("insert")
+                    .or(e.command.get_str("find"))
+                    .or(e.command.get_str("findAndModify"))
+                    .unwrap_or_default()
+                    .to_owned(),
+                e.command.clone(),
+            ));
+        })
+        .connect()
+        .await
+        .unwrap();
     (storage, log)
 }
 
@@ -132,7 +134,7 @@ async fn each_model_sends_its_concerns() {
         .unwrap();
     storage
         .write_behind()
-        .flush::<EventualDoc>(&storage, Duration::from_secs(10))
+        .flush::<EventualDoc>(Duration::from_secs(10))
         .await
         .unwrap();
     let applied = last(&log, "insert", "eventual_docs");
@@ -286,7 +288,7 @@ async fn eventual_writes_survive_a_crash_between_ack_and_apply() {
     .await
     .unwrap();
     repo.queue_delete(&t, &"e1".to_owned()).await.unwrap();
-    let lag = crashed.write_behind().lag(&crashed).await.unwrap();
+    let lag = crashed.write_behind().lag().await.unwrap();
     let mine = lag
         .iter()
         .find(|l| l.namespace == "caas_consistency_test.eventual_docs")
@@ -330,7 +332,7 @@ async fn eventual_writes_survive_a_crash_between_ack_and_apply() {
         "patched",
         "applied in order after its insert"
     );
-    let lag = recovered.write_behind().lag(&recovered).await.unwrap();
+    let lag = recovered.write_behind().lag().await.unwrap();
     assert!(lag.iter().all(|l| l.pending == 0), "{lag:?}");
 }
 
@@ -368,7 +370,7 @@ async fn eventual_writes_survive_a_database_restart() {
     }
     storage
         .write_behind()
-        .flush::<EventualDoc>(&storage, Duration::from_secs(30))
+        .flush::<EventualDoc>(Duration::from_secs(30))
         .await
         .unwrap();
     let n = repo.count(&t, Filter::all()).await.unwrap();
@@ -412,14 +414,14 @@ async fn a_write_the_database_refuses_is_dead_lettered_and_the_rest_applies() {
     repo.insert(&t, &ok("after")).await.unwrap();
     storage
         .write_behind()
-        .flush::<Tagged>(&storage, Duration::from_secs(20))
+        .flush::<Tagged>(Duration::from_secs(20))
         .await
         .unwrap();
     let direct = repo.with_consistency(Consistency::Strong);
     assert!(direct.exists(&t, &"before".to_owned()).await.unwrap());
     assert!(direct.exists(&t, &"after".to_owned()).await.unwrap());
     assert!(!direct.exists(&t, &"poison".to_owned()).await.unwrap());
-    let lag = storage.write_behind().lag(&storage).await.unwrap();
+    let lag = storage.write_behind().lag().await.unwrap();
     let mine = lag
         .iter()
         .find(|l| l.namespace == "caas_consistency_test.eventual_attrs")

@@ -64,7 +64,9 @@ async fn capabilities_report_what_ferretdb_supports() {
 #[tokio::test]
 async fn probes_leave_no_collections_behind() {
     let storage = common::storage().await;
-    let db = storage.database(&storage.config().mongodb.probe_database);
+    let db = storage
+        .raw()
+        .database(&storage.config().mongodb.probe_database);
     let names = db.list_collection_names().await.unwrap();
     // Other tests connect concurrently and may have a probe in flight; none may linger, so
     // wait until each name seen now is gone.
@@ -104,7 +106,7 @@ async fn one_handle_serves_several_databases() {
             .unwrap();
     }
     // Entities of caas_auth cache in the auth service's Redis database.
-    let mut auth = storage.redis_cache_for("caas_auth");
+    let mut auth = storage.raw().redis_cache_for("caas_auth");
     let key = format!("{tenant}:probe");
     let _: () = redis::cmd("SET")
         .arg(&key)
@@ -112,7 +114,7 @@ async fn one_handle_serves_several_databases() {
         .query_async(&mut auth)
         .await
         .unwrap();
-    let mut db1 = storage.redis(1).unwrap();
+    let mut db1 = storage.raw().redis(1).unwrap();
     let v: Option<String> = redis::cmd("GET")
         .arg(&key)
         .query_async(&mut db1)
@@ -124,7 +126,7 @@ async fn one_handle_serves_several_databases() {
         .query_async(&mut db1)
         .await
         .unwrap();
-    assert!(matches!(storage.redis(9), Err(Error::Config { .. })));
+    assert!(matches!(storage.raw().redis(9), Err(Error::Config { .. })));
 }
 
 #[tokio::test]

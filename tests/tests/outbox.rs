@@ -46,7 +46,7 @@ fn relay(storage: &Storage) -> OutboxRelay {
     let mut options = RelayOptions::for_databases([DB]);
     options.reconcile_after = Duration::from_millis(500);
     options.poll_interval = Duration::from_millis(50);
-    OutboxRelay::new(storage, options).unwrap()
+    storage.outbox_relay(options).unwrap()
 }
 
 /// Every event of `tenant` on the topic, waiting until `want` arrived (then a second more, to
@@ -366,7 +366,7 @@ async fn events_written_while_kafka_is_down_are_delivered_when_it_returns() {
     options.backoff_base = Duration::from_millis(200);
     options.backoff_max = Duration::from_secs(1);
     options.max_attempts = 1000; // retry through the outage, never park
-    let handle = OutboxRelay::new(&storage, options).unwrap().spawn();
+    let handle = storage.outbox_relay(options).unwrap().spawn();
     let brokers = storage.config().kafka.brokers.clone();
 
     for i in 0..5 {

@@ -223,8 +223,8 @@ async fn events_are_published_once_in_aggregate_order() {
         let db = fresh_db(&storage, "caas_outbox_test_order").await;
         let topic = unique("test.outbox.order");
         let tenant = unique("t");
-        let store = OutboxStore::new(&storage, &db);
-        let relay = OutboxRelay::new(&storage, options(&db)).unwrap();
+        let store = storage.outbox(&db);
+        let relay = storage.outbox_relay(options(&db)).unwrap();
 
         // 6 aggregates x 8 revisions, interleaved; relay passes in between.
         let mut expected = Vec::new();
@@ -320,8 +320,8 @@ async fn a_later_revision_waits_for_an_earlier_pending_one() {
         let db = fresh_db(&storage, "caas_outbox_test_wait").await;
         let topic = unique("test.outbox.wait");
         let tenant = unique("t");
-        let store = OutboxStore::new(&storage, &db);
-        let relay = OutboxRelay::new(&storage, options(&db)).unwrap();
+        let store = storage.outbox(&db);
+        let relay = storage.outbox_relay(options(&db)).unwrap();
 
         let e1 = event(&tenant, &topic, "x", 1, WriteKind::Insert, false);
         let e2 = event(&tenant, &topic, "x", 2, WriteKind::Update, false);
@@ -361,16 +361,17 @@ async fn crashed_writers_are_reconciled_without_phantom_or_lost_events() {
         let topic = unique("test.outbox.reconcile");
         let tenant = unique("t");
         let reconcile_after = Duration::from_millis(400);
-        let store = OutboxStore::new(&storage, &db).with_reconcile_after(reconcile_after);
-        let relay = OutboxRelay::new(
-            &storage,
-            RelayOptions {
+        let store = storage.outbox(&db).with_reconcile_after(reconcile_after);
+        let relay = storage
+            .outbox_relay(RelayOptions {
                 reconcile_after,
                 ..options(&db)
-            },
-        )
-        .unwrap();
-        let widgets = storage.database(&db).collection::<Document>("widgets");
+            })
+            .unwrap();
+        let widgets = storage
+            .raw()
+            .database(&db)
+            .collection::<Document>("widgets");
         let put = |id: &str, version: i64, deleted: bool| {
             let mut d = doc! { "tenant_id": &tenant, "widget_id": id, "version": version };
             if deleted {
@@ -502,9 +503,9 @@ async fn two_relays_split_the_outbox_and_publish_each_event_once() {
         let db = fresh_db(&storage, "caas_outbox_test_two").await;
         let topic = unique("test.outbox.two");
         let tenant = unique("t");
-        let store = OutboxStore::new(&storage, &db);
-        let a = OutboxRelay::new(&storage, options(&db)).unwrap();
-        let b = OutboxRelay::new(&storage, options(&db)).unwrap();
+        let store = storage.outbox(&db);
+        let a = storage.outbox_relay(options(&db)).unwrap();
+        let b = storage.outbox_relay(options(&db)).unwrap();
         let (ha, hb) = (a.spawn(), b.spawn());
 
         let mut expected = HashSet::new();
@@ -588,7 +589,7 @@ async fn unreachable_kafka_backs_off_parks_and_redrive_delivers() {
         let db = fresh_db(&storage, "caas_outbox_test_dead").await;
         let topic = unique("test.outbox.dead");
         let tenant = unique("t");
-        let store = OutboxStore::new(&storage, &db);
+        let store = storage.outbox(&db);
 
         let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -599,16 +600,14 @@ async fn unreachable_kafka_backs_off_parks_and_redrive_delivers() {
         dead_config.kafka.brokers = format!("127.0.0.1:{dead_port}");
         dead_config.kafka.message_timeout = Duration::from_millis(500);
         let dead = storage_with(dead_config).await;
-        let dead_relay = OutboxRelay::new(
-            &dead,
-            RelayOptions {
+        let dead_relay = dead
+            .outbox_relay(RelayOptions {
                 max_attempts: 3,
                 create_topics: false,
                 dlq_topic: Some(unique("test.outbox.dlq")),
                 ..options(&db)
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
 
         let batch: Vec<PendingEvent> = (0..10)
             .map(|i| {
@@ -657,7 +656,7 @@ async fn unreachable_kafka_backs_off_parks_and_redrive_delivers() {
             !store.redrive(&ids[0]).await.unwrap(),
             "only parked records are redriven"
         );
-        let relay = OutboxRelay::new(&storage, options(&db)).unwrap();
+        let relay = storage.outbox_relay(options(&db)).unwrap();
         drain_until(&relay, Duration::from_secs(20), || async {
             store.pending_count().await.unwrap() == 0
         })
@@ -682,7 +681,7 @@ async fn a_crashed_relay_is_taken_over_and_the_deduplicator_drops_redeliveries()
         let db = fresh_db(&storage, "caas_outbox_test_crash").await;
         let topic = unique("test.outbox.crash");
         let tenant = unique("t");
-        let store = OutboxStore::new(&storage, &db);
+        let store = storage.outbox(&db);
         let n = 400;
         let batch: Vec<PendingEvent> = (0..n)
             .map(|i| {
@@ -704,7 +703,7 @@ async fn a_crashed_relay_is_taken_over_and_the_deduplicator_drops_redeliveries()
             lease_ttl: Duration::from_secs(3),
             ..options(&db)
         };
-        let a = OutboxRelay::new(&storage, opts.clone()).unwrap();
+        let a = storage.outbox_relay(opts.clone()).unwrap();
         let ha = a.spawn();
         let deadline = Instant::now() + Duration::from_secs(20);
         while ha.metrics().published == 0 {
@@ -753,14 +752,12 @@ async fn a_crashed_relay_is_taken_over_and_the_deduplicator_drops_redeliveries()
             .await
             .unwrap();
 
-        let b = OutboxRelay::new(
-            &storage,
-            RelayOptions {
+        let b = storage
+            .outbox_relay(RelayOptions {
                 instance_id: unique("relay-b"),
                 ..opts
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         let hb = b.spawn();
         let deadline = Instant::now() + Duration::from_secs(40);
         while store.pending_count().await.unwrap() > 0 {
@@ -794,7 +791,7 @@ async fn a_crashed_relay_is_taken_over_and_the_deduplicator_drops_redeliveries()
         );
 
         let messages = read_topic(&topic, n, Duration::from_millis(2000)).await;
-        let dedup = Deduplicator::new(&storage, &db);
+        let dedup = storage.deduplicator(&db);
         let group = unique("g");
         let mut handled = HashSet::new();
         let mut dropped = 0;
@@ -843,7 +840,7 @@ async fn transactional_path_inserts_ready_records_where_supported() {
     bounded(async {
         let storage = storage().await;
         let db = fresh_db(&storage, "caas_outbox_test_txn").await;
-        let store = OutboxStore::new(&storage, &db);
+        let store = storage.outbox(&db);
         let tenant = unique("t");
         let e = event(
             &tenant,
@@ -864,7 +861,7 @@ async fn transactional_path_inserts_ready_records_where_supported() {
             store.insert_ready(std::slice::from_ref(&e)).await.unwrap();
             return;
         }
-        let mut session = storage.mongo().start_session().await.unwrap();
+        let mut session = storage.raw().mongo().start_session().await.unwrap();
         session.start_transaction().await.unwrap();
         store
             .insert_ready_in(&mut session, std::slice::from_ref(&e))
@@ -884,7 +881,7 @@ async fn measured_server_concurrency_facts() {
     bounded(async {
         let storage = storage().await;
         let db = fresh_db(&storage, "caas_outbox_test_facts").await;
-        let coll = storage.database(&db).collection::<Document>("jobs");
+        let coll = storage.raw().database(&db).collection::<Document>("jobs");
         let rounds = 20;
         let racers = 8;
         let mut double_claims = 0;

@@ -75,7 +75,7 @@ async fn the_cache_works_on_a_cluster() {
     );
 
     // The entries are spread over the primaries, and invalidating the tenant finds them all.
-    let mut conn = storage.redis_cache_for("caas_platform");
+    let mut conn = storage.raw().redis_cache_for("caas_platform");
     let mut nodes_with_keys = std::collections::BTreeSet::new();
     for id in &ids {
         let key = format!("cl{}:{{{t}:Item:{id}}}", std::process::id());
@@ -93,7 +93,7 @@ async fn the_cache_works_on_a_cluster() {
     );
     let dropped = storage
         .cache()
-        .invalidate_all::<Item>(&storage, Some(&t))
+        .invalidate_all::<Item>(Some(&t))
         .await
         .unwrap();
     assert_eq!(dropped, 30);
@@ -183,7 +183,7 @@ async fn the_write_behind_queue_works_on_a_cluster() {
     repo.insert_many(&t, &batch).await.unwrap();
     storage
         .write_behind()
-        .flush::<Event>(&storage, Duration::from_secs(20))
+        .flush::<Event>(Duration::from_secs(20))
         .await
         .unwrap();
     assert_eq!(
@@ -193,6 +193,6 @@ async fn the_write_behind_queue_works_on_a_cluster() {
             .unwrap(),
         40
     );
-    let lag = storage.write_behind().lag(&storage).await.unwrap();
+    let lag = storage.write_behind().lag().await.unwrap();
     assert!(lag.iter().all(|l| l.pending == 0), "{lag:?}");
 }

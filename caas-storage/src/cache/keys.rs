@@ -4,9 +4,9 @@
 //! `...:load` the stampede lock. The braces are a Redis Cluster hash tag: all keys of one entry
 //! live in one slot, so the scripts that touch several of them work on a cluster too.
 
-use crate::entity::Entity;
-use crate::error::Result;
-use crate::repo::codec;
+use mongodb::bson::Bson;
+
+use crate::document;
 use crate::tenant::TenantId;
 
 /// The keys of one cached entity.
@@ -20,14 +20,10 @@ pub(crate) struct EntryKeys {
     pub load: String,
 }
 
-/// `id` as it appears in keys: strings as they are, other ids as relaxed extended JSON.
-pub(crate) fn id_segment<E: Entity>(id: &E::Id) -> Result<String> {
-    Ok(codec::id_as_text(&codec::id_to_bson::<E>(id)?))
-}
-
-/// The tag identifying one entry, e.g. `tenant_1:User:u42`.
-pub(crate) fn tag(tenant: &TenantId, entity: &str, id: &str) -> String {
-    format!("{tenant}:{entity}:{id}")
+/// The tag identifying one entry, e.g. `tenant_1:User:u42` (ids rendered by
+/// [`document::id_as_text`]).
+pub(crate) fn tag(tenant: &TenantId, entity: &str, id: &Bson) -> String {
+    format!("{tenant}:{entity}:{}", document::id_as_text(id))
 }
 
 pub(crate) fn entry(prefix: &str, tag: &str) -> EntryKeys {
@@ -78,7 +74,7 @@ mod tests {
     #[test]
     fn keys_share_one_hash_tag() {
         let t = TenantId::new("acme").unwrap();
-        let k = entry("svc:", &tag(&t, "User", "u:1"));
+        let k = entry("svc:", &tag(&t, "User", &Bson::String("u:1".into())));
         assert_eq!(k.data, "svc:{acme:User:u:1}");
         assert_eq!(k.generation, "svc:{acme:User:u:1}:gen");
         assert_eq!(k.load, "svc:{acme:User:u:1}:load");

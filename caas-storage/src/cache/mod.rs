@@ -15,6 +15,7 @@
 //! - Secret fields are never cached.
 
 mod breaker;
+mod entry;
 mod keys;
 mod listener;
 mod local;
@@ -27,12 +28,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::connection::RedisConnection;
+use mongodb::bson::{Bson, Document};
 
 use crate::config::CacheConfig;
-use crate::entity::{CacheSpec, CacheStrategy, Entity};
+use crate::connection::{Connections, RedisConnection};
+use crate::document;
+use crate::entity::{CacheSpec, Entity, EntityMeta};
 use crate::error::{Component, Error, Result};
-use crate::storage::Storage;
 use crate::tenant::TenantId;
 
 use breaker::{Breaker, Permit};
@@ -41,9 +43,10 @@ use metrics::{bump, Counters};
 
 pub use metrics::CacheMetrics;
 
-/// The cache of one [`Storage`] handle: tiers, breaker, metrics. Reach it with
-/// [`Storage::cache`]; repositories use it on their own.
+/// The cache of one `Storage` handle: tiers, breaker, metrics. Reach it with
+/// `Storage::cache`; repositories use it on their own.
 pub struct CacheLayer {
+    conn: Connections,
     prefix: String,
     settings: CacheConfig,
     breaker: Breaker,
@@ -53,7 +56,6 @@ pub struct CacheLayer {
     dirty: Mutex<HashSet<(&'static str, u8)>>,
     local: Arc<local::Registry>,
     listener: Mutex<Option<tokio::task::AbortHandle>>,
-    client: redis::Client,
     /// Fault injection: a pause between loading from MongoDB and putting into Redis.
     load_delay_ms: AtomicU64,
 }
@@ -82,17 +84,19 @@ enum Fault {
 }
 
 impl CacheLayer {
-    pub(crate) fn new(prefix: String, settings: CacheConfig, client: redis::Client) -> Self {
+    /// The cache over `conn`'s Redis, with its `cache` settings and `redis.key_prefix`.
+    pub(crate) fn new(conn: Connections) -> Self {
+        let settings: CacheConfig = conn.config().cache.clone();
         CacheLayer {
-            prefix,
+            prefix: conn.config().redis.key_prefix.clone(),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
             settings,
             counters: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             local: Arc::new(local::Registry::default()),
             listener: Mutex::new(None),
-            client,
             load_delay_ms: AtomicU64::new(0),
+            conn,
         }
     }
 
@@ -113,7 +117,7 @@ impl CacheLayer {
 
     /// Fault injection for tests: pause this long after each load from MongoDB, before the
     /// put into Redis, to widen the window in which a concurrent write can race the put.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn inject_load_delay(&self, delay: Duration) {
         self.load_delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
@@ -176,7 +180,7 @@ impl CacheLayer {
         let mut listener = self.listener.lock().expect("listener lock");
         if listener.is_none() {
             *listener = Some(listener::spawn(
-                self.client.clone(),
+                self.conn.redis_pubsub().clone(),
                 self.settings.invalidation_channel.clone(),
                 Arc::downgrade(&self.local),
             ));
@@ -186,17 +190,17 @@ impl CacheLayer {
 
     /// Clears `E`'s entries if writes happened while Redis was unreachable. Returns whether
     /// Redis may be read for `E`.
-    async fn ensure_clean<E: Entity>(&self, conn: &mut RedisConnection, db: u8) -> bool {
-        let key = (E::META.name, db);
+    async fn ensure_clean(&self, meta: &EntityMeta, conn: &mut RedisConnection, db: u8) -> bool {
+        let key = (meta.name, db);
         if !self.dirty.lock().expect("dirty set").contains(&key) {
             return true;
         }
-        let pattern = keys::pattern(&self.prefix, None, E::META.name);
+        let pattern = keys::pattern(&self.prefix, None, meta.name);
         match self.delete_matching(conn, &pattern).await {
             Ok(n) => {
                 self.dirty.lock().expect("dirty set").remove(&key);
                 tracing::info!(
-                    entity = E::META.name,
+                    entity = meta.name,
                     entries = n,
                     "cleared cache entries that may have gone stale while Redis was unreachable"
                 );
@@ -206,11 +210,22 @@ impl CacheLayer {
         }
     }
 
-    fn mark_dirty<E: Entity>(&self, db: u8) {
+    fn mark_dirty(&self, meta: &EntityMeta, db: u8) {
         self.dirty
             .lock()
             .expect("dirty set")
-            .insert((E::META.name, db));
+            .insert((meta.name, db));
+    }
+
+    /// The logical database and connection that cache entities of `meta`.
+    fn redis_for(&self, meta: &EntityMeta) -> (u8, RedisConnection) {
+        let db = self
+            .conn
+            .config()
+            .redis
+            .databases
+            .cache_db_for(meta.database);
+        (db, self.conn.redis_cache_for(meta.database))
     }
 
     /// SCANs (never KEYS) for `pattern` and deletes what it finds, with its generation keys.
@@ -270,9 +285,8 @@ impl CacheLayer {
     /// the way back with fenced puts.
     pub(crate) async fn read<E, F, Fut>(
         &self,
-        storage: &Storage,
         tenant: &TenantId,
-        id: &E::Id,
+        id: &Bson,
         load: F,
     ) -> Result<Option<E>>
     where
@@ -285,7 +299,7 @@ impl CacheLayer {
             .as_ref()
             .expect("read runs for cached entities");
         let c = self.counters_of(E::META.name);
-        let tag = keys::tag(tenant, E::META.name, &keys::id_segment::<E>(id)?);
+        let tag = keys::tag(tenant, E::META.name, id);
         let local = self.local_tier::<E>(spec);
         if let Some(tier) = &local {
             if let Some(hit) = local::typed::<E>(tier).get(&tag) {
@@ -295,13 +309,8 @@ impl CacheLayer {
             bump(&c.local_misses);
         }
 
-        let db = storage
-            .config()
-            .redis
-            .databases
-            .cache_db_for(E::META.database);
-        let mut conn = storage.redis_cache_for(E::META.database);
-        if !self.ensure_clean::<E>(&mut conn, db).await {
+        let (db, mut conn) = self.redis_for(E::META);
+        if !self.ensure_clean(E::META, &mut conn, db).await {
             bump(&c.bypassed);
             return self.load_counted(&c, load).await;
         }
@@ -327,7 +336,7 @@ impl CacheLayer {
             Ok(g) => g,
             Err(_) => return self.load_counted(&c, load).await,
         };
-        let token = lock_token();
+        let token = entry::lock_token();
         let locked: bool = self
             .call(
                 redis::cmd("SET")
@@ -362,7 +371,7 @@ impl CacheLayer {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if let Ok(Some(e)) = &loaded {
-            match encode_entry(e) {
+            match entry::from_entity(e) {
                 Ok(value) => {
                     let put = self
                         .call(
@@ -371,7 +380,7 @@ impl CacheLayer {
                                 .key(&k.generation)
                                 .arg(generation.unwrap_or_default())
                                 .arg(value)
-                                .arg(ttl_ms(spec))
+                                .arg(entry::ttl_ms(spec))
                                 .invoke_async::<i64>(&mut conn),
                         )
                         .await;
@@ -418,7 +427,7 @@ impl CacheLayer {
             Err(Fault::Skipped) => return Err(()),
         };
         let Some(raw) = raw else { return Ok(None) };
-        match decode_entry::<E>(&raw) {
+        match entry::decode::<E>(&raw) {
             Some(e) => Ok(Some(e)),
             None => {
                 bump(&c.decode_errors);
@@ -456,40 +465,29 @@ impl CacheLayer {
     }
 
     /// After a write to MongoDB, before it is acknowledged: invalidate (or, write-through,
-    /// replace) the entry in every tier. `written` is the entity as stored, when known.
-    pub(crate) async fn after_write<E: Entity>(
+    /// replace) the entry in every tier. `written` is the document as stored, when known and
+    /// the entity's strategy puts written values (the caller decides).
+    pub(crate) async fn after_write(
         &self,
-        storage: &Storage,
+        meta: &'static EntityMeta,
         tenant: &TenantId,
-        id: &E::Id,
-        written: Option<&E>,
+        id: &Bson,
+        written: Option<&Document>,
     ) {
-        let Some(spec) = E::META.cache.as_ref() else {
+        let Some(spec) = meta.cache.as_ref() else {
             return;
         };
-        let c = self.counters_of(E::META.name);
-        let Ok(segment) = keys::id_segment::<E>(id) else {
-            return;
-        };
-        let tag = keys::tag(tenant, E::META.name, &segment);
-        if let Some(tier) = self.local_tier::<E>(spec) {
-            tier.invalidate(&tag);
+        let c = self.counters_of(meta.name);
+        let tag = keys::tag(tenant, meta.name, id);
+        if spec.local.is_some() {
+            if let Some(tier) = self.local.get(meta.name) {
+                tier.invalidate(&tag);
+            }
         }
-        let db = storage
-            .config()
-            .redis
-            .databases
-            .cache_db_for(E::META.database);
-        let mut conn = storage.redis_cache_for(E::META.database);
+        let (db, mut conn) = self.redis_for(meta);
         let k = keys::entry(&self.prefix, &tag);
         let gen_ttl = self.settings.generation_ttl.as_millis() as u64;
-        let through = match (spec.strategy, written) {
-            (CacheStrategy::WriteThrough | CacheStrategy::WriteBehind, Some(e)) => {
-                e.version().zip(encode_entry(e).ok())
-            }
-            _ => None,
-        };
-        let r = match through {
+        let r = match written.and_then(|d| entry::from_document(meta, d)) {
             Some((version, value)) => self
                 .call(
                     scripts::WRITE_THROUGH
@@ -500,7 +498,7 @@ impl CacheLayer {
                         .arg(&tag)
                         .arg(version)
                         .arg(value)
-                        .arg(ttl_ms(spec))
+                        .arg(entry::ttl_ms(spec))
                         .invoke_async::<i64>(&mut conn),
                 )
                 .await
@@ -523,54 +521,24 @@ impl CacheLayer {
         if let Err(fault) = r {
             if let Fault::Failed(e) = &fault {
                 bump(&c.errors);
-                tracing::warn!(entity = E::META.name, error = %e, "cache not invalidated; the entity's entries will be cleared when Redis answers again");
+                tracing::warn!(entity = meta.name, error = %e, "cache not invalidated; the entity's entries will be cleared when Redis answers again");
             }
-            self.mark_dirty::<E>(db);
+            self.mark_dirty(meta, db);
         }
-    }
-
-    /// Drops one entry by tag (`tenant:Entity:id`) without knowing the entity type (for the
-    /// write-behind flusher, after it applied a write).
-    pub(crate) async fn invalidate_tag(&self, storage: &Storage, database: &str, tag: &str) {
-        if let Some(tier) = keys::entity_of(tag).and_then(|e| self.local.get(e)) {
-            tier.invalidate(tag);
-        }
-        let mut conn = storage.redis_cache_for(database);
-        let k = keys::entry(&self.prefix, tag);
-        let _ = self
-            .call(
-                scripts::INVALIDATE
-                    .key(&k.data)
-                    .key(&k.generation)
-                    .arg(self.settings.generation_ttl.as_millis() as u64)
-                    .arg(&self.settings.invalidation_channel)
-                    .arg(tag)
-                    .invoke_async::<i64>(&mut conn),
-            )
-            .await;
     }
 
     /// Drops the entry of one entity from every tier.
-    pub async fn invalidate<E: Entity>(
-        &self,
-        storage: &Storage,
-        tenant: &TenantId,
-        id: &E::Id,
-    ) -> Result<()> {
-        self.after_write::<E>(storage, tenant, id, None).await;
+    pub async fn invalidate<E: Entity>(&self, tenant: &TenantId, id: &E::Id) -> Result<()> {
+        let id = document::id_to_bson::<E>(id)?;
+        self.after_write(E::META, tenant, &id, None).await;
         Ok(())
     }
 
     /// Drops every cache entry whose key matches the `SCAN` glob `pattern` (relative to
     /// `redis.key_prefix`; e.g. `{acme:User:*` for one tenant's users) in the cache database
     /// of MongoDB database `database`. Returns how many entries were dropped.
-    pub async fn invalidate_pattern(
-        &self,
-        storage: &Storage,
-        database: &str,
-        pattern: &str,
-    ) -> Result<u64> {
-        let mut conn = storage.redis_cache_for(database);
+    pub async fn invalidate_pattern(&self, database: &str, pattern: &str) -> Result<u64> {
+        let mut conn = self.conn.redis_cache_for(database);
         let full = format!("{}{pattern}", self.prefix);
         let n = self
             .delete_matching(&mut conn, &full)
@@ -586,28 +554,19 @@ impl CacheLayer {
 
     /// Drops every cached entry of `E` in `tenant` (or, with `None`, in every tenant), found
     /// with `SCAN`. Returns how many entries were dropped.
-    pub async fn invalidate_all<E: Entity>(
-        &self,
-        storage: &Storage,
-        tenant: Option<&TenantId>,
-    ) -> Result<u64> {
+    pub async fn invalidate_all<E: Entity>(&self, tenant: Option<&TenantId>) -> Result<u64> {
         if let Some(spec) = E::META.cache.as_ref() {
             if let Some(tier) = self.local_tier::<E>(spec) {
                 tier.clear();
             }
         }
-        let mut conn = storage.redis_cache_for(E::META.database);
+        let (db, mut conn) = self.redis_for(E::META);
         let pattern = keys::pattern(&self.prefix, tenant, E::META.name);
         let n = self
             .delete_matching(&mut conn, &pattern)
             .await
             .map_err(|f| {
-                let db = storage
-                    .config()
-                    .redis
-                    .databases
-                    .cache_db_for(E::META.database);
-                self.mark_dirty::<E>(db);
+                self.mark_dirty(E::META, db);
                 match f {
                     Fault::Skipped => Error::Timeout {
                         component: Component::Redis,
@@ -632,55 +591,4 @@ fn clone_of<E: Entity>(shared: &Arc<E>) -> E {
     shared
         .local_cache_clone()
         .expect("only entities that can be cloned get an in-process tier")
-}
-
-fn ttl_ms(spec: &CacheSpec) -> u64 {
-    let base = spec.ttl.as_millis() as u64;
-    let jitter = spec.jitter.as_millis() as u64;
-    if jitter == 0 {
-        return base;
-    }
-    base + cheap_random() % (jitter + 1)
-}
-
-fn cheap_random() -> u64 {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    // splitmix64
-    let mut z = t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn lock_token() -> String {
-    format!("{}-{:x}", std::process::id(), cheap_random())
-}
-
-/// `<version>|<BSON of the entity without secret fields>`.
-fn encode_entry<E: Entity>(e: &E) -> Result<Vec<u8>> {
-    let mut doc = mongodb::bson::to_document(e).map_err(|err| Error::Codec {
-        entity: E::META.name,
-        direction: "encode",
-        message: err.to_string(),
-    })?;
-    for s in E::META.secret_fields {
-        doc.remove(*s);
-    }
-    let mut out = format!("{}|", e.version().unwrap_or(0)).into_bytes();
-    doc.to_writer(&mut out).map_err(|err| Error::Codec {
-        entity: E::META.name,
-        direction: "encode",
-        message: err.to_string(),
-    })?;
-    Ok(out)
-}
-
-fn decode_entry<E: Entity>(raw: &[u8]) -> Option<E> {
-    let bar = raw.iter().position(|b| *b == b'|')?;
-    mongodb::bson::from_slice(&raw[bar + 1..]).ok()
 }

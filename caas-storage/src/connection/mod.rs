@@ -12,7 +12,7 @@
 //! - [`faults`]: points where a test can stop a write as if the process died there.
 
 mod faults;
-mod kafka;
+pub(crate) mod kafka;
 pub(crate) mod mongo;
 mod redis;
 

@@ -12,9 +12,9 @@ use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Collection;
 use rdkafka::message::{Headers, Message};
 
+use super::envelope::EventEnvelope;
+use crate::connection::Connections;
 use crate::error::{duplicate_key_message, Component, Error, Result};
-use crate::outbox::envelope::EventEnvelope;
-use crate::storage::Storage;
 
 /// The collection consumed event ids are recorded in.
 pub const CONSUMED_COLLECTION: &str = "caas_consumed_events";
@@ -63,9 +63,9 @@ pub struct Deduplicator {
 
 impl Deduplicator {
     /// Records in `database`.
-    pub fn new(storage: &Storage, database: &str) -> Self {
+    pub(crate) fn new(conn: &Connections, database: &str) -> Self {
         Deduplicator {
-            coll: storage.database(database).collection(CONSUMED_COLLECTION),
+            coll: conn.database(database).collection(CONSUMED_COLLECTION),
             database: database.to_owned(),
             op_timeout: OP_TIMEOUT,
         }

@@ -35,10 +35,10 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Collection;
 
+use super::envelope::now_millis;
+use super::record::{millis, shard_of};
+use crate::connection::Connections;
 use crate::error::{duplicate_key_message, Component, Error, Result};
-use crate::outbox::envelope::now_millis;
-use crate::outbox::store::millis;
-use crate::storage::Storage;
 
 /// The lease collection, one per outbox database.
 pub const LEASE_COLLECTION: &str = "caas_outbox_leases";
@@ -63,7 +63,7 @@ pub(crate) struct ShardLeases {
 
 impl ShardLeases {
     pub(crate) fn new(
-        storage: &Storage,
+        conn: &Connections,
         database: &str,
         instance: &str,
         shard_count: u32,
@@ -71,7 +71,7 @@ impl ShardLeases {
         op_timeout: Duration,
     ) -> Self {
         ShardLeases {
-            coll: storage.database(database).collection(LEASE_COLLECTION),
+            coll: conn.database(database).collection(LEASE_COLLECTION),
             database: database.to_owned(),
             instance: instance.to_owned(),
             shard_count: shard_count.max(1),
@@ -195,7 +195,7 @@ impl ShardLeases {
 
         // Take free or expired shards, starting at a point that depends on the instance so
         // relays starting together do not all race for shard 0.
-        let start = crate::outbox::store::shard_of(&self.instance, "", "", self.shard_count);
+        let start = shard_of(&self.instance, "", "", self.shard_count);
         let mut taken_over = Vec::new();
         for i in 0..self.shard_count {
             if self.held.len() + taken_over.len() >= fair {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::outbox::store::{OutboxLag, ReconcileReport};
+use super::record::{OutboxLag, ReconcileReport};
 
 /// The shortest interval `published_per_sec` is computed over.
 const RATE_INTERVAL: Duration = Duration::from_secs(1);

@@ -20,18 +20,18 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::ClientConfig;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::outbox::envelope::{now_millis, EventEnvelope};
-use crate::outbox::lease::ShardLeases;
-use crate::outbox::metrics::{Counters, RelayMetrics};
-use crate::outbox::store::{
-    record_from_doc, EventState, Head, OutboxLag, OutboxRecord, OutboxStore, ReconcileReport,
+use super::envelope::{now_millis, EventEnvelope};
+use super::lease::ShardLeases;
+use super::metrics::{Counters, RelayMetrics};
+use super::record::{
+    millis, record_from_doc, EventState, Head, OutboxLag, OutboxRecord, ReconcileReport,
     DEFAULT_RECONCILE_AFTER, DEFAULT_SHARD_COUNT,
 };
-use crate::storage::Storage;
+use super::store::OutboxStore;
+use crate::connection::{kafka, Connections};
+use crate::error::{Error, Result};
 
 /// How long topic creation waits before giving up (and trying again later).
 const TOPIC_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,7 +190,7 @@ struct TopicState {
 }
 
 struct RelayInner {
-    storage: Storage,
+    conn: Connections,
     options: RelayOptions,
     stores: Vec<OutboxStore>,
     leases: tokio::sync::Mutex<Vec<ShardLeases>>,
@@ -218,15 +218,15 @@ impl std::fmt::Debug for OutboxRelay {
 }
 
 impl OutboxRelay {
-    /// A relay over `storage`'s MongoDB and shared Kafka producer. Fails on invalid options
-    /// or when the Kafka admin client (for topic creation) cannot be configured.
-    pub fn new(storage: &Storage, options: RelayOptions) -> Result<Self> {
+    /// A relay over `conn`'s MongoDB and shared Kafka producer. Fails on invalid options or
+    /// when the Kafka admin client (for topic creation) cannot be configured.
+    pub(crate) fn new(conn: &Connections, options: RelayOptions) -> Result<Self> {
         options.check()?;
         let stores = options
             .databases
             .iter()
             .map(|db| {
-                OutboxStore::new(storage, db)
+                OutboxStore::new(conn, db)
                     .with_shard_count(options.shard_count)
                     .with_reconcile_after(options.reconcile_after)
                     .with_op_timeout(options.op_timeout)
@@ -237,7 +237,7 @@ impl OutboxRelay {
             .iter()
             .map(|db| {
                 ShardLeases::new(
-                    storage,
+                    conn,
                     db,
                     &options.instance_id,
                     options.shard_count,
@@ -247,15 +247,11 @@ impl OutboxRelay {
             })
             .collect();
         let admin = if options.create_topics {
-            let k = &storage.config().kafka;
-            let mut cc = ClientConfig::new();
-            for (key, value) in &k.properties {
-                cc.set(key, value);
-            }
-            cc.set("bootstrap.servers", &k.brokers)
-                .set("client.id", format!("{}-outbox-admin", k.client_id));
+            let config = conn.config();
+            let client_id = format!("{}-outbox-admin", config.kafka.client_id);
             Some(
-                cc.create::<AdminClient<DefaultClientContext>>()
+                kafka::client_config(config, &[("client.id", client_id)])
+                    .create::<AdminClient<DefaultClientContext>>()
                     .map_err(|e| Error::config("kafka.properties", e.to_string()))?,
             )
         } else {
@@ -263,7 +259,7 @@ impl OutboxRelay {
         };
         Ok(OutboxRelay {
             inner: Arc::new(RelayInner {
-                storage: storage.clone(),
+                conn: conn.clone(),
                 counters: Arc::new(Counters::new(options.instance_id.clone())),
                 options,
                 stores,
@@ -326,7 +322,7 @@ impl OutboxRelay {
 
     /// The longest a pass can take (every bound it waits on, plus slack).
     fn shutdown_bound(&self) -> Duration {
-        let k = self.inner.storage.config().kafka.message_timeout;
+        let k = self.inner.conn.config().kafka.message_timeout;
         let o = &self.inner.options;
         (k + Duration::from_secs(5)) * 2
             + TOPIC_CREATE_TIMEOUT
@@ -459,7 +455,7 @@ impl OutboxRelay {
         // wait for a later pass. When that is the whole window, read what is outside instead.
         let mut edge_after = None;
         if truncated {
-            let created = |d: &Document| crate::outbox::store::millis(d.get("created_at"));
+            let created = |d: &Document| millis(d.get("created_at"));
             let last_created = window.last().map(created).unwrap_or(0);
             let edge =
                 last_created - i64::try_from(o.max_clock_skew.as_millis()).unwrap_or(i64::MAX / 4);
@@ -501,8 +497,8 @@ impl OutboxRelay {
             self.ensure_topic(t).await;
         }
 
-        let producer = inner.storage.kafka_producer();
-        let wait = inner.storage.config().kafka.message_timeout + Duration::from_secs(5);
+        let producer = inner.conn.kafka();
+        let wait = inner.conn.config().kafka.message_timeout + Duration::from_secs(5);
         let mut pending = Vec::with_capacity(records.len());
         let o = &inner.options;
         let mut failed: Vec<(OutboxRecord, String)> = Vec::new();
@@ -602,7 +598,7 @@ impl OutboxRelay {
         let Ok(value) = r.envelope.to_json() else {
             return;
         };
-        let producer = self.inner.storage.kafka_producer();
+        let producer = self.inner.conn.kafka();
         let record = FutureRecord::to(dlq)
             .key(r.envelope.aggregate_id.as_str())
             .payload(value.as_slice())
@@ -610,7 +606,7 @@ impl OutboxRelay {
                 &r.envelope,
                 &[("caas_error", err), ("caas_original_topic", &r.topic)],
             ));
-        let wait = self.inner.storage.config().kafka.message_timeout + Duration::from_secs(5);
+        let wait = self.inner.conn.config().kafka.message_timeout + Duration::from_secs(5);
         match tokio::time::timeout(wait, producer.send(record, Duration::from_secs(0))).await {
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => {

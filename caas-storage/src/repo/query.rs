@@ -5,12 +5,13 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::FindOptions;
 use serde::de::DeserializeOwned;
 
+use crate::document;
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::index::SortDirection;
 use crate::repo::filter::{FieldPath, Filter, Sort};
 use crate::repo::page::{Cursor, Page, PageRequest};
-use crate::repo::{codec, Repository, DELETED_AT_FIELD};
+use crate::repo::Repository;
 use crate::tenant::TenantId;
 
 /// A query over one tenant's entities of type `E`, built from typed filters and sorts.
@@ -101,7 +102,7 @@ impl<'r, E: Entity> Query<'r, E> {
 
     fn projection(&self) -> Option<Document> {
         match &self.only {
-            None => codec::projection(E::META, self.with_secrets),
+            None => document::projection(E::META, self.with_secrets),
             Some(fields) => {
                 let mut p = doc! { "_id": 0 };
                 for f in fields {
@@ -245,82 +246,17 @@ impl<'r, E: Entity> Query<'r, E> {
         };
         let items = docs
             .into_iter()
-            .map(codec::decode::<E>)
+            .map(document::decode::<E>)
             .collect::<Result<Vec<E>>>()?;
         Ok(Page { items, next })
     }
 
-    /// Deletes every match (soft where the entity declares it) and returns how many. For a
-    /// cached entity the matching ids are read first and exactly those are deleted and
-    /// invalidated.
+    /// Deletes every match (soft where the entity declares it) and returns how many. Each
+    /// deleted document goes through the write pipeline: its version moves on, its delete
+    /// event is recorded and its cache entries are dropped.
     pub async fn delete(mut self) -> Result<u64> {
-        let mut filter = self.filter_document()?;
-        let repo = self.repo;
-        let mut ids = Vec::new();
-        if E::META.cache.is_some() || E::META.outbox.is_some() {
-            let id_field = E::META.id_field;
-            let cursor = repo
-                .bounded(
-                    "delete many (ids)",
-                    repo.docs()
-                        .find(filter.clone())
-                        .projection(doc! { "_id": 0, id_field: 1 }),
-                )
-                .await?
-                .map_err(|e| Error::mongo(repo.op("delete many"), e))?;
-            let docs: Vec<Document> = repo
-                .bounded("delete many (ids)", cursor.try_collect())
-                .await?
-                .map_err(|e| Error::mongo(repo.op("delete many"), e))?;
-            ids = docs
-                .into_iter()
-                .filter_map(|mut d| d.remove(id_field))
-                .collect::<Vec<Bson>>();
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            filter = doc! { "$and": [filter, { id_field: { "$in": ids.clone() } }] };
-        }
-        if E::META.outbox.is_some() {
-            // One delete, with its event, per document.
-            let mut n = 0;
-            for id in ids {
-                let Ok(id) = mongodb::bson::from_bson::<E::Id>(id) else {
-                    continue;
-                };
-                if repo.delete(&self.tenant, &id).await? {
-                    n += 1;
-                }
-            }
-            return Ok(n);
-        }
-        let outcome = if E::META.soft_delete {
-            repo.bounded(
-                "delete many",
-                repo.docs().update_many(
-                    filter,
-                    doc! { "$set": { DELETED_AT_FIELD: mongodb::bson::DateTime::now() } },
-                ),
-            )
-            .await
-            .and_then(|r| {
-                r.map(|r| r.modified_count)
-                    .map_err(|e| Error::mongo(repo.op("soft delete many"), e))
-            })
-        } else {
-            repo.bounded("delete many", repo.docs().delete_many(filter))
-                .await
-                .and_then(|r| {
-                    r.map(|r| r.deleted_count)
-                        .map_err(|e| Error::mongo(repo.op("delete many"), e))
-                })
-        };
-        for id in ids {
-            if let Ok(id) = mongodb::bson::from_bson::<E::Id>(id) {
-                repo.after_write(&self.tenant, &id, &outcome, None).await;
-            }
-        }
-        outcome
+        let filter = self.filter_document()?;
+        self.repo.delete_matching(&self.tenant, filter).await
     }
 }
 

@@ -2,49 +2,42 @@
 //!
 //! A queued write is acknowledged once Redis has appended it to the entity's stream
 //! (`XADD {prefix}caas:wb:<database>.<collection>`); a flusher applies the stream to MongoDB in
-//! batches (runs of inserts as one unordered `insertMany`) and deletes entries only after they
-//! are applied. So an acknowledged write survives the death of the process that made it: the
-//! next flusher (any instance, any later process) applies it. Durability against the death of
-//! *Redis* is Redis's: run it with AOF (`appendonly yes`, `appendfsync everysec` or `always`).
+//! batches and deletes entries only after they are applied. So an acknowledged write survives
+//! the death of the process that made it: the next process that makes a repository of the
+//! entity applies it. Durability against the death of *Redis* is Redis's: run it with AOF
+//! (`appendonly yes`, `appendfsync everysec` or `always`).
+//!
+//! The queue never writes to MongoDB itself. A repository registers its entity's write
+//! pipeline ([`Apply`]) when it is made, and the flusher hands every entry to it: queued writes
+//! bump versions, stamp timestamps and keep the cache exactly as direct writes do, and entries
+//! naming an entity no repository of this process registered are never applied by it.
 //!
 //! One flusher per stream at a time (a lease in Redis), so each entity's writes apply in the
-//! order they were acknowledged. Every queued operation is idempotent when re-applied after a
-//! crash (a re-inserted document that already exists counts as applied). A database fault stops
-//! the batch at the failing entry, which is retried with backoff and never dropped; an entry the
-//! database rejects for good (a permanent error) is retried `max_attempts` times and then moved
-//! to the stream's dead-letter stream `...:dead` with the error.
-//!
-//! The flusher needs no entity type: each entry carries the namespace and field names it
-//! applies to, so a process that restarts drains what an earlier one queued, by
-//! [`WriteBehind::resume`] (called at connect unless `write_behind.resume_on_connect = false`).
+//! order they were acknowledged. Re-applying an entry after a crash is harmless (an insert
+//! whose document is already there counts as applied; updates and deletes apply to the current
+//! version). A database fault stops the batch at the failing entry, which is retried with
+//! backoff and never dropped; an entry the database rejects for good is retried
+//! `max_attempts` times and then moved to the stream's dead-letter stream `...:dead` with the
+//! error, as is an entry that is not one this framework wrote.
+
+mod entry;
+mod flusher;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::connection::RedisConnection;
-use mongodb::bson::{doc, Bson, Document};
+use async_trait::async_trait;
+use mongodb::bson::Document;
 use serde::Serialize;
 
 use crate::config::WriteBehindConfig;
-use crate::entity::Entity;
-use crate::error::{duplicate_key_message, Component, Error, Result};
-use crate::repo::DELETED_AT_FIELD;
-use crate::storage::Storage;
+use crate::connection::{Connections, RedisConnection};
+use crate::entity::{Entity, EntityMeta};
+use crate::error::{Component, Error, Result};
 use crate::tenant::TenantId;
 
-/// One queued operation.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Op {
-    /// Insert this document.
-    Insert(Document),
-    /// `$set` these fields on the document with this id.
-    Update { id: Bson, set: Document },
-    /// Replace or insert the document with this id.
-    Upsert { id: Bson, doc: Document },
-    /// Delete (or soft-delete) the document with this id.
-    Delete { id: Bson },
-}
+pub(crate) use entry::Op;
 
 /// Lag of one queue.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,27 +52,55 @@ pub struct QueueLag {
     pub dead_letters: u64,
 }
 
-/// The write-behind queues of one [`Storage`] handle. Reach it with
-/// [`Storage::write_behind`].
+/// What the flusher hands queued writes to: the write pipeline of one entity, registered by
+/// its repository. See the module docs.
+#[async_trait]
+pub(crate) trait Apply: Send + Sync {
+    /// Inserts `docs`, all of `tenant`. Fails as a whole only when nothing can be said of any
+    /// document (a fault); otherwise one result per document, `Ok` when the document is in the
+    /// database now (inserted, or already there from an earlier attempt).
+    async fn insert(&self, tenant: &TenantId, docs: Vec<Document>) -> Result<Vec<Result<()>>>;
+
+    /// Applies one update, upsert or delete of `tenant`.
+    async fn apply(&self, tenant: &TenantId, op: Op) -> Result<()>;
+}
+
+/// The write-behind queues of one `Storage` handle. Reach it with `Storage::write_behind`.
 pub struct WriteBehind {
+    shared: Arc<Shared>,
+}
+
+/// The registered pipelines of one stream, by entity name.
+type Appliers = HashMap<&'static str, Arc<dyn Apply>>;
+
+/// What the flushers share with the handle.
+pub(crate) struct Shared {
+    conn: Connections,
     prefix: String,
     settings: WriteBehindConfig,
-    flushers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// This handle's identity in stream leases.
     token: String,
+    /// Registered pipelines by stream key, then entity name.
+    appliers: Mutex<HashMap<String, Appliers>>,
+    /// The running flusher of each stream.
+    flushers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl std::fmt::Debug for WriteBehind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteBehind")
-            .field("prefix", &self.prefix)
-            .field("flushers", &self.flushers.lock().expect("flushers").len())
+            .field("prefix", &self.shared.prefix)
+            .field(
+                "flushers",
+                &self.shared.flushers.lock().expect("flushers").len(),
+            )
             .finish()
     }
 }
 
 impl Drop for WriteBehind {
     fn drop(&mut self) {
-        for (_, h) in self.flushers.lock().expect("flushers").drain() {
+        for (_, h) in self.shared.flushers.lock().expect("flushers").drain() {
             h.abort();
         }
     }
@@ -104,74 +125,105 @@ fn stream_key(prefix: &str, database: &str, collection: &str) -> String {
     format!("{prefix}caas:wb:{database}.{collection}")
 }
 
-fn redis_err(operation: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+pub(crate) fn redis_err(operation: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
     move |source| Error::Redis { operation, source }
 }
 
+impl Shared {
+    fn conn(&self) -> Result<RedisConnection> {
+        self.conn
+            .redis(self.conn.config().redis.databases.write_behind)
+    }
+
+    /// Starts the flusher of `key` unless one runs.
+    fn ensure_flusher(self: &Arc<Self>, key: String) {
+        let mut flushers = self.flushers.lock().expect("flushers");
+        if flushers.get(&key).is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let task = tokio::spawn(flusher::run(self.clone(), key.clone()));
+        flushers.insert(key, task.abort_handle());
+    }
+
+    fn applier(&self, key: &str, entity: &str) -> Option<Arc<dyn Apply>> {
+        self.appliers
+            .lock()
+            .expect("appliers")
+            .get(key)
+            .and_then(|by_entity| by_entity.get(entity))
+            .cloned()
+    }
+}
+
 impl WriteBehind {
-    pub(crate) fn new(prefix: String, settings: WriteBehindConfig) -> Self {
+    /// The queues over `conn`'s Redis, with its `write_behind` settings.
+    pub(crate) fn new(conn: Connections) -> Self {
         WriteBehind {
-            prefix,
-            settings,
-            flushers: Mutex::new(HashMap::new()),
-            token: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
+            shared: Arc::new(Shared {
+                prefix: conn.config().redis.key_prefix.clone(),
+                settings: conn.config().write_behind.clone(),
+                token: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
+                appliers: Mutex::new(HashMap::new()),
+                flushers: Mutex::new(HashMap::new()),
+                conn,
+            }),
         }
     }
 
-    /// Appends `ops` of entity `E` to its stream; returns once Redis acknowledged them.
-    pub(crate) async fn enqueue<E: Entity>(
+    /// Registers the pipeline that applies `meta`'s queued writes, and starts the flusher of
+    /// its queue if the queue holds writes (left by an earlier process, say). The first
+    /// registration of an entity wins; later ones are ignored.
+    pub(crate) fn register(&self, meta: &'static EntityMeta, applier: Arc<dyn Apply>) {
+        let key = stream_key(&self.shared.prefix, meta.database, meta.collection);
+        let fresh = {
+            let mut appliers = self.shared.appliers.lock().expect("appliers");
+            let by_entity = appliers.entry(key.clone()).or_default();
+            if by_entity.contains_key(meta.name) {
+                false
+            } else {
+                by_entity.insert(meta.name, applier);
+                true
+            }
+        };
+        // Outside a runtime (a repository made in synchronous code) the flusher starts with
+        // the first queued write instead.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        if let (true, true, Some(runtime)) = (fresh, self.shared.settings.start_flusher, runtime) {
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                let waiting = match shared.conn() {
+                    Ok(mut conn) => redis::cmd("XLEN")
+                        .arg(&key)
+                        .query_async::<u64>(&mut conn)
+                        .await
+                        .unwrap_or(0),
+                    Err(_) => 0,
+                };
+                if waiting > 0 {
+                    shared.ensure_flusher(key);
+                }
+            });
+        }
+    }
+
+    /// Appends `ops` of `meta` to its stream; returns once Redis acknowledged them.
+    pub(crate) async fn enqueue(
         &self,
-        storage: &Storage,
+        meta: &'static EntityMeta,
         tenant: &TenantId,
-        ops: Vec<Op>,
+        ops: &[Op],
     ) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
-        let key = stream_key(&self.prefix, E::META.database, E::META.collection);
+        let key = stream_key(&self.shared.prefix, meta.database, meta.collection);
         let mut append = APPEND.key(&key);
-        append.arg(self.settings.max_pending);
-        for op in &ops {
-            let mut entry = doc! {
-                "entity": E::META.name,
-                "cached": E::META.cache.is_some(),
-                "db": E::META.database,
-                "coll": E::META.collection,
-                "tenant_field": E::META.tenant_field,
-                "tenant": tenant.as_str(),
-                "id_field": E::META.id_field,
-                "soft_delete": E::META.soft_delete,
-            };
-            match op {
-                Op::Insert(d) => {
-                    entry.insert("op", "insert");
-                    entry.insert("doc", d.clone());
-                }
-                Op::Update { id, set } => {
-                    entry.insert("op", "update");
-                    entry.insert("id", id.clone());
-                    entry.insert("set", set.clone());
-                }
-                Op::Upsert { id, doc } => {
-                    entry.insert("op", "upsert");
-                    entry.insert("id", id.clone());
-                    entry.insert("doc", doc.clone());
-                }
-                Op::Delete { id } => {
-                    entry.insert("op", "delete");
-                    entry.insert("id", id.clone());
-                }
-            }
-            let mut bytes = Vec::new();
-            entry.to_writer(&mut bytes).map_err(|e| Error::Codec {
-                entity: E::META.name,
-                direction: "encode",
-                message: e.to_string(),
-            })?;
-            append.arg(bytes);
+        append.arg(self.shared.settings.max_pending);
+        for op in ops {
+            append.arg(entry::encode(meta, tenant, op)?);
         }
-        let mut conn = self.conn(storage)?;
-        let bound = self.settings.enqueue_timeout;
+        let mut conn = self.shared.conn()?;
+        let bound = self.shared.settings.enqueue_timeout;
         let pending: i64 = tokio::time::timeout(bound, append.invoke_async(&mut conn))
             .await
             .map_err(|_| Error::Timeout {
@@ -182,54 +234,21 @@ impl WriteBehind {
             .map_err(redis_err("write-behind enqueue (XADD)"))?;
         if pending < 0 {
             return Err(Error::QueueFull {
-                queue: format!("{}.{}", E::META.database, E::META.collection),
+                queue: format!("{}.{}", meta.database, meta.collection),
                 pending: pending.unsigned_abs(),
-                max: self.settings.max_pending,
+                max: self.shared.settings.max_pending,
             });
         }
-        if self.settings.start_flusher {
-            self.ensure_flusher(storage, key);
+        if self.shared.settings.start_flusher {
+            self.shared.ensure_flusher(key);
         }
         Ok(())
     }
 
-    fn conn(&self, storage: &Storage) -> Result<RedisConnection> {
-        storage.redis(storage.config().redis.databases.write_behind)
-    }
-
-    fn ensure_flusher(&self, storage: &Storage, key: String) {
-        let mut flushers = self.flushers.lock().expect("flushers");
-        if flushers.get(&key).is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        let storage = storage.downgrade();
-        let (settings, token) = (self.settings.clone(), self.token.clone());
-        let task = tokio::spawn({
-            let key = key.clone();
-            async move {
-                loop {
-                    let Some(s) = storage.upgrade() else { return };
-                    let applied = flush_round(&s, &key, &settings, &token).await;
-                    drop(s);
-                    let pause = match applied {
-                        Ok(n) if n > 0 => Duration::ZERO,
-                        Ok(_) => settings.flush_interval,
-                        Err(e) => {
-                            tracing::warn!(stream = %key, error = %e, "write-behind flush failed; retrying");
-                            settings.retry_backoff
-                        }
-                    };
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        });
-        flushers.insert(key, task.abort_handle());
-    }
-
     /// Every queue stream (with `dead`, the dead-letter streams too), found with `SCAN`.
-    async fn queues(&self, storage: &Storage, dead: bool) -> Result<Vec<String>> {
-        let mut conn = self.conn(storage)?;
-        let pattern = format!("{}caas:wb:*", self.prefix);
+    async fn queues(&self, dead: bool) -> Result<Vec<String>> {
+        let mut conn = self.shared.conn()?;
+        let pattern = format!("{}caas:wb:*", self.shared.prefix);
         let mut found = conn
             .scan_match(&pattern, Some("stream"))
             .await
@@ -238,37 +257,34 @@ impl WriteBehind {
         Ok(found)
     }
 
-    /// Starts flushers for every queue that holds entries (left by this or an earlier
-    /// process). Returns the streams found.
-    pub async fn resume(&self, storage: &Storage) -> Result<Vec<String>> {
-        let found = self.queues(storage, false).await?;
-        if self.settings.start_flusher {
-            for key in &found {
-                self.ensure_flusher(storage, key.clone());
-            }
-        }
-        Ok(found)
-    }
-
     /// Applies everything queued for `E` now, in this task, and returns when its queue is
-    /// empty (or `timeout` passed). For shutdown and tests.
-    pub async fn flush<E: Entity>(&self, storage: &Storage, timeout: Duration) -> Result<()> {
-        let key = stream_key(&self.prefix, E::META.database, E::META.collection);
-        self.flush_key(storage, &key, timeout).await
+    /// empty (or `timeout` passed). For shutdown and tests. Needs a repository of `E` to have
+    /// been made on this handle (it registers the pipeline that applies the queue).
+    pub async fn flush<E: Entity>(&self, timeout: Duration) -> Result<()> {
+        let key = stream_key(&self.shared.prefix, E::META.database, E::META.collection);
+        self.flush_key(&key, timeout).await
     }
 
-    /// Applies every queue of this handle's Redis now; see [`flush`](Self::flush).
-    pub async fn flush_all(&self, storage: &Storage, timeout: Duration) -> Result<()> {
-        for key in self.queues(storage, false).await? {
-            self.flush_key(storage, &key, timeout).await?;
+    /// Applies the queue of every entity registered on this handle; see [`flush`](Self::flush).
+    pub async fn flush_all(&self, timeout: Duration) -> Result<()> {
+        let keys: Vec<String> = self
+            .shared
+            .appliers
+            .lock()
+            .expect("appliers")
+            .keys()
+            .cloned()
+            .collect();
+        for key in keys {
+            self.flush_key(&key, timeout).await?;
         }
         Ok(())
     }
 
-    async fn flush_key(&self, storage: &Storage, key: &str, timeout: Duration) -> Result<()> {
+    async fn flush_key(&self, key: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut conn = self.conn(storage)?;
+            let mut conn = self.shared.conn()?;
             let len: u64 = redis::cmd("XLEN")
                 .arg(key)
                 .query_async(&mut conn)
@@ -284,17 +300,17 @@ impl WriteBehind {
                     after: timeout,
                 });
             }
-            match flush_round(storage, key, &self.settings, &self.token).await {
+            match flusher::round(&self.shared, key).await {
                 Ok(n) if n > 0 => {}
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     }
 
-    /// Pending writes and their age, per queue.
-    pub async fn lag(&self, storage: &Storage) -> Result<Vec<QueueLag>> {
-        let keys = self.queues(storage, true).await?;
-        let mut conn = self.conn(storage)?;
+    /// Pending writes and their age, per queue (every queue of this Redis and key prefix).
+    pub async fn lag(&self) -> Result<Vec<QueueLag>> {
+        let keys = self.queues(true).await?;
+        let mut conn = self.shared.conn()?;
         let mut out: BTreeMap<String, QueueLag> = BTreeMap::new();
         let now_ms = now_millis();
         for key in &keys {
@@ -352,354 +368,4 @@ fn first_entry_millis(v: &redis::Value) -> Option<u64> {
     };
     let id: String = redis::FromRedisValue::from_redis_value(entry.first()?.clone()).ok()?;
     id.split('-').next()?.parse().ok()
-}
-
-/// Takes or renews the stream's lease: one flusher per stream keeps writes in order.
-async fn hold_lease(
-    conn: &mut RedisConnection,
-    key: &str,
-    token: &str,
-    ttl: Duration,
-) -> Result<bool> {
-    static LEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-        redis::Script::new(
-            r"
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-",
-        )
-    });
-    let held: i64 = LEASE
-        .key(format!("{key}:owner"))
-        .arg(token)
-        .arg(ttl.as_millis() as u64)
-        .invoke_async(conn)
-        .await
-        .map_err(redis_err("write-behind lease"))?;
-    Ok(held == 1)
-}
-
-/// Attempts per entry id (in this process): for moving permanently failing entries aside.
-static ATTEMPTS: std::sync::LazyLock<Mutex<HashMap<String, u32>>> =
-    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// One round: take the lease, read a batch from the head of the stream, apply it in order,
-/// delete what was applied. Returns how many entries were applied.
-async fn flush_round(
-    storage: &Storage,
-    key: &str,
-    settings: &WriteBehindConfig,
-    token: &str,
-) -> Result<usize> {
-    let mut conn = storage.redis(storage.config().redis.databases.write_behind)?;
-    if !hold_lease(&mut conn, key, token, settings.lease_ttl).await? {
-        return Ok(0);
-    }
-    let batch: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(settings.batch_size)
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_err("write-behind read (XRANGE)"))?;
-    if batch.ids.is_empty() {
-        return Ok(0);
-    }
-    let mut entries = Vec::with_capacity(batch.ids.len());
-    for sid in &batch.ids {
-        let raw: Option<Vec<u8>> = sid
-            .map
-            .get("e")
-            .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok());
-        let parsed = raw.and_then(|b| Document::from_reader(b.as_slice()).ok());
-        entries.push((sid.id.clone(), parsed));
-    }
-
-    let mut applied: Vec<String> = Vec::new();
-    let mut i = 0;
-    let mut outcome: Result<()> = Ok(());
-    // Past this index, entries go one by one (after a batch the database refused for good,
-    // to find and set aside the entry it refuses).
-    let mut singly_until = 0;
-    while i < entries.len() {
-        // A run of inserts goes as one unordered insertMany.
-        let run_end = entries[i..]
-            .iter()
-            .position(|(_, e)| !is_insert(e.as_ref()))
-            .map_or(entries.len(), |p| i + p);
-        if run_end > i + 1 && i >= singly_until {
-            let run = &entries[i..run_end];
-            match apply_inserts(storage, run).await {
-                Ok(()) => {
-                    applied.extend(run.iter().map(|(id, _)| id.clone()));
-                    i = run_end;
-                    continue;
-                }
-                Err(e) if e.is_transient() => {
-                    outcome = Err(e);
-                    break;
-                }
-                Err(_) => singly_until = run_end,
-            }
-        }
-        let (id, entry) = &entries[i];
-        let r = match entry {
-            None => Err(Error::Codec {
-                entity: "write-behind entry",
-                direction: "decode",
-                message: "not a caas-storage queue entry".into(),
-            }),
-            Some(e) => {
-                let r = apply_one(storage, e).await;
-                if r.is_ok() {
-                    invalidate_applied(storage, e).await;
-                }
-                r
-            }
-        };
-        match r {
-            Ok(()) => applied.push(id.clone()),
-            Err(e) if !e.is_transient() && give_up(id, settings.max_attempts) => {
-                dead_letter(&mut conn, key, id, entry.as_ref(), &e).await?;
-                applied.push(id.clone());
-            }
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        }
-        i += 1;
-    }
-    if !applied.is_empty() {
-        let mut del = redis::cmd("XDEL");
-        del.arg(key);
-        for id in &applied {
-            del.arg(id);
-        }
-        del.query_async::<i64>(&mut conn)
-            .await
-            .map_err(redis_err("write-behind ack (XDEL)"))?;
-        let mut attempts = ATTEMPTS.lock().expect("attempts");
-        for id in &applied {
-            attempts.remove(id);
-        }
-    }
-    outcome.map(|()| applied.len()).or_else(|e| {
-        if applied.is_empty() {
-            Err(e)
-        } else {
-            Ok(applied.len())
-        }
-    })
-}
-
-fn give_up(id: &str, max_attempts: u32) -> bool {
-    let mut attempts = ATTEMPTS.lock().expect("attempts");
-    let n = attempts.entry(id.to_owned()).or_insert(0);
-    *n += 1;
-    *n >= max_attempts
-}
-
-async fn dead_letter(
-    conn: &mut RedisConnection,
-    key: &str,
-    id: &str,
-    entry: Option<&Document>,
-    error: &Error,
-) -> Result<()> {
-    let mut bytes = Vec::new();
-    if let Some(e) = entry {
-        let _ = e.to_writer(&mut bytes);
-    }
-    tracing::error!(stream = key, entry = id, error = %error, "write-behind entry moved to the dead-letter stream");
-    redis::cmd("XADD")
-        .arg(format!("{key}:dead"))
-        .arg("*")
-        .arg("e")
-        .arg(bytes)
-        .arg("source_id")
-        .arg(id)
-        .arg("error")
-        .arg(error.to_string())
-        .query_async::<String>(conn)
-        .await
-        .map_err(redis_err("write-behind dead letter (XADD)"))?;
-    Ok(())
-}
-
-/// A cached entity's entry may have been re-filled from MongoDB between the enqueue and the
-/// apply; drop it now that the write is in.
-async fn invalidate_applied(storage: &Storage, e: &Document) {
-    if !e.get_bool("cached").unwrap_or(false) {
-        return;
-    }
-    let (Ok(entity), Ok(db), Ok(tenant), Some(id)) = (
-        e.get_str("entity"),
-        e.get_str("db"),
-        e.get_str("tenant"),
-        e.get("id"),
-    ) else {
-        return;
-    };
-    let tag = format!("{tenant}:{entity}:{}", crate::repo::codec::id_as_text(id));
-    storage.cache().invalidate_tag(storage, db, &tag).await;
-}
-
-/// Queued writes apply with the `eventual` model's write concern.
-fn eventual_collection(storage: &Storage, db: &str, coll: &str) -> mongodb::Collection<Document> {
-    storage.database(db).collection_with_options(
-        coll,
-        mongodb::options::CollectionOptions::builder()
-            .write_concern(crate::consistency::Consistency::Eventual.write_concern())
-            .build(),
-    )
-}
-
-fn is_insert(e: Option<&Document>) -> bool {
-    e.is_some_and(|d| d.get_str("op") == Ok("insert"))
-}
-
-fn namespace(e: &Document) -> Result<(String, String)> {
-    let bad = |what: &str| Error::Codec {
-        entity: "write-behind entry",
-        direction: "decode",
-        message: format!("missing {what}"),
-    };
-    Ok((
-        e.get_str("db").map_err(|_| bad("db"))?.to_owned(),
-        e.get_str("coll").map_err(|_| bad("coll"))?.to_owned(),
-    ))
-}
-
-/// Re-applying an insert after a crash is harmless only if the unique (tenant, id) index
-/// rejects the second copy: make sure it exists before the first insert into a namespace.
-/// If it cannot be built (say, the collection already holds duplicates), writes still apply
-/// and the problem is logged: holding writes back would not repair the data.
-async fn ensure_primary_index(storage: &Storage, e: &Document) {
-    if let Err(err) = try_primary_index(storage, e).await {
-        tracing::error!(error = %err, "write-behind: the unique (tenant, id) index is missing and cannot be built; re-applied inserts after a crash may duplicate documents");
-    }
-}
-
-async fn try_primary_index(storage: &Storage, e: &Document) -> Result<()> {
-    static DONE: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
-        std::sync::LazyLock::new(Default::default);
-    let (db, coll) = namespace(e)?;
-    let tenant_field = e.get_str("tenant_field").unwrap_or("tenant_id");
-    let id_field = e.get_str("id_field").unwrap_or("id");
-    let key = format!("{:?}/{db}.{coll}", storage.config().mongodb.uri);
-    if !DONE.lock().expect("index memo").insert(key) {
-        return Ok(());
-    }
-    let model = mongodb::IndexModel::builder()
-        .keys(doc! { tenant_field: 1, id_field: 1 })
-        .options(
-            mongodb::options::IndexOptions::builder()
-                .unique(true)
-                .name(format!("{tenant_field}_1_{id_field}_1"))
-                .build(),
-        )
-        .build();
-    storage
-        .database(&db)
-        .collection::<Document>(&coll)
-        .create_index(model)
-        .await
-        .map_err(|err| Error::mongo(format!("write-behind createIndexes {db}.{coll}"), err))?;
-    Ok(())
-}
-
-async fn apply_inserts(storage: &Storage, run: &[(String, Option<Document>)]) -> Result<()> {
-    // Group by namespace, keeping order within each.
-    let mut groups: Vec<((String, String), Vec<Document>)> = Vec::new();
-    for (_, e) in run {
-        let e = e.as_ref().expect("runs hold decoded inserts");
-        ensure_primary_index(storage, e).await;
-        let ns = namespace(e)?;
-        let doc = e.get_document("doc").cloned().unwrap_or_default();
-        match groups.iter_mut().find(|(n, _)| *n == ns) {
-            Some((_, docs)) => docs.push(doc),
-            None => groups.push((ns, vec![doc])),
-        }
-    }
-    for ((db, coll), docs) in groups {
-        let c = eventual_collection(storage, &db, &coll);
-        let op = format!("write-behind insertMany {db}.{coll}");
-        if let Err(e) = c.insert_many(docs).ordered(false).await {
-            // Re-applied after a crash: documents already there are applied, not failures.
-            let only_duplicates = match e.kind.as_ref() {
-                mongodb::error::ErrorKind::InsertMany(m) => {
-                    m.write_concern_error.is_none()
-                        && m.write_errors
-                            .iter()
-                            .flatten()
-                            .all(|w| w.code == crate::error::DUPLICATE_KEY)
-                }
-                _ => false,
-            };
-            if !only_duplicates {
-                return Err(Error::mongo(op, e));
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn apply_one(storage: &Storage, e: &Document) -> Result<()> {
-    let (db, coll) = namespace(e)?;
-    let c = eventual_collection(storage, &db, &coll);
-    let tenant_field = e.get_str("tenant_field").unwrap_or("tenant_id");
-    let id_field = e.get_str("id_field").unwrap_or("id");
-    let mut filter = doc! { tenant_field: e.get_str("tenant").unwrap_or_default() };
-    if let Some(id) = e.get("id") {
-        filter.insert(id_field, id.clone());
-    }
-    let soft = e.get_bool("soft_delete").unwrap_or(false);
-    let op_name = e.get_str("op").unwrap_or_default();
-    let op = format!("write-behind {op_name} {db}.{coll}");
-    let r = match op_name {
-        "insert" => {
-            ensure_primary_index(storage, e).await;
-            let doc = e.get_document("doc").cloned().unwrap_or_default();
-            match c.insert_one(doc).await {
-                Err(err) if duplicate_key_message(&err).is_some() => Ok(()),
-                other => other.map(drop),
-            }
-        }
-        "update" => {
-            if soft {
-                filter.insert(DELETED_AT_FIELD, Bson::Null);
-            }
-            let set = e.get_document("set").cloned().unwrap_or_default();
-            c.update_one(filter, doc! { "$set": set }).await.map(drop)
-        }
-        "upsert" => {
-            let doc = e.get_document("doc").cloned().unwrap_or_default();
-            c.replace_one(filter, doc).upsert(true).await.map(drop)
-        }
-        "delete" if soft => {
-            filter.insert(DELETED_AT_FIELD, Bson::Null);
-            c.update_one(
-                filter,
-                doc! { "$set": { DELETED_AT_FIELD: mongodb::bson::DateTime::now() } },
-            )
-            .await
-            .map(drop)
-        }
-        "delete" => c.delete_one(filter).await.map(drop),
-        other => {
-            return Err(Error::Codec {
-                entity: "write-behind entry",
-                direction: "decode",
-                message: format!("unknown operation {other:?}"),
-            })
-        }
-    };
-    r.map_err(|err| Error::mongo(op, err))
 }

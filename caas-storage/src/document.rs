@@ -1,11 +1,25 @@
-//! Entity <-> stored document, and the projections reads use.
+//! Stored documents: entity <-> BSON, the framework's reserved field names, the one rendering
+//! of ids as text, and the projections reads use.
+//!
+//! Everything here is shared by the executor (`repo/`), the cache and the write-behind queue,
+//! which is why it lives below all of them.
 
 use mongodb::bson::{Bson, Document};
 
 use crate::entity::{Entity, EntityMeta};
 use crate::error::{Error, Result};
-use crate::repo::{DELETED_AT_FIELD, SCHEMA_VERSION_FIELD};
 use crate::tenant::TenantId;
+
+/// Framework field: the schema version a document was written with.
+pub const SCHEMA_VERSION_FIELD: &str = "_schema_version";
+/// Framework field: when a soft-deleted document was deleted.
+pub const DELETED_AT_FIELD: &str = "_deleted_at";
+/// Framework field: the outbox op (id of the first event) of the write that produced the
+/// document's current version, so reconciliation can tell rival writers apart.
+pub const OP_FIELD: &str = "_outbox_op";
+
+/// Every field name the framework writes into documents (besides `_id`).
+pub const RESERVED_FIELDS: [&str; 3] = [SCHEMA_VERSION_FIELD, DELETED_AT_FIELD, OP_FIELD];
 
 /// The stored document of `entity`: its serde form plus `_schema_version`. The entity's tenant
 /// must be `tenant`.
@@ -38,15 +52,26 @@ pub(crate) fn decode<E: Entity>(doc: Document) -> Result<E> {
 /// Decodes a document read without a projection, leaving out what a projection would have:
 /// secret fields (unless `with_secrets`) and framework fields.
 pub(crate) fn decode_projected<E: Entity>(mut doc: Document, with_secrets: bool) -> Result<E> {
-    for field in stripped(E::META, with_secrets) {
-        doc.remove(field);
-    }
+    strip(E::META, &mut doc, with_secrets);
     decode(doc)
 }
 
+/// Removes `_id`, the framework fields and (unless `with_secrets`) the secret fields.
+pub(crate) fn strip(meta: &EntityMeta, doc: &mut Document, with_secrets: bool) {
+    doc.remove("_id");
+    for field in RESERVED_FIELDS {
+        doc.remove(field);
+    }
+    if !with_secrets {
+        for field in meta.secret_fields {
+            doc.remove(*field);
+        }
+    }
+}
+
 /// What reads leave out: the secret fields, unless asked for. `None` when there is nothing to
-/// leave out (the framework fields `_id`, `_schema_version` and `_deleted_at` are ignored when
-/// decoding, so they need no projection, and a read without one is the cheapest).
+/// leave out (the framework fields are ignored when decoding, so they need no projection, and
+/// a read without one is the cheapest).
 pub(crate) fn projection(meta: &EntityMeta, with_secrets: bool) -> Option<Document> {
     if with_secrets || meta.secret_fields.is_empty() {
         return None;
@@ -59,18 +84,7 @@ pub(crate) fn projection(meta: &EntityMeta, with_secrets: bool) -> Option<Docume
     )
 }
 
-/// The fields [`decode_projected`] strips from a document read without a projection.
-fn stripped(meta: &EntityMeta, with_secrets: bool) -> impl Iterator<Item = &'static str> + '_ {
-    ["_id", SCHEMA_VERSION_FIELD, DELETED_AT_FIELD]
-        .into_iter()
-        .chain(
-            meta.secret_fields
-                .iter()
-                .copied()
-                .filter(move |_| !with_secrets),
-        )
-}
-
+/// An id as stored.
 pub(crate) fn id_to_bson<E: Entity>(id: &E::Id) -> Result<Bson> {
     mongodb::bson::to_bson(id).map_err(|e| Error::Codec {
         entity: E::META.name,
@@ -80,7 +94,7 @@ pub(crate) fn id_to_bson<E: Entity>(id: &E::Id) -> Result<Bson> {
 }
 
 /// An id as text, the one rendering used in cache keys, event aggregate ids and the
-/// write-behind flusher: strings as they are, other ids as relaxed extended JSON.
+/// write-behind queue: strings as they are, other ids as relaxed extended JSON.
 pub(crate) fn id_as_text(id: &Bson) -> String {
     match id {
         Bson::String(s) => s.clone(),
@@ -88,11 +102,25 @@ pub(crate) fn id_as_text(id: &Bson) -> String {
     }
 }
 
-pub(crate) fn id_text<E: Entity>(id: &E::Id) -> String {
-    match mongodb::bson::to_bson(id) {
-        Ok(b) => b.into_relaxed_extjson().to_string(),
-        Err(_) => format!("{id:?}"),
+/// An id as errors show it: relaxed extended JSON (strings quoted).
+pub(crate) fn id_for_errors(id: &Bson) -> String {
+    id.clone().into_relaxed_extjson().to_string()
+}
+
+/// A stored integer field (a version) as `u64`: missing or negative is 0.
+pub(crate) fn stored_u64(doc: &Document, field: &str) -> u64 {
+    match doc.get(field) {
+        Some(Bson::Int32(i)) => u64::try_from(*i).unwrap_or(0),
+        Some(Bson::Int64(i)) => u64::try_from(*i).unwrap_or(0),
+        Some(Bson::Double(f)) if *f > 0.0 => *f as u64,
+        _ => 0,
     }
+}
+
+/// A version as stored: BSON int64 (serde writes every integer type that fits that way or as
+/// int32; MongoDB compares numbers across both).
+pub(crate) fn version_bson(v: u64) -> Bson {
+    Bson::Int64(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 /// Whether `field` appears as a key anywhere in `filter` (also inside `$or`, `$and`, ...).
@@ -126,5 +154,15 @@ mod tests {
             &doc! { "tenant": 1, "x_tenant_id": 2 },
             "tenant_id"
         ));
+    }
+
+    #[test]
+    fn ids_render_once_for_keys_and_twice_quoted_for_errors() {
+        assert_eq!(id_as_text(&Bson::String("u:1".into())), "u:1");
+        assert_eq!(id_as_text(&Bson::Int64(7)), "7");
+        assert_eq!(id_for_errors(&Bson::String("u1".into())), "\"u1\"");
+        assert_eq!(stored_u64(&doc! { "v": 3_i32 }, "v"), 3);
+        assert_eq!(stored_u64(&doc! { "v": -3_i64 }, "v"), 0);
+        assert_eq!(stored_u64(&doc! {}, "v"), 0);
     }
 }

@@ -1,0 +1,79 @@
+//! What a Redis cache entry holds: `<version>|<BSON of the document>`, secret and framework
+//! fields left out; and the TTL each entry gets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mongodb::bson::Document;
+
+use crate::document;
+use crate::entity::{CacheSpec, Entity, EntityMeta};
+use crate::error::{Error, Result};
+
+/// The entry for a stored document (as written or as read back), or `None` when the entity
+/// has no version field: write-through puts are fenced by version, so without one the entry
+/// is invalidated instead.
+pub(crate) fn from_document(meta: &EntityMeta, doc: &Document) -> Option<(u64, Vec<u8>)> {
+    let version = document::stored_u64(doc, meta.version_field?);
+    let mut doc = doc.clone();
+    document::strip(meta, &mut doc, false);
+    encode(meta, version, &doc)
+        .ok()
+        .map(|bytes| (version, bytes))
+}
+
+/// The entry for an entity read from MongoDB.
+pub(crate) fn from_entity<E: Entity>(e: &E) -> Result<Vec<u8>> {
+    let mut doc = mongodb::bson::to_document(e).map_err(|err| Error::Codec {
+        entity: E::META.name,
+        direction: "encode",
+        message: err.to_string(),
+    })?;
+    document::strip(E::META, &mut doc, false);
+    encode(E::META, e.version().unwrap_or(0), &doc)
+}
+
+fn encode(meta: &EntityMeta, version: u64, doc: &Document) -> Result<Vec<u8>> {
+    let mut out = format!("{version}|").into_bytes();
+    doc.to_writer(&mut out).map_err(|err| Error::Codec {
+        entity: meta.name,
+        direction: "encode",
+        message: err.to_string(),
+    })?;
+    Ok(out)
+}
+
+/// The entity in an entry, or `None` when it does not decode (a corrupt or foreign entry).
+pub(crate) fn decode<E: Entity>(raw: &[u8]) -> Option<E> {
+    let bar = raw.iter().position(|b| *b == b'|')?;
+    mongodb::bson::from_slice(&raw[bar + 1..]).ok()
+}
+
+/// The entry TTL: the declared one plus up to `jitter` more, so entries written together do not
+/// expire together.
+pub(crate) fn ttl_ms(spec: &CacheSpec) -> u64 {
+    let base = spec.ttl.as_millis() as u64;
+    let jitter = spec.jitter.as_millis() as u64;
+    if jitter == 0 {
+        return base;
+    }
+    base + cheap_random() % (jitter + 1)
+}
+
+/// A token identifying one holder of the stampede lock.
+pub(crate) fn lock_token() -> String {
+    format!("{}-{:x}", std::process::id(), cheap_random())
+}
+
+fn cheap_random() -> u64 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64
+    let mut z = t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,158 @@
+//! What operators call: reading records, the backlog, parked records and their redrive, and
+//! the periodic cleanup of published and abandoned records.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, DateTime};
+
+use super::record::{millis, record_from_doc, EventState, OutboxLag, OutboxRecord};
+use super::store::{cutoff, OutboxStore};
+use crate::error::{Error, Result};
+
+impl OutboxStore {
+    /// One record by event id, pending or published.
+    pub async fn get(&self, event_id: &str) -> Result<Option<OutboxRecord>> {
+        let found = self
+            .bounded(
+                "read outbox record",
+                self.coll.find_one(doc! { "_id": event_id }),
+            )
+            .await?;
+        let found = match found {
+            Some(d) => Some(d),
+            None => {
+                self.bounded(
+                    "read published outbox record",
+                    self.published.find_one(doc! { "_id": event_id }),
+                )
+                .await?
+            }
+        };
+        found.as_ref().map(record_from_doc).transpose()
+    }
+
+    /// Events not yet published and not given up on (`prepared + ready`).
+    pub async fn pending_count(&self) -> Result<u64> {
+        let count = |state: EventState| {
+            self.bounded(
+                "count outbox records",
+                self.coll.count_documents(doc! { "state": state.as_str() }),
+            )
+        };
+        let (ready, prepared) =
+            tokio::try_join!(count(EventState::Ready), count(EventState::Prepared))?;
+        Ok(ready + prepared)
+    }
+
+    /// Age of the oldest `prepared` or `ready` record.
+    pub async fn oldest_pending_age(&self) -> Result<Option<Duration>> {
+        Ok(self.lag().await?.oldest_pending_age())
+    }
+
+    /// Counts by state and the oldest pending age.
+    pub async fn lag(&self) -> Result<OutboxLag> {
+        let count = |state: EventState| {
+            self.bounded(
+                "count outbox records",
+                self.coll.count_documents(doc! { "state": state.as_str() }),
+            )
+        };
+        let oldest = |state: EventState| async move {
+            let docs = self
+                .find_docs(
+                    "read oldest outbox record",
+                    doc! { "state": state.as_str() },
+                    Some(doc! { "created_at": 1 }),
+                    Some(1),
+                    Some(doc! { "created_at": 1 }),
+                )
+                .await?;
+            Ok::<_, Error>(docs.first().map(|d| millis(d.get("created_at"))))
+        };
+        let (ready, prepared, parked, o1, o2) = tokio::try_join!(
+            count(EventState::Ready),
+            count(EventState::Prepared),
+            count(EventState::Parked),
+            oldest(EventState::Ready),
+            oldest(EventState::Prepared),
+        )?;
+        let now = DateTime::now().timestamp_millis();
+        let oldest = match (o1, o2) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(OutboxLag {
+            pending: ready + prepared,
+            ready,
+            prepared,
+            parked,
+            oldest_pending_age_ms: oldest.map(|t| u64::try_from(now - t).unwrap_or(0)),
+        })
+    }
+
+    /// Parked records, oldest first, at most `limit`.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<OutboxRecord>> {
+        let docs = self
+            .find_docs(
+                "list parked outbox records",
+                doc! { "state": EventState::Parked.as_str() },
+                Some(doc! { "created_at": 1, "_id": 1 }),
+                Some(i64::try_from(limit).unwrap_or(i64::MAX)),
+                None,
+            )
+            .await?;
+        docs.iter().map(record_from_doc).collect()
+    }
+
+    /// `parked -> ready` with the attempts reset, so the relay tries again. Returns whether
+    /// the record was parked.
+    pub async fn redrive(&self, event_id: &str) -> Result<bool> {
+        let now = DateTime::now();
+        let r = self
+            .bounded(
+                "redrive outbox record",
+                self.coll.update_one(
+                    doc! { "_id": event_id, "state": EventState::Parked.as_str() },
+                    doc! { "$set": {
+                        "state": EventState::Ready.as_str(), "attempts": 0_i64,
+                        "next_attempt_at": now, "updated_at": now, "last_error": Bson::Null,
+                        "ambiguous": false,
+                    } },
+                ),
+            )
+            .await?;
+        Ok(r.matched_count == 1)
+    }
+
+    /// Deletes `published` records delivered more than `older_than` ago; returns how many.
+    /// (FerretDB has no TTL indexes; run this periodically.)
+    pub async fn cleanup_published(&self, older_than: Duration) -> Result<u64> {
+        let r = self
+            .bounded(
+                "clean up published outbox records",
+                self.published
+                    .delete_many(doc! { "published_at": { "$lt": cutoff(older_than) } }),
+            )
+            .await?;
+        Ok(r.deleted_count)
+    }
+
+    /// Deletes `abandoned` records created more than `older_than` ago; returns how many.
+    pub async fn cleanup_abandoned(&self, older_than: Duration) -> Result<u64> {
+        self.cleanup(EventState::Abandoned, "created_at", older_than)
+            .await
+    }
+
+    /// Deletes the records in `state` whose `field` is more than `older_than` old.
+    async fn cleanup(&self, state: EventState, field: &str, older_than: Duration) -> Result<u64> {
+        let r = self
+            .bounded(
+                "clean up outbox records",
+                self.coll.delete_many(
+                    doc! { "state": state.as_str(), field: { "$lt": cutoff(older_than) } },
+                ),
+            )
+            .await?;
+        Ok(r.deleted_count)
+    }
+}

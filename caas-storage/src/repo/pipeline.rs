@@ -1,0 +1,1017 @@
+//! The write pipeline: every write of every repository goes through [`Pipeline::write`], in
+//! the same fixed steps.
+//!
+//! 1. **Scope and encode.** The typed layer encodes the entity once; here every document is
+//!    checked against the tenant and id it is written for, the schema version is stamped, and
+//!    declared timestamps (`created_at`, `updated_at`) are kept current.
+//! 2. **Version transition** ([`versions`](super::versions)). A versioned document moves from
+//!    the version it is at (given by the caller, or read) to the next, under a claim where the
+//!    server's conditional updates are not atomic. Calls that do not name a version follow the
+//!    latest one, retrying past concurrent writers.
+//! 3. **Events** ([`events`](super::events)). The write's outbox records are recorded with
+//!    it: in its transaction, or by the transaction-free protocol.
+//! 4. **Apply** ([`apply`](super::apply)), direct, or queued: inserts of `eventual` entities
+//!    and the `queue_*` calls go to the write-behind queue, whose flusher later hands each
+//!    write back to this same pipeline to apply.
+//! 5. **Cache**: the entries of what was written are invalidated (or, write-through, replaced)
+//!    before the call returns; a write whose outcome is unknown invalidates too.
+//! 6. **Observe**: one `tracing` span per write, with its outcome and duration.
+//!
+//! The pipeline is type-free (documents and the entity's static [`EntityMeta`]): the typed
+//! repository encodes and decodes around it, and the write-behind flusher drives it with the
+//! documents it queued.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::CollectionOptions;
+use mongodb::Collection;
+use tracing::Instrument;
+
+use crate::cache::CacheLayer;
+use crate::connection::Connections;
+use crate::consistency::Consistency;
+use crate::document::{self, DELETED_AT_FIELD, SCHEMA_VERSION_FIELD};
+use crate::entity::{CacheStrategy, EntityMeta};
+use crate::error::{Component, Error, Result};
+use crate::outbox::{EventEnvelope, OutboxStore, WriteKind};
+use crate::repo::apply::{RawOutcome, RawWrite};
+use crate::repo::events::{self, EventSpec};
+use crate::repo::versions::{self, Claim};
+use crate::tenant::TenantId;
+use crate::write_behind::{Op, WriteBehind};
+
+/// How many times a write that follows the latest version tries past concurrent writers.
+const ATTEMPTS: u32 = 32;
+
+/// What a write does, before the version transition decides its exact form.
+#[derive(Debug, Clone)]
+pub(crate) enum Intent {
+    /// New documents: one, or a batch.
+    Insert(Vec<Document>),
+    /// `$set` on one document. `expected`: the version it must be at; `None` follows the
+    /// latest.
+    Patch {
+        id: Bson,
+        set: Document,
+        expected: Option<u64>,
+    },
+    /// The whole document. `expected` as for patches; entities without a version field give
+    /// `None` and must have a document to replace.
+    Replace {
+        id: Bson,
+        doc: Document,
+        expected: Option<u64>,
+    },
+    /// Insert, or replace whatever version is stored.
+    Upsert { id: Bson, doc: Document },
+    /// Delete (soft where the entity declares it); `purge` removes the document for good,
+    /// soft-deleted or not.
+    Delete { id: Bson, purge: bool },
+    /// Delete every document `filter` matches (already scoped to the tenant).
+    DeleteMatching { filter: Document },
+}
+
+impl Intent {
+    fn id(&self) -> Option<&Bson> {
+        match self {
+            Intent::Patch { id, .. }
+            | Intent::Replace { id, .. }
+            | Intent::Upsert { id, .. }
+            | Intent::Delete { id, .. } => Some(id),
+            Intent::Insert(_) | Intent::DeleteMatching { .. } => None,
+        }
+    }
+}
+
+/// Where a write is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// As the consistency model says: inserts of `eventual` entities are queued, everything
+    /// else is applied now.
+    ByModel,
+    /// Through the write-behind queue (the `queue_*` calls).
+    Queue,
+}
+
+/// One write.
+#[derive(Debug)]
+pub(crate) struct Write<'a> {
+    /// The call's name, for errors and spans (`insert`, `update_checked`, ...).
+    pub operation: &'static str,
+    /// The tenant every document of the write belongs to.
+    pub tenant: &'a TenantId,
+    /// What to write.
+    pub intent: Intent,
+    /// Events the caller adds to the write's own.
+    pub extra_events: &'a [EventEnvelope],
+    /// Where it is applied.
+    pub route: Route,
+    /// The write's time: what declared timestamps are set to.
+    pub at: DateTime,
+}
+
+impl<'a> Write<'a> {
+    /// A write routed by the model, with no extra events, timed now.
+    pub(crate) fn new(operation: &'static str, tenant: &'a TenantId, intent: Intent) -> Self {
+        Write {
+            operation,
+            tenant,
+            intent,
+            extra_events: &[],
+            route: Route::ByModel,
+            at: DateTime::now(),
+        }
+    }
+}
+
+/// A write's context, once its intent is taken apart.
+struct Call<'a> {
+    operation: &'static str,
+    tenant: &'a TenantId,
+    extra_events: &'a [EventEnvelope],
+    at: DateTime,
+}
+
+/// What a write did.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// One result per inserted document, in order.
+    Inserted(Vec<Result<()>>),
+    /// The document after a patch (secret fields included), or `None` when none matched.
+    Patched(Option<Document>),
+    /// A replace happened; the version the document is at now, for versioned entities.
+    Replaced(Option<u64>),
+    /// An upsert happened; whether it inserted.
+    Upserted { inserted: bool },
+    /// How many documents a delete removed (or soft-deleted).
+    Deleted(u64),
+    /// Acknowledged by the write-behind queue; applied later.
+    Queued,
+}
+
+/// What the cache step needs to know of one written document.
+struct Effect {
+    id: Bson,
+    /// The document as stored, when known.
+    written: Option<Document>,
+}
+
+/// The executor of one entity's writes under one consistency model. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Pipeline {
+    meta: &'static EntityMeta,
+    consistency: Consistency,
+    conn: Connections,
+    docs: Collection<Document>,
+    cache: Arc<CacheLayer>,
+    /// The write-behind queue; `None` in the pipeline the flusher applies queued writes with.
+    queue: Option<Arc<WriteBehind>>,
+    outbox: Option<OutboxStore>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("entity", &self.meta.name)
+            .field("consistency", &self.consistency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// The pipeline of `meta`'s writes under `consistency`.
+    pub(crate) fn new(
+        meta: &'static EntityMeta,
+        consistency: Consistency,
+        conn: &Connections,
+        cache: Arc<CacheLayer>,
+        queue: Option<Arc<WriteBehind>>,
+    ) -> Self {
+        let options = CollectionOptions::builder()
+            .write_concern(consistency.write_concern())
+            .read_concern(consistency.read_concern())
+            .selection_criteria(consistency.read_preference())
+            .build();
+        let docs = conn
+            .database(meta.database)
+            .collection_with_options(meta.collection, options);
+        Pipeline {
+            meta,
+            consistency,
+            docs,
+            cache,
+            queue,
+            outbox: meta
+                .outbox
+                .is_some()
+                .then(|| OutboxStore::new(conn, meta.database)),
+            conn: conn.clone(),
+        }
+    }
+
+    /// The same pipeline under another consistency model.
+    pub(crate) fn with_consistency(&self, consistency: Consistency) -> Self {
+        Pipeline::new(
+            self.meta,
+            consistency,
+            &self.conn,
+            self.cache.clone(),
+            self.queue.clone(),
+        )
+    }
+
+    /// The same pipeline without a queue: every write applied now (for the flusher).
+    pub(crate) fn direct_only(&self) -> Self {
+        let mut p = self.clone();
+        p.queue = None;
+        p
+    }
+
+    pub(crate) fn meta(&self) -> &'static EntityMeta {
+        self.meta
+    }
+
+    pub(crate) fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
+    pub(crate) fn conn(&self) -> &Connections {
+        &self.conn
+    }
+
+    pub(crate) fn cache(&self) -> &CacheLayer {
+        &self.cache
+    }
+
+    pub(crate) fn docs(&self) -> &Collection<Document> {
+        &self.docs
+    }
+
+    pub(crate) fn outbox(&self) -> Result<&OutboxStore> {
+        self.outbox.as_ref().ok_or_else(|| Error::Unsupported {
+            feature: "outbox events",
+            server: format!(
+                "(entity {} declares no outbox(...), so this)",
+                self.meta.name
+            ),
+        })
+    }
+
+    /// The one write function. See the module docs for its steps.
+    pub(crate) async fn write(&self, w: Write<'_>) -> Result<Outcome> {
+        let span = tracing::debug_span!(
+            "caas_storage.write",
+            entity = self.meta.name,
+            operation = w.operation,
+            tenant = %w.tenant,
+            consistency = self.consistency.as_str(),
+            outcome = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        async move {
+            let started = Instant::now();
+            let (operation, tenant) = (w.operation, w.tenant);
+            let queued = self.routes_to_queue(&w);
+            let (result, effects) = match self.scope(w) {
+                Err(e) => (Err(e), Vec::new()),
+                Ok(w) if queued => self.enqueue(w).await,
+                Ok(w) => self.direct(w).await,
+            };
+            self.after_write(tenant, &result, effects, queued).await;
+            observe(operation, &result, started);
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Step 4's routing: whether this write goes through the write-behind queue.
+    fn routes_to_queue(&self, w: &Write<'_>) -> bool {
+        self.queue.is_some()
+            && match w.route {
+                Route::Queue => true,
+                Route::ByModel => {
+                    self.consistency == Consistency::Eventual
+                        && matches!(w.intent, Intent::Insert(_))
+                }
+            }
+    }
+
+    /// Step 1: every document belongs to the tenant and id it is written for; the schema
+    /// version and the declared timestamps are stamped.
+    fn scope<'a>(&self, mut w: Write<'a>) -> Result<Write<'a>> {
+        let m = self.meta;
+        let at = w.at;
+        let check = |doc: &mut Document, id: Option<&Bson>| -> Result<()> {
+            match doc.get(m.tenant_field) {
+                Some(Bson::String(t)) if t == w.tenant.as_str() => {}
+                found => {
+                    return Err(Error::TenantMismatch {
+                        entity: m.name,
+                        expected: w.tenant.as_str().to_owned(),
+                        found: found.map(ToString::to_string).unwrap_or_default(),
+                    })
+                }
+            }
+            match (id, doc.get(m.id_field)) {
+                (_, None | Some(Bson::Null)) => {
+                    return Err(Error::Codec {
+                        entity: m.name,
+                        direction: "encode",
+                        message: format!("the document has no `{}` (its id)", m.id_field),
+                    })
+                }
+                (Some(id), Some(found)) if found != id => {
+                    return Err(Error::Codec {
+                        entity: m.name,
+                        direction: "encode",
+                        message: format!(
+                            "the document's `{}` is {} but the write is for {}",
+                            m.id_field,
+                            document::id_for_errors(found),
+                            document::id_for_errors(id)
+                        ),
+                    })
+                }
+                _ => {}
+            }
+            doc.insert(SCHEMA_VERSION_FIELD, i64::from(m.schema_version));
+            if let Some(u) = m.updated_at_field {
+                doc.insert(u, at);
+            }
+            Ok(())
+        };
+        match &mut w.intent {
+            Intent::Insert(docs) => {
+                for doc in docs.iter_mut() {
+                    check(doc, None)?;
+                    if let Some(c) = m.created_at_field {
+                        doc.insert(c, at);
+                    }
+                }
+            }
+            Intent::Replace { id, doc, .. } | Intent::Upsert { id, doc } => {
+                let id = id.clone();
+                check(doc, Some(&id))?;
+            }
+            Intent::Patch { set, .. } => {
+                if let Some(u) = m.updated_at_field {
+                    set.insert(u, at);
+                }
+            }
+            Intent::Delete { .. } | Intent::DeleteMatching { .. } => {}
+        }
+        Ok(w)
+    }
+
+    /// Step 4, queued: the queue acknowledges; the flusher applies through this pipeline later.
+    async fn enqueue(&self, w: Write<'_>) -> (Result<Outcome>, Vec<Effect>) {
+        let Some(queue) = &self.queue else {
+            return (Err(self.unsupported("queued writes")), Vec::new());
+        };
+        if self.meta.outbox.is_some() || !w.extra_events.is_empty() {
+            // The queue cannot record events atomically with the write.
+            return (
+                Err(self.unsupported("queued writes of an entity with an outbox")),
+                Vec::new(),
+            );
+        }
+        let (ops, effects) = match w.intent {
+            Intent::Insert(docs) => {
+                let effects = docs
+                    .iter()
+                    .map(|d| Effect {
+                        id: d.get(self.meta.id_field).cloned().unwrap_or(Bson::Null),
+                        written: Some(d.clone()),
+                    })
+                    .collect();
+                (docs.into_iter().map(Op::Insert).collect(), effects)
+            }
+            Intent::Patch {
+                id,
+                set,
+                expected: None,
+            } => (
+                vec![Op::Update {
+                    id: id.clone(),
+                    set,
+                }],
+                vec![invalidate(id)],
+            ),
+            // Its new version is only known when applied: invalidate, never put.
+            Intent::Upsert { id, doc } => (
+                vec![Op::Upsert {
+                    id: id.clone(),
+                    doc,
+                }],
+                vec![invalidate(id)],
+            ),
+            Intent::Delete { id, purge: false } => {
+                (vec![Op::Delete { id: id.clone() }], vec![invalidate(id)])
+            }
+            _ => {
+                return (
+                    Err(self.unsupported("this write through the queue")),
+                    Vec::new(),
+                )
+            }
+        };
+        let r = queue.enqueue(self.meta, w.tenant, &ops).await;
+        let effects = if r.is_ok() { effects } else { Vec::new() };
+        (r.map(|()| Outcome::Queued), effects)
+    }
+
+    /// Steps 2 to 4, applied now.
+    async fn direct(&self, w: Write<'_>) -> (Result<Outcome>, Vec<Effect>) {
+        let call = Call {
+            operation: w.operation,
+            tenant: w.tenant,
+            extra_events: w.extra_events,
+            at: w.at,
+        };
+        match w.intent {
+            Intent::Insert(docs) => {
+                self.insert(call.operation, call.tenant, docs, call.extra_events)
+                    .await
+            }
+            Intent::DeleteMatching { filter } => self.delete_matching(&call, filter).await,
+            intent => self.single(&call, intent).await,
+        }
+    }
+
+    async fn insert(
+        &self,
+        operation: &'static str,
+        tenant: &TenantId,
+        docs: Vec<Document>,
+        extra: &[EventEnvelope],
+    ) -> (Result<Outcome>, Vec<Effect>) {
+        let m = self.meta;
+        let ids: Vec<Bson> = docs
+            .iter()
+            .map(|d| d.get(m.id_field).cloned().unwrap_or(Bson::Null))
+            .collect();
+        // Inserts create the document at the version it carries.
+        let groups: Vec<_> = docs
+            .iter()
+            .zip(&ids)
+            .map(|(d, id)| {
+                events::records(
+                    m,
+                    tenant,
+                    EventSpec {
+                        id,
+                        kind: WriteKind::Insert,
+                        revision: m.version_field.map_or(0, |vf| document::stored_u64(d, vf)),
+                        payload: d,
+                        extra,
+                    },
+                )
+            })
+            .collect();
+        let written = docs.clone();
+        let r = self
+            .record_and_apply(operation, groups, RawWrite::Insert(docs))
+            .await;
+        match r {
+            Ok(RawOutcome::Inserted(results)) => {
+                let effects = ids
+                    .into_iter()
+                    .zip(written)
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|((id, doc), _)| Effect {
+                        id,
+                        written: Some(doc),
+                    })
+                    .collect();
+                (Ok(Outcome::Inserted(results)), effects)
+            }
+            Ok(_) => (Ok(Outcome::Inserted(Vec::new())), Vec::new()),
+            Err(e) => (Err(e), ids.into_iter().map(invalidate).collect()),
+        }
+    }
+
+    /// A write of one document: steps 2 to 4, again from step 2 while it follows the latest
+    /// version and loses to a concurrent writer.
+    async fn single(&self, w: &Call<'_>, intent: Intent) -> (Result<Outcome>, Vec<Effect>) {
+        let id = intent.id().cloned().unwrap_or(Bson::Null);
+        let follows_latest = self.meta.version_field.is_some()
+            && match &intent {
+                Intent::Patch { expected, .. } | Intent::Replace { expected, .. } => {
+                    expected.is_none()
+                }
+                _ => true,
+            };
+        let mut last = None;
+        let mut duplicate_retried = false;
+        for attempt in 0..ATTEMPTS {
+            // 2. The version transition.
+            let plan = match self.plan(w, &intent).await {
+                Ok(Step::Done(outcome)) => return (Ok(outcome), Vec::new()),
+                Ok(Step::Write(plan)) => *plan,
+                Err(e) => return (Err(e), Vec::new()),
+            };
+            // 3 and 4. The events, recorded with the write as it is applied.
+            let groups = vec![match &plan.event {
+                Some((kind, payload)) => events::records(
+                    self.meta,
+                    w.tenant,
+                    EventSpec {
+                        id: &id,
+                        kind: *kind,
+                        revision: plan.next,
+                        payload,
+                        extra: w.extra_events,
+                    },
+                ),
+                None => Vec::new(),
+            }];
+            let r = self
+                .record_and_apply(w.operation, groups, plan.raw.clone())
+                .await;
+            if let Some(claim) = plan.claim {
+                claim.release().await;
+            }
+            let lost = match r {
+                Ok(raw) if raw.happened(0) => {
+                    let written = match raw {
+                        RawOutcome::Updated(Some(after)) => Some(after),
+                        _ => plan.written,
+                    };
+                    let outcome = plan.shape.outcome(written.clone(), plan.next);
+                    return (Ok(outcome), vec![Effect { id, written }]);
+                }
+                Ok(_) => match self.diagnose(w.tenant, &id, plan.expected).await {
+                    e @ Error::VersionConflict { .. } if follows_latest => e,
+                    Error::NotFound { .. } if plan.shape.absent_is_ok() => {
+                        return (Ok(plan.shape.absent()), Vec::new())
+                    }
+                    e => return (Err(e), Vec::new()),
+                },
+                Err(e @ Error::VersionConflict { .. }) if follows_latest => e,
+                // A concurrent upsert inserted first: replace it (once: a duplicate on another
+                // unique index would fail every time).
+                Err(e @ Error::DuplicateKey { .. })
+                    if plan.shape.inserts() && !std::mem::replace(&mut duplicate_retried, true) =>
+                {
+                    e
+                }
+                Err(e) => return (Err(e), vec![invalidate(id)]),
+            };
+            last = Some(lost);
+            versions::backoff(attempt).await;
+        }
+        (
+            Err(last.unwrap_or_else(|| self.unsupported("this write"))),
+            Vec::new(),
+        )
+    }
+
+    /// Step 2: what the write is, at the version the document is at.
+    async fn plan(&self, w: &Call<'_>, intent: &Intent) -> Result<Step> {
+        let m = self.meta;
+        let tenant = w.tenant;
+        let Some(vf) = m.version_field else {
+            return Ok(Step::Write(Box::new(
+                self.plan_unversioned(tenant, intent, w.at)?,
+            )));
+        };
+        // Where the document is now: named by the caller, or read.
+        let (id, expected) = match intent {
+            Intent::Patch { id, expected, .. } | Intent::Replace { id, expected, .. } => {
+                (id, *expected)
+            }
+            Intent::Upsert { id, .. } | Intent::Delete { id, .. } => (id, None),
+            // Inserts and query deletes have their own paths.
+            Intent::Insert(_) | Intent::DeleteMatching { .. } => {
+                return Err(self.unsupported("this write as a single-document write"))
+            }
+        };
+        let purge = matches!(intent, Intent::Delete { purge: true, .. });
+        let current = match expected {
+            Some(v) => Some(versions::Current {
+                version: v,
+                deleted: false,
+                created_at: None,
+            }),
+            None => self.current(tenant, id, purge).await?,
+        };
+        let Some(current) = current else {
+            return match intent {
+                Intent::Upsert { doc, .. } => {
+                    let mut doc = doc.clone();
+                    if let Some(c) = m.created_at_field {
+                        doc.insert(c, w.at);
+                    }
+                    Ok(Step::Write(Box::new(Plan {
+                        next: document::stored_u64(&doc, vf),
+                        event: Some((WriteKind::Insert, doc.clone())),
+                        raw: RawWrite::Insert(vec![doc.clone()]),
+                        written: Some(doc),
+                        expected: None,
+                        claim: None,
+                        shape: Shape::UpsertInsert,
+                    })))
+                }
+                Intent::Patch { .. } => Ok(Step::Done(Outcome::Patched(None))),
+                Intent::Delete { .. } => Ok(Step::Done(Outcome::Deleted(0))),
+                _ => Err(self.not_found(id)),
+            };
+        };
+        let from = current.version;
+        if i64::try_from(from).is_err() {
+            // No stored version can be this (they are int64).
+            return Err(self.diagnose(tenant, id, Some(from)).await);
+        }
+        let next = from + 1;
+        let claim = self.claim(tenant, id, from).await?;
+        let mut filter = self.id_filter(tenant, id, purge);
+        filter.insert(vf, document::version_bson(from));
+        let plan = |raw, event, written, shape, claim| Plan {
+            raw,
+            event,
+            written,
+            next,
+            expected: Some(from),
+            claim,
+            shape,
+        };
+        Ok(Step::Write(Box::new(match intent {
+            Intent::Patch { set, .. } => {
+                let mut set = set.clone();
+                set.insert(vf, document::version_bson(next));
+                let update = doc! { "$set": set.clone() };
+                plan(
+                    RawWrite::Update { filter, update },
+                    Some((WriteKind::Update, set)),
+                    None,
+                    Shape::Patched,
+                    claim,
+                )
+            }
+            Intent::Replace { doc, .. } | Intent::Upsert { doc, .. } => {
+                let mut doc = doc.clone();
+                doc.insert(vf, document::version_bson(next));
+                if let (Some(c), Some(stored)) = (m.created_at_field, &current.created_at) {
+                    // An upsert of an existing document keeps when it was created.
+                    if matches!(intent, Intent::Upsert { .. }) {
+                        doc.insert(c, stored.clone());
+                    }
+                }
+                let shape = if matches!(intent, Intent::Upsert { .. }) {
+                    Shape::UpsertReplace
+                } else {
+                    Shape::Replaced
+                };
+                plan(
+                    RawWrite::Replace {
+                        filter,
+                        doc: doc.clone(),
+                        upsert: false,
+                    },
+                    Some((WriteKind::Update, doc.clone())),
+                    Some(doc),
+                    shape,
+                    claim,
+                )
+            }
+            Intent::Delete { purge, .. } => {
+                // A purge of a document already soft-deleted records no second delete event.
+                let event = (!current.deleted).then(|| (WriteKind::Delete, Document::new()));
+                let raw = if m.soft_delete && !purge {
+                    let mut set = doc! { DELETED_AT_FIELD: w.at, vf: document::version_bson(next) };
+                    if let Some(u) = m.updated_at_field {
+                        set.insert(u, w.at);
+                    }
+                    RawWrite::Update {
+                        filter,
+                        update: doc! { "$set": set },
+                    }
+                } else {
+                    RawWrite::Delete { filter }
+                };
+                plan(raw, event, None, Shape::Deleted, claim)
+            }
+            Intent::Insert(_) | Intent::DeleteMatching { .. } => {
+                return Err(self.unsupported("this write as a single-document write"))
+            }
+        })))
+    }
+
+    /// Step 2 for entities without a version field: no transition, no claim, no events (an
+    /// outbox needs a version field).
+    fn plan_unversioned(&self, tenant: &TenantId, intent: &Intent, at: DateTime) -> Result<Plan> {
+        let m = self.meta;
+        let plan = |raw, written, shape| Plan {
+            raw,
+            event: None,
+            written,
+            next: 0,
+            expected: None,
+            claim: None,
+            shape,
+        };
+        Ok(match intent {
+            Intent::Patch { id, set, .. } => plan(
+                RawWrite::Update {
+                    filter: self.id_filter(tenant, id, false),
+                    update: doc! { "$set": set.clone() },
+                },
+                None,
+                Shape::Patched,
+            ),
+            Intent::Replace { id, doc, .. } => plan(
+                RawWrite::Replace {
+                    filter: self.id_filter(tenant, id, false),
+                    doc: doc.clone(),
+                    upsert: false,
+                },
+                Some(doc.clone()),
+                Shape::Replaced,
+            ),
+            Intent::Upsert { id, doc } => plan(
+                RawWrite::Replace {
+                    filter: self.id_filter(tenant, id, false),
+                    doc: doc.clone(),
+                    upsert: true,
+                },
+                Some(doc.clone()),
+                Shape::UpsertUnversioned,
+            ),
+            Intent::Delete { id, purge } => {
+                let filter = self.id_filter(tenant, id, *purge);
+                let raw = if m.soft_delete && !purge {
+                    let mut set = doc! { DELETED_AT_FIELD: at };
+                    if let Some(u) = m.updated_at_field {
+                        set.insert(u, at);
+                    }
+                    RawWrite::Update {
+                        filter,
+                        update: doc! { "$set": set },
+                    }
+                } else {
+                    RawWrite::Delete { filter }
+                };
+                plan(raw, None, Shape::Deleted)
+            }
+            Intent::Insert(_) | Intent::DeleteMatching { .. } => {
+                return Err(self.unsupported("this write as a single-document write"))
+            }
+        })
+    }
+
+    /// Deletes every document `filter` matches. One delete per document where each has a
+    /// version to move or an event to record; otherwise one command for all.
+    async fn delete_matching(
+        &self,
+        call: &Call<'_>,
+        filter: Document,
+    ) -> (Result<Outcome>, Vec<Effect>) {
+        let m = self.meta;
+        let at = call.at;
+        let ids = match self.ids_matching(filter.clone()).await {
+            Ok(ids) if ids.is_empty() => return (Ok(Outcome::Deleted(0)), Vec::new()),
+            Ok(ids) => ids,
+            Err(e) => return (Err(e), Vec::new()),
+        };
+        if m.outbox.is_some() || (m.version_field.is_some() && m.soft_delete) {
+            let mut n = 0;
+            let mut effects = Vec::new();
+            for id in ids {
+                let intent = Intent::Delete { id, purge: false };
+                let (r, e) = self.single(call, intent).await;
+                effects.extend(e);
+                match r {
+                    Ok(Outcome::Deleted(k)) => n += k,
+                    Ok(_) => {}
+                    Err(err) => return (Err(err), effects),
+                }
+            }
+            return (Ok(Outcome::Deleted(n)), effects);
+        }
+        let filter = doc! { "$and": [filter, { m.id_field: { "$in": ids.clone() } }] };
+        let raw = if m.soft_delete {
+            let mut set = doc! { DELETED_AT_FIELD: at };
+            if let Some(u) = m.updated_at_field {
+                set.insert(u, at);
+            }
+            RawWrite::UpdateMany {
+                filter,
+                update: doc! { "$set": set },
+            }
+        } else {
+            RawWrite::DeleteMany { filter }
+        };
+        let effects = ids.into_iter().map(invalidate).collect();
+        match self.exec("delete many", &raw, None).await {
+            Ok(RawOutcome::Matched { count, .. }) => (Ok(Outcome::Deleted(count)), effects),
+            Ok(_) => (Ok(Outcome::Deleted(0)), effects),
+            Err(e) => (Err(e), effects),
+        }
+    }
+
+    async fn ids_matching(&self, filter: Document) -> Result<Vec<Bson>> {
+        use futures::TryStreamExt;
+        let id_field = self.meta.id_field;
+        let cursor = self
+            .bounded(
+                "delete many (ids)",
+                self.docs
+                    .find(filter)
+                    .projection(doc! { "_id": 0, id_field: 1 }),
+            )
+            .await?
+            .map_err(|e| Error::mongo(self.op("delete many"), e))?;
+        let docs: Vec<Document> = self
+            .bounded("delete many (ids)", cursor.try_collect())
+            .await?
+            .map_err(|e| Error::mongo(self.op("delete many"), e))?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|mut d| d.remove(id_field))
+            .collect())
+    }
+
+    /// Step 5: keep the cache right. A write that happened (or may have: a timeout, a driver
+    /// error) invalidates its entries or, where the strategy puts written values, replaces
+    /// them; errors raised before anything was sent leave the cache alone.
+    async fn after_write(
+        &self,
+        tenant: &TenantId,
+        result: &Result<Outcome>,
+        effects: Vec<Effect>,
+        queued: bool,
+    ) {
+        let Some(spec) = self.meta.cache.as_ref() else {
+            return;
+        };
+        let touched = match result {
+            Ok(_) => true,
+            Err(e) => matches!(e, Error::Timeout { .. } | Error::Mongo { .. }),
+        };
+        if !touched {
+            return;
+        }
+        // Queued writes are put only by `write_behind` (their documents are not stored yet);
+        // applied writes by any strategy that puts written values.
+        let puts = match spec.strategy {
+            CacheStrategy::CacheAside => false,
+            CacheStrategy::WriteThrough => !queued,
+            CacheStrategy::WriteBehind => true,
+        } && result.is_ok();
+        for effect in effects {
+            let written = effect.written.as_ref().filter(|_| puts);
+            self.cache
+                .after_write(self.meta, tenant, &effect.id, written)
+                .await;
+        }
+    }
+
+    // ---- shared pieces -----------------------------------------------------------------
+
+    /// `{tenant: t, [_deleted_at: null]}`: the scope every call starts from.
+    pub(crate) fn tenant_filter(&self, tenant: &TenantId, include_deleted: bool) -> Document {
+        let mut d = doc! { self.meta.tenant_field: tenant.as_str() };
+        if self.meta.soft_delete && !include_deleted {
+            d.insert(DELETED_AT_FIELD, Bson::Null);
+        }
+        d
+    }
+
+    /// The scope plus `{id: id}`.
+    pub(crate) fn id_filter(
+        &self,
+        tenant: &TenantId,
+        id: &Bson,
+        include_deleted: bool,
+    ) -> Document {
+        let mut d = self.tenant_filter(tenant, include_deleted);
+        d.insert(self.meta.id_field, id.clone());
+        d
+    }
+
+    pub(crate) fn not_found(&self, id: &Bson) -> Error {
+        Error::NotFound {
+            entity: self.meta.name,
+            id: document::id_for_errors(id),
+        }
+    }
+
+    fn unsupported(&self, feature: &'static str) -> Error {
+        Error::Unsupported {
+            feature,
+            server: format!(
+                "(entity {} with consistency {}, so this)",
+                self.meta.name,
+                self.consistency.as_str()
+            ),
+        }
+    }
+
+    pub(crate) fn op(&self, what: &str) -> String {
+        format!("{what} {}.{}", self.meta.database, self.meta.collection)
+    }
+
+    /// Bounds one driver call by `mongodb.socket_timeout` (the driver has no socket timeout).
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        f: impl std::future::IntoFuture<Output = T>,
+    ) -> Result<T> {
+        let after: Duration = self.conn.config().mongodb.socket_timeout;
+        tokio::time::timeout(after, f.into_future())
+            .await
+            .map_err(|_| Error::Timeout {
+                component: Component::Mongodb,
+                operation,
+                after,
+            })
+    }
+}
+
+/// Step 2's result: a write to make, or nothing to do (the document is not there).
+enum Step {
+    Write(Box<Plan>),
+    Done(Outcome),
+}
+
+/// One planned single-document write.
+struct Plan {
+    raw: RawWrite,
+    /// The event kind and body, when the write records one.
+    event: Option<(WriteKind, Document)>,
+    /// The document as it will be stored, when the write knows it whole.
+    written: Option<Document>,
+    /// The version the write moves the document to.
+    next: u64,
+    /// The version the write's filter requires, if any.
+    expected: Option<u64>,
+    claim: Option<Claim>,
+    shape: Shape,
+}
+
+/// Which call's outcome a single-document write produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Patched,
+    Replaced,
+    UpsertInsert,
+    UpsertReplace,
+    UpsertUnversioned,
+    Deleted,
+}
+
+impl Shape {
+    fn outcome(self, written: Option<Document>, next: u64) -> Outcome {
+        match self {
+            Shape::Patched => Outcome::Patched(written),
+            Shape::Replaced => Outcome::Replaced(Some(next)),
+            Shape::UpsertInsert => Outcome::Upserted { inserted: true },
+            Shape::UpsertReplace => Outcome::Upserted { inserted: false },
+            Shape::UpsertUnversioned => Outcome::Upserted { inserted: false },
+            Shape::Deleted => Outcome::Deleted(1),
+        }
+    }
+
+    /// Whether the write may insert (and so meet a concurrent insert of the same id).
+    fn inserts(self) -> bool {
+        matches!(self, Shape::UpsertInsert | Shape::UpsertUnversioned)
+    }
+
+    /// Whether a write that found no document is a normal outcome (patch: `None`; delete:
+    /// `false`) rather than [`Error::NotFound`].
+    fn absent_is_ok(self) -> bool {
+        matches!(self, Shape::Patched | Shape::Deleted)
+    }
+
+    fn absent(self) -> Outcome {
+        match self {
+            Shape::Deleted => Outcome::Deleted(0),
+            _ => Outcome::Patched(None),
+        }
+    }
+}
+
+fn invalidate(id: Bson) -> Effect {
+    Effect { id, written: None }
+}
+
+/// Step 6: one event per write at debug level (the span carries the fields).
+fn observe(operation: &'static str, result: &Result<Outcome>, started: Instant) {
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let span = tracing::Span::current();
+    span.record("elapsed_ms", elapsed_ms);
+    match result {
+        Ok(_) => {
+            span.record("outcome", "ok");
+            tracing::debug!(operation, elapsed_ms, "write done");
+        }
+        Err(e) => {
+            span.record("outcome", e.kind());
+            tracing::debug!(operation, elapsed_ms, error = %e, "write failed");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The typed reads of [`Repository`]: by id (through the cache tiers), with secrets, after a
+//! causal token; existence, counts and queries.
+
+use crate::consistency::{CausalToken, Consistency};
+use crate::document;
+use crate::entity::Entity;
+use crate::error::{Component, Error, Result};
+use crate::repo::{Filter, Query, Repository};
+use crate::tenant::TenantId;
+
+impl<E: Entity> Repository<E> {
+    /// The entity with this id in this tenant (secret fields left out), or `None`.
+    pub async fn find_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
+        if E::META.cache.is_some() {
+            let key = document::id_to_bson::<E>(id)?;
+            return self
+                .pipeline()
+                .cache()
+                .read(tenant, &key, || self.load_by_id(tenant, id))
+                .await;
+        }
+        self.load_by_id(tenant, id).await
+    }
+
+    async fn load_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
+        let mut find = self.typed().find_one(self.id_filter(tenant, id)?);
+        if let Some(p) = document::projection(E::META, false) {
+            find = find.projection(p);
+        }
+        self.bounded("find_by_id", find)
+            .await?
+            .map_err(|e| Error::mongo(self.op("find_by_id"), e))
+    }
+
+    /// Like [`find_by_id`](Self::find_by_id), with secret fields included (e.g. to check a
+    /// password hash). Never cached.
+    pub async fn find_by_id_with_secrets(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+    ) -> Result<Option<E>> {
+        let filter = self.id_filter(tenant, id)?;
+        self.bounded("find_by_id_with_secrets", self.typed().find_one(filter))
+            .await?
+            .map_err(|e| Error::mongo(self.op("find_by_id_with_secrets"), e))
+    }
+
+    /// The entity with this id, at least as new as `token` requires (see [`CausalToken`]): a
+    /// read that comes back older is repeated against the primary (majority read concern, no
+    /// cache) until the version is there, or fails with [`Error::Timeout`] after
+    /// `mongodb.causal_wait`.
+    pub async fn find_by_id_after(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+        token: &CausalToken,
+    ) -> Result<Option<E>> {
+        let Some(required) = token.required::<E>(tenant, id) else {
+            return self.find_by_id(tenant, id).await;
+        };
+        if let Some(e) = self.find_by_id(tenant, id).await? {
+            if e.version().unwrap_or(0) >= required {
+                return Ok(Some(e));
+            }
+        }
+        let primary = self.with_consistency(Consistency::Strong);
+        let wait = self.storage().config().mongodb.causal_wait;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = primary.load_by_id(tenant, id).await? {
+                if e.version().unwrap_or(0) >= required {
+                    // The cache tiers held something older: drop it.
+                    self.storage().cache().invalidate::<E>(tenant, id).await?;
+                    return Ok(Some(e));
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    component: Component::Mongodb,
+                    operation: "causal read (waiting for the version the token requires)",
+                    after: wait,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token requiring at least `entity`'s version, to hand to later requests.
+    pub fn causal_token(&self, tenant: &TenantId, entity: &E) -> CausalToken {
+        CausalToken::of(tenant, entity)
+    }
+
+    /// The entity with this id, or [`Error::NotFound`].
+    pub async fn get(&self, tenant: &TenantId, id: &E::Id) -> Result<E> {
+        self.find_by_id(tenant, id)
+            .await?
+            .ok_or_else(|| self.not_found(id))
+    }
+
+    /// Whether an entity with this id exists in this tenant.
+    pub async fn exists(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
+        let filter = self.id_filter(tenant, id)?;
+        let n = self
+            .bounded("exists", self.docs().count_documents(filter).limit(1))
+            .await?
+            .map_err(|e| Error::mongo(self.op("exists"), e))?;
+        Ok(n > 0)
+    }
+
+    /// How many entities of this tenant match `filter`.
+    pub async fn count(&self, tenant: &TenantId, filter: Filter<E>) -> Result<u64> {
+        self.query(tenant).filter(filter).count().await
+    }
+
+    /// A query over this tenant's entities.
+    pub fn query(&self, tenant: &TenantId) -> Query<'_, E> {
+        Query::new(self, tenant.clone())
+    }
+}

@@ -1,0 +1,185 @@
+//! Version transitions: reading the version a document is at, claiming the move to the next
+//! one where the server's conditional updates are not atomic, and telling why a
+//! version-filtered write matched nothing.
+//!
+//! On MongoDB a single-document write with `{version: n}` in its filter is atomic, so the
+//! filter alone decides the winner. FerretDB v1 applies updates as read, modify, write back
+//! without a row lock: two writers that both read version `n` can both "win". Where the
+//! capabilities say conditional updates are not atomic, a writer first claims the transition
+//! `n -> n+1` by inserting `{_id: "<tenant>␟<id>␟<n+1>"}` into `<collection>__version_claims`.
+//! Unique `_id` inserts are enforced by the storage engine, so only one writer gets the claim;
+//! the loser reports a conflict. The claim is deleted after the write (the version filter then
+//! keeps stale writers out); a claim left by a crashed writer expires after [`CLAIM_LEASE`].
+//! The capability is the one branch here: it decides whether a claim is taken, nothing else.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::Collection;
+
+use crate::document::{self, DELETED_AT_FIELD};
+use crate::error::{duplicate_key_message, Error, Result};
+use crate::repo::pipeline::Pipeline;
+use crate::tenant::TenantId;
+
+/// How long a claim of a crashed writer blocks its version transition.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// What a document is at, as far as a write needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    /// Its version (0 for entities without a version field).
+    pub version: u64,
+    /// Whether it is soft-deleted.
+    pub deleted: bool,
+    /// Its `created_at` value, if the entity declares one.
+    pub created_at: Option<Bson>,
+}
+
+impl Pipeline {
+    /// The document with this id as a write sees it, or `None`. `include_deleted` also finds
+    /// soft-deleted documents (for purge).
+    pub(crate) async fn current(
+        &self,
+        tenant: &TenantId,
+        id: &Bson,
+        include_deleted: bool,
+    ) -> Result<Option<Current>> {
+        let meta = self.meta();
+        let mut projection = doc! { "_id": 0, DELETED_AT_FIELD: 1 };
+        if let Some(vf) = meta.version_field {
+            projection.insert(vf, 1);
+        }
+        if let Some(c) = meta.created_at_field {
+            projection.insert(c, 1);
+        }
+        let filter = self.id_filter(tenant, id, include_deleted);
+        let found = self
+            .bounded(
+                "read version",
+                self.docs().find_one(filter).projection(projection),
+            )
+            .await?
+            .map_err(|e| Error::mongo(self.op("read version"), e))?;
+        Ok(found.map(|d| Current {
+            version: meta
+                .version_field
+                .map_or(0, |vf| document::stored_u64(&d, vf)),
+            deleted: !matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null)),
+            created_at: meta.created_at_field.and_then(|c| d.get(c).cloned()),
+        }))
+    }
+
+    /// Why a write filtered on version `expected` (or on the id alone, when `None`) matched
+    /// nothing: [`Error::NotFound`] or [`Error::VersionConflict`].
+    pub(crate) async fn diagnose(
+        &self,
+        tenant: &TenantId,
+        id: &Bson,
+        expected: Option<u64>,
+    ) -> Error {
+        match (self.current(tenant, id, false).await, expected) {
+            (Ok(None), _) | (Ok(Some(_)), None) => self.not_found(id),
+            (Ok(Some(c)), Some(expected)) => Error::VersionConflict {
+                entity: self.meta().name,
+                id: document::id_for_errors(id),
+                expected,
+                actual: Some(c.version),
+            },
+            (Err(e), _) => e,
+        }
+    }
+
+    /// The exclusive right to move the document from version `from` to the next, or `None`
+    /// where the server's conditional updates are atomic and the version filter suffices.
+    pub(crate) async fn claim(
+        &self,
+        tenant: &TenantId,
+        id: &Bson,
+        from: u64,
+    ) -> Result<Option<Claim>> {
+        if self.conn().capabilities().atomic_conditional_updates {
+            return Ok(None);
+        }
+        let meta = self.meta();
+        let coll = self
+            .conn()
+            .database(meta.database)
+            .collection::<Document>(&format!("{}__version_claims", meta.collection));
+        let key = format!(
+            "{tenant}\u{1f}{}\u{1f}{}",
+            document::id_as_text(id),
+            from + 1
+        );
+        let conflict = || Error::VersionConflict {
+            entity: meta.name,
+            id: document::id_for_errors(id),
+            expected: from,
+            actual: None,
+        };
+        for _ in 0..2 {
+            let now = DateTime::now();
+            match self
+                .bounded(
+                    "claim version",
+                    coll.insert_one(doc! { "_id": &key, "at": now }),
+                )
+                .await?
+            {
+                Ok(_) => return Ok(Some(Claim { coll, key })),
+                Err(e) if duplicate_key_message(&e).is_some() => {
+                    // Someone holds it. Take it over only if its holder is long gone.
+                    let held = self
+                        .bounded("read claim", coll.find_one(doc! { "_id": &key }))
+                        .await?
+                        .map_err(|e| Error::mongo(self.op("read version claim"), e))?;
+                    let stale = held
+                        .as_ref()
+                        .and_then(|d| d.get_datetime("at").ok())
+                        .is_some_and(|at| {
+                            now.timestamp_millis() - at.timestamp_millis()
+                                > CLAIM_LEASE.as_millis() as i64
+                        });
+                    match held {
+                        Some(d) if stale => {
+                            let at = d.get("at").cloned().unwrap_or(Bson::Null);
+                            let _ = self
+                                .bounded(
+                                    "expire claim",
+                                    coll.delete_one(doc! { "_id": &key, "at": at }),
+                                )
+                                .await;
+                        }
+                        None => {}
+                        Some(_) => return Err(conflict()),
+                    }
+                }
+                Err(e) => return Err(Error::mongo(self.op("claim version"), e)),
+            }
+        }
+        Err(conflict())
+    }
+}
+
+/// The exclusive right to move one document from one version to the next.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    coll: Collection<Document>,
+    key: String,
+}
+
+impl Claim {
+    /// Gives the transition back (the version filter keeps stale writers out from here).
+    pub(crate) async fn release(self) {
+        if let Err(e) = self.coll.delete_one(doc! { "_id": &self.key }).await {
+            tracing::warn!(claim = %self.key, error = %e, "could not release a version claim; it expires by itself");
+        }
+    }
+}
+
+/// A short, jittered pause before trying again after losing a race.
+pub(crate) async fn backoff(attempt: u32) {
+    let base = 2_u64.saturating_pow(attempt.min(6));
+    let jitter = u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % base.max(1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}

@@ -1,0 +1,291 @@
+//! The flusher: one task per stream that applies queued writes, in order, through the
+//! pipeline the entity registered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use mongodb::bson::Document;
+
+use super::entry::{self, Entry, Op};
+use super::{redis_err, Shared};
+use crate::connection::RedisConnection;
+use crate::error::{Error, Result};
+use crate::tenant::TenantId;
+
+/// Applies the stream `key` until the queue handle is dropped (which aborts the task).
+pub(crate) async fn run(shared: Arc<Shared>, key: String) {
+    loop {
+        let pause = match round(&shared, &key).await {
+            Ok(n) if n > 0 => Duration::ZERO,
+            Ok(_) => shared.settings.flush_interval,
+            Err(e) => {
+                tracing::warn!(stream = %key, error = %e, "write-behind flush failed; retrying");
+                shared.settings.retry_backoff
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Attempts per entry id (in this process): for moving permanently failing entries aside.
+static ATTEMPTS: LazyLock<Mutex<HashMap<String, u32>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// One stream entry as read.
+struct Read {
+    id: String,
+    raw: Option<Vec<u8>>,
+    entry: Result<Entry>,
+}
+
+/// One round: take the lease, read a batch from the head of the stream, apply it in order,
+/// delete what was applied. Returns how many entries were applied (or set aside).
+pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
+    let Some((database, collection)) = namespace_of(&shared.prefix, key) else {
+        return Ok(0);
+    };
+    let mut conn = shared.conn()?;
+    if !hold_lease(&mut conn, key, &shared.token, shared.settings.lease_ttl).await? {
+        return Ok(0);
+    }
+    let batch: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(shared.settings.batch_size)
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err("write-behind read (XRANGE)"))?;
+    let entries: Vec<Read> = batch
+        .ids
+        .iter()
+        .map(|sid| {
+            let raw: Option<Vec<u8>> = sid
+                .map
+                .get("e")
+                .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok());
+            let entry = entry::decode(raw.as_deref(), database, collection);
+            Read {
+                id: sid.id.clone(),
+                raw,
+                entry,
+            }
+        })
+        .collect();
+
+    let mut done: Vec<String> = Vec::new();
+    let mut outcome: Result<()> = Ok(());
+    let mut i = 0;
+    while i < entries.len() {
+        let read = &entries[i];
+        let entry = match &read.entry {
+            Ok(e) => e,
+            Err(e) => {
+                // Not an entry this framework wrote: set it aside, never apply it.
+                dead_letter(&mut conn, key, read, e).await?;
+                done.push(read.id.clone());
+                i += 1;
+                continue;
+            }
+        };
+        let Some(applier) = shared.applier(key, &entry.entity) else {
+            tracing::debug!(stream = key, entity = %entry.entity, "write-behind: no repository of this entity registered here; leaving its writes queued");
+            break;
+        };
+        if let Op::Insert(_) = entry.op {
+            // The run of inserts of this entity from here goes as batches, one per tenant.
+            let end = entries[i..]
+                .iter()
+                .position(|r| !is_insert_of(r, &entry.entity))
+                .map_or(entries.len(), |p| i + p);
+            let run = &entries[i..end];
+            match apply_inserts(applier.as_ref(), run).await {
+                Ok(results) => {
+                    let mut held = false;
+                    for (read, r) in run.iter().zip(results) {
+                        match r {
+                            Ok(()) => done.push(read.id.clone()),
+                            Err(e)
+                                if settled_for_good(&mut conn, key, read, &e, shared).await? =>
+                            {
+                                done.push(read.id.clone());
+                            }
+                            Err(_) => held = true,
+                        }
+                    }
+                    if held {
+                        // Later entries may depend on a held insert: wait for it.
+                        break;
+                    }
+                    i = end;
+                    continue;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        match applier.apply(&entry.tenant, entry.op.clone()).await {
+            Ok(()) => done.push(read.id.clone()),
+            Err(e) if settled_for_good(&mut conn, key, read, &e, shared).await? => {
+                done.push(read.id.clone());
+            }
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+        i += 1;
+    }
+    if !done.is_empty() {
+        let mut del = redis::cmd("XDEL");
+        del.arg(key);
+        for id in &done {
+            del.arg(id);
+        }
+        del.query_async::<i64>(&mut conn)
+            .await
+            .map_err(redis_err("write-behind ack (XDEL)"))?;
+        let mut attempts = ATTEMPTS.lock().expect("attempts");
+        for id in &done {
+            attempts.remove(id);
+        }
+    }
+    match outcome {
+        Err(e) if done.is_empty() => Err(e),
+        _ => Ok(done.len()),
+    }
+}
+
+/// `(database, collection)` of a stream key `{prefix}caas:wb:<database>.<collection>`.
+fn namespace_of<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str)> {
+    key.strip_prefix(prefix)?
+        .strip_prefix("caas:wb:")?
+        .split_once('.')
+}
+
+fn is_insert_of(read: &Read, entity: &str) -> bool {
+    matches!(&read.entry, Ok(e) if e.entity == entity && matches!(e.op, Op::Insert(_)))
+}
+
+/// Inserts a run, one batch per tenant (order across tenants does not matter for inserts of
+/// distinct documents); one result per entry of the run.
+async fn apply_inserts(applier: &dyn super::Apply, run: &[Read]) -> Result<Vec<Result<()>>> {
+    let mut by_tenant: Vec<(TenantId, Vec<usize>, Vec<Document>)> = Vec::new();
+    for (i, read) in run.iter().enumerate() {
+        let Ok(Entry {
+            tenant,
+            op: Op::Insert(doc),
+            ..
+        }) = &read.entry
+        else {
+            continue;
+        };
+        match by_tenant.iter_mut().find(|(t, _, _)| t == tenant) {
+            Some((_, positions, docs)) => {
+                positions.push(i);
+                docs.push(doc.clone());
+            }
+            None => by_tenant.push((tenant.clone(), vec![i], vec![doc.clone()])),
+        }
+    }
+    let mut results: Vec<Option<Result<()>>> = run.iter().map(|_| None).collect();
+    for (tenant, positions, docs) in by_tenant {
+        let per_doc = applier.insert(&tenant, docs).await?;
+        for (p, r) in positions.into_iter().zip(per_doc) {
+            results[p] = Some(r);
+        }
+    }
+    Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+}
+
+/// Whether a failed entry is done with: a permanent error seen `max_attempts` times moves it to
+/// the dead letters. Transient errors never do.
+async fn settled_for_good(
+    conn: &mut RedisConnection,
+    key: &str,
+    read: &Read,
+    error: &Error,
+    shared: &Shared,
+) -> Result<bool> {
+    if error.is_transient() || !give_up(&read.id, shared.settings.max_attempts) {
+        return Ok(false);
+    }
+    dead_letter(conn, key, read, error).await?;
+    Ok(true)
+}
+
+fn give_up(id: &str, max_attempts: u32) -> bool {
+    let mut attempts = ATTEMPTS.lock().expect("attempts");
+    let n = attempts.entry(id.to_owned()).or_insert(0);
+    *n += 1;
+    *n >= max_attempts
+}
+
+async fn dead_letter(
+    conn: &mut RedisConnection,
+    key: &str,
+    read: &Read,
+    error: &Error,
+) -> Result<()> {
+    tracing::error!(stream = key, entry = %read.id, error = %error, "write-behind entry moved to the dead-letter stream");
+    redis::cmd("XADD")
+        .arg(format!("{key}:dead"))
+        .arg("*")
+        .arg("e")
+        .arg(read.raw.clone().unwrap_or_default())
+        .arg("source_id")
+        .arg(&read.id)
+        .arg("error")
+        .arg(error.to_string())
+        .query_async::<String>(conn)
+        .await
+        .map_err(redis_err("write-behind dead letter (XADD)"))?;
+    Ok(())
+}
+
+/// Takes or renews the stream's lease: one flusher per stream keeps writes in order.
+async fn hold_lease(
+    conn: &mut RedisConnection,
+    key: &str,
+    token: &str,
+    ttl: Duration,
+) -> Result<bool> {
+    static LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+        redis::Script::new(
+            r"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+",
+        )
+    });
+    let held: i64 = LEASE
+        .key(format!("{key}:owner"))
+        .arg(token)
+        .arg(ttl.as_millis() as u64)
+        .invoke_async(conn)
+        .await
+        .map_err(redis_err("write-behind lease"))?;
+    Ok(held == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys_name_their_namespace() {
+        assert_eq!(
+            namespace_of("svc:", "svc:caas:wb:caas_audit.entries.v2"),
+            Some(("caas_audit", "entries.v2"))
+        );
+        assert_eq!(namespace_of("svc:", "other:caas:wb:a.b"), None);
+    }
+}

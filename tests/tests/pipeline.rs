@@ -1,0 +1,341 @@
+//! The write pipeline: every write, whatever the call and whatever branch the server's
+//! capabilities select, records exactly its events, moves the version, stamps the declared
+//! timestamps and refuses what it cannot honour. Each test runs once per capability set
+//! (`common::each_capability_set`).
+
+use caas_storage_tests as common;
+
+use std::time::Duration;
+
+use caas_storage::bson::{doc, Document};
+use caas_storage::prelude::*;
+use caas_storage::repo::Upserted;
+use futures::TryStreamExt;
+
+const DB: &str = "caas_pipeline_it";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_pipeline_it", collection = "orders", consistency = strong,
+             outbox(topic = "test.pipeline.orders", insert = "order.placed",
+                    update = "order.changed", delete = "order.cancelled"))]
+struct Order {
+    #[repository(id)]
+    order_id: String,
+    #[repository(tenant)]
+    tenant_id: String,
+    status: String,
+    #[repository(version)]
+    version: u64,
+}
+
+fn order(t: &TenantId, id: &str) -> Order {
+    Order {
+        order_id: id.into(),
+        tenant_id: t.to_string(),
+        status: "new".into(),
+        version: 0,
+    }
+}
+
+/// (aggregate id, event type, revision) of every event recorded for `t` that its write
+/// committed (`ready`; no relay runs here), sorted.
+async fn events(storage: &Storage, t: &TenantId) -> Vec<(String, String, i64)> {
+    let docs: Vec<Document> = storage
+        .outbox(DB)
+        .collection()
+        .find(doc! { "tenant": t.as_str(), "state": "ready" })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out: Vec<(String, String, i64)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d.get_str("aggregate_id").unwrap().to_owned(),
+                d.get_str("event_type").unwrap().to_owned(),
+                d.get_i64("revision").unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn expect(rows: &[(&str, &str, i64)]) -> Vec<(String, String, i64)> {
+    let mut v: Vec<_> = rows
+        .iter()
+        .map(|(a, e, r)| ((*a).to_owned(), (*e).to_owned(), *r))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn every_write_records_exactly_its_events() {
+    common::each_capability_set(async |storage, label| {
+        storage.sync_indexes::<Order>().await.unwrap();
+        let repo = OrderRepository::new(&storage);
+        let t = common::tenant("pipeline-events");
+        let id = |s: &str| s.to_owned();
+        let status = |s: &str| OrderPatch {
+            status: Some(s.into()),
+        };
+
+        repo.insert(&t, &order(&t, "a")).await.unwrap();
+        let a = repo
+            .update(&t, &id("a"), status("paid"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.version, 1, "{label}");
+        let a = repo
+            .update_checked(&t, &id("a"), 1, status("packed"))
+            .await
+            .unwrap();
+        assert_eq!(a.version, 2, "{label}");
+        let mut a = repo.get(&t, &id("a")).await.unwrap();
+        a.status = "shipped".into();
+        repo.replace(&t, &mut a).await.unwrap();
+        assert_eq!(a.version, 3, "{label}");
+
+        assert_eq!(
+            repo.upsert(&t, &order(&t, "b")).await.unwrap(),
+            Upserted::Inserted
+        );
+        assert_eq!(
+            repo.upsert(
+                &t,
+                &Order {
+                    status: "again".into(),
+                    ..order(&t, "b")
+                }
+            )
+            .await
+            .unwrap(),
+            Upserted::Replaced
+        );
+        assert!(repo.delete(&t, &id("b")).await.unwrap());
+
+        let report = repo
+            .insert_many(&t, &[order(&t, "c"), order(&t, "d"), order(&t, "a")])
+            .await
+            .unwrap();
+        assert_eq!(report.inserted, 2, "{label}");
+        assert_eq!(report.failed.len(), 1, "{label}: the duplicate of a");
+        assert!(repo.purge(&t, &id("c")).await.unwrap());
+        let n = repo
+            .query(&t)
+            .filter(Order::fields().order_id().eq("d".to_owned()))
+            .delete()
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{label}");
+
+        // Writes that change nothing record nothing.
+        assert!(repo
+            .update(&t, &id("zz"), status("x"))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!repo.delete(&t, &id("zz")).await.unwrap());
+        assert!(matches!(
+            repo.update_checked(&t, &id("a"), 1, status("stale")).await,
+            Err(Error::VersionConflict { .. })
+        ));
+
+        assert_eq!(
+            events(&storage, &t).await,
+            expect(&[
+                ("a", "order.placed", 0),
+                ("a", "order.changed", 1),
+                ("a", "order.changed", 2),
+                ("a", "order.changed", 3),
+                ("b", "order.placed", 0),
+                ("b", "order.changed", 1),
+                ("b", "order.cancelled", 2),
+                ("c", "order.placed", 0),
+                ("c", "order.cancelled", 1),
+                ("d", "order.placed", 0),
+                ("d", "order.cancelled", 1),
+            ]),
+            "{label}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_outbox_entity_is_never_queued() {
+    let storage = common::storage().await;
+    let repo = OrderRepository::new(&storage);
+    let t = common::tenant("pipeline-no-queue");
+    let queued = repo.with_consistency(Consistency::Eventual);
+    match queued.insert(&t, &order(&t, "q")).await {
+        Err(Error::Unsupported { feature, .. }) => {
+            assert!(feature.contains("outbox"), "{feature}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(repo
+        .find_by_id(&t, &"q".to_owned())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(events(&storage, &t).await.is_empty());
+    // Updates through such a handle are direct (they return what they did): recorded.
+    repo.insert(&t, &order(&t, "q")).await.unwrap();
+    queued
+        .update(
+            &t,
+            &"q".to_owned(),
+            OrderPatch {
+                status: Some("x".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        events(&storage, &t).await,
+        expect(&[("q", "order.placed", 0), ("q", "order.changed", 1)])
+    );
+}
+
+/// An `eventual` entity with a version and timestamps: queued writes apply as direct ones do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_pipeline_it", collection = "ledger", consistency = eventual, soft_delete)]
+struct Entry {
+    #[repository(id)]
+    entry_id: String,
+    #[repository(tenant)]
+    tenant_id: String,
+    amount: i64,
+    #[repository(version)]
+    version: u64,
+    #[repository(created_at)]
+    created_at: DateTime,
+    #[repository(updated_at)]
+    updated_at: Option<DateTime>,
+}
+
+fn entry(t: &TenantId, id: &str, amount: i64) -> Entry {
+    Entry {
+        entry_id: id.into(),
+        tenant_id: t.to_string(),
+        amount,
+        version: 0,
+        created_at: DateTime::from_millis(0),
+        updated_at: None,
+    }
+}
+
+async fn stored(storage: &Storage, t: &TenantId, id: &str) -> Option<Document> {
+    storage
+        .raw()
+        .database(DB)
+        .collection::<Document>("ledger")
+        .find_one(doc! { "tenant_id": t.as_str(), "entry_id": id })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn queued_writes_move_versions_and_timestamps_as_direct_writes_do() {
+    common::each_capability_set(async |storage, label| {
+        let repo = EntryRepository::new(&storage);
+        let t = common::tenant("pipeline-queue");
+        let id = "e1".to_owned();
+        let flush = async || {
+            storage
+                .write_behind()
+                .flush::<Entry>(Duration::from_secs(20))
+                .await
+                .unwrap()
+        };
+        let before = DateTime::now();
+        repo.insert(&t, &entry(&t, &id, 5)).await.unwrap();
+        flush().await;
+        let d = stored(&storage, &t, &id).await.expect("applied");
+        assert_eq!(d.get_i64("version").unwrap_or(0), 0, "{label}");
+        let created = *d.get_datetime("created_at").unwrap();
+        assert!(created >= before, "{label}: created_at is the write's time");
+        assert_eq!(d.get_datetime("updated_at").unwrap(), &created, "{label}");
+
+        repo.queue_update(&t, &id, EntryPatch { amount: Some(7) })
+            .await
+            .unwrap();
+        flush().await;
+        let d = stored(&storage, &t, &id).await.unwrap();
+        assert_eq!(d.get_i64("amount").unwrap(), 7, "{label}");
+        assert_eq!(
+            d.get_i64("version").unwrap(),
+            1,
+            "{label}: a queued update bumps"
+        );
+        assert!(d.get_datetime("updated_at").unwrap() >= &created, "{label}");
+
+        repo.queue_upsert(&t, &entry(&t, &id, 9)).await.unwrap();
+        flush().await;
+        let d = stored(&storage, &t, &id).await.unwrap();
+        assert_eq!(d.get_i64("amount").unwrap(), 9, "{label}");
+        assert_eq!(
+            d.get_i64("version").unwrap(),
+            2,
+            "{label}: an upsert moves on from the stored version, not the caller's"
+        );
+        assert_eq!(
+            d.get_datetime("created_at").unwrap(),
+            &created,
+            "{label}: an upsert keeps created_at"
+        );
+
+        repo.queue_delete(&t, &id).await.unwrap();
+        flush().await;
+        let d = stored(&storage, &t, &id).await.unwrap();
+        assert!(
+            d.get_datetime("_deleted_at").is_ok(),
+            "{label}: soft-deleted"
+        );
+        assert_eq!(
+            d.get_i64("version").unwrap(),
+            3,
+            "{label}: a queued delete bumps"
+        );
+        assert!(repo.find_by_id(&t, &id).await.unwrap().is_none(), "{label}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn direct_writes_stamp_timestamps_and_replace_updates_the_callers_copy() {
+    common::each_capability_set(async |storage, label| {
+        let repo = EntryRepository::new(&storage).with_consistency(Consistency::Strong);
+        let t = common::tenant("pipeline-stamps");
+        let id = "s1".to_owned();
+        repo.insert(&t, &entry(&t, &id, 1)).await.unwrap();
+        let mut e = repo.get(&t, &id).await.unwrap();
+        assert_ne!(e.created_at, DateTime::from_millis(0), "{label}");
+        assert_eq!(e.updated_at, Some(e.created_at), "{label}");
+
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let patched = repo
+            .update(&t, &id, EntryPatch { amount: Some(2) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(patched.updated_at > Some(e.created_at), "{label}");
+        assert_eq!(patched.created_at, e.created_at, "{label}");
+        assert_eq!(patched.version, 1, "{label}");
+
+        e = repo.get(&t, &id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        e.amount = 3;
+        repo.replace(&t, &mut e).await.unwrap();
+        assert_eq!(e.version, 2, "{label}");
+        let again = repo.get(&t, &id).await.unwrap();
+        assert_eq!(again, e, "{label}: the caller's copy is what is stored");
+        assert!(again.updated_at > patched.updated_at, "{label}");
+    })
+    .await;
+}
