@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use caas_storage::outbox::{envelope_from_message, Deduplicator, OutboxRelay, RelayOptions};
+use caas_storage::outbox::{envelope_from_message, RelayOptions};
 use caas_storage::prelude::*;
 use caas_storage::HealthStatus;
 use rdkafka::consumer::{Consumer, StreamConsumer};

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::consistency::Consistency;
-use crate::index::IndexSpec;
+use crate::index::{IndexSpec, IndexTarget};
 
 /// A struct stored by caas-storage. Implemented by `#[derive(Repository)]`; implementing it by
 /// hand is possible but the derive checks the rules below at compile time.
@@ -96,7 +96,19 @@ pub struct EntityMeta {
 impl EntityMeta {
     /// The unique index every entity gets on (tenant, id).
     pub fn primary_index_name(&self) -> String {
-        format!("{}_1_{}_1", self.tenant_field, self.id_field)
+        self.index_target().primary_name()
+    }
+
+    /// The indexes its collection should have.
+    pub(crate) fn index_target(&self) -> IndexTarget<'_> {
+        IndexTarget {
+            entity: self.name,
+            database: self.database,
+            collection: self.collection,
+            tenant_field: self.tenant_field,
+            id_field: self.id_field,
+            indexes: self.indexes,
+        }
     }
 
     /// Whether `field` is a stored field of this entity.

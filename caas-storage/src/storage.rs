@@ -202,7 +202,7 @@ impl Storage {
         options: SyncOptions,
     ) -> Result<IndexPlan> {
         let db = self.inner.conn.database(meta.database);
-        crate::index::sync_indexes(&db, self.capabilities(), meta, options).await
+        crate::index::sync_indexes(&db, self.capabilities(), meta.index_target(), options).await
     }
 
     /// Syncs the indexes of every entity listed, e.g. `&[User::META, Session::META]`.

@@ -240,7 +240,8 @@ async fn a_causal_token_makes_another_handle_read_at_least_that_version() {
 
     // A token no replica will ever satisfy fails within causal_wait instead of hanging.
     let mut impossible = CausalToken::new();
-    impossible.observe(
+    repo_b.observe(
+        &mut impossible,
         &t,
         &CausalDoc {
             version: 99,

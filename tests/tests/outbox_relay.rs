@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use caas_storage::bson::{doc, Bson, DateTime, Document};
 use caas_storage::outbox::{
-    envelope_from_message, header_value, outbox_lag, Deduplicator, DrainReport, EventEnvelope,
-    EventState, OutboxRelay, OutboxStore, PendingEvent, RelayOptions, WriteKind, WriteRef,
+    envelope_from_message, header_value, DrainReport, EventEnvelope, EventState, OutboxRelay,
+    OutboxStore, PendingEvent, RelayOptions, WriteKind, WriteRef,
 };
 use caas_storage::{Storage, StorageConfig};
 use futures::TryStreamExt;
@@ -243,7 +243,7 @@ async fn events_are_published_once_in_aggregate_order() {
                 relay.drain_once().await.unwrap();
             }
         }
-        let lag = outbox_lag(&storage, &[db.as_str()]).await.unwrap();
+        let lag = storage.outbox(&db).lag().await.unwrap();
         assert!(
             lag.pending > 0 && lag.oldest_pending_age_ms.is_some(),
             "{lag:?}"

@@ -1,7 +1,9 @@
 //! [`CausalToken`]: "at least what I saw", portable across requests and instances.
 //!
-//! A token records, per document, the version a caller wrote or read. Handed to another
-//! request (on any instance) and passed to
+//! A token records, per document, the version a caller wrote or read
+//! ([`Repository::causal_token`](crate::Repository::causal_token),
+//! [`Repository::observe`](crate::Repository::observe)). Handed to another request (on any
+//! instance) and passed to
 //! [`Repository::find_by_id_after`](crate::Repository::find_by_id_after), it makes that read
 //! return at least that version: a read that comes back older (a stale cache tier, a lagging
 //! secondary) is repeated against the primary with majority read concern, bypassing the
@@ -12,7 +14,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::entity::Entity;
+use mongodb::bson::Bson;
+
 use crate::error::{Error, Result};
 use crate::tenant::TenantId;
 
@@ -29,20 +32,15 @@ impl CausalToken {
         CausalToken::default()
     }
 
-    /// A token requiring at least `entity`'s current version.
-    pub fn of<E: Entity>(tenant: &TenantId, entity: &E) -> Self {
-        let mut t = CausalToken::new();
-        t.observe(tenant, entity);
-        t
-    }
-
-    /// Records `entity` (its version; entities without a version field add nothing).
-    pub fn observe<E: Entity>(&mut self, tenant: &TenantId, entity: &E) {
-        let (Some(version), Ok(key)) = (entity.version(), Self::key::<E>(tenant, entity.id()))
-        else {
-            return;
-        };
-        let slot = self.seen.entry(key).or_insert(0);
+    /// Records that document `id` of entity `entity` in `tenant` was seen at `version`.
+    pub(crate) fn observe_version(
+        &mut self,
+        tenant: &TenantId,
+        entity: &str,
+        id: &Bson,
+        version: u64,
+    ) {
+        let slot = self.seen.entry(key(tenant, entity, id)).or_insert(0);
         *slot = (*slot).max(version);
     }
 
@@ -55,8 +53,13 @@ impl CausalToken {
     }
 
     /// The least version the token requires of this document, if any.
-    pub fn required<E: Entity>(&self, tenant: &TenantId, id: &E::Id) -> Option<u64> {
-        self.seen.get(&Self::key::<E>(tenant, id).ok()?).copied()
+    pub(crate) fn required_version(
+        &self,
+        tenant: &TenantId,
+        entity: &str,
+        id: &Bson,
+    ) -> Option<u64> {
+        self.seen.get(&key(tenant, entity, id)).copied()
     }
 
     /// Whether the token requires nothing.
@@ -81,17 +84,9 @@ impl CausalToken {
             crate::hex::decode(text).ok_or_else(|| bad("not a token issued by caas-storage"))?;
         serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))
     }
+}
 
-    fn key<E: Entity>(tenant: &TenantId, id: &E::Id) -> Result<String> {
-        let id = mongodb::bson::to_bson(id).map_err(|e| Error::Codec {
-            entity: E::META.name,
-            direction: "encode",
-            message: e.to_string(),
-        })?;
-        Ok(format!(
-            "{tenant}:{}:{}",
-            E::META.name,
-            id.into_relaxed_extjson()
-        ))
-    }
+/// `tenant:Entity:id`, the id as relaxed extended JSON.
+fn key(tenant: &TenantId, entity: &str, id: &Bson) -> String {
+    format!("{tenant}:{entity}:{}", id.clone().into_relaxed_extjson())
 }

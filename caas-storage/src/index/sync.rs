@@ -14,8 +14,8 @@ use mongodb::IndexModel;
 use serde::Serialize;
 
 use crate::capabilities::Capabilities;
-use crate::entity::EntityMeta;
 use crate::error::{Error, Result};
+use crate::index::IndexSpec;
 
 /// What to do beyond creating missing indexes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -144,9 +144,34 @@ fn describe(keys: &Document, unique: bool, ttl: Option<u64>) -> String {
     s
 }
 
-fn desired(meta: &EntityMeta) -> Vec<Desired> {
+/// The indexes one collection should have: the unique (tenant, id) index every entity gets,
+/// and the declared ones.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexTarget<'a> {
+    /// The entity's name, for the plan.
+    pub entity: &'a str,
+    /// MongoDB database.
+    pub database: &'a str,
+    /// MongoDB collection.
+    pub collection: &'a str,
+    /// Stored name of the tenant field.
+    pub tenant_field: &'a str,
+    /// Stored name of the id field.
+    pub id_field: &'a str,
+    /// The declared indexes.
+    pub indexes: &'a [IndexSpec],
+}
+
+impl IndexTarget<'_> {
+    /// The name of the unique (tenant, id) index.
+    pub(crate) fn primary_name(&self) -> String {
+        format!("{}_1_{}_1", self.tenant_field, self.id_field)
+    }
+}
+
+fn desired(meta: &IndexTarget<'_>) -> Vec<Desired> {
     let mut out = vec![Desired {
-        name: meta.primary_index_name(),
+        name: meta.primary_name(),
         keys: [meta.tenant_field, meta.id_field]
             .iter()
             .map(|f| ((*f).to_owned(), Bson::Int32(1)))
@@ -186,7 +211,7 @@ fn same_keys(a: &Document, b: &Document) -> bool {
 pub(crate) async fn sync_indexes(
     db: &mongodb::Database,
     capabilities: &Capabilities,
-    meta: &EntityMeta,
+    meta: IndexTarget<'_>,
     options: SyncOptions,
 ) -> Result<IndexPlan> {
     let coll = db.collection::<Document>(meta.collection);
@@ -204,7 +229,7 @@ pub(crate) async fn sync_indexes(
     };
 
     let mut changes = Vec::new();
-    let wanted = desired(meta);
+    let wanted = desired(&meta);
     for d in &wanted {
         if d.ttl.is_some() && !capabilities.ttl_indexes {
             changes.push(IndexChange::Unsupported {
@@ -282,7 +307,7 @@ pub(crate) async fn sync_indexes(
         });
     }
     Ok(IndexPlan {
-        entity: meta.name.to_owned(),
+        entity: meta.entity.to_owned(),
         namespace: ns,
         changes,
     })

@@ -42,7 +42,8 @@ pub enum EventState {
     Ready,
     /// Delivered to Kafka.
     Published,
-    /// Delivery failed `max_attempts` times; waits for [`OutboxStore::redrive`].
+    /// Delivery failed `max_attempts` times; waits for
+    /// [`OutboxStore::redrive`](super::OutboxStore::redrive).
     Parked,
     /// Its write did not happen; never published.
     Abandoned,

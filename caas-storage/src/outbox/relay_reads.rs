@@ -68,8 +68,9 @@ impl OutboxStore {
     }
 
     /// `ready -> published` for delivered records, given their full documents as read: copied
-    /// to [`PUBLISHED_COLLECTION`], then deleted from the outbox. Two batched statements; a
-    /// per-document update costs FerretDB one SQLite transaction each (about 15 ms measured).
+    /// to [`PUBLISHED_COLLECTION`](super::PUBLISHED_COLLECTION), then deleted from the outbox.
+    /// Two batched statements; a per-document update costs FerretDB one SQLite transaction each
+    /// (about 15 ms measured).
     /// A crash between the two leaves the records `ready` as well: they are published again
     /// (at-least-once), never lost.
     pub(crate) async fn mark_published(&self, docs: Vec<Document>, relay: &str) -> Result<()> {

@@ -55,7 +55,8 @@ impl<E: Entity> Repository<E> {
         id: &E::Id,
         token: &CausalToken,
     ) -> Result<Option<E>> {
-        let Some(required) = token.required::<E>(tenant, id) else {
+        let key = document::id_to_bson::<E>(id)?;
+        let Some(required) = token.required_version(tenant, E::META.name, &key) else {
             return self.find_by_id(tenant, id).await;
         };
         if let Some(e) = self.find_by_id(tenant, id).await? {
@@ -87,7 +88,17 @@ impl<E: Entity> Repository<E> {
 
     /// A token requiring at least `entity`'s version, to hand to later requests.
     pub fn causal_token(&self, tenant: &TenantId, entity: &E) -> CausalToken {
-        CausalToken::of(tenant, entity)
+        let mut token = CausalToken::new();
+        self.observe(&mut token, tenant, entity);
+        token
+    }
+
+    /// Records `entity`'s version in `token` (entities without a version field add nothing).
+    pub fn observe(&self, token: &mut CausalToken, tenant: &TenantId, entity: &E) {
+        if let (Some(version), Ok(id)) = (entity.version(), document::id_to_bson::<E>(entity.id()))
+        {
+            token.observe_version(tenant, E::META.name, &id, version);
+        }
     }
 
     /// The entity with this id, or [`Error::NotFound`].
