@@ -90,7 +90,8 @@ mod tests {
         });
         assert!(out.contains("compile_error"));
         assert!(out.contains("needs `ttl`"));
-        assert!(out.contains("impl :: caas_storage :: __private :: Entity for User"));
+        let p = super::internals::model::private_module();
+        assert!(out.contains(&format!("impl :: caas_storage :: {p} :: Entity for User")));
     }
 
     #[test]

@@ -48,16 +48,38 @@ pub struct Model<'a> {
 }
 
 impl Model<'_> {
-    /// `#root::__private`, the path every generated reference to the runtime goes through.
+    /// `#root::__private_{major}_{minor}_{patch}`, the path every generated reference to the
+    /// runtime goes through (see [`private_module`]).
     pub fn private(&self) -> TokenStream {
         let root = &self.root;
-        quote::quote!(#root::__private)
+        let module = private_module();
+        quote::quote!(#root::#module)
     }
 
     /// The entity's name without a `r#` prefix.
     pub fn name(&self) -> String {
         super::ast::unraw(self.ident)
     }
+}
+
+/// The runtime's hidden module for this release, `__private_0_1_0` for 0.1.0, as serde names
+/// its `__private{patch}`: the derive and the runtime are released together with `=` version
+/// pins, and a derive of one release cannot compile against the runtime of another.
+pub fn private_module() -> Ident {
+    Ident::new(
+        &private_module_name(env!("CARGO_PKG_VERSION")),
+        proc_macro2::Span::call_site(),
+    )
+}
+
+/// `__private_` and the version with every character that cannot be in an identifier turned
+/// into `_`: `0.1.0` -> `__private_0_1_0`, `0.2.0-rc.1` -> `__private_0_2_0_rc_1`.
+fn private_module_name(version: &str) -> String {
+    let version: String = version
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("__private_{version}")
 }
 
 /// `cache(...)`, defaults applied.
@@ -119,4 +141,20 @@ pub struct Finder<'a> {
     pub sort: Option<(&'a Field<'a>, Direction)>,
     /// Name of the index it is generated from.
     pub index: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_module_is_named_per_release() {
+        assert_eq!(private_module_name("0.1.0"), "__private_0_1_0");
+        assert_eq!(private_module_name("1.22.333"), "__private_1_22_333");
+        assert_eq!(private_module_name("0.2.0-rc.1"), "__private_0_2_0_rc_1");
+        assert_eq!(
+            private_module().to_string(),
+            private_module_name(env!("CARGO_PKG_VERSION"))
+        );
+    }
 }

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use caas_storage::__private::{CacheStrategy, IndexKey, SortDirection};
+use caas_storage::entity::CacheStrategy;
+use caas_storage::index::{IndexKey, SortDirection};
 use caas_storage::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
