@@ -95,6 +95,45 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_are_stamped_and_left_out_of_the_patch() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+                pub email: String,
+                #[repository(created_at)]
+                #[serde(rename = "createdAt")]
+                pub created: DateTime,
+                #[repository(updated_at)]
+                pub updated: Option<bson::DateTime>,
+            }
+        });
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(
+            out.contains("created_at_field : :: core :: option :: Option :: Some (\"createdAt\")"),
+            "{out}"
+        );
+        assert!(
+            out.contains("updated_at_field : :: core :: option :: Option :: Some (\"updated\")"),
+            "{out}"
+        );
+        assert!(out.contains("fn set_updated_at"), "{out}");
+        let patch = out
+            .split("struct UserPatch")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("patch type");
+        assert!(patch.contains("email"), "{patch}");
+        assert!(
+            !patch.contains("created") && !patch.contains("updated"),
+            "{patch}"
+        );
+    }
+
+    #[test]
     fn unmodellable_input_gets_placeholders() {
         let out = expand(&syn::parse_quote! {
             #[repository(database = "caas_auth", collection = "users")]

@@ -40,6 +40,9 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     /// Sets the version field (no-op without one). Used after a versioned write.
     fn set_version(&mut self, _version: u64) {}
 
+    /// Sets the `updated_at` field (no-op without one). Used after a write that stamped it.
+    fn set_updated_at(&mut self, _at: crate::bson::DateTime) {}
+
     /// A copy for the in-process cache tier. The derive implements it (with `Clone`) for
     /// entities that declare `cache(local(...))`; `None` keeps the entity out of that tier.
     fn local_cache_clone(&self) -> Option<Self> {
@@ -62,6 +65,10 @@ pub struct EntityMeta {
     pub tenant_field: &'static str,
     /// Stored name of the version field, if any.
     pub version_field: Option<&'static str>,
+    /// Stored name of the `created_at` field, if any: set when a document is inserted.
+    pub created_at_field: Option<&'static str>,
+    /// Stored name of the `updated_at` field, if any: set by every write.
+    pub updated_at_field: Option<&'static str>,
     /// Stored names of every field, in declaration order.
     pub fields: &'static [&'static str],
     /// Stored names of `secret` fields: left out of default projections, caches and events.

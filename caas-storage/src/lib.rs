@@ -93,6 +93,7 @@ pub mod __private_0_1_0 {
     pub use crate::storage::Storage;
     pub use crate::tenant::TenantId;
     pub use core::time::Duration;
+    pub use mongodb::bson::DateTime;
     pub use serde;
 
     /// This module's path, for the test that checks its name against the crate version.

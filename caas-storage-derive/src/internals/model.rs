@@ -39,6 +39,10 @@ pub struct Model<'a> {
     pub tenant_is_string: bool,
     /// The version field, if any (and valid).
     pub version: Option<&'a Field<'a>>,
+    /// The `created_at` field, if any (and valid).
+    pub created_at: Option<&'a Field<'a>>,
+    /// The `updated_at` field, if any (and valid).
+    pub updated_at: Option<&'a Field<'a>>,
     /// Secret fields.
     pub secrets: Vec<&'a Field<'a>>,
     /// Declared indexes, struct-level first, then field-level, in order.
