@@ -54,7 +54,7 @@ pub use config::StorageConfig;
 pub use connection::FaultPoint;
 pub use connection::RedisConnection;
 pub use consistency::{CausalToken, Consistency};
-pub use entity::Entity;
+pub use entity::{Entity, Queueable};
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
@@ -85,7 +85,7 @@ pub mod prelude {
 pub mod __private_0_1_0 {
     pub use crate::consistency::Consistency;
     pub use crate::entity::{
-        CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec,
+        CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec, Queueable,
     };
     pub use crate::error::{Error, Result};
     pub use crate::index::{IndexKey, IndexSpec, SortDirection};

@@ -1,4 +1,5 @@
-//! The `Entity` impl and its `META` constant.
+//! The `Entity` impl and its `META` constant, and the `Queueable` impl of entities without an
+//! outbox.
 //!
 //! With `cache(local(...))` the impl also returns clones for the in-process cache tier, which
 //! needs the entity to be `Clone`.
@@ -11,7 +12,8 @@ use crate::internals::attr::{CacheStrategy, Consistency, Direction};
 use crate::internals::model::Model;
 
 /// `impl Entity for User { type Id; const META; fn id; fn tenant; [fn version; fn set_version]
-/// [fn set_updated_at] [fn local_cache_clone] }`.
+/// [fn set_updated_at] [fn local_cache_clone] }`, and `impl Queueable for User {}` without an
+/// outbox.
 pub fn expand(m: &Model) -> TokenStream {
     let p = m.private();
     let ident = m.ident;
@@ -62,6 +64,12 @@ pub fn expand(m: &Model) -> TokenStream {
             const _: fn(#p::DateTime) -> #ty = #from;
         }
     });
+    let queueable = m.queueable.then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #p::Queueable for #ident {}
+        }
+    });
     let local_cache_clone = m.cache.as_ref().and_then(|c| c.local).map(|_| {
         quote! {
             #[inline]
@@ -97,6 +105,8 @@ pub fn expand(m: &Model) -> TokenStream {
 
                 #local_cache_clone
             }
+
+            #queueable
 
             #created_at_type
         };

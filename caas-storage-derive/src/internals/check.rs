@@ -113,6 +113,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         secrets,
         indexes: indexes.into_iter().map(|(_, ix)| ix).collect(),
         finders,
+        queueable: !attrs.outbox.is_written(),
     })
 }
 

@@ -49,6 +49,9 @@ pub struct Model<'a> {
     pub indexes: Vec<IndexModel<'a>>,
     /// Finder methods of the repository type.
     pub finders: Vec<Finder<'a>>,
+    /// Whether writes may be queued (`Queueable`): no `outbox(...)` was written, valid or not
+    /// (an entity meant to have an outbox is not queueable even while its outbox is rejected).
+    pub queueable: bool,
 }
 
 impl Model<'_> {

@@ -616,7 +616,10 @@ impl<E: Entity> Repository<E> {
         tenant: &TenantId,
         id: &E::Id,
         patch: P,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        E: crate::entity::Queueable,
+    {
         let set = self.patch_set(&patch)?;
         let op = Op::Update {
             id: codec::id_to_bson::<E>(id)?,
@@ -631,7 +634,10 @@ impl<E: Entity> Repository<E> {
     }
 
     /// Queues an insert-or-replace of `entity`.
-    pub async fn queue_upsert(&self, tenant: &TenantId, entity: &E) -> Result<()> {
+    pub async fn queue_upsert(&self, tenant: &TenantId, entity: &E) -> Result<()>
+    where
+        E: crate::entity::Queueable,
+    {
         let op = Op::Upsert {
             id: codec::id_to_bson::<E>(entity.id())?,
             doc: codec::encode(tenant, entity)?,
@@ -645,7 +651,10 @@ impl<E: Entity> Repository<E> {
     }
 
     /// Queues a delete (soft where the entity declares it).
-    pub async fn queue_delete(&self, tenant: &TenantId, id: &E::Id) -> Result<()> {
+    pub async fn queue_delete(&self, tenant: &TenantId, id: &E::Id) -> Result<()>
+    where
+        E: crate::entity::Queueable,
+    {
         let op = Op::Delete {
             id: codec::id_to_bson::<E>(id)?,
         };
