@@ -2,8 +2,9 @@
 //!
 //! The derive reads a struct and its `#[repository(...)]`, `#[index(...)]`, `#[id]` and
 //! `#[tenant]` attributes (plus the `#[serde(...)]` attributes that decide stored names), checks
-//! them, and generates the `Entity` impl the runtime executes against, a typed repository, a
-//! patch type and typed field paths. `docs/attributes.md` in the repository is the reference.
+//! them, and generates the `Entity` impl the runtime executes against (and `Queueable` for
+//! entities without an outbox), a typed repository, a patch type and typed field paths.
+//! `docs/attributes.md` in the repository is the reference.
 //!
 //! The crate is organised like serde_derive: [`internals`] parses the input into a model
 //! ([`internals::ast`], [`internals::attr`]) and checks it ([`internals::check`]), collecting
@@ -54,6 +55,8 @@ fn derive(input: &DeriveInput) -> proc_macro2::TokenStream {
 
 #[cfg(test)]
 mod tests {
+    use quote::quote;
+
     fn expand(input: &syn::DeriveInput) -> String {
         super::derive(input).to_string()
     }
@@ -90,7 +93,75 @@ mod tests {
         });
         assert!(out.contains("compile_error"));
         assert!(out.contains("needs `ttl`"));
-        assert!(out.contains("impl :: caas_storage :: __private :: Entity for User"));
+        let p = super::internals::model::private_module();
+        assert!(out.contains(&format!("impl :: caas_storage :: {p} :: Entity for User")));
+        assert!(out.contains(&format!(
+            "impl :: caas_storage :: {p} :: Queueable for User"
+        )));
+    }
+
+    #[test]
+    fn timestamps_are_stamped_and_left_out_of_the_patch() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+                pub email: String,
+                #[repository(created_at)]
+                #[serde(rename = "createdAt")]
+                pub created: DateTime,
+                #[repository(updated_at)]
+                pub updated: Option<bson::DateTime>,
+            }
+        });
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(
+            out.contains("created_at_field : :: core :: option :: Option :: Some (\"createdAt\")"),
+            "{out}"
+        );
+        assert!(
+            out.contains("updated_at_field : :: core :: option :: Option :: Some (\"updated\")"),
+            "{out}"
+        );
+        assert!(out.contains("fn set_updated_at"), "{out}");
+        assert!(out.contains("Queueable for User"), "{out}");
+        let patch = out
+            .split("struct UserPatch")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("patch type");
+        assert!(patch.contains("email"), "{patch}");
+        assert!(
+            !patch.contains("created") && !patch.contains("updated"),
+            "{patch}"
+        );
+    }
+
+    #[test]
+    fn outbox_entities_are_not_queueable() {
+        for outbox in [
+            quote!(outbox(topic = "platform.events")),
+            // Rejected, but written: the entity is still not queueable.
+            quote!(outbox(topic = "")),
+        ] {
+            let out = expand(&syn::parse_quote! {
+                #[repository(database = "caas_auth", collection = "users", #outbox)]
+                pub struct User {
+                    #[repository(id)]
+                    pub user_id: String,
+                    #[repository(tenant)]
+                    pub tenant_id: String,
+                    #[repository(version)]
+                    pub version: u64,
+                }
+            });
+            assert!(out.contains("Entity for User"), "{out}");
+            assert!(!out.contains("Queueable"), "{out}");
+            assert!(!out.contains("fn set_updated_at"), "{out}");
+        }
     }
 
     #[test]

@@ -52,6 +52,7 @@ async fn main() {
     let storage = Storage::connect(config).await.unwrap();
     for c in ["bench_strong", "bench_eventual"] {
         storage
+            .raw()
             .database("caas_bench")
             .collection::<caas_storage::bson::Document>(c)
             .drop()

@@ -115,6 +115,7 @@ async fn raw_send(storage: &Storage, batch: &[PendingEvent]) -> Duration {
 async fn hand_written(storage: &Storage, store: &OutboxStore, n: usize) -> Duration {
     let producer = storage.raw().kafka_producer();
     let archive = storage
+        .raw()
         .database(HAND_DB)
         .collection::<Document>("hand_published");
     let start = Instant::now();

@@ -50,10 +50,17 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     }
 }
 
-/// Entities whose writes may go through the write-behind queue (`queue_update`,
-/// `queue_upsert`, `queue_delete`, and every insert of an `eventual` entity): every entity
-/// without an `outbox(...)`, since queued writes cannot record events atomically. The derive
-/// implements it.
+/// An entity whose writes may go through the write-behind queue: `queue_update`, `queue_upsert`,
+/// `queue_delete`, and every insert of an `eventual` entity. `#[derive(Repository)]` implements
+/// it for every entity without an `outbox(...)`, since queued writes cannot record events
+/// atomically with the write.
+#[diagnostic::on_unimplemented(
+    message = "writes of `{Self}` cannot be queued: `{Self}` is not `Queueable`",
+    label = "needs `{Self}: Queueable`",
+    note = "`#[derive(Repository)]` implements `Queueable` only for entities without \
+            `outbox(...)`: a queued write cannot record its event atomically",
+    note = "write directly instead (`update`, `upsert`, `delete`), which records the event"
+)]
 pub trait Queueable: Entity {}
 
 /// Everything the executor needs to know about an entity type, built at compile time.

@@ -275,30 +275,30 @@ pub struct RawClients<'s> {
     conn: &'s Connections,
 }
 
-impl RawClients<'_> {
+impl<'s> RawClients<'s> {
     /// The MongoDB client (its pool is the one repositories use).
-    pub fn mongo(&self) -> &mongodb::Client {
+    pub fn mongo(self) -> &'s mongodb::Client {
         self.conn.mongo()
     }
 
     /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...), from the shared pool.
-    pub fn database(&self, name: &str) -> mongodb::Database {
+    pub fn database(self, name: &str) -> mongodb::Database {
         self.conn.database(name)
     }
 
     /// The auto-reconnecting connection to Redis logical database `db`, which must be one the
     /// configuration allocates (see [`RedisDatabases`](crate::config::RedisDatabases)).
-    pub fn redis(&self, db: u8) -> Result<RedisConnection> {
+    pub fn redis(self, db: u8) -> Result<RedisConnection> {
         self.conn.redis(db)
     }
 
     /// The Redis connection that caches entities of MongoDB database `database`.
-    pub fn redis_cache_for(&self, database: &str) -> RedisConnection {
+    pub fn redis_cache_for(self, database: &str) -> RedisConnection {
         self.conn.redis_cache_for(database)
     }
 
     /// The shared idempotent Kafka producer.
-    pub fn kafka_producer(&self) -> &rdkafka::producer::FutureProducer {
+    pub fn kafka_producer(self) -> &'s rdkafka::producer::FutureProducer {
         self.conn.kafka()
     }
 }

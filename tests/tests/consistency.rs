@@ -204,6 +204,7 @@ async fn a_causal_token_makes_another_handle_read_at_least_that_version() {
     // Handle B sits behind a stale copy (what a lagging secondary or a stale cache would
     // give): simulate it with an older document in its view of the collection.
     let stale_view = b
+        .raw()
         .database("caas_consistency_test")
         .collection::<Document>("causal_docs");
     stale_view
@@ -302,6 +303,7 @@ async fn eventual_writes_survive_a_crash_between_ack_and_apply() {
     drop(crashed);
     let direct = common::storage().await;
     let coll = direct
+        .raw()
         .database("caas_consistency_test")
         .collection::<Document>("eventual_docs");
     assert_eq!(

@@ -91,6 +91,7 @@ async fn one_handle_serves_several_databases() {
     let tenant = common::tenant("multi-db");
     for db in ["caas_auth", "caas_messaging"] {
         let coll = storage
+            .raw()
             .database(db)
             .collection::<caas_storage::bson::Document>("foundation_probe");
         coll.insert_one(caas_storage::bson::doc! { "tenant": tenant.as_str() })

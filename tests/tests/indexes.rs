@@ -27,6 +27,7 @@ struct Session {
 async fn sync_creates_then_is_idempotent_and_reports_what_it_will_not_do() {
     let storage = common::storage().await;
     let coll = storage
+        .raw()
         .database("caas_platform")
         .collection::<caas_storage::bson::Document>("test_index_sync");
     let _ = coll.drop().await;

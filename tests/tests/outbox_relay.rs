@@ -52,6 +52,7 @@ async fn bounded<F: Future<Output = ()>>(body: F) {
 /// A clean database for one test.
 async fn fresh_db(storage: &Storage, name: &str) -> String {
     storage
+        .raw()
         .database(name)
         .drop()
         .await
@@ -572,6 +573,7 @@ async fn two_relays_split_the_outbox_and_publish_each_event_once() {
         assert!(dups.is_empty(), "duplicates without a crash: {dups:?}");
         assert_eq!(count.keys().cloned().collect::<HashSet<_>>(), expected);
         let leases = storage
+            .raw()
             .database(&db)
             .collection::<Document>("caas_outbox_leases")
             .count_documents(doc! {})
@@ -714,6 +716,7 @@ async fn a_crashed_relay_is_taken_over_and_the_deduplicator_drops_redeliveries()
         let crashed_at = Instant::now();
         let by_a = a.metrics().published;
         let leases = storage
+            .raw()
             .database(&db)
             .collection::<Document>("caas_outbox_leases");
         let a_expires = leases

@@ -559,6 +559,7 @@ async fn soft_delete_hides_keeps_and_purges() {
         );
         // Still stored, marked.
         let raw = storage
+            .raw()
             .database("caas_messaging")
             .collection::<caas_storage::bson::Document>("test_notes")
             .find_one(caas_storage::bson::doc! { "tenant_id": t.as_str(), "note_id": "n1" })

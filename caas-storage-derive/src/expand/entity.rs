@@ -1,15 +1,19 @@
-//! The `Entity` impl and its `META` constant.
+//! The `Entity` impl and its `META` constant, and the `Queueable` impl of entities without an
+//! outbox.
 //!
 //! With `cache(local(...))` the impl also returns clones for the in-process cache tier, which
 //! needs the entity to be `Clone`.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use crate::internals::attr::{CacheStrategy, Consistency, Direction};
 use crate::internals::model::Model;
 
-/// `impl Entity for User { type Id; const META; fn id; fn tenant; [fn version; fn set_version] }`.
+/// `impl Entity for User { type Id; const META; fn id; fn tenant; [fn version; fn set_version]
+/// [fn set_updated_at] [fn local_cache_clone] }`, and `impl Queueable for User {}` without an
+/// outbox.
 pub fn expand(m: &Model) -> TokenStream {
     let p = m.private();
     let ident = m.ident;
@@ -36,6 +40,34 @@ pub fn expand(m: &Model) -> TokenStream {
             fn set_version(&mut self, version: u64) {
                 self.#field = <#ty as #p::VersionField>::from_u64(version);
             }
+        }
+    });
+    // `From` turns the runtime's `DateTime` into `DateTime` or `Option<DateTime>`; a `DateTime`
+    // that is not the runtime's (another bson version, a type of the user's) fails here, at the
+    // field's type.
+    let set_updated_at = m.updated_at.map(|u| {
+        let field = u.ident;
+        let ty = u.ty;
+        let from = quote_spanned!(ty.span()=> <#ty as ::core::convert::From<#p::DateTime>>::from);
+        quote! {
+            #[inline]
+            fn set_updated_at(&mut self, at: #p::DateTime) {
+                self.#field = #from(at);
+            }
+        }
+    });
+    let created_at_type = m.created_at.map(|c| {
+        let ty = c.ty;
+        let from = quote_spanned!(ty.span()=> <#ty as ::core::convert::From<#p::DateTime>>::from);
+        quote! {
+            // The runtime writes a BSON date into the `created_at` field.
+            const _: fn(#p::DateTime) -> #ty = #from;
+        }
+    });
+    let queueable = m.queueable.then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #p::Queueable for #ident {}
         }
     });
     let local_cache_clone = m.cache.as_ref().and_then(|c| c.local).map(|_| {
@@ -69,8 +101,14 @@ pub fn expand(m: &Model) -> TokenStream {
 
                 #version_fns
 
+                #set_updated_at
+
                 #local_cache_clone
             }
+
+            #queueable
+
+            #created_at_type
         };
     }
 }
@@ -83,10 +121,15 @@ fn meta(m: &Model) -> TokenStream {
     let collection = &m.collection;
     let id_field = &m.id.stored_name;
     let tenant_field = &m.tenant.stored_name;
-    let version_field = option(m.version.map(|v| {
-        let n = &v.stored_name;
-        quote!(#n)
-    }));
+    let stored_name = |f: Option<&crate::internals::ast::Field>| {
+        option(f.map(|f| {
+            let n = &f.stored_name;
+            quote!(#n)
+        }))
+    };
+    let version_field = stored_name(m.version);
+    let created_at_field = stored_name(m.created_at);
+    let updated_at_field = stored_name(m.updated_at);
     let fields = m.fields.iter().map(|f| &f.stored_name);
     let secrets = m.secrets.iter().map(|f| &f.stored_name);
     let indexes = m.indexes.iter().map(|ix| {
@@ -156,6 +199,8 @@ fn meta(m: &Model) -> TokenStream {
             id_field: #id_field,
             tenant_field: #tenant_field,
             version_field: #version_field,
+            created_at_field: #created_at_field,
+            updated_at_field: #updated_at_field,
             fields: &[#(#fields),*],
             secret_fields: &[#(#secrets),*],
             indexes: &[#(#indexes),*],

@@ -14,15 +14,19 @@ pub fn expand(m: &Model) -> TokenStream {
     let name = m.name();
     let patch_ty = companion(ident, "Patch");
     let managed = [Some(m.id), Some(m.tenant), m.version];
+    // Timestamp fields are left out even when their attribute was rejected, so that code
+    // written against the intended patch type adds no errors of its own.
     let fields: Vec<_> = m
         .fields
         .iter()
         .filter(|f| f.is_typed() && !managed.iter().flatten().any(|r| std::ptr::eq(*r, **f)))
+        .filter(|f| !f.attrs.created_at.is_written() && !f.attrs.updated_at.is_written())
         .collect();
     let doc = format!(
         "A partial update of `{name}`: every field that is `Some` is set, every `None` is left \
-         as stored. Apply it with `update` or `update_checked` on the repository. The id, tenant \
-         and version fields are not in it: the repository manages them."
+         as stored. Apply it with `update` or `update_checked` on the repository. The id, tenant, \
+         version, `created_at` and `updated_at` fields are not in it: the repository manages \
+         them."
     );
     let decls = fields.iter().map(|f| {
         let field = method_ident(f.ident);

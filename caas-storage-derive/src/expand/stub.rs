@@ -5,6 +5,11 @@
 //! names the generated API from adding errors of its own: `UserRepository::new(&storage)`,
 //! `UserPatch::default()` and `User::fields()` still resolve. Finders and field paths cannot be
 //! stubbed meaningfully, so uses of those still fail.
+//!
+//! No `Entity` impl is emitted (there is no model to fill `META` from), so no `Queueable` impl
+//! either, and nothing here names the runtime: the placeholders compile whatever the version of
+//! its hidden module. The placeholder repository has no methods, so a `queue_*` call on it fails
+//! as "no method", like every other `Repository` method, never with a `Queueable` bound error.
 
 use proc_macro2::TokenStream;
 use quote::quote;

@@ -30,7 +30,16 @@ pub const STRUCT_KEYS: &[&str] = &[
     "crate",
 ];
 /// Keys of the field-level `#[repository(...)]`.
-pub const FIELD_KEYS: &[&str] = &["id", "tenant", "secret", "version", "index", "unique"];
+pub const FIELD_KEYS: &[&str] = &[
+    "id",
+    "tenant",
+    "secret",
+    "version",
+    "created_at",
+    "updated_at",
+    "index",
+    "unique",
+];
 /// Keys of `cache(...)`.
 pub const CACHE_KEYS: &[&str] = &["ttl", "jitter", "strategy", "local"];
 /// Keys of `cache(local(...))`.
@@ -295,6 +304,10 @@ pub struct Field {
     pub secret: Slot<()>,
     /// `#[repository(version)]`.
     pub version: Slot<()>,
+    /// `#[repository(created_at)]`.
+    pub created_at: Slot<()>,
+    /// `#[repository(updated_at)]`.
+    pub updated_at: Slot<()>,
     /// `#[repository(index)]`.
     pub index: Slot<()>,
     /// `#[repository(unique)]`.
@@ -724,8 +737,10 @@ pub fn parse_field(cx: &Ctxt, field: &syn::Field) -> Field {
             if let Some(()) = require_list(
                 cx,
                 attr,
-                "expected #[repository(...)] with one or more of: id, tenant, secret, version, \
-                 index, unique",
+                &format!(
+                    "expected #[repository(...)] with one or more of: {}",
+                    FIELD_KEYS.join(", ")
+                ),
             ) {
                 if let Err(e) = attr.parse_nested_meta(|meta| field_key(cx, &mut f, &meta)) {
                     cx.syn_error(e);
@@ -775,6 +790,8 @@ fn field_key(cx: &Ctxt, f: &mut Field, meta: &ParseNestedMeta) -> syn::Result<()
         "tenant" => &mut f.tenant,
         "secret" => &mut f.secret,
         "version" => &mut f.version,
+        "created_at" => &mut f.created_at,
+        "updated_at" => &mut f.updated_at,
         "index" => &mut f.index,
         "unique" => &mut f.unique,
         _ if STRUCT_KEYS.contains(&key.as_str()) => {
@@ -782,7 +799,8 @@ fn field_key(cx: &Ctxt, f: &mut Field, meta: &ParseNestedMeta) -> syn::Result<()
                 &meta.path,
                 format!(
                     "`{key}` is a struct-level key: put it in the #[repository(...)] on the \
-                     struct; on a field the keys are: id, tenant, secret, version, index, unique"
+                     struct; on a field the keys are: {}",
+                    FIELD_KEYS.join(", ")
                 ),
             );
             return skip_rest(meta.input);

@@ -1,6 +1,6 @@
-//! Rules across attributes (exactly one id and tenant, what each role allows, index keys, finder
-//! names, cache and consistency), and resolution of the input into the [`Model`] the generator
-//! works from.
+//! Rules across attributes (exactly one id and tenant, what each role allows, timestamps, index
+//! keys, finder names, cache and consistency), and resolution of the input into the [`Model`]
+//! the generator works from.
 //!
 //! Every rule reports into the [`Ctxt`] at the token it is about and the checks go on, so one
 //! compile reports every mistake. A model is still produced when the struct's shape and its id
@@ -75,6 +75,8 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         }
     }
     let version = version_field(cx, fields, id, tenant);
+    let created_at = timestamp_field(cx, fields, Timestamp::CreatedAt);
+    let updated_at = timestamp_field(cx, fields, Timestamp::UpdatedAt);
     check_cache_fencing(cx, cont, fields, consistency);
     check_local_tier(cx, cont, consistency);
     check_outbox(cx, cont, fields, consistency);
@@ -106,9 +108,12 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         tenant,
         tenant_is_string,
         version,
+        created_at,
+        updated_at,
         secrets,
         indexes: indexes.into_iter().map(|(_, ix)| ix).collect(),
         finders,
+        queueable: !attrs.outbox.is_written(),
     })
 }
 
@@ -238,6 +243,21 @@ fn check_not_stored(cx: &Ctxt, fields: &[Field]) {
                 );
             }
         }
+        for ts in [Timestamp::CreatedAt, Timestamp::UpdatedAt] {
+            if let Some(span) = ts.slot(a).span() {
+                cx.error_at(
+                    span,
+                    format!(
+                        "`{}` on `{}`, which serde does not store ({}): the runtime writes the \
+                         time {} into the stored document, so the field must be stored",
+                        ts.key(),
+                        f.name(),
+                        reason.as_str(),
+                        ts.when()
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -327,6 +347,134 @@ fn version_field<'a>(
             valid = false;
         }
         valid &= f.is_stored();
+    }
+    chosen.filter(|_| valid)
+}
+
+/// The two timestamp roles.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timestamp {
+    /// `#[repository(created_at)]`: set when a document is inserted.
+    CreatedAt,
+    /// `#[repository(updated_at)]`: set by every write.
+    UpdatedAt,
+}
+
+impl Timestamp {
+    fn key(self) -> &'static str {
+        match self {
+            Timestamp::CreatedAt => "created_at",
+            Timestamp::UpdatedAt => "updated_at",
+        }
+    }
+
+    /// `a created_at` or `an updated_at`, for messages.
+    fn a_key(self) -> &'static str {
+        match self {
+            Timestamp::CreatedAt => "a `created_at`",
+            Timestamp::UpdatedAt => "an `updated_at`",
+        }
+    }
+
+    /// When the runtime sets it, completing "the time ...".
+    fn when(self) -> &'static str {
+        match self {
+            Timestamp::CreatedAt => "of the insert",
+            Timestamp::UpdatedAt => "of every write",
+        }
+    }
+
+    fn slot(self, attrs: &attr::Field) -> &Slot<()> {
+        match self {
+            Timestamp::CreatedAt => &attrs.created_at,
+            Timestamp::UpdatedAt => &attrs.updated_at,
+        }
+    }
+}
+
+/// The one field marked `ts` (at most one), when it is valid: stored, of type `DateTime` or
+/// `Option<DateTime>`, with no other role and not also the other timestamp.
+fn timestamp_field<'a>(cx: &Ctxt, fields: &'a [Field<'a>], ts: Timestamp) -> Option<&'a Field<'a>> {
+    let key = ts.key();
+    let mut chosen: Option<&'a Field<'a>> = None;
+    let mut valid = true;
+    for f in fields {
+        let Some(span) = ts.slot(&f.attrs).span() else {
+            continue;
+        };
+        if let Some(first) = chosen {
+            cx.error_at(
+                span,
+                format!(
+                    "duplicate `{key}` field: the field `{}` is already marked \
+                     #[repository({key})]; an entity has at most one `{key}` field",
+                    first.name()
+                ),
+            );
+            continue;
+        }
+        chosen = Some(f);
+        let a = &f.attrs;
+        // On the id, tenant or version field the fix is another field, not another type.
+        let mut misplaced = false;
+        for (slot, role, holds) in [
+            (&a.id, "id", "the caller chooses the id"),
+            (&a.tenant, "tenant", "it holds the tenant id"),
+            (&a.version, "version", "it holds the version number"),
+        ] {
+            if slot.is_written() {
+                cx.error_at(
+                    span,
+                    format!(
+                        "the {role} field cannot also be the `{key}` field: {holds}, and the \
+                         runtime writes the time {} into `{key}`; give each a field of its own",
+                        ts.when()
+                    ),
+                );
+                misplaced = true;
+            }
+        }
+        if a.secret.is_written() {
+            cx.error_at(
+                span,
+                format!(
+                    "{} field cannot be secret: reads leave secret fields out, and the time {} \
+                     that the runtime keeps in it is there to be read",
+                    ts.a_key(),
+                    ts.when()
+                ),
+            );
+            valid = false;
+        }
+        if ts == Timestamp::UpdatedAt && a.created_at.is_written() {
+            cx.error_at(
+                span,
+                format!(
+                    "`{}` cannot be both the `created_at` and the `updated_at` field: \
+                     `created_at` keeps the time of the insert and `updated_at` the time of the \
+                     last write; give each a field of its own",
+                    f.name()
+                ),
+            );
+        }
+        if a.created_at.is_written() && a.updated_at.is_written() {
+            valid = false;
+        }
+        if !misplaced && !is_timestamp_type(f.ty) {
+            cx.error_spanned_by(
+                f.ty,
+                format!(
+                    "{} field must be `DateTime` (caas_storage::bson::DateTime) or \
+                     `Option<DateTime>`: the runtime stores the time {} in it as a BSON date; \
+                     found `{}`",
+                    ts.a_key(),
+                    ts.when(),
+                    type_text(f.ty)
+                ),
+            );
+            valid = false;
+        }
+        valid &= !misplaced && f.is_stored();
     }
     chosen.filter(|_| valid)
 }
@@ -799,6 +947,29 @@ fn is_integer(ty: &Type) -> bool {
         .is_some_and(|s| s.arguments.is_none() && VERSION_TYPES.iter().any(|t| s.ident == t))
 }
 
+/// `DateTime` by any path (`bson::DateTime`, `caas_storage::bson::DateTime`), without generic
+/// arguments: chrono's `DateTime<Utc>` is not a BSON date.
+fn is_datetime(ty: &Type) -> bool {
+    last_segment(ty).is_some_and(|s| s.ident == "DateTime" && s.arguments.is_none())
+}
+
+/// `DateTime` or `Option<DateTime>`, as [`is_datetime`] reads `DateTime`.
+fn is_timestamp_type(ty: &Type) -> bool {
+    if is_datetime(ty) {
+        return true;
+    }
+    let Some(segment) = last_segment(ty).filter(|s| s.ident == "Option") else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &segment.arguments else {
+        return false;
+    };
+    match args.args.first() {
+        Some(syn::GenericArgument::Type(inner)) if args.args.len() == 1 => is_datetime(inner),
+        _ => false,
+    }
+}
+
 fn is_option(ty: &Type) -> bool {
     last_segment(ty).is_some_and(|s| {
         s.ident == "Option" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
@@ -851,6 +1022,35 @@ mod tests {
         assert!(!is_integer(&syn::parse_quote!(f64)));
         assert!(is_option(&syn::parse_quote!(Option<String>)));
         assert!(!is_option(&syn::parse_quote!(String)));
+    }
+
+    #[test]
+    fn timestamp_types() {
+        for ok in [
+            quote::quote!(DateTime),
+            quote::quote!(bson::DateTime),
+            quote::quote!(caas_storage::bson::DateTime),
+            quote::quote!(::caas_storage::bson::DateTime),
+            quote::quote!(Option<DateTime>),
+            quote::quote!(std::option::Option<bson::DateTime>),
+        ] {
+            let ty: Type = syn::parse2(ok.clone()).unwrap();
+            assert!(is_timestamp_type(&ty), "{ok}");
+        }
+        for bad in [
+            quote::quote!(chrono::DateTime<Utc>),
+            quote::quote!(DateTime<Utc>),
+            quote::quote!(Option<DateTime<Utc>>),
+            quote::quote!(Option<Option<DateTime>>),
+            quote::quote!(String),
+            quote::quote!(i64),
+            quote::quote!(Option<String>),
+            quote::quote!(Vec<DateTime>),
+            quote::quote!(&'static DateTime),
+        ] {
+            let ty: Type = syn::parse2(bad.clone()).unwrap();
+            assert!(!is_timestamp_type(&ty), "{bad}");
+        }
     }
 
     #[test]

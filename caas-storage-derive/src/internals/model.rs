@@ -39,25 +39,54 @@ pub struct Model<'a> {
     pub tenant_is_string: bool,
     /// The version field, if any (and valid).
     pub version: Option<&'a Field<'a>>,
+    /// The `created_at` field, if any (and valid).
+    pub created_at: Option<&'a Field<'a>>,
+    /// The `updated_at` field, if any (and valid).
+    pub updated_at: Option<&'a Field<'a>>,
     /// Secret fields.
     pub secrets: Vec<&'a Field<'a>>,
     /// Declared indexes, struct-level first, then field-level, in order.
     pub indexes: Vec<IndexModel<'a>>,
     /// Finder methods of the repository type.
     pub finders: Vec<Finder<'a>>,
+    /// Whether writes may be queued (`Queueable`): no `outbox(...)` was written, valid or not
+    /// (an entity meant to have an outbox is not queueable even while its outbox is rejected).
+    pub queueable: bool,
 }
 
 impl Model<'_> {
-    /// `#root::__private`, the path every generated reference to the runtime goes through.
+    /// `#root::__private_{major}_{minor}_{patch}`, the path every generated reference to the
+    /// runtime goes through (see [`private_module`]).
     pub fn private(&self) -> TokenStream {
         let root = &self.root;
-        quote::quote!(#root::__private)
+        let module = private_module();
+        quote::quote!(#root::#module)
     }
 
     /// The entity's name without a `r#` prefix.
     pub fn name(&self) -> String {
         super::ast::unraw(self.ident)
     }
+}
+
+/// The runtime's hidden module for this release, `__private_0_1_0` for 0.1.0, as serde names
+/// its `__private{patch}`: the derive and the runtime are released together with `=` version
+/// pins, and a derive of one release cannot compile against the runtime of another.
+pub fn private_module() -> Ident {
+    Ident::new(
+        &private_module_name(env!("CARGO_PKG_VERSION")),
+        proc_macro2::Span::call_site(),
+    )
+}
+
+/// `__private_` and the version with every character that cannot be in an identifier turned
+/// into `_`: `0.1.0` -> `__private_0_1_0`, `0.2.0-rc.1` -> `__private_0_2_0_rc_1`.
+fn private_module_name(version: &str) -> String {
+    let version: String = version
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("__private_{version}")
 }
 
 /// `cache(...)`, defaults applied.
@@ -119,4 +148,20 @@ pub struct Finder<'a> {
     pub sort: Option<(&'a Field<'a>, Direction)>,
     /// Name of the index it is generated from.
     pub index: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_module_is_named_per_release() {
+        assert_eq!(private_module_name("0.1.0"), "__private_0_1_0");
+        assert_eq!(private_module_name("1.22.333"), "__private_1_22_333");
+        assert_eq!(private_module_name("0.2.0-rc.1"), "__private_0_2_0_rc_1");
+        assert_eq!(
+            private_module().to_string(),
+            private_module_name(env!("CARGO_PKG_VERSION"))
+        );
+    }
 }

@@ -1,4 +1,5 @@
 //! `crate = "..."` names the caas-storage crate when it is not reachable as `::caas_storage`.
+//! Every generated path goes through it, the `Queueable` impl of entities without an outbox too.
 
 extern crate caas_storage as storage_rt;
 
@@ -34,11 +35,18 @@ async fn usage(storage: &Storage, t: &TenantId) -> storage_rt::Result<()> {
         .list_by_actor(t, "ada", PageRequest::first(50))
         .await?;
     let _ = nested::MarkRepository::new(storage);
+    let id = String::from("e1");
+    entries.queue_update(t, &id, AuditEntryPatch::default()).await?;
+    entries.queue_delete(t, &id).await?;
     Ok(())
 }
 
+fn assert_queueable<E: storage_rt::Queueable>() {}
+
 fn main() {
     let _ = usage;
+    assert_queueable::<AuditEntry>();
+    assert_queueable::<nested::Mark>();
     assert_eq!(
         <AuditEntry as Entity>::META.indexes[0].name,
         "tenant_id_1_actor_1_at_-1"

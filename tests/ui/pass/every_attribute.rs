@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use caas_storage::__private::{CacheStrategy, IndexKey, SortDirection};
+use caas_storage::entity::CacheStrategy;
+use caas_storage::index::{IndexKey, SortDirection};
 use caas_storage::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +49,11 @@ pub struct User {
     pub totp_seed: Option<String>,
     #[repository(version)]
     pub version: u32,
+    #[repository(created_at)]
     #[serde(rename = "createdAt")]
     pub created_at: DateTime,
+    #[repository(updated_at)]
+    pub updated_at: Option<caas_storage::bson::DateTime>,
     pub expires_at: DateTime,
     #[serde(skip)]
     pub scratch: u32,
@@ -136,9 +140,12 @@ fn main() {
             "totp_seed",
             "version",
             "createdAt",
+            "updated_at",
             "expires_at",
         ]
     );
+    assert_eq!(meta.created_at_field, Some("createdAt"));
+    assert_eq!(meta.updated_at_field, Some("updated_at"));
     assert_eq!(meta.secret_fields, &["password_hash", "totp_seed"]);
     assert_eq!(meta.schema_version, 2);
     assert_eq!(meta.consistency, Consistency::Causal);
@@ -204,7 +211,8 @@ fn main() {
         password_hash: String::new(),
         totp_seed: None,
         version: 7,
-        created_at: DateTime::now(),
+        created_at: DateTime::from_millis(1_000),
+        updated_at: None,
         expires_at: DateTime::now(),
         scratch: 0,
     };
@@ -214,9 +222,28 @@ fn main() {
     user.set_version(8);
     assert_eq!(user.version, 8);
     assert!(user.local_cache_clone().is_some());
+    user.set_updated_at(DateTime::from_millis(2_000));
+    assert_eq!(user.updated_at, Some(DateTime::from_millis(2_000)));
+    assert_eq!(user.created_at, DateTime::from_millis(1_000));
+
+    // The patch has no `created_at` or `updated_at` field: the repository manages them. This
+    // pattern names every field of the patch type, so it stops compiling if either comes back.
+    let UserPatch {
+        email: _,
+        region: _,
+        status: _,
+        org: _,
+        team: _,
+        handle: _,
+        joined_at: _,
+        password_hash: _,
+        totp_seed: _,
+        expires_at: _,
+    } = UserPatch::default();
 
     let f = User::fields();
     assert_eq!(f.created_at().name(), "createdAt");
+    assert_eq!(f.updated_at().name(), "updated_at");
     assert_eq!(f.user_id().name(), "user_id");
     let doc = caas_storage::repo::patch_document(&UserPatch {
         email: Some("b@example.com".into()),

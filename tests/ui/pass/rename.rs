@@ -2,7 +2,7 @@
 //! the entity description, index keys, field paths and patches. Fields serde does not store are
 //! left out; a field with its own serializer is stored but has no typed path or patch field.
 
-use caas_storage::__private::IndexKey;
+use caas_storage::index::IndexKey;
 use caas_storage::prelude::*;
 
 mod as_text {
