@@ -259,7 +259,8 @@ async fn a_causal_token_makes_another_handle_read_at_least_that_version() {
 }
 
 /// An acknowledged eventual write survives the death of the process that queued it: a handle
-/// that never flushes queues writes and is dropped; a new handle drains them.
+/// that never flushes queues writes and is dropped; a new handle drains them once a repository
+/// of the entity is made on it.
 #[tokio::test]
 async fn eventual_writes_survive_a_crash_between_ack_and_apply() {
     let mut config = common::config();
@@ -314,7 +315,9 @@ async fn eventual_writes_survive_a_crash_between_ack_and_apply() {
         "nothing applied yet"
     );
 
-    let recovered = Storage::connect(config).await.unwrap(); // resumes the queue at connect
+    // The next process applies the queue as soon as it makes a repository of the entity.
+    let recovered = Storage::connect(config).await.unwrap();
+    let _repo = EventualDocRepository::new(&recovered);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while coll
         .count_documents(doc! { "tenant_id": t.as_str() })

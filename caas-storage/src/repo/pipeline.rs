@@ -512,6 +512,12 @@ impl Pipeline {
             let plan = match self.plan(w, &intent).await {
                 Ok(Step::Done(outcome)) => return (Ok(outcome), Vec::new()),
                 Ok(Step::Write(plan)) => *plan,
+                // Another writer holds the claim on this transition.
+                Err(e @ Error::VersionConflict { .. }) if follows_latest => {
+                    last = Some(e);
+                    versions::backoff(attempt).await;
+                    continue;
+                }
                 Err(e) => return (Err(e), Vec::new()),
             };
             // 3 and 4. The events, recorded with the write as it is applied.

@@ -100,33 +100,37 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
                 .iter()
                 .position(|r| !is_insert_of(r, &entry.entity))
                 .map_or(entries.len(), |p| i + p);
-            let run = &entries[i..end];
-            match apply_inserts(applier.as_ref(), run).await {
-                Ok(results) => {
-                    let mut held = false;
-                    for (read, r) in run.iter().zip(results) {
-                        match r {
-                            Ok(()) => done.push(read.id.clone()),
-                            Err(e)
-                                if settled_for_good(&mut conn, key, read, &e, shared).await? =>
-                            {
-                                done.push(read.id.clone());
-                            }
-                            Err(_) => held = true,
-                        }
-                    }
-                    if held {
-                        // Later entries may depend on a held insert: wait for it.
-                        break;
-                    }
-                    i = end;
-                    continue;
-                }
+            let mut run = &entries[i..end];
+            let mut results = apply_inserts(applier.as_ref(), run).await;
+            if run.len() > 1 && matches!(&results, Err(e) if !e.is_transient()) {
+                // Refused as a whole for good: one entry at a time, to find the one it refuses.
+                run = &entries[i..=i];
+                results = apply_inserts(applier.as_ref(), run).await;
+            }
+            let per_entry = match results {
+                Ok(r) => r,
+                Err(e) if run.len() == 1 && !e.is_transient() => vec![Err(e)],
                 Err(e) => {
                     outcome = Err(e);
                     break;
                 }
+            };
+            let mut held = false;
+            for (read, r) in run.iter().zip(per_entry) {
+                match r {
+                    Ok(()) => done.push(read.id.clone()),
+                    Err(e) if settled_for_good(&mut conn, key, read, &e, shared).await? => {
+                        done.push(read.id.clone());
+                    }
+                    Err(_) => held = true,
+                }
             }
+            if held {
+                // Later entries may depend on a held insert: wait for it.
+                break;
+            }
+            i += run.len();
+            continue;
         }
         match applier.apply(&entry.tenant, entry.op.clone()).await {
             Ok(()) => done.push(read.id.clone()),
