@@ -3,7 +3,7 @@
 //!
 //! A service annotates its structs with `#[derive(Repository)]` and gets a typed repository
 //! whose every call is scoped to a tenant, consistent as declared, and indexed as declared.
-//! Everything the generated code does, it does by delegating to [`Repository<E>`], the one
+//! Everything the generated code does, it does by delegating to [`Repository<E>`](struct@Repository), the one
 //! executor, over the pools of a [`Storage`] handle.
 //!
 //! ```ignore

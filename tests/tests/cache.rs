@@ -74,194 +74,200 @@ fn cached_version(raw: &[u8]) -> u64 {
 
 #[tokio::test]
 async fn reads_fill_the_cache_and_writes_invalidate_it() {
-    let storage = common::storage().await;
-    let repo = ProfileRepository::new(&storage);
-    let t = common::tenant("cache-rw");
-    let p = profile(&t, "p1");
-    repo.insert(&t, &p).await.unwrap();
+    common::each_capability_set(async |storage, _| {
+        let repo = ProfileRepository::new(&storage);
+        let t = common::tenant("cache-rw");
+        let p = profile(&t, "p1");
+        repo.insert(&t, &p).await.unwrap();
 
-    let first = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
-    let second = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
-    assert_eq!(first, second);
-    let m = storage.cache().metrics_of::<Profile>();
-    assert_eq!(
-        (m.redis_misses, m.redis_hits, m.db_loads, m.sets),
-        (1, 1, 1, 1),
-        "{m:?}"
-    );
+        let first = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
+        let second = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
+        assert_eq!(first, second);
+        let m = storage.cache().metrics_of::<Profile>();
+        assert_eq!(
+            (m.redis_misses, m.redis_hits, m.db_loads, m.sets),
+            (1, 1, 1, 1),
+            "{m:?}"
+        );
 
-    let key = data_key(&t, "Profile", "p1");
-    let raw = raw_get(&storage, &key).await.expect("cached");
-    let text = String::from_utf8_lossy(&raw);
-    assert!(
-        !text.contains("TOP-SECRET-CODE"),
-        "secret fields are never cached"
-    );
-    assert!(!text.contains("recovery_code"));
+        let key = data_key(&t, "Profile", "p1");
+        let raw = raw_get(&storage, &key).await.expect("cached");
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            !text.contains("TOP-SECRET-CODE"),
+            "secret fields are never cached"
+        );
+        assert!(!text.contains("recovery_code"));
 
-    // Every kind of write invalidates.
-    let patch = ProfilePatch {
-        bio: Some("patched".into()),
-        ..Default::default()
-    };
-    repo.update(&t, &p.profile_id, patch).await.unwrap();
-    assert!(raw_get(&storage, &key).await.is_none(), "patch invalidates");
-    assert_eq!(
-        repo.find_by_id(&t, &p.profile_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .bio,
-        "patched"
-    );
-
-    let mut fresh = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
-    fresh.bio = "replaced".into();
-    repo.replace(&t, &mut fresh).await.unwrap();
-    assert!(
-        raw_get(&storage, &key).await.is_none(),
-        "replace invalidates"
-    );
-    assert_eq!(
-        repo.find_by_id(&t, &p.profile_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .bio,
-        "replaced"
-    );
-
-    repo.update_checked(
-        &t,
-        &p.profile_id,
-        fresh.version,
-        ProfilePatch {
-            bio: Some("checked".into()),
+        // Every kind of write invalidates.
+        let patch = ProfilePatch {
+            bio: Some("patched".into()),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        repo.find_by_id(&t, &p.profile_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .bio,
-        "checked"
-    );
+        };
+        repo.update(&t, &p.profile_id, patch).await.unwrap();
+        assert!(raw_get(&storage, &key).await.is_none(), "patch invalidates");
+        assert_eq!(
+            repo.find_by_id(&t, &p.profile_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bio,
+            "patched"
+        );
 
-    let mut up = profile(&t, "p1");
-    up.bio = "upserted".into();
-    repo.upsert(&t, &up).await.unwrap();
-    assert_eq!(
-        repo.find_by_id(&t, &p.profile_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .bio,
-        "upserted"
-    );
+        let mut fresh = repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
+        fresh.bio = "replaced".into();
+        repo.replace(&t, &mut fresh).await.unwrap();
+        assert!(
+            raw_get(&storage, &key).await.is_none(),
+            "replace invalidates"
+        );
+        assert_eq!(
+            repo.find_by_id(&t, &p.profile_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bio,
+            "replaced"
+        );
 
-    assert!(repo.delete(&t, &p.profile_id).await.unwrap());
-    assert!(
-        raw_get(&storage, &key).await.is_none(),
-        "delete invalidates"
-    );
-    assert!(repo.find_by_id(&t, &p.profile_id).await.unwrap().is_none());
-    let m = storage.cache().metrics_of::<Profile>();
-    assert!(m.invalidations >= 5, "{m:?}");
+        repo.update_checked(
+            &t,
+            &p.profile_id,
+            fresh.version,
+            ProfilePatch {
+                bio: Some("checked".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            repo.find_by_id(&t, &p.profile_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bio,
+            "checked"
+        );
+
+        let mut up = profile(&t, "p1");
+        up.bio = "upserted".into();
+        repo.upsert(&t, &up).await.unwrap();
+        assert_eq!(
+            repo.find_by_id(&t, &p.profile_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bio,
+            "upserted"
+        );
+
+        assert!(repo.delete(&t, &p.profile_id).await.unwrap());
+        assert!(
+            raw_get(&storage, &key).await.is_none(),
+            "delete invalidates"
+        );
+        assert!(repo.find_by_id(&t, &p.profile_id).await.unwrap().is_none());
+        let m = storage.cache().metrics_of::<Profile>();
+        assert!(m.invalidations >= 5, "{m:?}");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn batch_writes_and_explicit_calls_invalidate() {
-    let storage = common::storage().await;
-    let repo = ProfileRepository::new(&storage);
-    let t = common::tenant("cache-batch");
-    let t2 = common::tenant("cache-batch-other");
-    let batch: Vec<Profile> = (0..5).map(|i| profile(&t, &format!("b{i}"))).collect();
-    repo.insert_many(&t, &batch).await.unwrap();
-    repo.insert(&t2, &profile(&t2, "b0")).await.unwrap();
-    for p in &batch {
-        repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
-    }
-    repo.find_by_id(&t2, &"b0".to_owned())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b0"))
-        .await
-        .is_some());
-
-    // A query delete invalidates exactly what it deleted.
-    let n = repo
-        .query(&t)
-        .filter(Profile::fields().handle().is_in(["@b0", "@b1"]))
-        .delete()
-        .await
-        .unwrap();
-    assert_eq!(n, 2);
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b0"))
-        .await
-        .is_none());
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b2"))
-        .await
-        .is_some());
-
-    // Explicit: one entry, then a whole tenant (found with SCAN), leaving other tenants.
-    storage
-        .cache()
-        .invalidate::<Profile>(&t, &"b2".to_owned())
-        .await
-        .unwrap();
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b2"))
-        .await
-        .is_none());
-    let dropped = storage
-        .cache()
-        .invalidate_all::<Profile>(Some(&t))
-        .await
-        .unwrap();
-    assert_eq!(dropped, 2, "b3 and b4");
-    assert!(raw_get(&storage, &data_key(&t, "Profile", "b3"))
-        .await
-        .is_none());
-    assert!(
-        raw_get(&storage, &data_key(&t2, "Profile", "b0"))
+    common::each_capability_set(async |storage, _| {
+        let repo = ProfileRepository::new(&storage);
+        let t = common::tenant("cache-batch");
+        let t2 = common::tenant("cache-batch-other");
+        let batch: Vec<Profile> = (0..5).map(|i| profile(&t, &format!("b{i}"))).collect();
+        repo.insert_many(&t, &batch).await.unwrap();
+        repo.insert(&t2, &profile(&t2, "b0")).await.unwrap();
+        for p in &batch {
+            repo.find_by_id(&t, &p.profile_id).await.unwrap().unwrap();
+        }
+        repo.find_by_id(&t2, &"b0".to_owned())
             .await
-            .is_some(),
-        "other tenant kept"
-    );
+            .unwrap()
+            .unwrap();
+        assert!(raw_get(&storage, &data_key(&t, "Profile", "b0"))
+            .await
+            .is_some());
+
+        // A query delete invalidates exactly what it deleted.
+        let n = repo
+            .query(&t)
+            .filter(Profile::fields().handle().is_in(["@b0", "@b1"]))
+            .delete()
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        assert!(raw_get(&storage, &data_key(&t, "Profile", "b0"))
+            .await
+            .is_none());
+        assert!(raw_get(&storage, &data_key(&t, "Profile", "b2"))
+            .await
+            .is_some());
+
+        // Explicit: one entry, then a whole tenant (found with SCAN), leaving other tenants.
+        storage
+            .cache()
+            .invalidate::<Profile>(&t, &"b2".to_owned())
+            .await
+            .unwrap();
+        assert!(raw_get(&storage, &data_key(&t, "Profile", "b2"))
+            .await
+            .is_none());
+        let dropped = storage
+            .cache()
+            .invalidate_all::<Profile>(Some(&t))
+            .await
+            .unwrap();
+        assert_eq!(dropped, 2, "b3 and b4");
+        assert!(raw_get(&storage, &data_key(&t, "Profile", "b3"))
+            .await
+            .is_none());
+        assert!(
+            raw_get(&storage, &data_key(&t2, "Profile", "b0"))
+                .await
+                .is_some(),
+            "other tenant kept"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn write_through_updates_the_cache_with_the_new_version() {
-    let storage = common::storage().await;
-    let repo = SettingRepository::new(&storage);
-    let t = common::tenant("cache-wt");
-    let s = Setting {
-        key: "theme".into(),
-        tenant_id: t.to_string(),
-        value: "dark".into(),
-        version: 0,
-    };
-    repo.insert(&t, &s).await.unwrap();
-    let key = data_key(&t, "Setting", "theme");
-    assert_eq!(cached_version(&raw_get(&storage, &key).await.unwrap()), 0);
-    repo.update(
-        &t,
-        &s.key,
-        SettingPatch {
-            value: Some("light".into()),
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(cached_version(&raw_get(&storage, &key).await.unwrap()), 1);
-    let got = repo.find_by_id(&t, &s.key).await.unwrap().unwrap();
-    assert_eq!(got.value, "light");
-    let m = storage.cache().metrics_of::<Setting>();
-    assert_eq!(m.db_loads, 0, "served from what the writes put: {m:?}");
+    common::each_capability_set(async |storage, _| {
+        let repo = SettingRepository::new(&storage);
+        let t = common::tenant("cache-wt");
+        let s = Setting {
+            key: "theme".into(),
+            tenant_id: t.to_string(),
+            value: "dark".into(),
+            version: 0,
+        };
+        repo.insert(&t, &s).await.unwrap();
+        let key = data_key(&t, "Setting", "theme");
+        assert_eq!(cached_version(&raw_get(&storage, &key).await.unwrap()), 0);
+        repo.update(
+            &t,
+            &s.key,
+            SettingPatch {
+                value: Some("light".into()),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(cached_version(&raw_get(&storage, &key).await.unwrap()), 1);
+        let got = repo.find_by_id(&t, &s.key).await.unwrap().unwrap();
+        assert_eq!(got.value, "light");
+        let m = storage.cache().metrics_of::<Setting>();
+        assert_eq!(m.db_loads, 0, "served from what the writes put: {m:?}");
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -28,10 +28,9 @@ fn account(t: &TenantId, id: &str, balance: i64) -> Account {
     }
 }
 
-async fn setup() -> (AccountRepository, TenantId, TenantId) {
-    let storage = common::storage().await;
+async fn setup_on(storage: &Storage) -> (AccountRepository, TenantId, TenantId) {
     storage.sync_indexes::<Account>().await.unwrap();
-    let repo = AccountRepository::new(&storage);
+    let repo = AccountRepository::new(storage);
     let a = common::tenant("tenant-a");
     let b = common::tenant("tenant-b");
     repo.insert(&a, &account(&a, "shared-id", 100))
@@ -41,6 +40,10 @@ async fn setup() -> (AccountRepository, TenantId, TenantId) {
         .await
         .unwrap();
     (repo, a, b)
+}
+
+async fn setup() -> (AccountRepository, TenantId, TenantId) {
+    setup_on(&common::storage().await).await
 }
 
 #[tokio::test]
@@ -61,83 +64,89 @@ async fn the_same_id_in_two_tenants_is_two_documents() {
 
 #[tokio::test]
 async fn writes_scoped_to_one_tenant_never_touch_another() {
-    let (repo, a, b) = setup().await;
-    let id = "shared-id".to_owned();
-    repo.update(
-        &a,
-        &id,
-        AccountPatch {
-            balance: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(repo.delete(&a, &id).await.unwrap());
-    assert_eq!(repo.get(&b, &id).await.unwrap().balance, 200, "b untouched");
-    // Ids that exist only in b are invisible from a.
-    repo.insert(&b, &account(&b, "only-b", 1)).await.unwrap();
-    let only_b = "only-b".to_owned();
-    assert!(repo.find_by_id(&a, &only_b).await.unwrap().is_none());
-    assert!(!repo.exists(&a, &only_b).await.unwrap());
-    assert!(repo
-        .update(
+    common::each_capability_set(async |storage, _| {
+        let (repo, a, b) = setup_on(&storage).await;
+        let id = "shared-id".to_owned();
+        repo.update(
             &a,
-            &only_b,
+            &id,
             AccountPatch {
-                balance: Some(-1),
+                balance: Some(0),
                 ..Default::default()
-            }
+            },
         )
         .await
-        .unwrap()
-        .is_none());
-    assert!(!repo.delete(&a, &only_b).await.unwrap());
-    let mut foreign = account(&a, "only-b", 5);
-    assert!(matches!(
-        repo.replace(&a, &mut foreign).await,
-        Err(Error::NotFound { .. })
-    ));
-    assert_eq!(repo.get(&b, &only_b).await.unwrap().balance, 1);
-    // Deleting "everything" in a deletes only a's.
-    repo.query(&a).delete().await.unwrap();
-    assert_eq!(repo.count(&b, Filter::all()).await.unwrap(), 2);
+        .unwrap();
+        assert!(repo.delete(&a, &id).await.unwrap());
+        assert_eq!(repo.get(&b, &id).await.unwrap().balance, 200, "b untouched");
+        // Ids that exist only in b are invisible from a.
+        repo.insert(&b, &account(&b, "only-b", 1)).await.unwrap();
+        let only_b = "only-b".to_owned();
+        assert!(repo.find_by_id(&a, &only_b).await.unwrap().is_none());
+        assert!(!repo.exists(&a, &only_b).await.unwrap());
+        assert!(repo
+            .update(
+                &a,
+                &only_b,
+                AccountPatch {
+                    balance: Some(-1),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!repo.delete(&a, &only_b).await.unwrap());
+        let mut foreign = account(&a, "only-b", 5);
+        assert!(matches!(
+            repo.replace(&a, &mut foreign).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert_eq!(repo.get(&b, &only_b).await.unwrap().balance, 1);
+        // Deleting "everything" in a deletes only a's.
+        repo.query(&a).delete().await.unwrap();
+        assert_eq!(repo.count(&b, Filter::all()).await.unwrap(), 2);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn entities_of_another_tenant_are_refused_on_write() {
-    let (repo, a, b) = setup().await;
-    let theirs = account(&b, "smuggled", 1);
-    match repo.insert(&a, &theirs).await {
-        Err(Error::TenantMismatch {
-            expected, found, ..
-        }) => {
-            assert_eq!(expected, a.as_str());
-            assert_eq!(found, b.as_str());
+    common::each_capability_set(async |storage, _| {
+        let (repo, a, b) = setup_on(&storage).await;
+        let theirs = account(&b, "smuggled", 1);
+        match repo.insert(&a, &theirs).await {
+            Err(Error::TenantMismatch {
+                expected, found, ..
+            }) => {
+                assert_eq!(expected, a.as_str());
+                assert_eq!(found, b.as_str());
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
-    }
-    // A batch with one foreign entity writes nothing at all.
-    let batch = vec![
-        account(&a, "ok-1", 1),
-        theirs.clone(),
-        account(&a, "ok-2", 2),
-    ];
-    assert!(matches!(
-        repo.insert_many(&a, &batch).await,
-        Err(Error::TenantMismatch { .. })
-    ));
-    assert!(!repo.exists(&a, &"ok-1".to_owned()).await.unwrap());
-    assert!(matches!(
-        repo.upsert(&a, &theirs).await,
-        Err(Error::TenantMismatch { .. })
-    ));
-    let mut theirs = theirs;
-    assert!(matches!(
-        repo.replace(&a, &mut theirs).await,
-        Err(Error::TenantMismatch { .. })
-    ));
-    assert!(!repo.exists(&b, &"smuggled".to_owned()).await.unwrap());
+        // A batch with one foreign entity writes nothing at all.
+        let batch = vec![
+            account(&a, "ok-1", 1),
+            theirs.clone(),
+            account(&a, "ok-2", 2),
+        ];
+        assert!(matches!(
+            repo.insert_many(&a, &batch).await,
+            Err(Error::TenantMismatch { .. })
+        ));
+        assert!(!repo.exists(&a, &"ok-1".to_owned()).await.unwrap());
+        assert!(matches!(
+            repo.upsert(&a, &theirs).await,
+            Err(Error::TenantMismatch { .. })
+        ));
+        let mut theirs = theirs;
+        assert!(matches!(
+            repo.replace(&a, &mut theirs).await,
+            Err(Error::TenantMismatch { .. })
+        ));
+        assert!(!repo.exists(&b, &"smuggled".to_owned()).await.unwrap());
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! What it guarantees (details and the choice per consistency model in `docs/caching.md`):
 //! - **No stale-set race.** Every write bumps the entry's generation in Redis before it is
 //!   acknowledged; a put after a miss succeeds only if the generation is the one read before
-//!   the load ([`scripts::PUT_IF_UNCHANGED`]). Write-through puts are fenced by version.
+//!   the load (the `PUT_IF_UNCHANGED` script in `cache/scripts.rs`). Write-through puts are fenced by version.
 //! - **One loader per hot miss.** The first miss takes a short lock; the others wait for its
 //!   value (bounded by `cache.stampede_wait`) and load themselves only if it does not come.
 //! - **Redis never fails a request.** Errors and timeouts (`cache.op_timeout`) send the call

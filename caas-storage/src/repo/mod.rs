@@ -1,6 +1,6 @@
 //! The executor: [`Repository<E>`], which every generated repository delegates to.
 //!
-//! - [`writes`](self): the typed write calls, each one encode, one [`pipeline`] call, one
+//! - `writes.rs`: the typed write calls, each one encode, one `Pipeline::write` call, one
 //!   decode. The pipeline (`pipeline.rs`) is the one function every write goes through; its
 //!   steps live in `versions.rs` (version transitions and claims), `events.rs` and
 //!   `transaction.rs` (outbox records with the write), `apply.rs` (the driver call).

@@ -8,7 +8,7 @@
 //! (`appendonly yes`, `appendfsync everysec` or `always`).
 //!
 //! The queue never writes to MongoDB itself. A repository registers its entity's write
-//! pipeline ([`Apply`]) when it is made, and the flusher hands every entry to it: queued writes
+//! pipeline (an `Apply` handle) when it is made, and the flusher hands every entry to it: queued writes
 //! bump versions, stamp timestamps and keep the cache exactly as direct writes do, and entries
 //! naming an entity no repository of this process registered are never applied by it.
 //!
