@@ -380,11 +380,12 @@ impl Pipeline {
         }
         let (ops, effects) = match w.intent {
             Intent::Insert(docs) => {
+                let puts = self.puts_written();
                 let effects = docs
                     .iter()
                     .map(|d| Effect {
                         id: d.get(self.meta.id_field).cloned().unwrap_or(Bson::Null),
-                        written: Some(d.clone()),
+                        written: puts.then(|| d.clone()),
                     })
                     .collect();
                 (docs.into_iter().map(Op::Insert).collect(), effects)
@@ -471,7 +472,12 @@ impl Pipeline {
                 )
             })
             .collect();
-        let written = docs.clone();
+        // The cache step needs the documents only where it may put them.
+        let written: Vec<Option<Document>> = if self.puts_written() {
+            docs.iter().cloned().map(Some).collect()
+        } else {
+            vec![None; docs.len()]
+        };
         let r = self
             .record_and_apply(operation, groups, RawWrite::Insert(docs))
             .await;
@@ -482,10 +488,7 @@ impl Pipeline {
                     .zip(written)
                     .zip(&results)
                     .filter(|(_, r)| r.is_ok())
-                    .map(|((id, doc), _)| Effect {
-                        id,
-                        written: Some(doc),
-                    })
+                    .map(|((id, written), _)| Effect { id, written })
                     .collect();
                 (Ok(Outcome::Inserted(results)), effects)
             }
@@ -535,9 +538,7 @@ impl Pipeline {
                 ),
                 None => Vec::new(),
             }];
-            let r = self
-                .record_and_apply(w.operation, groups, plan.raw.clone())
-                .await;
+            let r = self.record_and_apply(w.operation, groups, plan.raw).await;
             if let Some(claim) = plan.claim {
                 claim.release().await;
             }
@@ -550,7 +551,12 @@ impl Pipeline {
                     let outcome = plan.shape.outcome(written.clone(), plan.next);
                     return (Ok(outcome), vec![Effect { id, written }]);
                 }
-                Ok(_) => match self.diagnose(w.tenant, &id, plan.expected).await {
+                // Matched nothing. Without a version in the filter the document is not
+                // there; with one, read why.
+                Ok(_) => match match plan.expected {
+                    None => self.not_found(&id),
+                    expected => self.diagnose(w.tenant, &id, expected).await,
+                } {
                     e @ Error::VersionConflict { .. } if follows_latest => e,
                     Error::NotFound { .. } if plan.shape.absent_is_ok() => {
                         return (Ok(plan.shape.absent()), Vec::new())
@@ -839,6 +845,13 @@ impl Pipeline {
             .into_iter()
             .filter_map(|mut d| d.remove(id_field))
             .collect())
+    }
+
+    /// Whether the cache step may put written documents (a strategy other than cache-aside).
+    fn puts_written(&self) -> bool {
+        self.meta
+            .cache
+            .is_some_and(|c| c.strategy != CacheStrategy::CacheAside)
     }
 
     /// Step 5: keep the cache right. A write that happened (or may have: a timeout, a driver
