@@ -201,3 +201,31 @@ async fn connecting_to_no_server_fails_within_the_selection_timeout() {
         "an unreachable server is worth retrying: {e}"
     );
 }
+
+/// Every variable `scripts/services` reads (its ports, its directory, its ready timeout) can be
+/// exported next to the library's configuration without breaking it: the README tells users
+/// running two checkouts side by side to export the port variables, and
+/// `StorageConfig::from_env()` refuses unknown `CAAS_MONGODB_*`, `CAAS_REDIS_*` and
+/// `CAAS_KAFKA_*` variables.
+#[test]
+fn the_server_scripts_variables_leave_the_configuration_alone() {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services"),
+    )
+    .unwrap();
+    let mut vars: Vec<&str> = script
+        .match_indices("${CAAS_")
+        .map(|(i, _)| {
+            let rest = &script[i + 2..];
+            &rest[..rest.find([':', '}']).unwrap()]
+        })
+        .collect();
+    vars.sort();
+    vars.dedup();
+    assert!(vars.len() >= 5, "found the script's variables: {vars:?}");
+    let mut env: Vec<(&str, &str)> = vars.iter().map(|v| (*v, "7777")).collect();
+    env.push(("CAAS_MONGODB_URI", "mongodb://127.0.0.1:7777/"));
+    let config = StorageConfig::from_vars(env)
+        .unwrap_or_else(|e| panic!("{vars:?} next to the configuration: {e}"));
+    assert_eq!(config.mongodb.uri, "mongodb://127.0.0.1:7777/");
+}
