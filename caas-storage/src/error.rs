@@ -50,7 +50,7 @@ pub enum Error {
     /// cache keys).
     #[error("invalid tenant id {value:?}: {reason}")]
     InvalidTenant {
-        /// The rejected value.
+        /// The rejected value (its first 64 bytes and its length, when longer).
         value: String,
         /// Why it was rejected.
         reason: &'static str,
@@ -328,6 +328,22 @@ pub(crate) async fn bounded_mongo<T>(
             after,
         }),
     }
+}
+
+/// How much of a rejected input an error shows.
+const ECHO_LIMIT: usize = 64;
+
+/// `input` as an error may show it: whole when short, else its first [`ECHO_LIMIT`] bytes (on
+/// a character boundary) and its length, so that hostile input cannot flood logs.
+pub(crate) fn echo(input: &str) -> String {
+    if input.len() <= ECHO_LIMIT {
+        return input.to_owned();
+    }
+    let mut end = ECHO_LIMIT;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &input[..end], input.len())
 }
 
 /// MongoDB's duplicate-key error code.

@@ -39,7 +39,7 @@ impl TenantId {
         };
         match reason {
             Some(reason) => Err(Error::InvalidTenant {
-                value: id.to_owned(),
+                value: crate::error::echo(id),
                 reason,
             }),
             None => Ok(TenantId(Arc::from(id))),
@@ -106,6 +106,16 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<TenantId>("\"a:b\"").is_err());
+    }
+
+    #[test]
+    fn errors_echo_a_bounded_prefix_of_the_input() {
+        let long = "x:".repeat(512);
+        let text = TenantId::new(&long).unwrap_err().to_string();
+        assert!(text.len() < 200, "{} bytes: {text}", text.len());
+        assert!(text.contains("1024 bytes"), "{text}");
+        let text = TenantId::new("a b").unwrap_err().to_string();
+        assert!(text.contains("\"a b\""), "short input is shown whole: {text}");
         assert_eq!(
             serde_json::from_str::<TenantId>("\"t1\"").unwrap(),
             TenantId::new("t1").unwrap()
