@@ -81,11 +81,12 @@ pub struct StorageConfig {
     pub health: HealthConfig,
 }
 
-/// MongoDB connection and pool settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// MongoDB connection and pool settings. `Debug` and `Serialize` mask the password in `uri`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MongoConfig {
     /// Connection string (`mongodb://` or `mongodb+srv://`).
+    #[serde(serialize_with = "masked_url")]
     pub uri: String,
     /// Application name sent in the handshake (shows in server logs).
     pub app_name: String,
@@ -133,12 +134,14 @@ impl Default for MongoConfig {
     }
 }
 
-/// Redis connection settings and the allocation of logical databases.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Redis connection settings and the allocation of logical databases. `Debug` and `Serialize`
+/// mask the password in `url`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Connection URL (`redis://`, `rediss://`, `redis+unix://` or `unix://`). A database number
     /// in the URL is ignored: [`RedisDatabases`] chooses it per purpose.
+    #[serde(serialize_with = "masked_url")]
     pub url: String,
     /// Reconnect attempts per request before it fails.
     #[serde(deserialize_with = "lenient")]
@@ -247,8 +250,9 @@ impl RedisDatabases {
     }
 }
 
-/// Kafka producer settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Kafka producer settings. `Debug` and `Serialize` mask the values of `properties` that hold
+/// secrets (`sasl.password`, `ssl.key.*`, ...).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port` separated by commas.
@@ -264,6 +268,7 @@ pub struct KafkaConfig {
     #[serde(with = "duration_text")]
     pub message_timeout: Duration,
     /// Extra librdkafka producer properties, passed through as given.
+    #[serde(serialize_with = "masked_properties")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -387,6 +392,95 @@ impl Default for HealthConfig {
     }
 }
 
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &crate::redact::url(&self.uri))
+            .field("app_name", &self.app_name)
+            .field("max_pool_size", &self.max_pool_size)
+            .field("min_pool_size", &self.min_pool_size)
+            .field("max_idle_time", &self.max_idle_time)
+            .field("server_selection_timeout", &self.server_selection_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("socket_timeout", &self.socket_timeout)
+            .field("probe_database", &self.probe_database)
+            .field("causal_wait", &self.causal_wait)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &crate::redact::url(&self.url))
+            .field("max_retries", &self.max_retries)
+            .field("ready_check", &self.ready_check)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("databases", &self.databases)
+            .field("cluster_nodes", &self.cluster_nodes)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("acks", &self.acks)
+            .field("enable_idempotence", &self.enable_idempotence)
+            .field("message_timeout", &self.message_timeout)
+            .field("properties", &masked(&self.properties))
+            .finish()
+    }
+}
+
+fn masked(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    properties
+        .iter()
+        .map(|(k, v)| {
+            let v = if crate::redact::is_secret_property(k) {
+                crate::redact::MASK
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), v)
+        })
+        .collect()
+}
+
+fn masked_url<S: serde::Serializer>(url: &str, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::redact::url(url))
+}
+
+fn masked_properties<S: serde::Serializer>(
+    properties: &BTreeMap<String, String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    masked(properties).serialize(s)
+}
+
+impl StorageConfig {
+    /// Every credential the configuration holds (passwords in the URLs, secret Kafka
+    /// properties), for masking them in text that may quote them (driver errors).
+    pub(crate) fn credentials(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = [&self.mongodb.uri, &self.redis.url]
+            .into_iter()
+            .filter_map(|u| crate::redact::password(u))
+            .collect();
+        out.extend(
+            self.kafka
+                .properties
+                .iter()
+                .filter(|(k, _)| crate::redact::is_secret_property(k))
+                .map(|(_, v)| v.as_str()),
+        );
+        out
+    }
+}
+
 /// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
 const ENV_SECTIONS: [(&str, &str); 6] = [
     ("CAAS_WRITE_BEHIND_", "write_behind"),
@@ -484,7 +578,7 @@ impl StorageConfig {
                 "mongodb.uri",
                 format!(
                     "{:?} is not a MongoDB connection string; expected mongodb://host:port/ or mongodb+srv://host/",
-                    m.uri
+                    crate::redact::url(&m.uri)
                 ),
             ));
         }
@@ -528,7 +622,7 @@ impl StorageConfig {
                 "redis.url",
                 format!(
                     "{:?} is not a Redis URL; expected redis://host:port/, rediss://, redis+unix:// or unix://",
-                    r.url
+                    crate::redact::url(&r.url)
                 ),
             ));
         }

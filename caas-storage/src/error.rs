@@ -360,7 +360,7 @@ pub(crate) fn classify_write(
         Some(message) => Error::DuplicateKey {
             entity,
             index: index_from_message(&message),
-            message,
+            message: crate::redact::duplicate_key_message(&message),
         },
         None => Error::mongo(operation, e),
     }

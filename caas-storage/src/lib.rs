@@ -45,6 +45,7 @@ pub mod health;
 mod hex;
 pub mod index;
 pub mod outbox;
+mod redact;
 pub mod repo;
 mod storage;
 pub mod tenant;

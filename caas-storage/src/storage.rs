@@ -51,9 +51,9 @@ impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = self.inner.conn.config();
         f.debug_struct("Storage")
-            .field("mongodb", &c.mongodb.uri)
+            .field("mongodb", &crate::redact::url(&c.mongodb.uri))
             .field("server", &self.capabilities().server_description())
-            .field("redis", &c.redis.url)
+            .field("redis", &crate::redact::url(&c.redis.url))
             .field(
                 "redis_databases",
                 &self.inner.conn.redis_databases().keys().collect::<Vec<_>>(),

@@ -115,7 +115,10 @@ mod tests {
         assert!(text.len() < 200, "{} bytes: {text}", text.len());
         assert!(text.contains("1024 bytes"), "{text}");
         let text = TenantId::new("a b").unwrap_err().to_string();
-        assert!(text.contains("\"a b\""), "short input is shown whole: {text}");
+        assert!(
+            text.contains("\"a b\""),
+            "short input is shown whole: {text}"
+        );
         assert_eq!(
             serde_json::from_str::<TenantId>("\"t1\"").unwrap(),
             TenantId::new("t1").unwrap()

@@ -95,22 +95,44 @@ impl Private {
         p
     }
 
-    /// Starts (again) and waits until ready.
+    /// Starts (again) and waits until ready. A server that exits at once (its port or files
+    /// not yet released by the process that just stopped) is started again, up to three
+    /// times; what it printed is in the panic message if it never comes up.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
-        self.child = Some((self.start)());
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !(self.ready)() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("private {} exited early: {status}", self.name);
+        let mut exits = Vec::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500));
             }
-            assert!(
-                Instant::now() < deadline,
-                "private {} not ready in 90s",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            let mut child = (self.start)();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let exited = loop {
+                if (self.ready)() {
+                    break None;
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "private {} not ready in 90s",
+                    self.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            match exited {
+                None => {
+                    self.child = Some(child);
+                    return;
+                }
+                Some(status) => {
+                    let output = std::fs::read_to_string(log_path(self.port)).unwrap_or_default();
+                    exits.push(format!("{status}: {}", output.trim()));
+                }
+            }
         }
+        panic!("private {} exited early: {exits:#?}", self.name);
     }
 
     /// Kills the process and waits for it to be gone.
@@ -163,6 +185,18 @@ mod tempdir {
     }
 }
 
+/// Where a private server on `port` writes its stderr.
+fn log_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("caas-test-private-{port}.log"))
+}
+
+/// A fresh stderr file for a private server on `port`.
+fn log_file(port: u16) -> Stdio {
+    std::fs::File::create(log_path(port))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
 /// A private redis-server on a free port.
 pub fn private_redis() -> Private {
     let port = free_port();
@@ -175,7 +209,7 @@ pub fn private_redis() -> Private {
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no", "--databases", "32"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log_file(port))
                 .spawn()
                 .expect("redis-server is installed (scripts/services install)")
         }),
@@ -204,7 +238,7 @@ pub fn private_ferretdb() -> Private {
                 .arg(format!("--state-dir={}", state.display()))
                 .args(["--debug-addr=-", "--telemetry=disable", "--log-level=error"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log_file(port))
                 .spawn()
                 .expect("FerretDB is built (scripts/services install)")
         }),
@@ -271,7 +305,7 @@ pub fn private_kafka() -> Private {
                 .args(["-cp", &cp, "kafka.Kafka"])
                 .arg(&conf)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log_file(port))
                 .spawn()
                 .expect("java is installed")
         }),

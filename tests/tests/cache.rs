@@ -54,8 +54,15 @@ fn profile(t: &TenantId, id: &str) -> Profile {
     }
 }
 
+/// The Redis key of a cached entity: `{tenant:database.collection:Entity:id}`.
 fn data_key(t: &TenantId, entity: &str, id: &str) -> String {
-    format!("{{{t}:{entity}:{id}}}")
+    let namespace = match entity {
+        "Profile" => "caas_auth.test_profiles",
+        "Setting" => "caas_auth.test_settings",
+        "Pref" => "caas_auth.test_prefs",
+        other => panic!("no namespace for {other}"),
+    };
+    format!("{{{t}:{namespace}:{entity}:{id}}}")
 }
 
 async fn raw_get(storage: &Storage, key: &str) -> Option<Vec<u8>> {
@@ -335,9 +342,9 @@ async fn a_hot_miss_loads_from_the_database_once() {
 /// The put is fenced, so the next read sees the write.
 /// Waits until `storage` has loaded one `Profile` from MongoDB (its reader is then in the
 /// injected pause between load and put).
-async fn wait_until_loaded(storage: &Storage) {
+async fn wait_until_loaded<E: caas_storage::Entity>(storage: &Storage) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while storage.cache().metrics_of::<Profile>().db_loads == 0 {
+    while storage.cache().metrics_of::<E>().db_loads == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the reader never loaded"
@@ -359,7 +366,7 @@ async fn a_put_that_lost_the_race_to_a_write_is_refused() {
         let (repo, t) = (slow_repo.clone(), t.clone());
         tokio::spawn(async move { repo.find_by_id(&t, &"f1".to_owned()).await })
     };
-    wait_until_loaded(&slow).await; // the reader has loaded version 0 and is pausing
+    wait_until_loaded::<Profile>(&slow).await; // the reader has loaded version 0 and is pausing
     let patch = ProfilePatch {
         bio: Some("new".into()),
         ..Default::default()
@@ -480,6 +487,7 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
     config.redis.max_retries = 0;
     config.cache.op_timeout = Duration::from_millis(100);
     config.cache.breaker_cooldown = Duration::from_millis(200);
+    let config_after = config.clone();
     let storage = Storage::connect(config).await.unwrap();
     let repo = ProfileRepository::new(&storage);
     let t = common::tenant("cache-outage");
@@ -555,6 +563,35 @@ async fn a_redis_outage_fails_nothing_and_leaves_nothing_stale() {
         assert_eq!(seen.bio, db.bio);
     }
     assert_eq!(load("after").await, 0);
+
+    // Redis is used again, not only survived: no read bypasses it any more, and a write
+    // through this handle invalidates what another instance reads from Redis.
+    assert!(!storage.cache().is_bypassing_redis(), "the breaker closed");
+    let bypassed = storage.cache().metrics_of::<Profile>().bypassed;
+    let other = Storage::connect(config_after).await.unwrap();
+    let other_repo = ProfileRepository::new(&other);
+    let id = &ids[0];
+    other_repo.find_by_id(&t, id).await.unwrap().unwrap(); // cached in Redis by B
+    repo.update(
+        &t,
+        id,
+        ProfilePatch {
+            bio: Some("after-recovery".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let seen = other_repo.find_by_id(&t, id).await.unwrap().unwrap();
+    assert_eq!(
+        seen.bio, "after-recovery",
+        "B read a stale entry A did not invalidate"
+    );
+    assert_eq!(
+        storage.cache().metrics_of::<Profile>().bypassed,
+        bypassed,
+        "reads after the recovery went through Redis"
+    );
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
@@ -638,4 +675,235 @@ async fn a_write_on_one_instance_invalidates_the_in_process_tier_of_another() {
         m.local_misses >= 2,
         "B missed locally after the invalidation: {m:?}"
     );
+}
+
+/// The in-process tier takes no value the Redis fence refused: a slow reader that loaded v0
+/// before a write on the same handle must not put v0 back into the in-process tier after the
+/// write cleared it (read-your-writes would break for the tier's TTL).
+#[tokio::test]
+async fn the_in_process_tier_is_fenced_like_redis() {
+    let storage = common::storage().await;
+    let repo = PrefRepository::new(&storage);
+    let t = common::tenant("cache-local-fence");
+    let key = "lang".to_owned();
+    let pref = Pref {
+        key: key.clone(),
+        tenant_id: t.to_string(),
+        value: "en".into(),
+        version: 0,
+    };
+    repo.insert(&t, &pref).await.unwrap();
+    storage
+        .cache()
+        .inject_load_delay(Duration::from_millis(1500));
+    let reader = {
+        let (repo, t, key) = (repo.clone(), t.clone(), key.clone());
+        tokio::spawn(async move { repo.find_by_id(&t, &key).await })
+    };
+    wait_until_loaded::<Pref>(&storage).await; // task 1 loaded v0 and is pausing
+    storage.cache().inject_load_delay(Duration::ZERO);
+    repo.update(
+        &t,
+        &key,
+        PrefPatch {
+            value: Some("fr".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let old = reader.await.unwrap().unwrap().unwrap();
+    assert_eq!(old.value, "en", "task 1's own answer predates the write");
+    let seen = repo.find_by_id(&t, &key).await.unwrap().unwrap();
+    assert_eq!(seen.value, "fr", "task 2 reads its own write");
+}
+
+mod namesake {
+    use caas_storage::prelude::*;
+
+    /// The same struct name as `super::Profile`'s neighbours, in another database.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+    #[repository(database = "caas_messaging", collection = "test_namesakes", consistency = read_your_writes,
+                 cache(ttl = "5m", local(ttl = "30s", capacity = 100)))]
+    pub struct Pref {
+        #[repository(id)]
+        pub key: String,
+        #[repository(tenant)]
+        pub tenant_id: String,
+        pub value: String,
+        #[repository(version)]
+        pub version: u64,
+    }
+}
+
+/// Cache identity is the entity's namespace, not its struct name: two entities named `Pref`
+/// in different databases keep apart in Redis and in the in-process tier (where a second type
+/// under one name used to panic).
+#[tokio::test]
+async fn entities_with_the_same_name_in_different_databases_do_not_share_entries() {
+    let storage = common::storage().await;
+    let (ours, theirs) = (
+        PrefRepository::new(&storage),
+        namesake::PrefRepository::new(&storage),
+    );
+    let t = common::tenant("cache-namesake");
+    let key = "k".to_owned();
+    ours.insert(
+        &t,
+        &Pref {
+            key: key.clone(),
+            tenant_id: t.to_string(),
+            value: "ours".into(),
+            version: 0,
+        },
+    )
+    .await
+    .unwrap();
+    theirs
+        .insert(
+            &t,
+            &namesake::Pref {
+                key: key.clone(),
+                tenant_id: t.to_string(),
+                value: "theirs".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            ours.find_by_id(&t, &key).await.unwrap().unwrap().value,
+            "ours"
+        );
+        assert_eq!(
+            theirs.find_by_id(&t, &key).await.unwrap().unwrap().value,
+            "theirs"
+        );
+    }
+}
+
+/// A delete fences out every earlier write-through put: an update whose cache step lands after
+/// the delete's does not put the deleted document back.
+#[tokio::test]
+async fn a_write_through_put_that_lands_after_a_delete_is_refused() {
+    let storage = common::storage().await;
+    let repo = SettingRepository::new(&storage);
+    let t = common::tenant("cache-wt-delete");
+    let s = Setting {
+        key: "mode".into(),
+        tenant_id: t.to_string(),
+        value: "a".into(),
+        version: 0,
+    };
+    repo.insert(&t, &s).await.unwrap();
+    storage.cache().inject_put_delay(Duration::from_millis(800));
+    let update = {
+        let (repo, t) = (repo.clone(), t.clone());
+        tokio::spawn(async move {
+            repo.update(
+                &t,
+                &"mode".to_owned(),
+                SettingPatch {
+                    value: Some("b".into()),
+                },
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // the update is written, its put waits
+    assert!(repo.delete(&t, &s.key).await.unwrap());
+    update.await.unwrap().unwrap().unwrap();
+    assert!(
+        repo.find_by_id(&t, &s.key).await.unwrap().is_none(),
+        "the deleted setting was put back into the cache"
+    );
+}
+
+/// Upserts move the stored version on from the stored one, never to the caller's: a
+/// write-through entry cannot be fenced out by a version from the future, nor go backwards.
+#[tokio::test]
+async fn upsert_versions_never_move_backwards() {
+    let storage = common::storage().await;
+    let repo = SettingRepository::new(&storage);
+    let t = common::tenant("cache-wt-upsert");
+    let mut s = Setting {
+        key: "tz".into(),
+        tenant_id: t.to_string(),
+        value: "utc".into(),
+        version: 0,
+    };
+    repo.insert(&t, &s).await.unwrap();
+    s.version = 100;
+    s.value = "cet".into();
+    repo.upsert(&t, &s).await.unwrap();
+    s.version = 0;
+    s.value = "pst".into();
+    repo.upsert(&t, &s).await.unwrap();
+    let got = repo.find_by_id(&t, &s.key).await.unwrap().unwrap();
+    assert_eq!((got.version, got.value.as_str()), (2, "pst"));
+    let cached = raw_get(&storage, &data_key(&t, "Setting", "tz"))
+        .await
+        .unwrap();
+    assert_eq!(cached_version(&cached), 2);
+}
+
+/// After an outage, the entries a write could not invalidate are cleared by one SCAN for all
+/// the reads that wait on it, not one SCAN per read.
+#[tokio::test]
+async fn after_an_outage_one_scan_clears_an_entity_for_every_waiting_read() {
+    let mut redis_server = tokio::task::spawn_blocking(common::private_redis)
+        .await
+        .unwrap();
+    let mut config: StorageConfig = common::config();
+    config.redis.url = format!("redis://127.0.0.1:{}/", redis_server.port);
+    config.redis.response_timeout = Duration::from_millis(200);
+    config.redis.connection_timeout = Duration::from_millis(200);
+    config.redis.max_retries = 0;
+    config.cache.op_timeout = Duration::from_millis(100);
+    config.cache.breaker_cooldown = Duration::from_millis(200);
+    let storage = Storage::connect(config).await.unwrap();
+    let repo = ProfileRepository::new(&storage);
+    let t = common::tenant("cache-scan-once");
+    repo.insert(&t, &profile(&t, "s0")).await.unwrap();
+    redis_server.stop();
+    // A write Redis cannot hear about marks the entity for clearing.
+    repo.update(
+        &t,
+        &"s0".to_owned(),
+        ProfilePatch {
+            bio: Some("during".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    redis_server.start();
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the breaker cool-down
+    let mut conn = storage.raw().redis_cache_for("caas_auth");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let reads: Vec<_> = (0..20)
+        .map(|_| {
+            let (repo, t) = (repo.clone(), t.clone());
+            tokio::spawn(async move { repo.find_by_id(&t, &"s0".to_owned()).await })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap().unwrap().bio, "during");
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let scans: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(scans <= 2, "{scans} SCAN calls for 20 reads:\n{stats}");
 }

@@ -258,6 +258,69 @@ async fn a_causal_token_makes_another_handle_read_at_least_that_version() {
     assert!(CausalToken::decode("zz").is_err());
 }
 
+/// A token from a hostile or confused client costs a bounded number of reads: one far in the
+/// future fails after a few primary reads (not one every 20 ms until `causal_wait` runs out),
+/// and a document deleted since the token was made reads as `None`, not as a timeout.
+#[tokio::test]
+async fn causal_reads_are_bounded_and_see_deletes() {
+    let (storage, log) = logged_storage(common::config()).await;
+    let repo = CausalDocRepository::new(&storage);
+    let t = common::tenant("causal-bound");
+    let doc = CausalDoc {
+        id: "c1".into(),
+        tenant_id: t.to_string(),
+        body: "v0".into(),
+        version: 0,
+    };
+    repo.insert(&t, &doc).await.unwrap();
+    let mut future = CausalToken::new();
+    repo.observe(
+        &mut future,
+        &t,
+        &CausalDoc {
+            version: 1_000_000_000,
+            ..doc.clone()
+        },
+    );
+    log.lock().unwrap().clear();
+    match repo.find_by_id_after(&t, &doc.id, &future).await {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let reads = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, coll, _)| name == "find" && coll == "causal_docs")
+        .count();
+    assert!(reads <= 10, "{reads} reads for one causal read");
+
+    let written = repo
+        .update(
+            &t,
+            &doc.id,
+            CausalDocPatch {
+                body: Some("v1".into()),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let token = repo.causal_token(&t, &written);
+    assert!(repo.delete(&t, &doc.id).await.unwrap());
+    let started = std::time::Instant::now();
+    assert!(repo
+        .find_by_id_after(&t, &doc.id, &token)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// An acknowledged eventual write survives the death of the process that queued it: a handle
 /// that never flushes queues writes and is dropped; a new handle drains them once a repository
 /// of the entity is made on it.

@@ -270,7 +270,10 @@ async fn events_are_published_once_in_aggregate_order() {
         // Per aggregate: one partition, revisions in offset order.
         let mut per_agg: BTreeMap<String, Vec<(i32, i64, u64)>> = BTreeMap::new();
         for (m, e) in messages.iter().zip(&got) {
-            assert_eq!(m.key(), Some(e.aggregate_id.as_bytes()));
+            // Keyed by tenant, aggregate type and id: two tenants' aggregates with the same id
+            // never share a key (nor merge on a compacted topic).
+            let key = format!("{}/{}/{}", e.tenant, e.aggregate_type, e.aggregate_id);
+            assert_eq!(m.key(), Some(key.as_bytes()));
             per_agg.entry(e.aggregate_id.clone()).or_default().push((
                 m.partition(),
                 m.offset(),
@@ -966,6 +969,65 @@ async fn measured_server_concurrency_facts() {
         if storage.capabilities().atomic_conditional_updates {
             assert_eq!(double_claims, 0);
         }
+    })
+    .await;
+}
+
+/// A relay finds the outbox indexes already there and creates none: FerretDB 1.24.2 panics on a
+/// `createIndexes` that repeats several existing indexes and the driver then clears its pool,
+/// failing concurrent calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_creates_only_the_indexes_that_are_missing() {
+    bounded(async {
+        let storage = storage().await;
+        let db = fresh_db(&storage, "caas_outbox_it_indexes").await;
+        let first = storage.outbox_relay(options(&db)).unwrap();
+        let report = first.drain_once().await.unwrap();
+        assert!(report.errors.is_empty(), "{report:?}");
+        first.release().await;
+
+        let sent: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = sent.clone();
+        let logged = Storage::builder(config())
+            .on_command(move |e| {
+                if e.db == "caas_outbox_it_indexes" {
+                    sink.lock().unwrap().push(e.command_name.clone());
+                }
+            })
+            .connect()
+            .await
+            .unwrap();
+        let second = logged.outbox_relay(options(&db)).unwrap();
+        for _ in 0..3 {
+            let report = second.drain_once().await.unwrap();
+            assert!(report.errors.is_empty(), "{report:?}");
+        }
+        second.release().await;
+        let sent = sent.lock().unwrap().clone();
+        assert!(sent.iter().any(|c| c == "listIndexes"), "{sent:?}");
+        assert!(!sent.iter().any(|c| c == "createIndexes"), "{sent:?}");
+    })
+    .await;
+}
+
+/// `let _ = relay.spawn();` detaches the relay: it goes on at its normal pace instead of
+/// spinning because nobody holds its handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_relay_handle_leaves_the_relay_pacing_normally() {
+    bounded(async {
+        let storage = storage().await;
+        let db = fresh_db(&storage, "caas_outbox_it_detached").await;
+        let relay = storage
+            .outbox_relay(RelayOptions {
+                poll_interval: Duration::from_millis(200),
+                ..options(&db)
+            })
+            .unwrap();
+        let _ = relay.spawn();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let passes = relay.metrics().passes;
+        // 2 s at one pass per 200 ms idle poll: about 10.
+        assert!((3..=16).contains(&passes), "{passes} passes in 2 s");
     })
     .await;
 }

@@ -339,3 +339,142 @@ async fn direct_writes_stamp_timestamps_and_replace_updates_the_callers_copy() {
     })
     .await;
 }
+
+/// A user with a secret field, cached, for the tests of what writes may touch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_pipeline_it", collection = "accounts", consistency = strong,
+             cache(ttl = "5m"))]
+struct Account {
+    #[repository(id)]
+    account_id: String,
+    #[repository(tenant)]
+    tenant_id: String,
+    email: String,
+    #[repository(secret)]
+    #[serde(default)]
+    password_hash: String,
+    #[repository(version)]
+    version: u64,
+}
+
+fn account(t: &TenantId, id: &str) -> Account {
+    Account {
+        account_id: id.into(),
+        tenant_id: t.to_string(),
+        email: format!("{id}@example.com"),
+        password_hash: "argon2id$hash".into(),
+        version: 0,
+    }
+}
+
+/// `get -> modify -> replace` (and `upsert` of a value built without the secret) keep the
+/// secret fields the caller never loaded.
+#[tokio::test]
+async fn replace_and_upsert_after_an_ordinary_read_keep_secret_fields() {
+    common::each_capability_set(async |storage, label| {
+        let repo = AccountRepository::new(&storage);
+        let t = common::tenant("pipeline-secrets");
+        let id = "a1".to_owned();
+        repo.insert(&t, &account(&t, "a1")).await.unwrap();
+        let mut a = repo.get(&t, &id).await.unwrap();
+        assert_eq!(a.password_hash, "", "{label}: reads leave secrets out");
+        a.email = "new@example.com".into();
+        repo.replace(&t, &mut a).await.unwrap();
+        let stored = repo
+            .find_by_id_with_secrets(&t, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.email, "new@example.com", "{label}");
+        assert_eq!(
+            stored.password_hash, "argon2id$hash",
+            "{label}: replace kept it"
+        );
+
+        let without = Account {
+            password_hash: String::new(),
+            email: "upserted@example.com".into(),
+            ..account(&t, "a1")
+        };
+        repo.upsert(&t, &without).await.unwrap();
+        let stored = repo
+            .find_by_id_with_secrets(&t, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.email, "upserted@example.com", "{label}");
+        assert_eq!(
+            stored.password_hash, "argon2id$hash",
+            "{label}: upsert kept it"
+        );
+
+        // Setting one explicitly still works.
+        let with = Account {
+            password_hash: "argon2id$new".into(),
+            ..stored.clone()
+        };
+        repo.upsert(&t, &with).await.unwrap();
+        let stored = repo
+            .find_by_id_with_secrets(&t, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.password_hash, "argon2id$new", "{label}");
+    })
+    .await;
+}
+
+/// A patch is written by generated code, but `Patch` and `PatchWriter::set` are public: a
+/// hand-written one must not move a document to another tenant, change its id or version, or
+/// write the framework's fields.
+#[tokio::test]
+async fn patches_cannot_touch_the_tenant_the_id_the_version_or_framework_fields() {
+    struct Evil(&'static str, caas_storage::bson::Bson);
+    impl caas_storage::Patch for Evil {
+        type Entity = Account;
+        fn write(&self, w: &mut caas_storage::repo::PatchWriter) -> caas_storage::Result<()> {
+            w.set(self.0, &Some(self.1.clone()))
+        }
+    }
+    let storage = common::storage().await;
+    let repo = AccountRepository::new(&storage);
+    let t = common::tenant("pipeline-evil");
+    let other = common::tenant("pipeline-evil-other");
+    let id = "e1".to_owned();
+    repo.insert(&t, &account(&t, "e1")).await.unwrap();
+    for (field, value) in [
+        ("tenant_id", other.as_str().into()),
+        ("account_id", "e2".into()),
+        ("version", 99_i64.into()),
+        ("_deleted_at", caas_storage::bson::DateTime::now().into()),
+        ("_schema_version", 7_i64.into()),
+        ("email.$", "x".into()),
+    ] {
+        match repo.update(&t, &id, Evil(field, value)).await {
+            Err(Error::Codec { message, .. }) => {
+                assert!(message.contains(field), "{field}: {message}")
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    let a = repo.get(&t, &id).await.unwrap();
+    assert_eq!((a.tenant_id.as_str(), a.version), (t.as_str(), 0));
+    assert!(repo.find_by_id(&other, &id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_checked_update_at_an_impossible_version_is_a_conflict_not_a_panic() {
+    common::each_capability_set(async |storage, label| {
+        let repo = OrderRepository::new(&storage);
+        let t = common::tenant("pipeline-max");
+        repo.insert(&t, &order(&t, "m")).await.unwrap();
+        let r = repo
+            .update_checked(&t, &"m".to_owned(), u64::MAX, OrderPatch { status: None })
+            .await;
+        assert!(
+            matches!(r, Err(Error::VersionConflict { .. })),
+            "{label}: {r:?}"
+        );
+    })
+    .await;
+}

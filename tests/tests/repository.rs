@@ -242,6 +242,14 @@ async fn keyset_pages_cover_everything_once_even_with_inserts_between_pages() {
         // u100 sorts first now: the first page is 100, 23, 22.
         assert_eq!(again.items[0].created_at, 21);
         assert!(Cursor::parse("not-a-cursor").is_err());
+        // A cursor is opaque and checked: one carrying an operator where a sort value goes
+        // (which would match every status) is refused.
+        let mut crafted = Vec::new();
+        caas_storage::bson::doc! { "v": [ { "$ne": "none" }, "" ] }
+            .to_writer(&mut crafted)
+            .unwrap();
+        let hex: String = crafted.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(Cursor::parse(&hex).is_err(), "operators in a cursor");
     })
     .await;
 }

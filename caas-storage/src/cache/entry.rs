@@ -42,10 +42,33 @@ fn encode(meta: &EntityMeta, version: u64, doc: &Document) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The entity in an entry, or `None` when it does not decode (a corrupt or foreign entry).
-pub(crate) fn decode<E: Entity>(raw: &[u8]) -> Option<E> {
-    let bar = raw.iter().position(|b| *b == b'|')?;
-    mongodb::bson::from_slice(&raw[bar + 1..]).ok()
+/// The tombstone a delete at `version` leaves: no body.
+pub(crate) fn tombstone(version: u64) -> Vec<u8> {
+    format!("{version}|").into_bytes()
+}
+
+/// What an entry holds.
+pub(crate) enum Decoded<E> {
+    /// The entity.
+    Entity(E),
+    /// A tombstone: the document was deleted (a miss for reads).
+    Deleted,
+    /// Not an entry this crate wrote, or one for another shape of the entity.
+    Corrupt,
+}
+
+/// Decodes an entry.
+pub(crate) fn decode<E: Entity>(raw: &[u8]) -> Decoded<E> {
+    let Some(bar) = raw.iter().position(|b| *b == b'|') else {
+        return Decoded::Corrupt;
+    };
+    if bar + 1 == raw.len() {
+        return Decoded::Deleted;
+    }
+    match mongodb::bson::from_slice(&raw[bar + 1..]) {
+        Ok(e) => Decoded::Entity(e),
+        Err(_) => Decoded::Corrupt,
+    }
 }
 
 /// The entry TTL: the declared one plus up to `jitter` more, so entries written together do not

@@ -1,13 +1,19 @@
 //! Cache key layout.
 //!
-//! `{prefix}{<tenant>:<Entity>:<id>}` holds the entry; `...:gen` its invalidation generation,
-//! `...:load` the stampede lock. The braces are a Redis Cluster hash tag: all keys of one entry
-//! live in one slot, so the scripts that touch several of them work on a cluster too.
+//! An entity's cache identity is its namespace and name, `<database>.<collection>:<Entity>`:
+//! two entities with the same struct name in different databases never share entries. One
+//! entry is `{prefix}{<tenant>:<identity>:<id>}`, its invalidation generation `...:gen`, its
+//! stampede lock `...:load`. The braces are a Redis Cluster hash tag: all keys of one entry live
+//! in one slot, so the scripts that touch several of them work on a cluster too.
 
 use mongodb::bson::Bson;
 
 use crate::document;
+use crate::entity::EntityMeta;
 use crate::tenant::TenantId;
+
+/// Separates the identity from the tag in an invalidation message.
+const MESSAGE_SEPARATOR: char = '\u{1f}';
 
 /// The keys of one cached entity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +26,15 @@ pub(crate) struct EntryKeys {
     pub load: String,
 }
 
-/// The tag identifying one entry, e.g. `tenant_1:User:u42` (ids rendered by
+/// `<database>.<collection>:<Entity>`: what the cache knows an entity by.
+pub(crate) fn identity(meta: &EntityMeta) -> String {
+    format!("{}.{}:{}", meta.database, meta.collection, meta.name)
+}
+
+/// The tag of one entry, e.g. `tenant_1:caas_auth.users:User:u42` (ids rendered by
 /// [`document::id_as_text`]).
-pub(crate) fn tag(tenant: &TenantId, entity: &str, id: &Bson) -> String {
-    format!("{tenant}:{entity}:{}", document::id_as_text(id))
+pub(crate) fn tag(tenant: &TenantId, identity: &str, id: &Bson) -> String {
+    format!("{tenant}:{identity}:{}", document::id_as_text(id))
 }
 
 pub(crate) fn entry(prefix: &str, tag: &str) -> EntryKeys {
@@ -35,10 +46,14 @@ pub(crate) fn entry(prefix: &str, tag: &str) -> EntryKeys {
     }
 }
 
-/// SCAN pattern of every entry of `entity` in `tenant` (or in every tenant).
-pub(crate) fn pattern(prefix: &str, tenant: Option<&TenantId>, entity: &str) -> String {
+/// SCAN pattern of every entry of the entity `identity` in `tenant` (or in every tenant).
+pub(crate) fn pattern(prefix: &str, tenant: Option<&TenantId>, identity: &str) -> String {
     let tenant = tenant.map(TenantId::as_str).unwrap_or("*");
-    format!("{}{{{tenant}:{entity}:*", glob_escape(prefix))
+    format!(
+        "{}{{{tenant}:{}:*",
+        glob_escape(prefix),
+        glob_escape(identity)
+    )
 }
 
 fn glob_escape(s: &str) -> String {
@@ -60,11 +75,14 @@ pub(crate) fn tag_of<'k>(prefix: &str, data_key: &'k str) -> Option<&'k str> {
         .strip_suffix('}')
 }
 
-/// The entity name inside a tag (`tenant:Entity:id`).
-pub(crate) fn entity_of(tag: &str) -> Option<&str> {
-    let mut parts = tag.splitn(3, ':');
-    parts.next()?;
-    parts.next()
+/// What a write publishes for other instances' in-process tiers: the identity and the tag.
+pub(crate) fn message(identity: &str, tag: &str) -> String {
+    format!("{identity}{MESSAGE_SEPARATOR}{tag}")
+}
+
+/// `(identity, tag)` of an invalidation message.
+pub(crate) fn parse_message(message: &str) -> Option<(&str, &str)> {
+    message.split_once(MESSAGE_SEPARATOR)
 }
 
 #[cfg(test)]
@@ -72,16 +90,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_share_one_hash_tag() {
+    fn keys_share_one_hash_tag_and_name_the_namespace() {
         let t = TenantId::new("acme").unwrap();
-        let k = entry("svc:", &tag(&t, "User", &Bson::String("u:1".into())));
-        assert_eq!(k.data, "svc:{acme:User:u:1}");
-        assert_eq!(k.generation, "svc:{acme:User:u:1}:gen");
-        assert_eq!(k.load, "svc:{acme:User:u:1}:load");
-        assert_eq!(entity_of("acme:User:u:1"), Some("User"));
-        assert_eq!(tag_of("svc:", &k.data), Some("acme:User:u:1"));
+        let tag = tag(&t, "caas_auth.users:User", &Bson::String("u:1".into()));
+        let k = entry("svc:", &tag);
+        assert_eq!(k.data, "svc:{acme:caas_auth.users:User:u:1}");
+        assert_eq!(k.generation, "svc:{acme:caas_auth.users:User:u:1}:gen");
+        assert_eq!(k.load, "svc:{acme:caas_auth.users:User:u:1}:load");
+        assert_eq!(tag_of("svc:", &k.data), Some(tag.as_str()));
         assert_eq!(tag_of("svc:", &k.generation), None);
-        assert_eq!(pattern("a*", Some(&t), "User"), "a\\*{acme:User:*");
-        assert_eq!(pattern("", None, "User"), "{*:User:*");
+        assert_eq!(
+            pattern("a*", Some(&t), "caas_auth.users:User"),
+            "a\\*{acme:caas_auth.users:User:*"
+        );
+        assert_eq!(pattern("", None, "d.c:U"), "{*:d.c:U:*");
+        let m = message("d.c:U", &tag);
+        assert_eq!(parse_message(&m), Some(("d.c:U", tag.as_str())));
     }
 }

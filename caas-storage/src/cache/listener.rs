@@ -1,5 +1,5 @@
-//! Cross-instance invalidation of in-process tiers: every write publishes the entry's tag on a
-//! Redis channel; each `Storage` with a local tier listens and drops its copy. When the
+//! Cross-instance invalidation of in-process tiers: every write publishes the entity's cache
+//! identity and the entry's tag on a Redis channel; each `Storage` with a local tier listens and drops its copy. When the
 //! subscription breaks, messages may have been missed, so every local tier is cleared on
 //! (re)subscribe.
 
@@ -31,11 +31,11 @@ pub(crate) fn spawn(
                             let Some(reg) = registry.upgrade() else {
                                 return;
                             };
-                            let Ok(tag) = msg.get_payload::<String>() else {
+                            let Ok(message) = msg.get_payload::<String>() else {
                                 continue;
                             };
-                            if let Some(tier) = keys::entity_of(&tag).and_then(|e| reg.get(e)) {
-                                tier.invalidate(&tag);
+                            if let Some((identity, tag)) = keys::parse_message(&message) {
+                                reg.invalidate(identity, tag);
                             }
                         }
                     }

@@ -1,8 +1,12 @@
-//! The optional in-process tier: a bounded moka cache of `Arc<E>` per entity type, with its own
+//! The optional in-process tier: a bounded moka cache of `Arc<E>` per entity, with its own
 //! short TTL. Writes on this instance drop entries at once; writes on other instances reach it
 //! through Redis pub/sub (see [`listener`](super::listener)).
+//!
+//! Fills are fenced as Redis puts are: a reader notes the tier's epoch before it reads Redis or
+//! MongoDB, and its value goes in only if no invalidation happened since. So a slow reader
+//! never puts back a value a write on this instance (or a message from another) dropped.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -15,62 +19,121 @@ pub(crate) trait LocalTier: Send + Sync {
     fn as_any(&self) -> &dyn Any;
 }
 
-pub(crate) struct Typed<E: Entity>(pub moka::sync::Cache<String, Arc<E>>);
+/// One entity's tier.
+pub(crate) struct Typed<E: Entity> {
+    cache: moka::sync::Cache<String, Arc<E>>,
+    /// Invalidations so far; guarded with the fills it fences.
+    epoch: Mutex<u64>,
+}
+
+impl<E: Entity> Typed<E> {
+    /// The cached value of `tag`.
+    pub(crate) fn get(&self, tag: &str) -> Option<Arc<E>> {
+        self.cache.get(tag)
+    }
+
+    /// The epoch to hand back to [`fill`](Self::fill).
+    pub(crate) fn epoch(&self) -> u64 {
+        *self.epoch.lock().expect("local tier epoch")
+    }
+
+    /// Puts `value` unless an invalidation happened since `seen` was read.
+    pub(crate) fn fill(&self, tag: &str, value: E, seen: u64) -> bool {
+        let epoch = self.epoch.lock().expect("local tier epoch");
+        if *epoch != seen {
+            return false;
+        }
+        self.cache.insert(tag.to_owned(), Arc::new(value));
+        true
+    }
+}
 
 impl<E: Entity> LocalTier for Typed<E> {
     fn invalidate(&self, tag: &str) {
-        self.0.invalidate(tag);
+        let mut epoch = self.epoch.lock().expect("local tier epoch");
+        *epoch += 1;
+        self.cache.invalidate(tag);
     }
     fn clear(&self) {
-        self.0.invalidate_all();
+        let mut epoch = self.epoch.lock().expect("local tier epoch");
+        *epoch += 1;
+        self.cache.invalidate_all();
     }
     fn as_any(&self) -> &dyn Any {
         self
     }
 }
 
-/// Local tiers by entity name.
+/// The tiers of one cache identity, by Rust type.
+type Tiers = Vec<(TypeId, Arc<dyn LocalTier>)>;
+
+/// Local tiers by cache identity (namespace and entity name) and Rust type.
 #[derive(Default)]
 pub(crate) struct Registry {
-    tiers: Mutex<HashMap<&'static str, Arc<dyn LocalTier>>>,
+    tiers: Mutex<HashMap<String, Tiers>>,
 }
 
 impl Registry {
-    /// The tier of `E`, created on first use.
-    pub(crate) fn tier<E: Entity>(&self, spec: &LocalCacheSpec) -> Arc<dyn LocalTier> {
+    /// The tier of `E` under `identity`, created on first use.
+    pub(crate) fn tier<E: Entity>(
+        &self,
+        identity: &str,
+        spec: &LocalCacheSpec,
+    ) -> Arc<dyn LocalTier> {
         let mut tiers = self.tiers.lock().expect("local tier registry");
-        tiers
-            .entry(E::META.name)
-            .or_insert_with(|| {
-                let cache = moka::sync::Cache::builder()
-                    .max_capacity(spec.capacity)
-                    .time_to_live(spec.ttl)
-                    .build();
-                Arc::new(Typed::<E>(cache))
-            })
-            .clone()
+        let of_identity = tiers.entry(identity.to_owned()).or_default();
+        if let Some((_, t)) = of_identity.iter().find(|(ty, _)| *ty == TypeId::of::<E>()) {
+            return t.clone();
+        }
+        let tier: Arc<dyn LocalTier> = Arc::new(Typed::<E> {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(spec.capacity)
+                .time_to_live(spec.ttl)
+                .build(),
+            epoch: Mutex::new(0),
+        });
+        of_identity.push((TypeId::of::<E>(), tier.clone()));
+        tier
     }
 
-    pub(crate) fn get(&self, entity: &str) -> Option<Arc<dyn LocalTier>> {
-        self.tiers
+    /// Drops `tag` from every tier of `identity` on this instance.
+    pub(crate) fn invalidate(&self, identity: &str, tag: &str) {
+        if let Some(tiers) = self
+            .tiers
             .lock()
             .expect("local tier registry")
-            .get(entity)
-            .cloned()
+            .get(identity)
+        {
+            for (_, t) in tiers {
+                t.invalidate(tag);
+            }
+        }
+    }
+
+    /// Empties every tier of `identity`.
+    pub(crate) fn clear(&self, identity: &str) {
+        if let Some(tiers) = self
+            .tiers
+            .lock()
+            .expect("local tier registry")
+            .get(identity)
+        {
+            for (_, t) in tiers {
+                t.clear();
+            }
+        }
     }
 
     pub(crate) fn clear_all(&self) {
-        for t in self.tiers.lock().expect("local tier registry").values() {
-            t.clear();
+        for tiers in self.tiers.lock().expect("local tier registry").values() {
+            for (_, t) in tiers {
+                t.clear();
+            }
         }
     }
 }
 
-/// Typed access to a tier.
-pub(crate) fn typed<E: Entity>(tier: &Arc<dyn LocalTier>) -> &moka::sync::Cache<String, Arc<E>> {
-    &tier
-        .as_any()
-        .downcast_ref::<Typed<E>>()
-        .expect("one tier type per entity name")
-        .0
+/// Typed access to a tier made by [`Registry::tier`] for `E`.
+pub(crate) fn typed<E: Entity>(tier: &Arc<dyn LocalTier>) -> Option<&Typed<E>> {
+    tier.as_any().downcast_ref::<Typed<E>>()
 }

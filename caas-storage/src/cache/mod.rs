@@ -4,13 +4,19 @@
 //! What it guarantees (details and the choice per consistency model in `docs/caching.md`):
 //! - **No stale-set race.** Every write bumps the entry's generation in Redis before it is
 //!   acknowledged; a put after a miss succeeds only if the generation is the one read before
-//!   the load (the `PUT_IF_UNCHANGED` script in `cache/scripts.rs`). Write-through puts are fenced by version.
+//!   the load (the `PUT_IF_UNCHANGED` script in `cache/scripts.rs`). Write-through puts are
+//!   fenced by version, and a delete leaves a tombstone that fences out every older put. The
+//!   in-process tier is fenced the same way (`local.rs`): it takes no value the fences refused.
 //! - **One loader per hot miss.** The first miss takes a short lock; the others wait for its
 //!   value (bounded by `cache.stampede_wait`) and load themselves only if it does not come.
 //! - **Redis never fails a request.** Errors and timeouts (`cache.op_timeout`) send the call
-//!   to MongoDB; a circuit breaker skips Redis while it is down. Writes made while Redis could
-//!   not be told are remembered, and their entity's entries are cleared when Redis is back,
-//!   before Redis serves that entity again.
+//!   to MongoDB; a circuit breaker skips Redis while it is down and probes it after a
+//!   cool-down (a probe that never reports, say cancelled, reopens it: it never stays
+//!   half-open). Writes made while Redis could not be told are remembered, and their entity's
+//!   entries are cleared when Redis is back, by one streaming `SCAN` per entity, before Redis
+//!   serves that entity again.
+//! - **Identity is the namespace**: entries are keyed by database, collection and entity name,
+//!   never by the struct name alone (`keys.rs`).
 //! - Entries that do not decode are misses, deleted and counted.
 //! - Secret fields are never cached.
 
@@ -37,7 +43,8 @@ use crate::entity::{CacheSpec, Entity, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::tenant::TenantId;
 
-use breaker::{Breaker, Permit};
+use breaker::Breaker;
+use entry::Decoded;
 use keys::EntryKeys;
 use metrics::{bump, Counters};
 
@@ -50,14 +57,17 @@ pub struct CacheLayer {
     prefix: String,
     settings: CacheConfig,
     breaker: Breaker,
-    counters: Mutex<HashMap<&'static str, Arc<Counters>>>,
-    /// Entities with writes Redis was not told about; their entries are cleared when Redis is
-    /// back, and Redis is not read for them until then.
-    dirty: Mutex<HashSet<(&'static str, u8)>>,
+    counters: Mutex<HashMap<String, Arc<Counters>>>,
+    /// Entities (by identity and logical database) with writes Redis was not told about; their
+    /// entries are cleared when Redis is back, and Redis is not read for them until then. The
+    /// lock is held by the one caller clearing them.
+    dirty: Mutex<HashMap<(String, u8), Clearing>>,
     local: Arc<local::Registry>,
     listener: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Fault injection: a pause between loading from MongoDB and putting into Redis.
+    /// Test hooks: a pause between loading from MongoDB and putting into Redis; a one-shot
+    /// pause before the next write's put.
     load_delay_ms: AtomicU64,
+    put_delay_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -77,6 +87,9 @@ impl Drop for CacheLayer {
     }
 }
 
+/// Held by the one caller clearing an entity's entries after an outage.
+type Clearing = Arc<tokio::sync::Mutex<()>>;
+
 /// Why a Redis call was not answered.
 enum Fault {
     Skipped,
@@ -92,34 +105,44 @@ impl CacheLayer {
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
             settings,
             counters: Mutex::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashMap::new()),
             local: Arc::new(local::Registry::default()),
             listener: Mutex::new(None),
             load_delay_ms: AtomicU64::new(0),
+            put_delay_ms: AtomicU64::new(0),
             conn,
         }
     }
 
-    /// Counters per entity type, since this handle was created.
+    /// Counters per entity (keyed `database.collection:Entity`), since this handle was
+    /// created.
     pub fn metrics(&self) -> BTreeMap<String, CacheMetrics> {
         self.counters
             .lock()
             .expect("cache counters")
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.snapshot()))
+            .map(|(k, v)| (k.clone(), v.snapshot()))
             .collect()
     }
 
     /// Counters of entity `E`.
     pub fn metrics_of<E: Entity>(&self) -> CacheMetrics {
-        self.counters_of(E::META.name).snapshot()
+        self.counters_of(&keys::identity(E::META)).snapshot()
     }
 
-    /// Fault injection for tests: pause this long after each load from MongoDB, before the
-    /// put into Redis, to widen the window in which a concurrent write can race the put.
+    /// Test hook: pause this long after each load from MongoDB, before the put into Redis, to
+    /// widen the window in which a concurrent write can race the put.
     #[cfg(feature = "testing")]
     pub fn inject_load_delay(&self, delay: Duration) {
         self.load_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Test hook: pause this long before the next write's cache put (once), to let another
+    /// write's cache step land first.
+    #[cfg(feature = "testing")]
+    pub fn inject_put_delay(&self, delay: Duration) {
+        self.put_delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
@@ -128,13 +151,12 @@ impl CacheLayer {
         self.breaker.is_open()
     }
 
-    fn counters_of(&self, entity: &'static str) -> Arc<Counters> {
-        self.counters
-            .lock()
-            .expect("cache counters")
-            .entry(entity)
-            .or_default()
-            .clone()
+    fn counters_of(&self, identity: &str) -> Arc<Counters> {
+        let mut counters = self.counters.lock().expect("cache counters");
+        match counters.get(identity) {
+            Some(c) => c.clone(),
+            None => counters.entry(identity.to_owned()).or_default().clone(),
+        }
     }
 
     fn channel_for(&self, spec: &CacheSpec) -> &str {
@@ -145,38 +167,48 @@ impl CacheLayer {
         }
     }
 
-    /// Runs one Redis call under the breaker and the op timeout.
+    /// Runs one Redis call under the breaker and the op timeout; its outcome is reported to
+    /// the breaker whatever it is (a probe dropped unreported reopens it).
     async fn call<T, F>(&self, f: F) -> std::result::Result<T, Fault>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        if self.breaker.permit() == Permit::Skip {
+        self.guarded(self.settings.op_timeout, f).await
+    }
+
+    async fn guarded<T, F>(&self, bound: Duration, f: F) -> std::result::Result<T, Fault>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let permit = self.breaker.permit();
+        if permit.skips() {
             return Err(Fault::Skipped);
         }
-        match tokio::time::timeout(self.settings.op_timeout, f).await {
+        match tokio::time::timeout(bound, f).await {
             Ok(Ok(v)) => {
-                if self.breaker.success() {
+                if permit.success(&self.breaker) {
                     tracing::info!("Redis is back; cache calls resume");
                 }
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.breaker.failure();
+                permit.failure(&self.breaker);
                 Err(Fault::Failed(e.to_string()))
             }
             Err(_) => {
-                self.breaker.failure();
-                Err(Fault::Failed(format!(
-                    "no answer within {:?}",
-                    self.settings.op_timeout
-                )))
+                permit.failure(&self.breaker);
+                Err(Fault::Failed(format!("no answer within {bound:?}")))
             }
         }
     }
 
-    fn local_tier<E: Entity>(&self, spec: &CacheSpec) -> Option<Arc<dyn local::LocalTier>> {
+    fn local_tier<E: Entity>(
+        &self,
+        identity: &str,
+        spec: &CacheSpec,
+    ) -> Option<Arc<dyn local::LocalTier>> {
         let l = spec.local.as_ref()?;
-        let tier = self.local.tier::<E>(l);
+        let tier = self.local.tier::<E>(identity, l);
         let mut listener = self.listener.lock().expect("listener lock");
         if listener.is_none() {
             *listener = Some(listener::spawn(
@@ -188,19 +220,26 @@ impl CacheLayer {
         Some(tier)
     }
 
-    /// Clears `E`'s entries if writes happened while Redis was unreachable. Returns whether
-    /// Redis may be read for `E`.
-    async fn ensure_clean(&self, meta: &EntityMeta, conn: &mut RedisConnection, db: u8) -> bool {
-        let key = (meta.name, db);
-        if !self.dirty.lock().expect("dirty set").contains(&key) {
+    /// Clears an entity's entries if writes happened while Redis was unreachable. Returns
+    /// whether Redis may be read for it. One caller clears (one streaming SCAN); the others
+    /// read MongoDB meanwhile instead of scanning too.
+    async fn ensure_clean(&self, identity: &str, conn: &mut RedisConnection, db: u8) -> bool {
+        let key = (identity.to_owned(), db);
+        let Some(lock) = self.dirty.lock().expect("dirty set").get(&key).cloned() else {
             return true;
+        };
+        let Ok(_clearing) = lock.try_lock() else {
+            return false;
+        };
+        if !self.dirty.lock().expect("dirty set").contains_key(&key) {
+            return true; // cleared by the caller that held the lock before us
         }
-        let pattern = keys::pattern(&self.prefix, None, meta.name);
+        let pattern = keys::pattern(&self.prefix, None, identity);
         match self.delete_matching(conn, &pattern).await {
             Ok(n) => {
                 self.dirty.lock().expect("dirty set").remove(&key);
                 tracing::info!(
-                    entity = meta.name,
+                    entity = identity,
                     entries = n,
                     "cleared cache entries that may have gone stale while Redis was unreachable"
                 );
@@ -210,11 +249,12 @@ impl CacheLayer {
         }
     }
 
-    fn mark_dirty(&self, meta: &EntityMeta, db: u8) {
+    fn mark_dirty(&self, identity: &str, db: u8) {
         self.dirty
             .lock()
             .expect("dirty set")
-            .insert((meta.name, db));
+            .entry((identity.to_owned(), db))
+            .or_default();
     }
 
     /// The logical database and connection that cache entities of `meta`.
@@ -228,57 +268,45 @@ impl CacheLayer {
         (db, self.conn.redis_cache_for(meta.database))
     }
 
-    /// SCANs (never KEYS) for `pattern` and deletes what it finds, with its generation keys.
+    /// SCANs (never KEYS) for `pattern` and invalidates what it finds, page by page (memory
+    /// stays flat), with their generations. The SCAN reports to the breaker like any call.
     async fn delete_matching(
         &self,
         conn: &mut RedisConnection,
         pattern: &str,
     ) -> std::result::Result<u64, Fault> {
-        let found = match self.breaker.permit() {
-            Permit::Skip => return Err(Fault::Skipped),
-            _ => match tokio::time::timeout(
-                self.settings.op_timeout * 20,
-                conn.scan_match(pattern, None),
-            )
-            .await
-            {
-                Ok(Ok(keys)) => keys,
-                Ok(Err(e)) => {
-                    self.breaker.failure();
-                    return Err(Fault::Failed(e.to_string()));
+        let deleted = AtomicU64::new(0);
+        let mut pages = conn.clone();
+        let scan = pages.scan_each(pattern, None, |found| {
+            let mut conn = conn.clone();
+            let deleted = &deleted;
+            async move {
+                let data_keys: HashSet<&str> = found
+                    .iter()
+                    .filter(|k| !k.ends_with(":load"))
+                    .map(|k| k.strip_suffix(":gen").unwrap_or(k))
+                    .collect();
+                for data in data_keys {
+                    let Some(tag) = keys::tag_of(&self.prefix, data) else {
+                        continue;
+                    };
+                    // The identity is part of the tag: `tenant:identity:id`.
+                    let identity = tag.split(':').skip(1).take(2).collect::<Vec<_>>().join(":");
+                    let dropped: i64 = scripts::INVALIDATE
+                        .key(data)
+                        .key(format!("{data}:gen"))
+                        .arg(self.settings.generation_ttl.as_millis() as u64)
+                        .arg(&self.settings.invalidation_channel)
+                        .arg(keys::message(&identity, tag))
+                        .invoke_async(&mut conn)
+                        .await?;
+                    deleted.fetch_add(dropped.unsigned_abs(), Ordering::Relaxed);
                 }
-                Err(_) => {
-                    self.breaker.failure();
-                    return Err(Fault::Failed("SCAN timed out".into()));
-                }
-            },
-        };
-        let mut deleted = 0;
-        {
-            let data_keys: HashSet<&str> = found
-                .iter()
-                .filter(|k| !k.ends_with(":load"))
-                .map(|k| k.strip_suffix(":gen").unwrap_or(k))
-                .collect();
-            for data in data_keys {
-                let Some(tag) = keys::tag_of(&self.prefix, data) else {
-                    continue;
-                };
-                let dropped: i64 = self
-                    .call(
-                        scripts::INVALIDATE
-                            .key(data)
-                            .key(format!("{data}:gen"))
-                            .arg(self.settings.generation_ttl.as_millis() as u64)
-                            .arg(&self.settings.invalidation_channel)
-                            .arg(tag)
-                            .invoke_async(conn),
-                    )
-                    .await?;
-                deleted += dropped.unsigned_abs();
+                Ok(())
             }
-        }
-        Ok(deleted)
+        });
+        self.guarded(self.settings.op_timeout * 20, scan).await?;
+        Ok(deleted.load(Ordering::Relaxed))
     }
 
     /// Read-through: in-process tier, then Redis, then `load` (MongoDB), filling the tiers on
@@ -294,23 +322,34 @@ impl CacheLayer {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<E>>>,
     {
-        let spec = E::META
-            .cache
-            .as_ref()
-            .expect("read runs for cached entities");
-        let c = self.counters_of(E::META.name);
-        let tag = keys::tag(tenant, E::META.name, id);
-        let local = self.local_tier::<E>(spec);
-        if let Some(tier) = &local {
-            if let Some(hit) = local::typed::<E>(tier).get(&tag) {
+        let Some(spec) = E::META.cache.as_ref() else {
+            return load().await;
+        };
+        let identity = keys::identity(E::META);
+        let c = self.counters_of(&identity);
+        let tag = keys::tag(tenant, &identity, id);
+        let tier = self.local_tier::<E>(&identity, spec);
+        let local = tier.as_ref().and_then(local::typed::<E>);
+        // Fences the in-process fill: any invalidation from here on refuses it.
+        let epoch = local.map(local::Typed::epoch);
+        if let Some(local) = local {
+            if let Some(hit) = local.get(&tag).and_then(|e| e.local_cache_clone()) {
                 bump(&c.local_hits);
-                return Ok(Some(clone_of(&hit)));
+                return Ok(Some(hit));
             }
             bump(&c.local_misses);
         }
+        let fill = |e: E, put_refused: bool| {
+            if let (Some(local), Some(epoch), false) = (local, epoch, put_refused) {
+                if let Some(copy) = e.local_cache_clone() {
+                    local.fill(&tag, copy, epoch);
+                }
+            }
+            e
+        };
 
         let (db, mut conn) = self.redis_for(E::META);
-        if !self.ensure_clean(E::META, &mut conn, db).await {
+        if !self.ensure_clean(&identity, &mut conn, db).await {
             bump(&c.bypassed);
             return self.load_counted(&c, load).await;
         }
@@ -318,11 +357,12 @@ impl CacheLayer {
         match self.get_entry::<E>(&mut conn, &k, &c).await {
             Err(_) => {
                 bump(&c.bypassed);
-                return self.load_counted(&c, load).await;
+                let loaded = self.load_counted(&c, load).await?;
+                return Ok(loaded.map(|e| fill(e, false)));
             }
             Ok(Some(e)) => {
                 bump(&c.redis_hits);
-                return Ok(Some(self.fill_local(&local, &tag, e)));
+                return Ok(Some(fill(e, false)));
             }
             Ok(None) => bump(&c.redis_misses),
         }
@@ -334,7 +374,10 @@ impl CacheLayer {
             .await
         {
             Ok(g) => g,
-            Err(_) => return self.load_counted(&c, load).await,
+            Err(_) => {
+                let loaded = self.load_counted(&c, load).await?;
+                return Ok(loaded.map(|e| fill(e, false)));
+            }
         };
         let token = entry::lock_token();
         let locked: bool = self
@@ -358,7 +401,7 @@ impl CacheLayer {
                 match self.get_entry::<E>(&mut conn, &k, &c).await {
                     Ok(Some(e)) => {
                         bump(&c.redis_hits);
-                        return Ok(Some(self.fill_local(&local, &tag, e)));
+                        return Ok(Some(fill(e, false)));
                     }
                     Ok(None) => {}
                     Err(_) => break,
@@ -370,6 +413,7 @@ impl CacheLayer {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
+        let mut refused = false;
         if let Ok(Some(e)) = &loaded {
             match entry::from_entity(e) {
                 Ok(value) => {
@@ -386,7 +430,10 @@ impl CacheLayer {
                         .await;
                     match put {
                         Ok(1) => bump(&c.sets),
-                        Ok(_) => bump(&c.fenced_puts),
+                        Ok(_) => {
+                            bump(&c.fenced_puts);
+                            refused = true;
+                        }
                         Err(_) => bump(&c.errors),
                     }
                 }
@@ -403,10 +450,9 @@ impl CacheLayer {
                 )
                 .await;
         }
-        match loaded {
-            Ok(Some(e)) => Ok(Some(self.fill_local(&local, &tag, e))),
-            other => other,
-        }
+        // The value the Redis fence refused predates a write: the caller gets it (its read
+        // started before the write), the in-process tier does not.
+        Ok(loaded?.map(|e| fill(e, refused)))
     }
 
     async fn get_entry<E: Entity>(
@@ -428,8 +474,9 @@ impl CacheLayer {
         };
         let Some(raw) = raw else { return Ok(None) };
         match entry::decode::<E>(&raw) {
-            Some(e) => Ok(Some(e)),
-            None => {
+            Decoded::Entity(e) => Ok(Some(e)),
+            Decoded::Deleted => Ok(None),
+            Decoded::Corrupt => {
                 bump(&c.decode_errors);
                 let _ = self
                     .call(redis::cmd("DEL").arg(&k.data).query_async::<i64>(conn))
@@ -437,18 +484,6 @@ impl CacheLayer {
                 Ok(None)
             }
         }
-    }
-
-    fn fill_local<E: Entity>(
-        &self,
-        local: &Option<Arc<dyn local::LocalTier>>,
-        tag: &str,
-        e: E,
-    ) -> E {
-        if let (Some(tier), Some(copy)) = (local, e.local_cache_clone()) {
-            local::typed::<E>(tier).insert(tag.to_owned(), Arc::new(copy));
-        }
-        e
     }
 
     async fn load_counted<E, F, Fut>(&self, c: &Counters, load: F) -> Result<Option<E>>
@@ -464,38 +499,50 @@ impl CacheLayer {
         r
     }
 
-    /// After a write to MongoDB, before it is acknowledged: invalidate (or, write-through,
-    /// replace) the entry in every tier. `written` is the document as stored, when known and
-    /// the entity's strategy puts written values (the caller decides).
+    /// After a write to MongoDB, before it is acknowledged: invalidate the entry in every tier
+    /// or, where the caller passes what was written, replace it. `written` is the document as
+    /// stored (write-through); `deleted_at` the version a delete took the document to (a
+    /// tombstone then fences out every older put).
     pub(crate) async fn after_write(
         &self,
         meta: &'static EntityMeta,
         tenant: &TenantId,
         id: &Bson,
         written: Option<&Document>,
+        deleted_at: Option<u64>,
     ) {
         let Some(spec) = meta.cache.as_ref() else {
             return;
         };
-        let c = self.counters_of(meta.name);
-        let tag = keys::tag(tenant, meta.name, id);
-        if spec.local.is_some() {
-            if let Some(tier) = self.local.get(meta.name) {
-                tier.invalidate(&tag);
-            }
-        }
+        let identity = keys::identity(meta);
+        let c = self.counters_of(&identity);
+        let tag = keys::tag(tenant, &identity, id);
+        self.local.invalidate(&identity, &tag);
         let (db, mut conn) = self.redis_for(meta);
         let k = keys::entry(&self.prefix, &tag);
         let gen_ttl = self.settings.generation_ttl.as_millis() as u64;
-        let r = match written.and_then(|d| entry::from_document(meta, d)) {
-            Some((version, value)) => self
-                .call(
+        let message = keys::message(&identity, &tag);
+        let put = match (
+            written.and_then(|d| entry::from_document(meta, d)),
+            deleted_at,
+        ) {
+            (Some(through), _) => Some(through),
+            (None, Some(version)) => Some((version, entry::tombstone(version))),
+            (None, None) => None,
+        };
+        let r = match put {
+            Some((version, value)) => {
+                let delay = self.put_delay_ms.swap(0, Ordering::Relaxed);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                self.call(
                     scripts::WRITE_THROUGH
                         .key(&k.data)
                         .key(&k.generation)
                         .arg(gen_ttl)
                         .arg(self.channel_for(spec))
-                        .arg(&tag)
+                        .arg(&message)
                         .arg(version)
                         .arg(value)
                         .arg(entry::ttl_ms(spec))
@@ -504,7 +551,8 @@ impl CacheLayer {
                 .await
                 .map(|set| {
                     bump(if set == 1 { &c.sets } else { &c.fenced_puts });
-                }),
+                })
+            }
             None => self
                 .call(
                     scripts::INVALIDATE
@@ -512,7 +560,7 @@ impl CacheLayer {
                         .key(&k.generation)
                         .arg(gen_ttl)
                         .arg(self.channel_for(spec))
-                        .arg(&tag)
+                        .arg(&message)
                         .invoke_async::<i64>(&mut conn),
                 )
                 .await
@@ -523,20 +571,21 @@ impl CacheLayer {
                 bump(&c.errors);
                 tracing::warn!(entity = meta.name, error = %e, "cache not invalidated; the entity's entries will be cleared when Redis answers again");
             }
-            self.mark_dirty(meta, db);
+            self.mark_dirty(&identity, db);
         }
     }
 
     /// Drops the entry of one entity from every tier.
     pub async fn invalidate<E: Entity>(&self, tenant: &TenantId, id: &E::Id) -> Result<()> {
         let id = document::id_to_bson::<E>(id)?;
-        self.after_write(E::META, tenant, &id, None).await;
+        self.after_write(E::META, tenant, &id, None, None).await;
         Ok(())
     }
 
     /// Drops every cache entry whose key matches the `SCAN` glob `pattern` (relative to
-    /// `redis.key_prefix`; e.g. `{acme:User:*` for one tenant's users) in the cache database
-    /// of MongoDB database `database`. Returns how many entries were dropped.
+    /// `redis.key_prefix`; e.g. `{acme:caas_auth.users:User:*` for one tenant's users) in the
+    /// cache database of MongoDB database `database`, and empties the in-process tiers.
+    /// Returns how many entries were dropped.
     pub async fn invalidate_pattern(&self, database: &str, pattern: &str) -> Result<u64> {
         let mut conn = self.conn.redis_cache_for(database);
         let full = format!("{}{pattern}", self.prefix);
@@ -555,18 +604,15 @@ impl CacheLayer {
     /// Drops every cached entry of `E` in `tenant` (or, with `None`, in every tenant), found
     /// with `SCAN`. Returns how many entries were dropped.
     pub async fn invalidate_all<E: Entity>(&self, tenant: Option<&TenantId>) -> Result<u64> {
-        if let Some(spec) = E::META.cache.as_ref() {
-            if let Some(tier) = self.local_tier::<E>(spec) {
-                tier.clear();
-            }
-        }
+        let identity = keys::identity(E::META);
+        self.local.clear(&identity);
         let (db, mut conn) = self.redis_for(E::META);
-        let pattern = keys::pattern(&self.prefix, tenant, E::META.name);
+        let pattern = keys::pattern(&self.prefix, tenant, &identity);
         let n = self
             .delete_matching(&mut conn, &pattern)
             .await
             .map_err(|f| {
-                self.mark_dirty(E::META, db);
+                self.mark_dirty(&identity, db);
                 match f {
                     Fault::Skipped => Error::Timeout {
                         component: Component::Redis,
@@ -580,15 +626,9 @@ impl CacheLayer {
                     },
                 }
             })?;
-        self.counters_of(E::META.name)
+        self.counters_of(&identity)
             .invalidations
             .fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
-}
-
-fn clone_of<E: Entity>(shared: &Arc<E>) -> E {
-    shared
-        .local_cache_clone()
-        .expect("only entities that can be cloned get an in-process tier")
 }

@@ -24,7 +24,7 @@ return 1
 /// After a write: bump the generation (fencing in-flight loaders), drop the entry and tell
 /// other instances to drop their in-process copy.
 ///
-/// KEYS: data, generation. ARGV: generation ttl ms, channel ('' for none), tag.
+/// KEYS: data, generation. ARGV: generation ttl ms, channel ('' for none), message.
 /// Returns 1 if an entry was dropped, 0 if there was none.
 pub(crate) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -42,7 +42,11 @@ return n
 /// equal or newer version is already cached (two writers finishing out of order cannot leave
 /// the older value behind).
 ///
-/// KEYS: data, generation. ARGV: generation ttl ms, channel, tag, version, value, ttl ms.
+/// A delete writes a tombstone, `<version>|` with no body, through this script too: reads take
+/// it for a miss, and it fences out every write-through put of that version or older (an
+/// update whose cache step lands after the delete's cannot put the deleted document back).
+///
+/// KEYS: data, generation. ARGV: generation ttl ms, channel, message, version, value, ttl ms.
 pub(crate) static WRITE_THROUGH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"

@@ -21,7 +21,12 @@ pub(crate) fn producer(config: &StorageConfig) -> Result<FutureProducer> {
         ],
     )
     .create()
-    .map_err(|e| Error::config("kafka.properties", e.to_string()))
+    .map_err(|e| {
+        Error::config(
+            "kafka.properties",
+            crate::redact::scrub(&e.to_string(), config.credentials()),
+        )
+    })
 }
 
 /// The brokers and client id, then `settings`, then the configured `kafka.properties` (security

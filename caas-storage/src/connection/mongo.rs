@@ -13,15 +13,20 @@ use crate::error::{Error, Result};
 pub(crate) type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
 
 /// The client with the configured pool. Without `on_command`, commands are logged by `tracing`
-/// at debug level under target `caas_storage::mongodb` when that level is enabled at connect.
+/// at debug level under target `caas_storage::mongodb` when that level is enabled at connect:
+/// their shape (field names and value types), never their values.
 pub(crate) async fn client(
     config: &StorageConfig,
     on_command: Option<CommandLog>,
 ) -> Result<mongodb::Client> {
     let m = &config.mongodb;
-    let mut options = ClientOptions::parse(&m.uri)
-        .await
-        .map_err(|e| Error::config("mongodb.uri", e.to_string()))?;
+    let bad_uri = |e: mongodb::error::Error| {
+        Error::config(
+            "mongodb.uri",
+            crate::redact::scrub(&e.to_string(), config.credentials()),
+        )
+    };
+    let mut options = ClientOptions::parse(&m.uri).await.map_err(bad_uri)?;
     options.app_name = Some(m.app_name.clone());
     options.max_pool_size = Some(m.max_pool_size);
     options.min_pool_size = Some(m.min_pool_size);
@@ -31,7 +36,9 @@ pub(crate) async fn client(
     let log = on_command.or_else(|| {
         tracing::enabled!(target: "caas_storage::mongodb", tracing::Level::DEBUG).then(|| {
             Arc::new(|e: &CommandStartedEvent| {
-                tracing::debug!(target: "caas_storage::mongodb", db = %e.db, command = %e.command, "mongodb command");
+                // The command's shape only: its values are the data (and secret fields).
+                let shape = crate::redact::shape(&e.command);
+                tracing::debug!(target: "caas_storage::mongodb", db = %e.db, command = %shape, "mongodb command");
             }) as CommandLog
         })
     });
@@ -42,5 +49,5 @@ pub(crate) async fn client(
             }
         }));
     }
-    mongodb::Client::with_options(options).map_err(|e| Error::config("mongodb.uri", e.to_string()))
+    mongodb::Client::with_options(options).map_err(bad_uri)
 }

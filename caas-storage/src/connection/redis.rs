@@ -77,6 +77,30 @@ impl RedisConnection {
         pattern: &str,
         key_type: Option<&str>,
     ) -> RedisResult<Vec<String>> {
+        let mut out = Vec::new();
+        self.scan_each(pattern, key_type, |page| {
+            out.extend(page);
+            async { Ok(()) }
+        })
+        .await?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Hands every page of keys matching `pattern` to `each` as `SCAN` returns it (on a
+    /// cluster, primary by primary), so that memory stays flat however many keys match. A key
+    /// may come twice (SCAN's guarantee); `each` must be idempotent.
+    pub(crate) async fn scan_each<F, Fut>(
+        &mut self,
+        pattern: &str,
+        key_type: Option<&str>,
+        mut each: F,
+    ) -> RedisResult<()>
+    where
+        F: FnMut(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<()>>,
+    {
         fn scan_cmd(cursor: u64, pattern: &str, key_type: Option<&str>) -> Cmd {
             let mut c = redis::cmd("SCAN");
             c.arg(cursor)
@@ -89,7 +113,6 @@ impl RedisConnection {
             }
             c
         }
-        let mut out = Vec::new();
         match &self.0 {
             Inner::Single(m) => {
                 let mut m = m.clone();
@@ -98,7 +121,9 @@ impl RedisConnection {
                     let (next, keys): (u64, Vec<String>) = scan_cmd(cursor, pattern, key_type)
                         .query_async(&mut m)
                         .await?;
-                    out.extend(keys);
+                    if !keys.is_empty() {
+                        each(keys).await?;
+                    }
                     cursor = next;
                     if cursor == 0 {
                         break;
@@ -134,7 +159,9 @@ impl RedisConnection {
                             .await?;
                         let (next, keys): (u64, Vec<String>) =
                             redis::FromRedisValue::from_redis_value(v)?;
-                        out.extend(keys);
+                        if !keys.is_empty() {
+                            each(keys).await?;
+                        }
                         cursor = next;
                         if cursor == 0 {
                             break;
@@ -143,9 +170,7 @@ impl RedisConnection {
                 }
             }
         }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -242,7 +267,12 @@ pub(crate) fn pubsub_client(config: &StorageConfig) -> Result<redis::Client> {
 }
 
 fn client(config: &StorageConfig, db: u8) -> Result<redis::Client> {
-    let bad_url = |e: redis::RedisError| Error::config("redis.url", e.to_string());
+    let bad_url = |e: redis::RedisError| {
+        Error::config(
+            "redis.url",
+            crate::redact::scrub(&e.to_string(), config.credentials()),
+        )
+    };
     let info = config
         .redis
         .url

@@ -8,5 +8,5 @@ mod spec;
 mod sync;
 
 pub use spec::{IndexKey, IndexSpec, SortDirection};
-pub(crate) use sync::{sync_indexes, IndexTarget};
+pub(crate) use sync::{create_missing, sync_indexes, IndexTarget};
 pub use sync::{IndexChange, IndexPlan, SyncOptions};

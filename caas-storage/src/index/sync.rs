@@ -208,6 +208,49 @@ fn same_keys(a: &Document, b: &Document) -> bool {
         })
 }
 
+/// The indexes `coll` has; none when the collection does not exist yet.
+async fn list(coll: &mongodb::Collection<Document>) -> mongodb::error::Result<Vec<IndexModel>> {
+    match coll.list_indexes().await {
+        Ok(cursor) => cursor.try_collect().await,
+        // NamespaceNotFound: the collection does not exist yet, so it has no indexes.
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates those of `wanted` (keys, name) that `coll` lacks, by name, after listing what it
+/// has: never a `createIndexes` that repeats existing indexes (FerretDB 1.24.2 panics on one
+/// that repeats several, and the driver then clears its pool; see `docs/ferretdb.md`).
+/// Returns how many it created.
+pub(crate) async fn create_missing(
+    coll: &mongodb::Collection<Document>,
+    wanted: &[(Document, &str)],
+) -> mongodb::error::Result<usize> {
+    let existing = list(coll).await?;
+    let has = |name: &str| {
+        existing
+            .iter()
+            .any(|m| m.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name))
+    };
+    let missing: Vec<IndexModel> = wanted
+        .iter()
+        .filter(|(_, name)| !has(name))
+        .map(|(keys, name)| {
+            IndexModel::builder()
+                .keys(keys.clone())
+                .options(IndexOptions::builder().name((*name).to_owned()).build())
+                .build()
+        })
+        .collect();
+    let n = missing.len();
+    if n > 0 {
+        coll.create_indexes(missing).await?;
+    }
+    Ok(n)
+}
+
 pub(crate) async fn sync_indexes(
     db: &mongodb::Database,
     capabilities: &Capabilities,
@@ -216,17 +259,9 @@ pub(crate) async fn sync_indexes(
 ) -> Result<IndexPlan> {
     let coll = db.collection::<Document>(meta.collection);
     let ns = format!("{}.{}", meta.database, meta.collection);
-    let existing: Vec<IndexModel> = match coll.list_indexes().await {
-        Ok(cursor) => cursor
-            .try_collect()
-            .await
-            .map_err(|e| Error::mongo(format!("listIndexes {ns}"), e))?,
-        // NamespaceNotFound: the collection does not exist yet, so it has no indexes.
-        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
-            Vec::new()
-        }
-        Err(e) => return Err(Error::mongo(format!("listIndexes {ns}"), e)),
-    };
+    let existing = list(&coll)
+        .await
+        .map_err(|e| Error::mongo(format!("listIndexes {ns}"), e))?;
 
     let mut changes = Vec::new();
     let wanted = desired(&meta);

@@ -2,8 +2,9 @@
 //!
 //! The envelope is the Kafka message value; its identifying fields are also sent as message
 //! headers (see [`EventEnvelope::headers`]) so consumers can route and deduplicate without
-//! parsing the body. The Kafka key is the aggregate id, so all events of one aggregate land on
-//! one partition, in order.
+//! parsing the body. The Kafka key is [`EventEnvelope::kafka_key`], `tenant/type/id`, so all
+//! events of one aggregate land on one partition, in order, and two tenants' aggregates never
+//! share a key (nor merge on a compacted topic).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,7 +35,7 @@ pub struct EventEnvelope {
     pub event_type: String,
     /// The kind of aggregate the event is about, e.g. `User`.
     pub aggregate_type: String,
-    /// The aggregate's id rendered as text (also the Kafka message key).
+    /// The aggregate's id rendered as text.
     pub aggregate_id: String,
     /// The tenant the aggregate belongs to.
     pub tenant: String,
@@ -57,6 +58,15 @@ pub struct EventEnvelope {
 }
 
 impl EventEnvelope {
+    /// The Kafka message key: `<tenant>/<aggregate type>/<aggregate id>`. Tenant ids and type
+    /// names hold no `/`, so the key names one aggregate of one tenant unambiguously.
+    pub fn kafka_key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.tenant, self.aggregate_type, self.aggregate_id
+        )
+    }
+
     /// A new event with a fresh UUID v7 id, `occurred_at` now, schema version 1 and revision 0
     /// (set the revision with [`with_revision`](Self::with_revision)).
     pub fn new(

@@ -39,6 +39,8 @@ pub struct RelayMetrics {
     pub published_per_sec: f64,
     /// Shard leases held, over all databases.
     pub shards_held: u64,
+    /// Drain passes run.
+    pub passes: u64,
 }
 
 struct Rate {
@@ -61,6 +63,7 @@ pub(crate) struct Counters {
     /// `u64::MAX` when nothing is pending.
     oldest_pending_age_ms: AtomicU64,
     pub shards_held: AtomicU64,
+    pub passes: AtomicU64,
     rate: Mutex<Rate>,
 }
 
@@ -78,6 +81,7 @@ impl Counters {
             pending: AtomicU64::new(0),
             oldest_pending_age_ms: AtomicU64::new(u64::MAX),
             shards_held: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
             rate: Mutex::new(Rate {
                 since: Instant::now(),
                 published_then: 0,
@@ -133,6 +137,7 @@ impl Counters {
             oldest_pending_age_ms: (oldest != u64::MAX).then_some(oldest),
             published_per_sec: self.rate.lock().unwrap_or_else(|p| p.into_inner()).per_sec,
             shards_held: load(&self.shards_held),
+            passes: load(&self.passes),
         }
     }
 }

@@ -287,7 +287,8 @@ impl OutboxRelay {
         self.inner.counters.snapshot()
     }
 
-    /// Runs the relay in a tokio task until [`RelayHandle::shutdown`].
+    /// Runs the relay in a tokio task until [`RelayHandle::shutdown`]. Dropping the handle
+    /// detaches the relay, which then runs at its normal pace until the process ends.
     pub fn spawn(&self) -> RelayHandle {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let relay = self.clone();
@@ -306,7 +307,13 @@ impl OutboxRelay {
                 if !more {
                     tokio::select! {
                         _ = tokio::time::sleep(relay.inner.options.poll_interval) => {}
-                        _ = stopped.changed() => {}
+                        changed = stopped.changed() => {
+                            if changed.is_err() {
+                                // The handle was dropped: the relay is detached and goes on at
+                                // its normal pace (`changed` would return at once from now on).
+                                tokio::time::sleep(relay.inner.options.poll_interval).await;
+                            }
+                        }
                     }
                 }
             }
@@ -342,6 +349,7 @@ impl OutboxRelay {
     /// One pass over every database: leases, reconciliation, one batch published.
     pub async fn drain_once(&self) -> Result<DrainReport> {
         let inner = &self.inner;
+        inner.counters.passes.fetch_add(1, Ordering::Relaxed);
         let mut report = DrainReport::default();
         if !inner.indexes_ready.load(Ordering::Relaxed) {
             let mut ok = true;
@@ -510,8 +518,9 @@ impl OutboxRelay {
                     continue;
                 }
             };
+            let key = r.envelope.kafka_key();
             let record = FutureRecord::to(&r.topic)
-                .key(r.envelope.aggregate_id.as_str())
+                .key(key.as_str())
                 .payload(value.as_slice())
                 .headers(headers(&r.envelope, &[]));
             match producer.send_result(record) {
@@ -599,8 +608,9 @@ impl OutboxRelay {
             return;
         };
         let producer = self.inner.conn.kafka();
+        let key = r.envelope.kafka_key();
         let record = FutureRecord::to(dlq)
-            .key(r.envelope.aggregate_id.as_str())
+            .key(key.as_str())
             .payload(value.as_slice())
             .headers(headers(
                 &r.envelope,

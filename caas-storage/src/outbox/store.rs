@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::{self, doc, Bson, DateTime, Document};
-use mongodb::options::IndexOptions;
-use mongodb::{ClientSession, Collection, Database, IndexModel};
+use mongodb::{ClientSession, Collection, Database};
 
 use super::record::{
     aggregate_key, fnv1a, write_key, EventState, PendingEvent, DEFAULT_RECONCILE_AFTER,
@@ -23,6 +22,7 @@ use super::record::{
 use crate::capabilities::ServerProduct;
 use crate::connection::Connections;
 use crate::error::{duplicate_key_message, Error, Result};
+use crate::index::create_missing;
 
 /// Default bound on each MongoDB operation of the outbox.
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,40 +114,24 @@ impl OutboxStore {
     /// created_at)`, `(agg, revision)` and `(op)` on the outbox; `(agg, revision)`, `(op)` and
     /// `(published_at)` on the published records. Idempotent.
     pub async fn ensure_indexes(&self) -> Result<()> {
-        let models = [
+        let outbox = [
             (
                 doc! { "state": 1, "shard": 1, "created_at": 1 },
                 "state_1_shard_1_created_at_1",
             ),
             (doc! { "agg": 1, "revision": 1 }, "agg_1_revision_1"),
             (doc! { "op": 1 }, "op_1"),
-        ]
-        .into_iter()
-        .map(|(keys, name)| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build()
-        })
-        .collect::<Vec<_>>();
-        self.bounded("create outbox indexes", self.coll.create_indexes(models))
+        ];
+        self.bounded("create outbox indexes", create_missing(&self.coll, &outbox))
             .await?;
         let archive = [
             (doc! { "agg": 1, "revision": 1 }, "agg_1_revision_1"),
             (doc! { "op": 1 }, "op_1"),
             (doc! { "published_at": 1 }, "published_at_1"),
-        ]
-        .into_iter()
-        .map(|(keys, name)| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build()
-        })
-        .collect::<Vec<_>>();
+        ];
         self.bounded(
             "create published outbox indexes",
-            self.published.create_indexes(archive),
+            create_missing(&self.published, &archive),
         )
         .await
         .map(drop)
@@ -303,21 +287,26 @@ impl OutboxStore {
         limit: Option<i64>,
         projection: Option<Document>,
     ) -> Result<Vec<Document>> {
-        let coll = &self.coll;
-        let fut = async move {
-            let mut find = coll.find(filter);
-            if let Some(s) = sort {
-                find = find.sort(s);
+        // A read is safe to repeat: retried after a connection-level failure (a pool the
+        // driver cleared, say).
+        self.retrying(operation, || {
+            let coll = &self.coll;
+            let (filter, sort, projection) = (filter.clone(), sort.clone(), projection.clone());
+            async move {
+                let mut find = coll.find(filter);
+                if let Some(s) = sort {
+                    find = find.sort(s);
+                }
+                if let Some(l) = limit {
+                    find = find.limit(l);
+                }
+                if let Some(p) = projection {
+                    find = find.projection(p);
+                }
+                find.await?.try_collect::<Vec<Document>>().await
             }
-            if let Some(l) = limit {
-                find = find.limit(l);
-            }
-            if let Some(p) = projection {
-                find = find.projection(p);
-            }
-            find.await?.try_collect::<Vec<Document>>().await
-        };
-        self.bounded(operation, fut).await
+        })
+        .await
     }
 
     /// [`bounded`](Self::bounded), retried up to twice after a connection-level failure (I/O

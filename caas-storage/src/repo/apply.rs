@@ -202,7 +202,7 @@ fn insert_many_report(
             Error::DuplicateKey {
                 entity: meta.name,
                 index: None,
-                message: w.message.clone(),
+                message: crate::redact::duplicate_key_message(&w.message),
             }
         } else {
             Error::Rejected {

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Where the next page starts; opaque, safe to hand to clients and take back.
+/// Where the next page starts; opaque, safe to hand to clients and take back: a cursor that
+/// does not decode to the sort values of a page (scalars, one per sort key) is refused.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Cursor(String);
@@ -56,10 +57,29 @@ impl Cursor {
         let bytes = crate::hex::decode(&self.0).ok_or_else(bad)?;
         let doc = Document::from_reader(bytes.as_slice()).map_err(|_| bad())?;
         match doc.get("v") {
-            Some(Bson::Array(a)) => Ok(a.clone()),
+            // Sort values are scalars: a document here would be read as an operator.
+            Some(Bson::Array(a)) if a.iter().all(is_sort_value) => Ok(a.clone()),
             _ => Err(bad()),
         }
     }
+}
+
+/// Whether `v` can be the value of a sort key in a cursor this crate issues.
+fn is_sort_value(v: &Bson) -> bool {
+    matches!(
+        v,
+        Bson::Null
+            | Bson::Boolean(_)
+            | Bson::Int32(_)
+            | Bson::Int64(_)
+            | Bson::Double(_)
+            | Bson::String(_)
+            | Bson::DateTime(_)
+            | Bson::ObjectId(_)
+            | Bson::Timestamp(_)
+            | Bson::Decimal128(_)
+            | Bson::Binary(_)
+    )
 }
 
 /// How much to fetch and from where.

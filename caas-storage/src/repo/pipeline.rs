@@ -156,6 +156,8 @@ struct Effect {
     id: Bson,
     /// The document as stored, when known.
     written: Option<Document>,
+    /// The version a delete took the document to.
+    deleted_at: Option<u64>,
 }
 
 /// The executor of one entity's writes under one consistency model. Cheap to clone.
@@ -386,6 +388,7 @@ impl Pipeline {
                     .map(|d| Effect {
                         id: d.get(self.meta.id_field).cloned().unwrap_or(Bson::Null),
                         written: puts.then(|| d.clone()),
+                        deleted_at: None,
                     })
                     .collect();
                 (docs.into_iter().map(Op::Insert).collect(), effects)
@@ -488,7 +491,11 @@ impl Pipeline {
                     .zip(written)
                     .zip(&results)
                     .filter(|(_, r)| r.is_ok())
-                    .map(|((id, written), _)| Effect { id, written })
+                    .map(|((id, written), _)| Effect {
+                        id,
+                        written,
+                        deleted_at: None,
+                    })
                     .collect();
                 (Ok(Outcome::Inserted(results)), effects)
             }
@@ -549,7 +556,17 @@ impl Pipeline {
                         _ => plan.written,
                     };
                     let outcome = plan.shape.outcome(written.clone(), plan.next);
-                    return (Ok(outcome), vec![Effect { id, written }]);
+                    // A delete of a versioned document leaves a tombstone at its version.
+                    let deleted_at = (plan.shape == Shape::Deleted && plan.expected.is_some())
+                        .then_some(plan.next);
+                    return (
+                        Ok(outcome),
+                        vec![Effect {
+                            id,
+                            written,
+                            deleted_at,
+                        }],
+                    );
                 }
                 // Matched nothing. Without a version in the filter the document is not
                 // there; with one, read why.
@@ -588,7 +605,7 @@ impl Pipeline {
         let tenant = w.tenant;
         let Some(vf) = m.version_field else {
             return Ok(Step::Write(Box::new(
-                self.plan_unversioned(tenant, intent, w.at)?,
+                self.plan_unversioned(tenant, intent, w.at).await?,
             )));
         };
         // Where the document is now: named by the caller, or read.
@@ -666,6 +683,7 @@ impl Pipeline {
             }
             Intent::Replace { doc, .. } | Intent::Upsert { doc, .. } => {
                 let mut doc = doc.clone();
+                self.keep_unloaded_secrets(tenant, id, &mut doc).await?;
                 doc.insert(vf, document::version_bson(next));
                 if let (Some(c), Some(stored)) = (m.created_at_field, &current.created_at) {
                     // An upsert of an existing document keeps when it was created.
@@ -715,7 +733,12 @@ impl Pipeline {
 
     /// Step 2 for entities without a version field: no transition, no claim, no events (an
     /// outbox needs a version field).
-    fn plan_unversioned(&self, tenant: &TenantId, intent: &Intent, at: DateTime) -> Result<Plan> {
+    async fn plan_unversioned(
+        &self,
+        tenant: &TenantId,
+        intent: &Intent,
+        at: DateTime,
+    ) -> Result<Plan> {
         let m = self.meta;
         let plan = |raw, written, shape| Plan {
             raw,
@@ -735,24 +758,24 @@ impl Pipeline {
                 None,
                 Shape::Patched,
             ),
-            Intent::Replace { id, doc, .. } => plan(
-                RawWrite::Replace {
-                    filter: self.id_filter(tenant, id, false),
-                    doc: doc.clone(),
-                    upsert: false,
-                },
-                Some(doc.clone()),
-                Shape::Replaced,
-            ),
-            Intent::Upsert { id, doc } => plan(
-                RawWrite::Replace {
-                    filter: self.id_filter(tenant, id, false),
-                    doc: doc.clone(),
-                    upsert: true,
-                },
-                Some(doc.clone()),
-                Shape::UpsertUnversioned,
-            ),
+            Intent::Replace { id, doc, .. } | Intent::Upsert { id, doc } => {
+                let mut doc = doc.clone();
+                self.keep_unloaded_secrets(tenant, id, &mut doc).await?;
+                let upsert = matches!(intent, Intent::Upsert { .. });
+                plan(
+                    RawWrite::Replace {
+                        filter: self.id_filter(tenant, id, false),
+                        doc: doc.clone(),
+                        upsert,
+                    },
+                    Some(doc),
+                    if upsert {
+                        Shape::UpsertUnversioned
+                    } else {
+                        Shape::Replaced
+                    },
+                )
+            }
             Intent::Delete { id, purge } => {
                 let filter = self.id_filter(tenant, id, *purge);
                 let raw = if m.soft_delete && !purge {
@@ -773,6 +796,53 @@ impl Pipeline {
                 return Err(self.unsupported("this write as a single-document write"))
             }
         })
+    }
+
+    /// Secret fields a whole-document write does not set (absent, null or empty: reads leave
+    /// them out, so `get -> modify -> replace` would otherwise erase them) keep their stored
+    /// values. Reads them only when there is one to keep.
+    async fn keep_unloaded_secrets(
+        &self,
+        tenant: &TenantId,
+        id: &Bson,
+        doc: &mut Document,
+    ) -> Result<()> {
+        let unset: Vec<&str> = self
+            .meta
+            .secret_fields
+            .iter()
+            .copied()
+            .filter(|f| match doc.get(*f) {
+                None | Some(Bson::Null) => true,
+                Some(Bson::String(s)) => s.is_empty(),
+                Some(Bson::Binary(b)) => b.bytes.is_empty(),
+                Some(_) => false,
+            })
+            .collect();
+        if unset.is_empty() {
+            return Ok(());
+        }
+        let mut projection = doc! { "_id": 0 };
+        for f in &unset {
+            projection.insert(*f, 1);
+        }
+        let stored = self
+            .bounded(
+                "read secret fields",
+                self.docs
+                    .find_one(self.id_filter(tenant, id, true))
+                    .projection(projection),
+            )
+            .await?
+            .map_err(|e| Error::mongo(self.op("read secret fields"), e))?;
+        if let Some(stored) = stored {
+            for f in unset {
+                if let Some(v) = stored.get(f) {
+                    doc.insert(f, v.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes every document `filter` matches. One delete per document where each has a
@@ -883,8 +953,9 @@ impl Pipeline {
         } && result.is_ok();
         for effect in effects {
             let written = effect.written.as_ref().filter(|_| puts);
+            let deleted_at = effect.deleted_at.filter(|_| puts);
             self.cache
-                .after_write(self.meta, tenant, &effect.id, written)
+                .after_write(self.meta, tenant, &effect.id, written, deleted_at)
                 .await;
         }
     }
@@ -1015,7 +1086,11 @@ impl Shape {
 }
 
 fn invalidate(id: Bson) -> Effect {
-    Effect { id, written: None }
+    Effect {
+        id,
+        written: None,
+        deleted_at: None,
+    }
 }
 
 /// Step 6: one event per write at debug level (the span carries the fields).

@@ -46,9 +46,10 @@ impl<E: Entity> Repository<E> {
     }
 
     /// The entity with this id, at least as new as `token` requires (see [`CausalToken`]): a
-    /// read that comes back older is repeated against the primary (majority read concern, no
-    /// cache) until the version is there, or fails with [`Error::Timeout`] after
-    /// `mongodb.causal_wait`.
+    /// read that comes back older (a stale cache tier, a lagging secondary) is repeated against
+    /// the primary (majority read concern, no cache), backing off between reads, until the
+    /// version is there, or fails with [`Error::Timeout`] after `mongodb.causal_wait`. A
+    /// document the primary no longer has (deleted since the token was made) reads as `None`.
     pub async fn find_by_id_after(
         &self,
         tenant: &TenantId,
@@ -67,22 +68,30 @@ impl<E: Entity> Repository<E> {
         let primary = self.with_consistency(Consistency::Strong);
         let wait = self.storage().config().mongodb.causal_wait;
         let deadline = std::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(20);
         loop {
-            if let Some(e) = primary.load_by_id(tenant, id).await? {
-                if e.version().unwrap_or(0) >= required {
-                    // The cache tiers held something older: drop it.
-                    self.storage().cache().invalidate::<E>(tenant, id).await?;
-                    return Ok(Some(e));
-                }
+            let Some(e) = primary.load_by_id(tenant, id).await? else {
+                // Deleted since: the primary, read with majority concern, is the truth.
+                self.storage().cache().invalidate::<E>(tenant, id).await?;
+                return Ok(None);
+            };
+            if e.version().unwrap_or(0) >= required {
+                // The cache tiers held something older: drop it.
+                self.storage().cache().invalidate::<E>(tenant, id).await?;
+                return Ok(Some(e));
             }
-            if std::time::Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 return Err(Error::Timeout {
                     component: Component::Mongodb,
                     operation: "causal read (waiting for the version the token requires)",
                     after: wait,
                 });
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            // Replication catches up in milliseconds or not soon: back off, so that a token
+            // far in the future costs a handful of reads, not one every few milliseconds.
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
     }
 

@@ -250,7 +250,7 @@ impl<E: Entity> Repository<E> {
 
 /// A patch's `$set` document.
 pub(crate) fn patch_set<E: Entity, P: Patch<Entity = E>>(patch: &P) -> Result<Document> {
-    let mut w = PatchWriter::new(E::META.name);
+    let mut w = PatchWriter::new(E::META);
     patch.write(&mut w)?;
     Ok(w.into_document())
 }
