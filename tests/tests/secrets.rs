@@ -86,21 +86,20 @@ async fn no_secret_or_credential_reaches_debug_output_errors_or_logs() {
 
     // Configuration errors.
     let errors = [
-        StorageConfig::from_vars([(
-            "CAAS_MONGODB_URI",
-            format!("mongodb://admin:{MONGO_PW}@db-1:notaport/"),
-        )])
-        .and_then(|c| c.check())
-        .map(drop),
-        StorageConfig::from_vars([(
-            "CAAS_REDIS_URL",
-            format!("rediss://:{REDIS_PW}@cache:notaport/"),
-        )])
-        .and_then(|c| c.check())
-        .map(drop),
+        StorageConfig::from_vars([("CAAS_MONGODB_URI", format!("http://admin:{MONGO_PW}@db-1/"))])
+            .map(drop),
+        StorageConfig::from_vars([("CAAS_REDIS_URL", format!("http://:{REDIS_PW}@cache/"))])
+            .map(drop),
         Storage::connect({
             let mut c = common::config();
             c.mongodb.uri = format!("mongodb://admin:{MONGO_PW}@db-1:notaport/");
+            c
+        })
+        .await
+        .map(drop),
+        Storage::connect({
+            let mut c = common::config();
+            c.redis.url = format!("redis://:{REDIS_PW}@cache:notaport/");
             c
         })
         .await
