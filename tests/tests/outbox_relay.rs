@@ -1031,3 +1031,73 @@ async fn a_dropped_relay_handle_leaves_the_relay_pacing_normally() {
     })
     .await;
 }
+
+/// Per-aggregate order holds when one revision cannot be delivered: with a topic that refuses
+/// large messages, a big revision 1 fails and is parked, and the small revision 2 behind it is
+/// held (not published before it, not published over it) until the operator redrives or
+/// discards revision 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_cannot_be_delivered_holds_back_the_later_ones() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    bounded(async {
+        let storage = storage().await;
+        let db = fresh_db(&storage, "caas_outbox_it_order").await;
+        let topic = unique("test.outbox.order");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", config().kafka.brokers)
+            .create()
+            .unwrap();
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+                    .set("max.message.bytes", "2048")],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+        assert!(created.iter().all(Result::is_ok), "{created:?}");
+        let tenant = unique("t");
+        let store = storage.outbox(&db);
+        let relay = storage
+            .outbox_relay(RelayOptions {
+                max_attempts: 2,
+                backoff_base: Duration::from_millis(50),
+                backoff_max: Duration::from_millis(100),
+                ..options(&db)
+            })
+            .unwrap();
+        let mut big = event(&tenant, &topic, "agg", 1, WriteKind::Update, false);
+        big.envelope.payload = serde_json::json!({ "blob": "x".repeat(8192) });
+        let small = event(&tenant, &topic, "agg", 2, WriteKind::Update, false);
+        record(&store, &big).await;
+        record(&store, &small).await;
+
+        drain_until(&relay, Duration::from_secs(20), || async {
+            state(&store, &big.envelope.event_id).await == EventState::Parked
+        })
+        .await;
+        for _ in 0..3 {
+            relay.drain_once().await.unwrap();
+        }
+        assert_eq!(
+            state(&store, &small.envelope.event_id).await,
+            EventState::Ready,
+            "revision 2 was published although revision 1 never was"
+        );
+        let got = envelopes(&read_topic(&topic, 0, Duration::from_millis(1500)).await);
+        assert!(got.is_empty(), "published out of order: {got:?}");
+
+        // The operator gives up on revision 1: revision 2 goes out.
+        assert!(store.discard(&big.envelope.event_id).await.unwrap());
+        drain_until(&relay, Duration::from_secs(20), || async {
+            store.pending_count().await.unwrap() == 0
+        })
+        .await;
+        let got = envelopes(&read_topic(&topic, 1, Duration::from_millis(500)).await);
+        let revs: Vec<u64> = got.iter().map(|e| e.revision).collect();
+        assert_eq!(revs, [2]);
+        relay.release().await;
+    })
+    .await;
+}

@@ -124,6 +124,26 @@ impl OutboxStore {
         Ok(r.matched_count == 1)
     }
 
+    /// `parked -> abandoned`: the operator gives up on delivering this event. The later
+    /// revisions of its aggregate, held behind it to keep the aggregate's order, go out on the
+    /// next pass. Returns whether the record was parked.
+    pub async fn discard(&self, event_id: &str) -> Result<bool> {
+        let now = DateTime::now();
+        let r = self
+            .bounded(
+                "discard outbox record",
+                self.coll.update_one(
+                    doc! { "_id": event_id, "state": EventState::Parked.as_str() },
+                    doc! { "$set": {
+                        "state": EventState::Abandoned.as_str(), "updated_at": now,
+                        "discarded_at": now,
+                    } },
+                ),
+            )
+            .await?;
+        Ok(r.matched_count == 1)
+    }
+
     /// Deletes `published` records delivered more than `older_than` ago; returns how many.
     /// (FerretDB has no TTL indexes; run this periodically.)
     pub async fn cleanup_published(&self, older_than: Duration) -> Result<u64> {

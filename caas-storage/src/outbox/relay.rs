@@ -422,9 +422,10 @@ impl OutboxRelay {
         }
         let shards = shard_filter(&owned, o.shard_count);
 
-        // The two reads every pass needs, concurrently.
-        let (prepared, window) = tokio::try_join!(
+        // The reads every pass needs, concurrently.
+        let (prepared, parked, window) = tokio::try_join!(
             store.prepared_heads(shards.clone()),
+            store.parked_heads(shards.clone()),
             store.ready_window(shards.clone(), o.batch_size + 1)
         )?;
         let (prepared, window) = if prepared.is_empty() {
@@ -456,7 +457,8 @@ impl OutboxRelay {
             let e = earliest_outside.entry(h.agg.clone()).or_insert(h.revision);
             *e = (*e).min(h.revision);
         };
-        prepared.iter().for_each(&mut note);
+        // A parked event holds its aggregate's later revisions back, as a pending one does.
+        prepared.iter().chain(&parked).for_each(&mut note);
         // Outside a truncated window, only events created after its last one remain. Events
         // of one aggregate are recorded in revision order, so an earlier revision can only be
         // out there if clocks disagree: events within `max_clock_skew` of the window's end
@@ -507,43 +509,72 @@ impl OutboxRelay {
 
         let producer = inner.conn.kafka();
         let wait = inner.conn.config().kafka.message_timeout + Duration::from_secs(5);
-        let mut pending = Vec::with_capacity(records.len());
         let o = &inner.options;
-        let mut failed: Vec<(OutboxRecord, String)> = Vec::new();
+        // One chain per aggregate, in revision order (as `select` left them). Each wave sends
+        // the next revision of every chain; a chain whose revision fails stops for this pass:
+        // a later revision is never sent before an earlier one is delivered, so one Kafka
+        // refusal cannot reorder an aggregate.
+        let mut chains: Vec<std::collections::VecDeque<(OutboxRecord, Document)>> = Vec::new();
+        let mut chain_of: HashMap<String, usize> = HashMap::new();
         for (r, d) in records {
-            let value = match r.envelope.to_json() {
-                Ok(v) => v,
-                Err(e) => {
-                    failed.push((r, e.to_string()));
-                    continue;
-                }
-            };
-            let key = r.envelope.kafka_key();
-            let record = FutureRecord::to(&r.topic)
-                .key(key.as_str())
-                .payload(value.as_slice())
-                .headers(headers(&r.envelope, &[]));
-            match producer.send_result(record) {
-                Ok(delivery) => pending.push((r, d, delivery)),
-                Err((e, _)) => {
-                    let msg = e.to_string();
-                    failed.push((r, msg));
+            let agg = d.get_str("agg").unwrap_or_default().to_owned();
+            let i = *chain_of.entry(agg).or_insert_with(|| {
+                chains.push(std::collections::VecDeque::new());
+                chains.len() - 1
+            });
+            chains[i].push_back((r, d));
+        }
+        let mut delivered = Vec::new();
+        let mut failed: Vec<(OutboxRecord, String)> = Vec::new();
+        loop {
+            let wave: Vec<(usize, OutboxRecord, Document)> = chains
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, c)| c.pop_front().map(|(r, d)| (i, r, d)))
+                .collect();
+            if wave.is_empty() {
+                break;
+            }
+            let mut pending = Vec::with_capacity(wave.len());
+            for (i, r, d) in wave {
+                let value = match r.envelope.to_json() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        chains[i].clear();
+                        failed.push((r, e.to_string()));
+                        continue;
+                    }
+                };
+                let key = r.envelope.kafka_key();
+                let record = FutureRecord::to(&r.topic)
+                    .key(key.as_str())
+                    .payload(value.as_slice())
+                    .headers(headers(&r.envelope, &[]));
+                match producer.send_result(record) {
+                    Ok(delivery) => pending.push((i, r, d, delivery)),
+                    Err((e, _)) => {
+                        chains[i].clear();
+                        failed.push((r, e.to_string()));
+                    }
                 }
             }
-        }
-        let outcomes = futures::future::join_all(
-            pending
-                .into_iter()
-                .map(|(r, d, f)| async move { (r, d, tokio::time::timeout(wait, f).await) }),
-        )
-        .await;
-        let mut delivered = Vec::new();
-        for (r, d, outcome) in outcomes {
-            match outcome {
-                Ok(Ok(Ok(_))) => delivered.push(d),
-                Ok(Ok(Err((e, _)))) => failed.push((r, e.to_string())),
-                Ok(Err(_)) => failed.push((r, "delivery report dropped (producer closed)".into())),
-                Err(_) => failed.push((r, format!("no delivery report within {wait:?}"))),
+            let outcomes =
+                futures::future::join_all(pending.into_iter().map(|(i, r, d, f)| async move {
+                    (i, r, d, tokio::time::timeout(wait, f).await)
+                }))
+                .await;
+            for (i, r, d, outcome) in outcomes {
+                let error = match outcome {
+                    Ok(Ok(Ok(_))) => {
+                        delivered.push(d);
+                        continue;
+                    }
+                    Ok(Ok(Err((e, _)))) => e.to_string(),
+                    Ok(Err(_)) => "delivery report dropped (producer closed)".into(),
+                    Err(_) => format!("no delivery report within {wait:?}"),
+                };
+                chains[i].clear();
+                failed.push((r, error));
             }
         }
 

@@ -19,6 +19,16 @@ impl OutboxStore {
         self.heads("read prepared outbox records", filter).await
     }
 
+    /// Parked records, optionally only of some shards: each holds back the later revisions
+    /// of its aggregate until it is redriven or discarded.
+    pub(crate) async fn parked_heads(&self, shards: Option<Bson>) -> Result<Vec<Head>> {
+        let mut filter = doc! { "state": EventState::Parked.as_str() };
+        if let Some(s) = shards {
+            filter.insert("shard", s);
+        }
+        self.heads("read parked outbox records", filter).await
+    }
+
     /// Up to `limit` ready records (full documents), oldest first.
     pub(crate) async fn ready_window(
         &self,
