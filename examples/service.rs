@@ -287,11 +287,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         };
         let event = envelope_from_message(&msg)?;
-        if event.tenant == acme.as_str() && dedupe.first_time("demo", &event.event_id).await? {
-            println!(
-                "consumed {} rev {} {}",
-                event.event_type, event.revision, event.payload
-            );
+        if event.tenant != acme.as_str() {
+            continue;
+        }
+        let handled = dedupe
+            .handle_once("demo", &event.event_id, || async {
+                println!(
+                    "consumed {} rev {} {}",
+                    event.event_type, event.revision, event.payload
+                );
+                Ok::<_, caas_storage::Error>(())
+            })
+            .await?;
+        if handled.is_some() {
             seen.push(event.event_type);
         }
     }

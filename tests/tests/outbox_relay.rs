@@ -803,10 +803,15 @@ async fn a_crashed_relay_is_taken_over_and_the_deduplicator_drops_redeliveries()
         let mut dropped = 0;
         for m in &messages {
             let e = envelope_from_message(m).unwrap();
-            if dedup.first_time_envelope(&group, &e).await.unwrap() {
-                assert!(handled.insert(e.event_id), "handled once");
-            } else {
-                dropped += 1;
+            let ran = dedup
+                .handle_once(&group, &e.event_id, || async {
+                    Ok::<_, ()>(handled.insert(e.event_id.clone()))
+                })
+                .await
+                .unwrap();
+            match ran {
+                Some(Ok(first)) => assert!(first, "handled once"),
+                _ => dropped += 1,
             }
         }
         assert_eq!(handled, expected, "every event handled exactly once");
@@ -820,10 +825,6 @@ async fn a_crashed_relay_is_taken_over_and_the_deduplicator_drops_redeliveries()
              {} messages for {n} events ({dropped} redeliveries dropped)",
             messages.len()
         );
-        // Forget and cleanup.
-        let any = expected.iter().next().unwrap();
-        dedup.forget(&group, any).await.unwrap();
-        assert!(dedup.first_time(&group, any).await.unwrap());
         // Clean-up removes what is older than the cutoff; records written in the cutoff's own
         // millisecond go in the next pass.
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1098,6 +1099,47 @@ async fn a_revision_that_cannot_be_delivered_holds_back_the_later_ones() {
         let revs: Vec<u64> = got.iter().map(|e| e.revision).collect();
         assert_eq!(revs, [2]);
         relay.release().await;
+    })
+    .await;
+}
+
+/// The deduplicator records an event only after its handler succeeded: a consumer that dies
+/// between receiving an event and finishing it handles the redelivery (the event is not lost),
+/// and an event handled to the end is dropped when it comes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deduplicator_records_an_event_only_after_its_handler_succeeded() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    bounded(async {
+        let storage = storage().await;
+        let db = fresh_db(&storage, "caas_outbox_it_dedup").await;
+        let dedup = storage.deduplicator(&db);
+        let group = unique("g");
+        let runs = AtomicU32::new(0);
+        let run = |fail: bool| {
+            let runs = &runs;
+            move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                if fail {
+                    Err("the consumer died mid-way")
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        // Delivery 1: the handler fails (the process died before finishing).
+        let first = dedup.handle_once(&group, "e1", run(true)).await.unwrap();
+        assert_eq!(first, Some(Err("the consumer died mid-way")));
+        assert!(!dedup.is_handled(&group, "e1").await.unwrap());
+        // Delivery 2, the redelivery: handled.
+        let second = dedup.handle_once(&group, "e1", run(false)).await.unwrap();
+        assert_eq!(second, Some(Ok(())));
+        // Delivery 3, a duplicate of a handled event: dropped, the handler not run.
+        let third = dedup.handle_once(&group, "e1", run(false)).await.unwrap();
+        assert_eq!(third, None);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        // Another group handles it on its own.
+        let other = dedup.handle_once(&unique("g2"), "e1", run(false)).await.unwrap();
+        assert_eq!(other, Some(Ok(())));
     })
     .await;
 }

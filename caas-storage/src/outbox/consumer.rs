@@ -2,8 +2,12 @@
 //! and drop redeliveries with a [`Deduplicator`].
 //!
 //! The relay delivers at least once: after a relay crash, or a lost acknowledgement, an event
-//! can arrive twice (same `event_id`). A consumer that handles each event id once per consumer
-//! group turns that into effectively-once handling.
+//! can arrive twice (same `event_id`). [`Deduplicator::handle_once`] runs a handler for an
+//! event unless its consumer group already handled it, and records it only after the handler
+//! succeeded. The guarantee is at-least-once handling with duplicates dropped once recorded:
+//! a consumer that dies between the handler's success and the record handles the redelivery
+//! again (make handlers idempotent, or record in the handler's own transaction with
+//! [`Deduplicator::mark_handled`]); no event is ever dropped unhandled.
 
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -51,9 +55,8 @@ pub fn header_value<M: Message>(message: &M, name: &str) -> Option<String> {
 }
 
 /// Remembers which event ids a consumer group has handled, in `caas_consumed_events` of a
-/// database: `{_id: "<group>:<event_id>", group, event_id, at}`. Unique `_id` inserts decide,
-/// so two consumers racing on the same redelivered event cannot both see it as new (on MongoDB
-/// and on FerretDB).
+/// database: `{_id: "<group>:<event_id>", group, event_id, at}`. See the module docs for the
+/// guarantee.
 #[derive(Debug, Clone)]
 pub struct Deduplicator {
     coll: Collection<Document>,
@@ -77,17 +80,55 @@ impl Deduplicator {
         self
     }
 
-    /// `true` the first time `consumer_group` presents `event_id`, `false` for every
-    /// redelivery. Call it before handling; if handling then fails, call
-    /// [`forget`](Self::forget) so the redelivery is handled.
-    pub async fn first_time(&self, consumer_group: &str, event_id: &str) -> Result<bool> {
+    /// Runs `handler` for `event_id` unless `consumer_group` already handled it, and records
+    /// it only if the handler succeeded. `Ok(None)`: a duplicate, not run; `Ok(Some(r))`: the
+    /// handler ran and returned `r` (an `Err` is not recorded, so the redelivery runs it
+    /// again). Two consumers handed the same event at once may both run it.
+    pub async fn handle_once<F, Fut, T, E>(
+        &self,
+        consumer_group: &str,
+        event_id: &str,
+        handler: F,
+    ) -> Result<Option<std::result::Result<T, E>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    {
+        if self.is_handled(consumer_group, event_id).await? {
+            return Ok(None);
+        }
+        let outcome = handler().await;
+        if outcome.is_ok() {
+            self.mark_handled(consumer_group, event_id).await?;
+        }
+        Ok(Some(outcome))
+    }
+
+    /// Whether `consumer_group` handled `event_id` (recorded by
+    /// [`mark_handled`](Self::mark_handled)).
+    pub async fn is_handled(&self, consumer_group: &str, event_id: &str) -> Result<bool> {
+        let key = format!("{consumer_group}:{event_id}");
+        let find = self.coll.find_one(doc! { "_id": &key });
+        match tokio::time::timeout(self.op_timeout, find.into_future()).await {
+            Ok(Ok(found)) => Ok(found.is_some()),
+            Ok(Err(e)) => Err(Error::mongo(
+                format!("read consumed event ({}.{CONSUMED_COLLECTION})", self.database),
+                e,
+            )),
+            Err(_) => Err(self.timeout("read consumed event")),
+        }
+    }
+
+    /// Records that `consumer_group` handled `event_id`. Call it once the handling
+    /// succeeded; recording an event twice is harmless.
+    pub async fn mark_handled(&self, consumer_group: &str, event_id: &str) -> Result<()> {
         let key = format!("{consumer_group}:{event_id}");
         let insert = self.coll.insert_one(doc! {
             "_id": &key, "group": consumer_group, "event_id": event_id, "at": DateTime::now(),
         });
         match tokio::time::timeout(self.op_timeout, insert.into_future()).await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) if duplicate_key_message(&e).is_some() => Ok(false),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if duplicate_key_message(&e).is_some() => Ok(()),
             Ok(Err(e)) => Err(Error::mongo(
                 format!(
                     "record consumed event ({}.{CONSUMED_COLLECTION})",
@@ -96,37 +137,6 @@ impl Deduplicator {
                 e,
             )),
             Err(_) => Err(self.timeout("record consumed event")),
-        }
-    }
-
-    /// [`first_time`](Self::first_time) for an envelope.
-    pub async fn first_time_envelope(
-        &self,
-        consumer_group: &str,
-        envelope: &EventEnvelope,
-    ) -> Result<bool> {
-        self.first_time(consumer_group, &envelope.event_id).await
-    }
-
-    /// Forgets that `consumer_group` handled `event_id` (its handling failed after
-    /// [`first_time`](Self::first_time) said yes).
-    pub async fn forget(&self, consumer_group: &str, event_id: &str) -> Result<()> {
-        let key = format!("{consumer_group}:{event_id}");
-        match tokio::time::timeout(
-            self.op_timeout,
-            self.coll.delete_one(doc! { "_id": key }).into_future(),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::mongo(
-                format!(
-                    "forget consumed event ({}.{CONSUMED_COLLECTION})",
-                    self.database
-                ),
-                e,
-            )),
-            Err(_) => Err(self.timeout("forget consumed event")),
         }
     }
 
