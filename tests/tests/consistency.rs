@@ -31,6 +31,7 @@ entity!(StrongDoc, "strong_docs", strong);
 entity!(EventualDoc, "eventual_docs", eventual);
 entity!(CausalDoc, "causal_docs", causal);
 entity!(RywDoc, "ryw_docs", read_your_writes);
+entity!(FencedDoc, "fenced_docs", eventual);
 
 type Log = Arc<Mutex<Vec<(String, String, Document)>>>;
 
@@ -582,5 +583,84 @@ async fn a_full_queue_refuses_writes_instead_of_growing() {
         direct.count(&t, Filter::all()).await.unwrap(),
         5,
         "exactly the accepted writes"
+    );
+}
+
+/// Two flushers never apply the same queued writes: `flush()` runs next to the background
+/// flusher of its own handle and next to another handle's, all on a 100 ms lease, while a few
+/// hundred updates alternate between the handles. The result is what applying the queue once,
+/// in order, gives: version 300 after 300 updates; then a delete and an upsert leave the
+/// upserted document (a delete applied again would remove it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_flushers_never_apply_the_same_writes() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!("fence{}:", std::process::id());
+    config.write_behind.lease_ttl = Duration::from_millis(100);
+    config.write_behind.batch_size = 20;
+    let a = Storage::connect(config.clone()).await.unwrap();
+    let b = Storage::connect(config).await.unwrap();
+    // A collection of its own, so that FerretDB's scans stay short.
+    a.raw()
+        .database("caas_consistency_test")
+        .collection::<Document>("fenced_docs")
+        .drop()
+        .await
+        .unwrap();
+    let (repo_a, repo_b) = (FencedDocRepository::new(&a), FencedDocRepository::new(&b));
+    let t = common::tenant("fence");
+    let id = "f".to_owned();
+    let doc = |body: &str| FencedDoc {
+        id: id.clone(),
+        tenant_id: t.to_string(),
+        body: body.into(),
+        version: 0,
+    };
+    repo_a.insert(&t, &doc("v0")).await.unwrap();
+    let flushing = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                let _ = a
+                    .write_behind()
+                    .flush::<FencedDoc>(Duration::from_millis(200))
+                    .await;
+            }
+        })
+    };
+    for i in 1..=300 {
+        let repo = if i % 2 == 0 { &repo_a } else { &repo_b };
+        repo.queue_update(
+            &t,
+            &id,
+            FencedDocPatch {
+                body: Some(format!("v{i}")),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    a.write_behind()
+        .flush::<FencedDoc>(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let strong = repo_a.with_consistency(Consistency::Strong);
+    let after_updates = strong.get(&t, &id).await.unwrap();
+    assert_eq!(
+        (after_updates.body.as_str(), after_updates.version),
+        ("v300", 300),
+        "each update applied once, in order"
+    );
+    repo_b.queue_delete(&t, &id).await.unwrap();
+    repo_a.queue_upsert(&t, &doc("final")).await.unwrap();
+    flushing.abort();
+    b.write_behind()
+        .flush::<FencedDoc>(Duration::from_secs(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // any late duplicate lands
+    let last = strong.get(&t, &id).await.unwrap();
+    assert_eq!(
+        last.body, "final",
+        "the delete was applied once, before the upsert"
     );
 }

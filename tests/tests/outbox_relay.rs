@@ -1138,7 +1138,10 @@ async fn the_deduplicator_records_an_event_only_after_its_handler_succeeded() {
         assert_eq!(third, None);
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         // Another group handles it on its own.
-        let other = dedup.handle_once(&unique("g2"), "e1", run(false)).await.unwrap();
+        let other = dedup
+            .handle_once(&unique("g2"), "e1", run(false))
+            .await
+            .unwrap();
         assert_eq!(other, Some(Ok(())));
     })
     .await;

@@ -478,3 +478,72 @@ async fn a_checked_update_at_an_impossible_version_is_a_conflict_not_a_panic() {
     })
     .await;
 }
+
+/// A claim left by a writer that died is taken over by exactly one of the writers racing for
+/// the same version transition (FerretDB's conditional deletes are not atomic, so a takeover
+/// that deletes the old claim could admit two), and each winner records exactly one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_claim_is_taken_over_by_exactly_one_writer() {
+    let storage = common::storage().await;
+    if storage.capabilities().atomic_conditional_updates {
+        return; // no claims where conditional updates are atomic: the version filter decides
+    }
+    let repo = OrderRepository::new(&storage);
+    let t = common::tenant("pipeline-takeover");
+    let id = "o".to_owned();
+    repo.insert(&t, &order(&t, &id)).await.unwrap();
+    let claims = storage
+        .raw()
+        .database(DB)
+        .collection::<Document>("orders__version_claims");
+    let long_ago = DateTime::from_millis(DateTime::now().timestamp_millis() - 60_000);
+    for round in 0..20_u64 {
+        // The claim of a writer that died 60 s ago, on this round's transition.
+        let base = format!("{t}\u{1f}{id}\u{1f}{}", round + 1);
+        claims
+            .insert_many([
+                doc! { "_id": format!("{base}\u{1f}0"), "base": &base, "owner": "dead", "at": long_ago },
+                // The same claim as the first release kept it (no generation).
+                doc! { "_id": &base, "at": long_ago },
+            ])
+            .await
+            .unwrap();
+        let racers: Vec<_> = (0..8)
+            .map(|w| {
+                let (repo, t, id) = (repo.clone(), t.clone(), id.clone());
+                tokio::spawn(async move {
+                    repo.update_checked(
+                        &t,
+                        &id,
+                        round,
+                        OrderPatch {
+                            status: Some(format!("r{round}w{w}")),
+                        },
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for r in racers {
+            match r.await.unwrap() {
+                Ok(o) => {
+                    assert_eq!(o.version, round + 1);
+                    winners += 1;
+                }
+                Err(Error::VersionConflict { .. }) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(
+            winners, 1,
+            "round {round}: {winners} writers won one transition"
+        );
+    }
+    let updates = events(&storage, &t)
+        .await
+        .into_iter()
+        .filter(|(_, ty, _)| ty == "order.changed")
+        .count();
+    assert_eq!(updates, 20, "one event per winner");
+}

@@ -43,6 +43,8 @@ struct Inner {
     pubsub: ::redis::Client,
     kafka: FutureProducer,
     faults: faults::Faults,
+    /// The server's clock minus this process's, measured at connect.
+    clock_offset_ms: i64,
 }
 
 impl std::fmt::Debug for Connections {
@@ -92,6 +94,7 @@ impl Connections {
             adjust(&mut capabilities);
         }
         tracing::info!(server = %capabilities.server_description(), ?capabilities, "connected to MongoDB");
+        let clock_offset_ms = mongo::clock_offset_ms(&mongo).await;
         let redis = redis::connect(&config).await?;
         let pubsub = redis::pubsub_client(&config)?;
         let kafka = kafka::producer(&config)?;
@@ -104,6 +107,7 @@ impl Connections {
                 pubsub,
                 kafka,
                 faults: faults::Faults::default(),
+                clock_offset_ms,
             }),
         })
     }
@@ -161,6 +165,14 @@ impl Connections {
     /// The shared idempotent Kafka producer.
     pub(crate) fn kafka(&self) -> &FutureProducer {
         &self.inner.kafka
+    }
+
+    /// Now by the server's clock (this process's clock corrected by the offset measured at
+    /// connect), for times that processes compare with each other (claims).
+    pub(crate) fn server_now(&self) -> mongodb::bson::DateTime {
+        mongodb::bson::DateTime::from_millis(
+            mongodb::bson::DateTime::now().timestamp_millis() + self.inner.clock_offset_ms,
+        )
     }
 
     /// Consumes an injected fault at `point`, if one is armed: the write stops there.

@@ -51,3 +51,18 @@ pub(crate) async fn client(
     }
     mongodb::Client::with_options(options).map_err(bad_uri)
 }
+
+/// The server's clock minus this process's, in milliseconds: `hello`'s `localTime` against the
+/// middle of the round trip. 0 when the server does not say.
+pub(crate) async fn clock_offset_ms(client: &mongodb::Client) -> i64 {
+    let before = mongodb::bson::DateTime::now().timestamp_millis();
+    let hello = client
+        .database("admin")
+        .run_command(mongodb::bson::doc! { "hello": 1 })
+        .await;
+    let after = mongodb::bson::DateTime::now().timestamp_millis();
+    match hello.as_ref().map(|h| h.get_datetime("localTime")) {
+        Ok(Ok(server)) => server.timestamp_millis() - (before + after) / 2,
+        _ => 0,
+    }
+}

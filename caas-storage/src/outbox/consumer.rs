@@ -112,7 +112,10 @@ impl Deduplicator {
         match tokio::time::timeout(self.op_timeout, find.into_future()).await {
             Ok(Ok(found)) => Ok(found.is_some()),
             Ok(Err(e)) => Err(Error::mongo(
-                format!("read consumed event ({}.{CONSUMED_COLLECTION})", self.database),
+                format!(
+                    "read consumed event ({}.{CONSUMED_COLLECTION})",
+                    self.database
+                ),
                 e,
             )),
             Err(_) => Err(self.timeout("read consumed event")),

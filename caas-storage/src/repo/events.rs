@@ -145,7 +145,7 @@ impl Pipeline {
             self.meta(),
             self.docs(),
             operation,
-            self.conn().config().mongodb.socket_timeout,
+            self.write_bound(),
             write,
             session,
         )

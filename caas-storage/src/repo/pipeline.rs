@@ -547,7 +547,12 @@ impl Pipeline {
             }];
             let r = self.record_and_apply(w.operation, groups, plan.raw).await;
             if let Some(claim) = plan.claim {
-                claim.release().await;
+                match &r {
+                    // The write may still be running on the server: keep the claim until it
+                    // expires, so nobody else moves the version meanwhile.
+                    Err(Error::Timeout { .. } | Error::Mongo { .. }) => claim.keep(),
+                    _ => claim.release().await,
+                }
             }
             let lost = match r {
                 Ok(raw) if raw.happened(0) => {
@@ -981,6 +986,18 @@ impl Pipeline {
         let mut d = self.tenant_filter(tenant, include_deleted);
         d.insert(self.meta.id_field, id.clone());
         d
+    }
+
+    /// The bound on one driver call of a write: `mongodb.socket_timeout`, and at most a third
+    /// of [`CLAIM_LEASE`](super::versions::CLAIM_LEASE) where writes hold version claims, so a
+    /// write ends well within its claim.
+    pub(crate) fn write_bound(&self) -> Duration {
+        let socket = self.conn.config().mongodb.socket_timeout;
+        if self.conn.capabilities().atomic_conditional_updates {
+            socket
+        } else {
+            socket.min(super::versions::CLAIM_LEASE / 3)
+        }
     }
 
     pub(crate) fn not_found(&self, id: &Bson) -> Error {

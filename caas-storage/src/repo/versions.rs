@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::Collection;
 
 use crate::document::{self, DELETED_AT_FIELD};
@@ -22,7 +22,9 @@ use crate::error::{duplicate_key_message, Error, Result};
 use crate::repo::pipeline::Pipeline;
 use crate::tenant::TenantId;
 
-/// How long a claim of a crashed writer blocks its version transition.
+/// How long a claim of a crashed writer blocks its version transition. Driver calls made
+/// under a claim are bounded by a third of it, and a claim whose write timed out is kept until
+/// it expires, so a write still running on the server lands before anyone else can claim.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
 
 /// What a document is at, as far as a write needs to know.
@@ -92,6 +94,12 @@ impl Pipeline {
 
     /// The exclusive right to move the document from version `from` to the next, or `None`
     /// where the server's conditional updates are atomic and the version filter suffices.
+    ///
+    /// A claim is a unique insert of `<tenant>␟<id>␟<version>␟<generation>`. A claim older
+    /// than [`CLAIM_LEASE`] (by the server's clock) belonged to a writer that died; it is taken
+    /// over by inserting the next generation, never by deleting it, so exactly one of the
+    /// writers racing for the takeover wins (a delete-then-insert takeover is a
+    /// read-modify-write, which FerretDB does not make atomic).
     pub(crate) async fn claim(
         &self,
         tenant: &TenantId,
@@ -106,7 +114,7 @@ impl Pipeline {
             .conn()
             .database(meta.database)
             .collection::<Document>(&format!("{}__version_claims", meta.collection));
-        let key = format!(
+        let base = format!(
             "{tenant}\u{1f}{}\u{1f}{}",
             document::id_as_text(id),
             from + 1
@@ -117,42 +125,50 @@ impl Pipeline {
             expected: from,
             actual: None,
         };
-        for _ in 0..2 {
-            let now = DateTime::now();
+        let owner = uuid::Uuid::now_v7().simple().to_string();
+        let lease = i64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(i64::MAX);
+        let mut generation = 0_u32;
+        // A released claim makes its generation free again; a bounded number of tries.
+        for _ in 0..8 {
+            let key = format!("{base}\u{1f}{generation}");
+            let claim = doc! {
+                "_id": &key, "base": &base, "gen": i64::from(generation), "owner": &owner,
+                "at": self.conn().server_now(),
+            };
             match self
-                .bounded(
-                    "claim version",
-                    coll.insert_one(doc! { "_id": &key, "at": now }),
-                )
+                .bounded("claim version", coll.insert_one(claim))
                 .await?
             {
-                Ok(_) => return Ok(Some(Claim { coll, key })),
+                Ok(_) => {
+                    return Ok(Some(Claim {
+                        coll,
+                        base,
+                        generation,
+                        key,
+                    }))
+                }
                 Err(e) if duplicate_key_message(&e).is_some() => {
-                    // Someone holds it. Take it over only if its holder is long gone.
                     let held = self
                         .bounded("read claim", coll.find_one(doc! { "_id": &key }))
                         .await?
                         .map_err(|e| Error::mongo(self.op("read version claim"), e))?;
-                    let stale = held
-                        .as_ref()
-                        .and_then(|d| d.get_datetime("at").ok())
-                        .is_some_and(|at| {
-                            now.timestamp_millis() - at.timestamp_millis()
-                                > CLAIM_LEASE.as_millis() as i64
-                        });
-                    match held {
-                        Some(d) if stale => {
-                            let at = d.get("at").cloned().unwrap_or(Bson::Null);
-                            let _ = self
-                                .bounded(
-                                    "expire claim",
-                                    coll.delete_one(doc! { "_id": &key, "at": at }),
-                                )
-                                .await;
-                        }
-                        None => {}
-                        Some(_) => return Err(conflict()),
+                    let Some(held) = held else {
+                        continue; // released meanwhile: this generation is free
+                    };
+                    let at = held
+                        .get_datetime("at")
+                        .map_or(i64::MAX, |at| at.timestamp_millis());
+                    if self
+                        .conn()
+                        .server_now()
+                        .timestamp_millis()
+                        .saturating_sub(at)
+                        <= lease
+                    {
+                        return Err(conflict());
                     }
+                    // Its holder is gone: race for the next generation.
+                    generation += 1;
                 }
                 Err(e) => return Err(Error::mongo(self.op("claim version"), e)),
             }
@@ -165,15 +181,31 @@ impl Pipeline {
 #[derive(Debug)]
 pub(crate) struct Claim {
     coll: Collection<Document>,
+    base: String,
+    generation: u32,
     key: String,
 }
 
 impl Claim {
-    /// Gives the transition back (the version filter keeps stale writers out from here).
+    /// Gives the transition back after a write whose outcome is known (the version filter
+    /// keeps stale writers out from here), with the stale claims of dead writers before it.
+    /// After a write whose outcome is unknown (a timeout), [`keep`](Self::keep) it instead.
     pub(crate) async fn release(self) {
-        if let Err(e) = self.coll.delete_one(doc! { "_id": &self.key }).await {
+        // This generation and the ones before it (their holders are gone); never a later one,
+        // which would be a writer that took over from this one.
+        let r = self
+            .coll
+            .delete_many(doc! { "base": &self.base, "gen": { "$lte": i64::from(self.generation) } })
+            .await;
+        if let Err(e) = r {
             tracing::warn!(claim = %self.key, error = %e, "could not release a version claim; it expires by itself");
         }
+    }
+
+    /// Keeps the claim until it expires: the write it covered may still be running on the
+    /// server, and no other writer may move the document's version until that write landed.
+    pub(crate) fn keep(self) {
+        tracing::debug!(claim = %self.key, "keeping a version claim until it expires: the write's outcome is unknown");
     }
 }
 

@@ -41,14 +41,23 @@ struct Read {
 
 /// One round: take the lease, read a batch from the head of the stream, apply it in order,
 /// delete what was applied. Returns how many entries were applied (or set aside).
+///
+/// Rounds of one stream run one at a time in this process (a lock), and across processes
+/// under the stream's lease, which a heartbeat keeps while the round runs. Every apply and
+/// the final `XDEL` check that the lease is still this round's: a flusher that lost it (it
+/// stalled past the lease, and another took over) stops before applying anything more.
 pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
     let Some((database, collection)) = namespace_of(&shared.prefix, key) else {
         return Ok(0);
     };
+    let lock = shared.round_lock(key);
+    let _one_at_a_time = lock.lock().await;
     let mut conn = shared.conn()?;
-    if !hold_lease(&mut conn, key, &shared.token, shared.settings.lease_ttl).await? {
+    let ttl = shared.settings.lease_ttl;
+    if !hold_lease(&mut conn, key, &shared.token, ttl).await? {
         return Ok(0);
     }
+    let lease = Heartbeat::start(conn.clone(), key, &shared.token, ttl);
     let batch: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -79,6 +88,9 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
     let mut outcome: Result<()> = Ok(());
     let mut i = 0;
     while i < entries.len() {
+        if lease.lost() {
+            break;
+        }
         let read = &entries[i];
         let entry = match &read.entry {
             Ok(e) => e,
@@ -145,14 +157,19 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
         i += 1;
     }
     if !done.is_empty() {
-        let mut del = redis::cmd("XDEL");
-        del.arg(key);
+        // Deleted only while the lease is still this round's.
+        let mut ack = ACK.key(key);
+        ack.key(format!("{key}:owner")).arg(&shared.token);
         for id in &done {
-            del.arg(id);
+            ack.arg(id);
         }
-        del.query_async::<i64>(&mut conn)
+        let acked: i64 = ack
+            .invoke_async(&mut conn)
             .await
             .map_err(redis_err("write-behind ack (XDEL)"))?;
+        if acked < 0 {
+            tracing::warn!(stream = key, "write-behind: lost the stream's lease during a round; the next holder applies what this round did not acknowledge");
+        }
         let mut attempts = ATTEMPTS.lock().expect("attempts");
         for id in &done {
             attempts.remove(id);
@@ -249,6 +266,58 @@ async fn dead_letter(
         .await
         .map_err(redis_err("write-behind dead letter (XADD)"))?;
     Ok(())
+}
+
+/// Deletes applied entries if the caller still holds the stream's lease; -1 if it does not.
+///
+/// KEYS: the stream, its lease. ARGV: the holder's token, then the entry ids.
+static ACK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+return redis.call('XDEL', KEYS[1], unpack(ids))
+",
+    )
+});
+
+/// Keeps a round's lease alive while the round runs (renewing it every third of its TTL),
+/// and says when it was lost.
+struct Heartbeat {
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(mut conn: RedisConnection, key: &str, token: &str, ttl: Duration) -> Self {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, key, token) = (lost.clone(), key.to_owned(), token.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match hold_lease(&mut conn, &key, &token, ttl).await {
+                    Ok(true) => {}
+                    // Lost, or Redis cannot say: stop applying either way.
+                    _ => {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        });
+        Heartbeat { lost, task }
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Takes or renews the stream's lease: one flusher per stream keeps writes in order.

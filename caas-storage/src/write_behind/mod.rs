@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     appliers: Mutex<HashMap<String, Appliers>>,
     /// The running flusher of each stream.
     flushers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// One round at a time per stream in this process: `flush()`, `shutdown()` and the
+    /// background flusher share the handle's lease, so the lease alone cannot keep them apart.
+    rounds: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -145,6 +148,16 @@ impl Shared {
         flushers.insert(key, task.abort_handle());
     }
 
+    /// The lock rounds of stream `key` take in this process.
+    fn round_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.rounds
+            .lock()
+            .expect("rounds")
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
     fn applier(&self, key: &str, entity: &str) -> Option<Arc<dyn Apply>> {
         self.appliers
             .lock()
@@ -165,6 +178,7 @@ impl WriteBehind {
                 token: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
                 appliers: Mutex::new(HashMap::new()),
                 flushers: Mutex::new(HashMap::new()),
+                rounds: Mutex::new(HashMap::new()),
                 conn,
             }),
         }
