@@ -664,3 +664,159 @@ async fn two_flushers_never_apply_the_same_writes() {
         "the delete was applied once, before the upsert"
     );
 }
+
+/// The flusher trusts nothing it reads from Redis: entries that another writer of the shared
+/// Redis put in a queue (naming another namespace, or an update or delete without an id) are
+/// set aside as dead letters and never applied; the framework's own entries behind them apply.
+#[tokio::test]
+async fn the_flusher_applies_nothing_it_did_not_queue_for_a_registered_entity() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!("hostile{}:", std::process::id());
+    config.write_behind.start_flusher = false;
+    let storage = Storage::connect(config.clone()).await.unwrap();
+    let queued = EventualDocRepository::new(&storage);
+    let strong = StrongDocRepository::new(&storage);
+    let t = common::tenant("hostile");
+    let victim = |id: &str| StrongDoc {
+        id: id.into(),
+        tenant_id: t.to_string(),
+        body: "keep me".into(),
+        version: 0,
+    };
+    strong.insert(&t, &victim("victim")).await.unwrap();
+    queued
+        .with_consistency(Consistency::Strong)
+        .insert(
+            &t,
+            &EventualDoc {
+                id: "first".into(),
+                tenant_id: t.to_string(),
+                body: "keep me".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let stream = format!(
+        "{}caas:wb:caas_consistency_test.eventual_docs",
+        config.redis.key_prefix
+    );
+    let mut redis = storage
+        .raw()
+        .redis(config.redis.databases.write_behind)
+        .unwrap();
+    for hostile in [
+        // Another namespace, through this entity's queue.
+        doc! { "entity": "EventualDoc", "db": "caas_consistency_test", "coll": "strong_docs",
+        "tenant": t.as_str(), "op": "delete", "id": "victim" },
+        // A delete without an id (once: "the tenant's first document").
+        doc! { "entity": "EventualDoc", "db": "caas_consistency_test", "coll": "eventual_docs",
+        "tenant": t.as_str(), "op": "delete" },
+        // Not BSON at all.
+        doc! {},
+    ] {
+        let mut bytes = Vec::new();
+        if !hostile.is_empty() {
+            hostile.to_writer(&mut bytes).unwrap();
+        } else {
+            bytes.extend_from_slice(b"not an entry");
+        }
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("e")
+            .arg(bytes)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    queued
+        .insert(
+            &t,
+            &EventualDoc {
+                id: "legit".into(),
+                tenant_id: t.to_string(),
+                body: "queued".into(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
+    storage
+        .write_behind()
+        .flush::<EventualDoc>(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let direct = queued.with_consistency(Consistency::Strong);
+    assert!(
+        strong.exists(&t, &"victim".to_owned()).await.unwrap(),
+        "another namespace was written"
+    );
+    assert!(
+        direct.exists(&t, &"first".to_owned()).await.unwrap(),
+        "an id-less delete was applied"
+    );
+    assert!(
+        direct.exists(&t, &"legit".to_owned()).await.unwrap(),
+        "the real entry applied"
+    );
+    let lag = storage.write_behind().lag().await.unwrap();
+    let mine = lag
+        .iter()
+        .find(|l| l.namespace == "caas_consistency_test.eventual_docs")
+        .unwrap();
+    assert_eq!((mine.pending, mine.dead_letters), (0, 3), "{lag:?}");
+}
+
+/// The unique (tenant, id) index that makes re-applying a queued insert harmless is built
+/// before the queue's first insert, and a failure to build it (the database is down) is tried
+/// again, not remembered as done.
+#[tokio::test]
+async fn the_queues_unique_index_is_built_once_the_database_is_back() {
+    let mut ferret = tokio::task::spawn_blocking(common::private_ferretdb)
+        .await
+        .unwrap();
+    let mut config = common::config();
+    config.mongodb.uri = format!("mongodb://127.0.0.1:{}/", ferret.port);
+    config.mongodb.server_selection_timeout = Duration::from_millis(500);
+    config.mongodb.socket_timeout = Duration::from_secs(2);
+    config.redis.key_prefix = format!("indexmemo{}:", std::process::id());
+    config.write_behind.start_flusher = false;
+    let storage = Storage::connect(config).await.unwrap();
+    let repo = EventualDocRepository::new(&storage);
+    let t = common::tenant("index-memo");
+    ferret.stop();
+    repo.insert(
+        &t,
+        &EventualDoc {
+            id: "i1".into(),
+            tenant_id: t.to_string(),
+            body: String::new(),
+            version: 0,
+        },
+    )
+    .await
+    .unwrap(); // queued while the database is down
+    assert!(storage
+        .write_behind()
+        .flush::<EventualDoc>(Duration::from_secs(2))
+        .await
+        .is_err());
+    ferret.start();
+    storage
+        .write_behind()
+        .flush::<EventualDoc>(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let names: Vec<String> = storage
+        .raw()
+        .database("caas_consistency_test")
+        .collection::<Document>("eventual_docs")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        names.contains(&"tenant_id_1_id_1".to_owned()),
+        "no unique (tenant, id) index: {names:?}"
+    );
+}
