@@ -51,7 +51,13 @@
 //! | `write_behind.enqueue_timeout` | `CAAS_WRITE_BEHIND_ENQUEUE_TIMEOUT` | `2s` |
 //! | `write_behind.max_pending` | `CAAS_WRITE_BEHIND_MAX_PENDING` | 1000000 |
 //! | `write_behind.start_flusher` | `CAAS_WRITE_BEHIND_START_FLUSHER` | `true` |
+//! | `write_behind.max_dead_letters` | `CAAS_WRITE_BEHIND_MAX_DEAD_LETTERS` | 10000 |
 //! | `health.timeout` | `CAAS_HEALTH_TIMEOUT` | `2s` |
+//! | `retention.enabled` | `CAAS_RETENTION_ENABLED` | `true` |
+//! | `retention.interval` | `CAAS_RETENTION_INTERVAL` | `10m` |
+//! | `retention.published_events` | `CAAS_RETENTION_PUBLISHED_EVENTS` | `7d` |
+//! | `retention.abandoned_events` | `CAAS_RETENTION_ABANDONED_EVENTS` | `7d` |
+//! | `retention.consumed_events` | `CAAS_RETENTION_CONSUMED_EVENTS` | `7d` |
 //!
 //! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
 
@@ -79,6 +85,9 @@ pub struct StorageConfig {
     pub write_behind: WriteBehindConfig,
     /// Health checks.
     pub health: HealthConfig,
+    /// How long the framework keeps what it writes for itself (outbox archive, consumed-event
+    /// records, version claims).
+    pub retention: RetentionConfig,
 }
 
 /// MongoDB connection and pool settings. `Debug` and `Serialize` mask the password in `uri`.
@@ -358,6 +367,9 @@ pub struct WriteBehindConfig {
     /// earlier process, say), and whenever a write is queued.
     #[serde(deserialize_with = "lenient")]
     pub start_flusher: bool,
+    /// Most entries kept in each dead-letter stream; the oldest go first.
+    #[serde(deserialize_with = "lenient")]
+    pub max_dead_letters: u64,
 }
 
 impl Default for WriteBehindConfig {
@@ -371,6 +383,7 @@ impl Default for WriteBehindConfig {
             enqueue_timeout: Duration::from_secs(2),
             max_pending: 1_000_000,
             start_flusher: true,
+            max_dead_letters: 10_000,
         }
     }
 }
@@ -388,6 +401,43 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Retention of what the framework writes for itself, enforced by a background task of every
+/// `Storage` (under a lease, so one instance at a time does it), sizes in `Storage::health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Run the retention task in this process.
+    #[serde(deserialize_with = "lenient")]
+    pub enabled: bool,
+    /// Between two runs.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// Published outbox events are kept this long after publication (for audits and
+    /// reconciliation), then deleted.
+    #[serde(with = "duration_text")]
+    pub published_events: Duration,
+    /// Outbox events whose write did not happen are kept this long, then deleted.
+    #[serde(with = "duration_text")]
+    pub abandoned_events: Duration,
+    /// Consumed-event records of deduplicators are kept this long (longer than any
+    /// redelivery can come late), then deleted.
+    #[serde(with = "duration_text")]
+    pub consumed_events: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        RetentionConfig {
+            enabled: true,
+            interval: Duration::from_secs(600),
+            published_events: week,
+            abandoned_events: week,
+            consumed_events: week,
         }
     }
 }
@@ -482,13 +532,14 @@ impl StorageConfig {
 }
 
 /// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
-const ENV_SECTIONS: [(&str, &str); 6] = [
+const ENV_SECTIONS: [(&str, &str); 7] = [
     ("CAAS_WRITE_BEHIND_", "write_behind"),
     ("CAAS_MONGODB_", "mongodb"),
     ("CAAS_REDIS_", "redis"),
     ("CAAS_KAFKA_", "kafka"),
     ("CAAS_CACHE_", "cache"),
     ("CAAS_HEALTH_", "health"),
+    ("CAAS_RETENTION_", "retention"),
 ];
 
 impl StorageConfig {
@@ -608,6 +659,7 @@ impl StorageConfig {
             ("cache.load_lock_ttl", self.cache.load_lock_ttl),
             ("cache.generation_ttl", self.cache.generation_ttl),
             ("health.timeout", self.health.timeout),
+            ("retention.interval", self.retention.interval),
         ] {
             if d.is_zero() {
                 return Err(err(key, "must be longer than zero".into()));

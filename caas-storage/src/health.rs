@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::connection::{Connections, RedisConnection};
 use crate::error::Component;
 use crate::outbox::outbox_lag;
+use crate::retention::Retention;
 use crate::write_behind::WriteBehind;
 
 /// Up, degraded or down.
@@ -113,6 +114,7 @@ where
 pub(crate) async fn report(
     conn: &Connections,
     queue: &WriteBehind,
+    retention: &Retention,
     outbox_databases: Vec<&'static str>,
 ) -> HealthReport {
     let timestamp = DateTime::now().try_to_rfc3339_string().unwrap_or_default();
@@ -217,11 +219,25 @@ pub(crate) async fn report(
             ]))
         },
     );
-    let (mongo, redis, kafka, write_behind, outbox) =
-        tokio::join!(mongo, redis, kafka, write_behind, outbox);
+    // What the framework keeps for itself (bounded by the retention task).
+    let kept = check(
+        "retention".into(),
+        Component::Mongodb,
+        timeout,
+        Details::new(),
+        async {
+            let sizes = retention.sizes().await.map_err(|e| e.to_string())?;
+            match serde_json::to_value(sizes) {
+                Ok(serde_json::Value::Object(m)) => Ok(m.into_iter().collect()),
+                _ => Ok(Details::new()),
+            }
+        },
+    );
+    let (mongo, redis, kafka, write_behind, outbox, kept) =
+        tokio::join!(mongo, redis, kafka, write_behind, outbox, kept);
     let mut components: Vec<ComponentHealth> = vec![mongo];
     components.extend(redis);
-    components.extend([kafka, write_behind, outbox]);
+    components.extend([kafka, write_behind, outbox, kept]);
     HealthReport {
         status: overall(&components),
         timestamp,

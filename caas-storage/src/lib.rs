@@ -47,6 +47,7 @@ pub mod index;
 pub mod outbox;
 mod redact;
 pub mod repo;
+pub mod retention;
 mod storage;
 pub mod tenant;
 pub mod write_behind;

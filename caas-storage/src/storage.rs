@@ -21,6 +21,7 @@ use crate::error::Result;
 use crate::health::{self, HealthReport};
 use crate::index::{IndexPlan, SyncOptions};
 use crate::outbox::{Deduplicator, OutboxRelay, OutboxStore, RelayOptions};
+use crate::retention::{Retention, RetentionReport};
 use crate::write_behind::WriteBehind;
 
 /// The connection pools, what was learnt about the servers at connect, and the parts built on
@@ -42,9 +43,19 @@ struct Inner {
     conn: Connections,
     cache: Arc<CacheLayer>,
     queue: Arc<WriteBehind>,
+    retention: Arc<Retention>,
+    retention_task: Option<tokio::task::AbortHandle>,
     /// The entities repositories were made for on this handle, by (database, collection,
     /// name).
     entities: Mutex<BTreeMap<(&'static str, &'static str, &'static str), &'static EntityMeta>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.retention_task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl fmt::Debug for Storage {
@@ -102,10 +113,18 @@ impl StorageBuilder {
     /// Connects: see [`Storage::connect`].
     pub async fn connect(self) -> Result<Storage> {
         let conn = Connections::connect(self.config, self.options).await?;
+        let retention = Arc::new(Retention::new(conn.clone()));
+        let retention_task = conn
+            .config()
+            .retention
+            .enabled
+            .then(|| tokio::spawn(retention.clone().run_forever()).abort_handle());
         Ok(Storage {
             inner: Arc::new(Inner {
                 cache: Arc::new(CacheLayer::new(conn.clone())),
                 queue: Arc::new(WriteBehind::new(conn.clone())),
+                retention,
+                retention_task,
                 entities: Mutex::new(BTreeMap::new()),
                 conn,
             }),
@@ -176,7 +195,14 @@ impl Storage {
 
     /// A consumer-side deduplicator keeping its records in MongoDB database `database`.
     pub fn deduplicator(&self, database: &str) -> Deduplicator {
+        self.inner.retention.watch_consumer(database);
         Deduplicator::new(&self.inner.conn, database)
+    }
+
+    /// Applies the retention (see [`retention`](crate::retention)) now, whichever instance
+    /// holds its lease; it also runs every `retention.interval` on its own.
+    pub async fn run_retention(&self) -> Result<RetentionReport> {
+        self.inner.retention.run().await
     }
 
     /// Orderly shutdown: applies the write-behind queue of every entity a repository was made
@@ -233,7 +259,13 @@ impl Storage {
             .map(|m| m.database)
             .collect();
         outbox_databases.dedup();
-        health::report(&self.inner.conn, &self.inner.queue, outbox_databases).await
+        health::report(
+            &self.inner.conn,
+            &self.inner.queue,
+            &self.inner.retention,
+            outbox_databases,
+        )
+        .await
     }
 
     /// Test hook: the next write through this handle that reaches `point` stops there, as if
@@ -265,6 +297,7 @@ impl Storage {
             .expect("entities")
             .entry((meta.database, meta.collection, meta.name))
             .or_insert(meta);
+        self.inner.retention.watch_entity(meta);
     }
 }
 

@@ -96,7 +96,7 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
             Ok(e) => e,
             Err(e) => {
                 // Not an entry this framework wrote: set it aside, never apply it.
-                dead_letter(&mut conn, key, read, e).await?;
+                dead_letter(&mut conn, key, read, e, shared.settings.max_dead_letters).await?;
                 done.push(read.id.clone());
                 i += 1;
                 continue;
@@ -235,7 +235,7 @@ async fn settled_for_good(
     if error.is_transient() || !give_up(&read.id, shared.settings.max_attempts) {
         return Ok(false);
     }
-    dead_letter(conn, key, read, error).await?;
+    dead_letter(conn, key, read, error, shared.settings.max_dead_letters).await?;
     Ok(true)
 }
 
@@ -251,10 +251,14 @@ async fn dead_letter(
     key: &str,
     read: &Read,
     error: &Error,
+    max_dead_letters: u64,
 ) -> Result<()> {
     tracing::error!(stream = key, entry = %read.id, error = %error, "write-behind entry moved to the dead-letter stream");
     redis::cmd("XADD")
         .arg(format!("{key}:dead"))
+        .arg("MAXLEN")
+        .arg("=")
+        .arg(max_dead_letters)
         .arg("*")
         .arg("e")
         .arg(read.raw.clone().unwrap_or_default())
