@@ -101,6 +101,44 @@ mod tests {
     }
 
     #[test]
+    fn cache_puts_need_a_version_once() {
+        let entity = |consistency: proc_macro2::TokenStream, strategy: proc_macro2::TokenStream| {
+            expand(&syn::parse_quote! {
+                #[repository(database = "caas_auth", collection = "users",
+                             consistency = #consistency, cache(ttl = "1m", strategy = #strategy))]
+                pub struct User {
+                    #[repository(id)]
+                    pub user_id: String,
+                    #[repository(tenant)]
+                    pub tenant_id: String,
+                }
+            })
+        };
+        let needs_version = |out: &str| out.matches("#[repository(version)] field").count();
+        // At the strategy where the consistency model alone would not need a version.
+        for (consistency, strategy, errors) in [
+            (quote!(causal), quote!(write_through), 1),
+            (quote!(eventual), quote!(write_through), 1),
+            (quote!(eventual), quote!(write_behind), 1),
+            (quote!(causal), quote!(cache_aside), 0),
+            (quote!(eventual), quote!(cache_aside), 0),
+            // Once, at `cache`, where the consistency model needs it anyway.
+            (quote!(strong), quote!(write_through), 1),
+            (quote!(read_your_writes), quote!(write_through), 1),
+            (quote!(read_your_writes), quote!(cache_aside), 1),
+        ] {
+            let out = entity(consistency.clone(), strategy.clone());
+            assert_eq!(
+                needs_version(&out),
+                errors,
+                "{consistency} {strategy}: {out}"
+            );
+        }
+        let out = entity(quote!(eventual), quote!(write_behind));
+        assert!(out.contains("strategy = write_behind needs"), "{out}");
+    }
+
+    #[test]
     fn timestamps_are_stamped_and_left_out_of_the_patch() {
         let out = expand(&syn::parse_quote! {
             #[repository(database = "caas_auth", collection = "users")]

@@ -160,6 +160,14 @@ impl CacheStrategy {
         ("write_through", CacheStrategy::WriteThrough),
         ("write_behind", CacheStrategy::WriteBehind),
     ];
+
+    /// The attribute spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("cache_aside", |(name, _)| name)
+    }
 }
 
 /// Index key direction.

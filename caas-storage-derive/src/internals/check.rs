@@ -137,31 +137,57 @@ fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Consistency) {
     }
 }
 
-/// Caching a `strong` or `read_your_writes` entity needs a version to fence cache puts.
+/// Cache puts are fenced by version: caching a `strong` or `read_your_writes` entity needs a
+/// version field whatever the strategy (a loader's put must not overwrite a newer write), and so
+/// does every strategy that puts written documents, `write_through` and `write_behind`, on any
+/// consistency model (without a version the runtime can only invalidate, so a write-behind write
+/// would not be readable from the cache before the flush). One error per entity: at `cache` for
+/// `strong` and `read_your_writes`, else at the strategy.
 fn check_cache_fencing(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Consistency) {
     let Slot::Given(cache) = &cont.attrs.cache else {
         return;
     };
-    if !matches!(
-        consistency,
-        Consistency::Strong | Consistency::ReadYourWrites
-    ) {
-        return;
-    }
     if fields.iter().any(|f| f.attrs.version.is_written()) {
         return;
     }
-    let default_note = if cont.attrs.consistency.is_written() {
-        ""
-    } else {
-        " (`strong` is the default consistency)"
+    if matches!(
+        consistency,
+        Consistency::Strong | Consistency::ReadYourWrites
+    ) {
+        let default_note = if cont.attrs.consistency.is_written() {
+            ""
+        } else {
+            " (`strong` is the default consistency)"
+        };
+        cx.error_at(
+            cache.span,
+            format!(
+                "cache on a `{}` entity needs a #[repository(version)] field so cache puts can be \
+                 fenced{default_note}",
+                consistency.as_str()
+            ),
+        );
+        return;
+    }
+    let Some(strategy) = cache.value.strategy.get() else {
+        return;
+    };
+    let why = match strategy.value {
+        CacheStrategy::CacheAside => return,
+        CacheStrategy::WriteThrough => {
+            "write-through puts are fenced by version: without one every write only invalidates \
+             the cache entry, as `cache_aside` (the default) does"
+        }
+        CacheStrategy::WriteBehind => {
+            "write-behind puts are fenced by version: without one a queued write is not put into \
+             the cache, so it is not readable before the flush"
+        }
     };
     cx.error_at(
-        cache.span,
+        strategy.span,
         format!(
-            "cache on a `{}` entity needs a #[repository(version)] field so cache puts can be \
-             fenced{default_note}",
-            consistency.as_str()
+            "strategy = {} needs a #[repository(version)] field, because {why}",
+            strategy.value.as_str()
         ),
     );
 }
