@@ -3,7 +3,8 @@
 //! The derive reads a struct and its `#[repository(...)]`, `#[index(...)]`, `#[id]` and
 //! `#[tenant]` attributes (plus the `#[serde(...)]` attributes that decide stored names), checks
 //! them, and generates the `Entity` impl the runtime executes against (and `Queueable` for
-//! entities without an outbox), a typed repository, a patch type and typed field paths.
+//! entities without an outbox and without secret fields), a typed repository, a patch type and
+//! typed field paths.
 //! `docs/attributes.md` in the repository is the reference.
 //!
 //! The crate is organised like serde_derive: [`internals`] parses the input into a model
@@ -200,6 +201,48 @@ mod tests {
             assert!(!out.contains("Queueable"), "{out}");
             assert!(!out.contains("fn set_updated_at"), "{out}");
         }
+    }
+
+    #[test]
+    fn entities_with_secrets_are_not_queueable() {
+        for secret in [
+            quote!(#[repository(secret)] #[serde(default)]),
+            // Rejected (neither an `Option` nor defaulted), but written: still not queueable.
+            quote!(#[repository(secret)]),
+        ] {
+            let out = expand(&syn::parse_quote! {
+                #[repository(database = "caas_auth", collection = "users")]
+                pub struct User {
+                    #[repository(id)]
+                    pub user_id: String,
+                    #[repository(tenant)]
+                    pub tenant_id: String,
+                    #secret
+                    pub password_hash: String,
+                }
+            });
+            assert!(out.contains("Entity for User"), "{out}");
+            assert!(!out.contains("Queueable"), "{out}");
+        }
+    }
+
+    #[test]
+    fn secrets_on_eventual_entities_are_rejected() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users", consistency = eventual)]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+                #[repository(secret)]
+                pub password_hash: Option<String>,
+            }
+        });
+        assert!(
+            out.contains("`password_hash` cannot be secret on an `eventual` entity"),
+            "{out}"
+        );
     }
 
     #[test]

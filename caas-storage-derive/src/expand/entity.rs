@@ -1,5 +1,5 @@
 //! The `Entity` impl and its `META` constant, and the `Queueable` impl of entities without an
-//! outbox.
+//! outbox and without secret fields.
 //!
 //! With `cache(local(...))` the impl also returns clones for the in-process cache tier, which
 //! needs the entity to be `Clone`.
@@ -13,7 +13,7 @@ use crate::internals::model::Model;
 
 /// `impl Entity for User { type Id; const META; fn id; fn tenant; [fn version; fn set_version]
 /// [fn set_updated_at] [fn local_cache_clone] }`, and `impl Queueable for User {}` without an
-/// outbox.
+/// outbox and without secret fields.
 pub fn expand(m: &Model) -> TokenStream {
     let p = m.private();
     let ident = m.ident;

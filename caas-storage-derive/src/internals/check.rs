@@ -81,7 +81,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     check_local_tier(cx, cont, consistency);
     check_outbox(cx, cont, fields, consistency);
     check_serde_container(cx, cont);
-    let secrets = secret_fields(cx, cont, fields, [id, tenant, version]);
+    let secrets = secret_fields(cx, cont, fields, [id, tenant, version], consistency);
     let indexes = indexes(cx, cont, fields, id, tenant);
     let finders = finders(cx, &indexes);
 
@@ -113,7 +113,8 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         secrets,
         indexes: indexes.into_iter().map(|(_, ix)| ix).collect(),
         finders,
-        queueable: !attrs.outbox.is_written(),
+        queueable: !attrs.outbox.is_written()
+            && !fields.iter().any(|f| f.attrs.secret.is_written()),
     })
 }
 
@@ -505,17 +506,32 @@ fn timestamp_field<'a>(cx: &Ctxt, fields: &'a [Field<'a>], ts: Timestamp) -> Opt
     chosen.filter(|_| valid)
 }
 
+/// The valid secret fields. A secret field keeps the entity out of the write-behind queue (see
+/// [`Model::queueable`]); on an `eventual` entity, whose writes are all queued, it is an error.
 fn secret_fields<'a>(
     cx: &Ctxt,
     cont: &Container,
     fields: &'a [Field<'a>],
     roles: [Option<&Field>; 3],
+    consistency: Consistency,
 ) -> Vec<&'a Field<'a>> {
     let mut secrets = Vec::new();
     for f in fields.iter().filter(|f| f.is_stored()) {
         let Some(span) = f.attrs.secret.span() else {
             continue;
         };
+        if consistency == Consistency::Eventual {
+            cx.error_at(
+                span,
+                format!(
+                    "`{}` cannot be secret on an `eventual` entity: eventual writes are queued in \
+                     Redis (the write-behind queue holds whole documents) and secret fields must \
+                     not leave the database; use another consistency model, or keep the secret \
+                     in an entity of its own",
+                    f.name()
+                ),
+            );
+        }
         let mut valid = true;
         for (role, what, why) in [
             (roles[0], "id", "every read needs the id"),

@@ -49,8 +49,10 @@ pub struct Model<'a> {
     pub indexes: Vec<IndexModel<'a>>,
     /// Finder methods of the repository type.
     pub finders: Vec<Finder<'a>>,
-    /// Whether writes may be queued (`Queueable`): no `outbox(...)` was written, valid or not
-    /// (an entity meant to have an outbox is not queueable even while its outbox is rejected).
+    /// Whether writes may be queued (`Queueable`): no `outbox(...)` and no `secret` field was
+    /// written, valid or not (an entity meant to have an outbox or a secret is not queueable
+    /// even while the attribute is rejected). Queued writes cannot record events atomically,
+    /// and the queue keeps whole documents in Redis, where secret fields must not go.
     pub queueable: bool,
 }
 
