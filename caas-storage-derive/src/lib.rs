@@ -246,6 +246,36 @@ mod tests {
     }
 
     #[test]
+    fn unique_indexes_cannot_have_secret_keys() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(org, recovery_email), unique)]
+            #[index(keys(recovery_email))]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+                pub org: String,
+                #[repository(secret)]
+                pub recovery_email: Option<String>,
+                #[repository(unique, secret)]
+                pub api_key_hash: Option<String>,
+            }
+        });
+        assert_eq!(
+            out.matches("cannot be a key of a unique index").count(),
+            2,
+            "{out}"
+        );
+        assert!(out.contains("`recovery_email` is secret"), "{out}");
+        assert!(out.contains("`api_key_hash` is secret"), "{out}");
+        // The rejected indexes keep their finders, so calls to them add no errors.
+        assert!(out.contains("fn find_by_org_and_recovery_email"), "{out}");
+        assert!(out.contains("fn find_by_api_key_hash"), "{out}");
+    }
+
+    #[test]
     fn unmodellable_input_gets_placeholders() {
         let out = expand(&syn::parse_quote! {
             #[repository(database = "caas_auth", collection = "users")]

@@ -571,6 +571,16 @@ fn secret_fields<'a>(
     secrets
 }
 
+/// Why the secret field `f` cannot be a key of a unique index, and `fix`.
+fn secret_unique_key(f: &Field, fix: &str) -> String {
+    format!(
+        "`{}` is secret, so it cannot be a key of a unique index: MongoDB's duplicate-key error \
+         quotes the key values (`dup key: {{ ... }}`), which would carry the secret into errors \
+         and logs, and a unique index lets callers probe which values exist; {fix}",
+        f.name()
+    )
+}
+
 /// An index declaration with its keys resolved to fields.
 struct Decl<'a> {
     span: Span,
@@ -618,6 +628,15 @@ fn indexes<'a>(
                  its own",
             );
             continue;
+        }
+        if unique && a.secret.is_written() {
+            cx.error_at(
+                span,
+                secret_unique_key(
+                    f,
+                    "write `index` instead of `unique`, or leave the index out",
+                ),
+            );
         }
         decls.push(Decl {
             span,
@@ -741,6 +760,13 @@ fn struct_index<'a>(
             );
             valid = false;
             continue;
+        }
+        if index.unique.is_written() && f.attrs.secret.is_written() {
+            // The index stays in the model (its finder still resolves); the error fails the build.
+            cx.error_spanned_by(
+                &key.ident,
+                secret_unique_key(f, "drop `unique`, or leave it out of keys(...)"),
+            );
         }
         keys.push((f, key.direction));
     }
