@@ -276,6 +276,67 @@ mod tests {
     }
 
     #[test]
+    fn a_struct_without_id_or_tenant_still_gets_the_api() {
+        let without_tenant: syn::DeriveInput = syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(email), unique)]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                pub email: String,
+            }
+        };
+        let without_id: syn::DeriveInput = syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(email), unique)]
+            pub struct User {
+                #[repository(tenant)]
+                pub tenant_id: String,
+                pub email: String,
+            }
+        };
+        let tenant_not_string: syn::DeriveInput = syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(email), unique)]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: u64,
+                pub email: String,
+            }
+        };
+        for input in [&without_tenant, &without_id, &tenant_not_string] {
+            let out = expand(input);
+            assert!(out.contains("compile_error"), "{out}");
+            for generated in [
+                "Entity for User",
+                "Queueable for User",
+                "struct UserRepository {",
+                "Deref for UserRepository",
+                "fn find_by_email",
+                "struct UserPatch {",
+                "fn fields () -> UserFields",
+            ] {
+                assert!(out.contains(generated), "{generated}: {out}");
+            }
+            // Never run (the errors stop the build), and nothing that would panic if it did.
+            for never in ["panic", "unreachable", "todo", "unimplemented"] {
+                assert!(!out.contains(never), "{never}: {out}");
+            }
+        }
+        let out = expand(&without_id);
+        assert!(out.contains("type Id = () ;"), "{out}");
+        assert!(out.contains("id_field : \"\""), "{out}");
+        let out = expand(&without_tenant);
+        assert!(out.contains("tenant_field : \"\""), "{out}");
+        assert!(
+            out.contains("fn tenant (& self) -> & str { \"\" }"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn unmodellable_input_gets_placeholders() {
         let out = expand(&syn::parse_quote! {
             #[repository(database = "caas_auth", collection = "users")]

@@ -3,9 +3,10 @@
 //! the generator works from.
 //!
 //! Every rule reports into the [`Ctxt`] at the token it is about and the checks go on, so one
-//! compile reports every mistake. A model is still produced when the struct's shape and its id
-//! and tenant fields are known, holding only the parts that passed: the generated API then
-//! exists and user code that uses it does not add errors of its own.
+//! compile reports every mistake. A model is still produced whenever the struct can take an
+//! `Entity` impl (a non-generic struct with named fields), holding only the parts that passed,
+//! even without an id or tenant field: the generated API then exists and user code that uses it
+//! does not add errors of its own.
 
 use proc_macro2::Span;
 use quote::ToTokens;
@@ -26,7 +27,8 @@ const VERSION_TYPES: &[&str] = &[
 /// Methods of `Repository<E>` a finder must not hide through `Deref`.
 const RESERVED_METHODS: &[&str] = &["find_by_id", "find_by_id_with_secrets"];
 
-/// Checks `cont`, reporting into `cx`; returns the model when the struct can be generated from.
+/// Checks `cont`, reporting into `cx`; returns the model when the struct can be generated from
+/// (every non-generic struct with named fields, whatever else was reported).
 pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     let attrs = &cont.attrs;
     let anchor = attrs.repository_span.unwrap_or_else(|| cont.ident.span());
@@ -88,7 +90,6 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     if !cont.supported {
         return None;
     }
-    let (id, tenant) = (id?, tenant?);
     Some(Model {
         ident: cont.ident,
         vis: cont.vis,
