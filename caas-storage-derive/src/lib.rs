@@ -140,6 +140,44 @@ mod tests {
     }
 
     #[test]
+    fn choices_written_as_strings_suggest_the_nearest_identifier() {
+        let errors = |consistency: &str| {
+            let consistency = syn::LitStr::new(consistency, proc_macro2::Span::call_site());
+            expand(&syn::parse_quote! {
+                #[repository(database = "caas_auth", collection = "users",
+                             consistency = #consistency, cache(ttl = "1m", strategy = write_behind))]
+                pub struct User {
+                    #[repository(id)]
+                    pub user_id: String,
+                    #[repository(tenant)]
+                    pub tenant_id: String,
+                    #[repository(version)]
+                    pub version: u64,
+                }
+            })
+        };
+        let out = errors("eventual");
+        assert!(out.contains("write `consistency = eventual`"), "{out}");
+        let out = errors("strongg");
+        assert!(
+            out.contains(
+                "`strongg` is not a consistency model; did you mean `consistency = strong`?"
+            ),
+            "{out}"
+        );
+        let out = errors("linearizable");
+        assert!(
+            out.contains("`linearizable` is not a consistency model ("),
+            "{out}"
+        );
+        // The rejected model is not replaced by `strong` in the rules that depend on it.
+        for text in ["eventual", "strongg", "linearizable"] {
+            let out = errors(text);
+            assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        }
+    }
+
+    #[test]
     fn timestamps_are_stamped_and_left_out_of_the_patch() {
         let out = expand(&syn::parse_quote! {
             #[repository(database = "caas_auth", collection = "users")]

@@ -48,7 +48,13 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         .value()
         .copied()
         .unwrap_or(Consistency::Strong);
-    check_write_behind(cx, cont, consistency);
+    // The model the rules that depend on it are checked against: none when the one written was
+    // rejected (reported), rather than the `strong` default the user did not mean.
+    let rules_consistency = match attrs.consistency {
+        Slot::Invalid(_) => None,
+        Slot::Absent | Slot::Given(_) => Some(consistency),
+    };
+    check_write_behind(cx, cont, rules_consistency);
 
     let fields = cont.fields.as_deref()?;
     check_not_stored(cx, fields);
@@ -79,11 +85,11 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     let version = version_field(cx, fields, id, tenant);
     let created_at = timestamp_field(cx, fields, Timestamp::CreatedAt);
     let updated_at = timestamp_field(cx, fields, Timestamp::UpdatedAt);
-    check_cache_fencing(cx, cont, fields, consistency);
-    check_local_tier(cx, cont, consistency);
-    check_outbox(cx, cont, fields, consistency);
+    check_cache_fencing(cx, cont, fields, rules_consistency);
+    check_local_tier(cx, cont, rules_consistency);
+    check_outbox(cx, cont, fields, rules_consistency);
     check_serde_container(cx, cont);
-    let secrets = secret_fields(cx, cont, fields, [id, tenant, version], consistency);
+    let secrets = secret_fields(cx, cont, fields, [id, tenant, version], rules_consistency);
     let indexes = indexes(cx, cont, fields, id, tenant);
     let finders = finders(cx, &indexes);
 
@@ -119,12 +125,16 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     })
 }
 
-/// `strategy = write_behind` needs `consistency = eventual`.
-fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Consistency) {
+/// `strategy = write_behind` needs `consistency = eventual` (not checked when the model
+/// written was rejected).
+fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Option<Consistency>) {
     let Some(cache) = cont.attrs.cache.value() else {
         return;
     };
     let Some(strategy) = cache.strategy.get() else {
+        return;
+    };
+    let Some(consistency) = consistency else {
         return;
     };
     if strategy.value == CacheStrategy::WriteBehind && consistency != Consistency::Eventual {
@@ -144,18 +154,21 @@ fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Consistency) {
 /// does every strategy that puts written documents, `write_through` and `write_behind`, on any
 /// consistency model (without a version the runtime can only invalidate, so a write-behind write
 /// would not be readable from the cache before the flush). One error per entity: at `cache` for
-/// `strong` and `read_your_writes`, else at the strategy.
-fn check_cache_fencing(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Consistency) {
+/// `strong` and `read_your_writes`, else at the strategy. `consistency` is `None` when the
+/// model written was rejected: then only the strategy's own need is checked.
+fn check_cache_fencing(
+    cx: &Ctxt,
+    cont: &Container,
+    fields: &[Field],
+    consistency: Option<Consistency>,
+) {
     let Slot::Given(cache) = &cont.attrs.cache else {
         return;
     };
     if fields.iter().any(|f| f.attrs.version.is_written()) {
         return;
     }
-    if matches!(
-        consistency,
-        Consistency::Strong | Consistency::ReadYourWrites
-    ) {
+    if let Some(consistency @ (Consistency::Strong | Consistency::ReadYourWrites)) = consistency {
         let default_note = if cont.attrs.consistency.is_written() {
             ""
         } else {
@@ -196,11 +209,11 @@ fn check_cache_fencing(cx: &Ctxt, cont: &Container, fields: &[Field], consistenc
 
 /// A `strong` read must see every acknowledged write on every instance; an in-process copy on
 /// another instance can lag the invalidation that reaches it by pub/sub.
-fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Consistency) {
+fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Option<Consistency>) {
     let Some(local) = cont.attrs.cache.value().and_then(|c| c.local.get()) else {
         return;
     };
-    if consistency == Consistency::Strong {
+    if consistency == Some(Consistency::Strong) {
         cx.error_at(
             local.span,
             "an in-process tier (`local(...)`) cannot serve a `strong` entity: another instance's \
@@ -211,7 +224,7 @@ fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Consistency) {
 
 /// Outbox events are ordered and reconciled by the entity's version, and are recorded with a
 /// direct write (never a queued one).
-fn check_outbox(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Consistency) {
+fn check_outbox(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Option<Consistency>) {
     let Slot::Given(outbox) = &cont.attrs.outbox else {
         return;
     };
@@ -222,7 +235,7 @@ fn check_outbox(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Cons
              ordered by it, and after a crash the version tells whether a write happened",
         );
     }
-    if consistency == Consistency::Eventual {
+    if consistency == Some(Consistency::Eventual) {
         cx.error_at(
             outbox.span,
             "outbox(...) on an `eventual` entity: its writes are queued and applied later, so \
@@ -514,14 +527,14 @@ fn secret_fields<'a>(
     cont: &Container,
     fields: &'a [Field<'a>],
     roles: [Option<&Field>; 3],
-    consistency: Consistency,
+    consistency: Option<Consistency>,
 ) -> Vec<&'a Field<'a>> {
     let mut secrets = Vec::new();
     for f in fields.iter().filter(|f| f.is_stored()) {
         let Some(span) = f.attrs.secret.span() else {
             continue;
         };
-        if consistency == Consistency::Eventual {
+        if consistency == Some(Consistency::Eventual) {
             cx.error_at(
                 span,
                 format!(
