@@ -3,7 +3,8 @@
 //! The derive reads a struct and its `#[repository(...)]`, `#[index(...)]`, `#[id]` and
 //! `#[tenant]` attributes (plus the `#[serde(...)]` attributes that decide stored names), checks
 //! them, and generates the `Entity` impl the runtime executes against (and `Queueable` for
-//! entities without an outbox), a typed repository, a patch type and typed field paths.
+//! entities without an outbox and without secret fields), a typed repository, a patch type and
+//! typed field paths.
 //! `docs/attributes.md` in the repository is the reference.
 //!
 //! The crate is organised like serde_derive: [`internals`] parses the input into a model
@@ -101,6 +102,82 @@ mod tests {
     }
 
     #[test]
+    fn cache_puts_need_a_version_once() {
+        let entity = |consistency: proc_macro2::TokenStream, strategy: proc_macro2::TokenStream| {
+            expand(&syn::parse_quote! {
+                #[repository(database = "caas_auth", collection = "users",
+                             consistency = #consistency, cache(ttl = "1m", strategy = #strategy))]
+                pub struct User {
+                    #[repository(id)]
+                    pub user_id: String,
+                    #[repository(tenant)]
+                    pub tenant_id: String,
+                }
+            })
+        };
+        let needs_version = |out: &str| out.matches("#[repository(version)] field").count();
+        // At the strategy where the consistency model alone would not need a version.
+        for (consistency, strategy, errors) in [
+            (quote!(causal), quote!(write_through), 1),
+            (quote!(eventual), quote!(write_through), 1),
+            (quote!(eventual), quote!(write_behind), 1),
+            (quote!(causal), quote!(cache_aside), 0),
+            (quote!(eventual), quote!(cache_aside), 0),
+            // Once, at `cache`, where the consistency model needs it anyway.
+            (quote!(strong), quote!(write_through), 1),
+            (quote!(read_your_writes), quote!(write_through), 1),
+            (quote!(read_your_writes), quote!(cache_aside), 1),
+        ] {
+            let out = entity(consistency.clone(), strategy.clone());
+            assert_eq!(
+                needs_version(&out),
+                errors,
+                "{consistency} {strategy}: {out}"
+            );
+        }
+        let out = entity(quote!(eventual), quote!(write_behind));
+        assert!(out.contains("strategy = write_behind needs"), "{out}");
+    }
+
+    #[test]
+    fn choices_written_as_strings_suggest_the_nearest_identifier() {
+        let errors = |consistency: &str| {
+            let consistency = syn::LitStr::new(consistency, proc_macro2::Span::call_site());
+            expand(&syn::parse_quote! {
+                #[repository(database = "caas_auth", collection = "users",
+                             consistency = #consistency, cache(ttl = "1m", strategy = write_behind))]
+                pub struct User {
+                    #[repository(id)]
+                    pub user_id: String,
+                    #[repository(tenant)]
+                    pub tenant_id: String,
+                    #[repository(version)]
+                    pub version: u64,
+                }
+            })
+        };
+        let out = errors("eventual");
+        assert!(out.contains("write `consistency = eventual`"), "{out}");
+        let out = errors("strongg");
+        assert!(
+            out.contains(
+                "`strongg` is not a consistency model; did you mean `consistency = strong`?"
+            ),
+            "{out}"
+        );
+        let out = errors("linearizable");
+        assert!(
+            out.contains("`linearizable` is not a consistency model ("),
+            "{out}"
+        );
+        // The rejected model is not replaced by `strong` in the rules that depend on it.
+        for text in ["eventual", "strongg", "linearizable"] {
+            let out = errors(text);
+            assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        }
+    }
+
+    #[test]
     fn timestamps_are_stamped_and_left_out_of_the_patch() {
         let out = expand(&syn::parse_quote! {
             #[repository(database = "caas_auth", collection = "users")]
@@ -162,6 +239,139 @@ mod tests {
             assert!(!out.contains("Queueable"), "{out}");
             assert!(!out.contains("fn set_updated_at"), "{out}");
         }
+    }
+
+    #[test]
+    fn entities_with_secrets_are_not_queueable() {
+        for secret in [
+            quote!(#[repository(secret)] #[serde(default)]),
+            // Rejected (neither an `Option` nor defaulted), but written: still not queueable.
+            quote!(#[repository(secret)]),
+        ] {
+            let out = expand(&syn::parse_quote! {
+                #[repository(database = "caas_auth", collection = "users")]
+                pub struct User {
+                    #[repository(id)]
+                    pub user_id: String,
+                    #[repository(tenant)]
+                    pub tenant_id: String,
+                    #secret
+                    pub password_hash: String,
+                }
+            });
+            assert!(out.contains("Entity for User"), "{out}");
+            assert!(!out.contains("Queueable"), "{out}");
+        }
+    }
+
+    #[test]
+    fn secrets_on_eventual_entities_are_rejected() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users", consistency = eventual)]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+                #[repository(secret)]
+                pub password_hash: Option<String>,
+            }
+        });
+        assert!(
+            out.contains("`password_hash` cannot be secret on an `eventual` entity"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn unique_indexes_cannot_have_secret_keys() {
+        let out = expand(&syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(org, recovery_email), unique)]
+            #[index(keys(recovery_email))]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: String,
+                pub org: String,
+                #[repository(secret)]
+                pub recovery_email: Option<String>,
+                #[repository(unique, secret)]
+                pub api_key_hash: Option<String>,
+            }
+        });
+        assert_eq!(
+            out.matches("cannot be a key of a unique index").count(),
+            2,
+            "{out}"
+        );
+        assert!(out.contains("`recovery_email` is secret"), "{out}");
+        assert!(out.contains("`api_key_hash` is secret"), "{out}");
+        // The rejected indexes keep their finders, so calls to them add no errors.
+        assert!(out.contains("fn find_by_org_and_recovery_email"), "{out}");
+        assert!(out.contains("fn find_by_api_key_hash"), "{out}");
+    }
+
+    #[test]
+    fn a_struct_without_id_or_tenant_still_gets_the_api() {
+        let without_tenant: syn::DeriveInput = syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(email), unique)]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                pub email: String,
+            }
+        };
+        let without_id: syn::DeriveInput = syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(email), unique)]
+            pub struct User {
+                #[repository(tenant)]
+                pub tenant_id: String,
+                pub email: String,
+            }
+        };
+        let tenant_not_string: syn::DeriveInput = syn::parse_quote! {
+            #[repository(database = "caas_auth", collection = "users")]
+            #[index(keys(email), unique)]
+            pub struct User {
+                #[repository(id)]
+                pub user_id: String,
+                #[repository(tenant)]
+                pub tenant_id: u64,
+                pub email: String,
+            }
+        };
+        for input in [&without_tenant, &without_id, &tenant_not_string] {
+            let out = expand(input);
+            assert!(out.contains("compile_error"), "{out}");
+            for generated in [
+                "Entity for User",
+                "Queueable for User",
+                "struct UserRepository {",
+                "Deref for UserRepository",
+                "fn find_by_email",
+                "struct UserPatch {",
+                "fn fields () -> UserFields",
+            ] {
+                assert!(out.contains(generated), "{generated}: {out}");
+            }
+            // Never run (the errors stop the build), and nothing that would panic if it did.
+            for never in ["panic", "unreachable", "todo", "unimplemented"] {
+                assert!(!out.contains(never), "{never}: {out}");
+            }
+        }
+        let out = expand(&without_id);
+        assert!(out.contains("type Id = () ;"), "{out}");
+        assert!(out.contains("id_field : \"\""), "{out}");
+        let out = expand(&without_tenant);
+        assert!(out.contains("tenant_field : \"\""), "{out}");
+        assert!(
+            out.contains("fn tenant (& self) -> & str { \"\" }"),
+            "{out}"
+        );
     }
 
     #[test]

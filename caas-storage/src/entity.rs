@@ -52,14 +52,18 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
 
 /// An entity whose writes may go through the write-behind queue: `queue_update`, `queue_upsert`,
 /// `queue_delete`, and every insert of an `eventual` entity. `#[derive(Repository)]` implements
-/// it for every entity without an `outbox(...)`, since queued writes cannot record events
-/// atomically with the write.
+/// it for every entity without an `outbox(...)` and without `secret` fields: queued writes
+/// cannot record events atomically with the write, and the queue keeps whole documents in Redis
+/// streams, where secret fields must never go (they must not leave the database).
 #[diagnostic::on_unimplemented(
     message = "writes of `{Self}` cannot be queued: `{Self}` is not `Queueable`",
     label = "needs `{Self}: Queueable`",
     note = "`#[derive(Repository)]` implements `Queueable` only for entities without \
-            `outbox(...)`: a queued write cannot record its event atomically",
-    note = "write directly instead (`update`, `upsert`, `delete`), which records the event"
+            `outbox(...)` and without `secret` fields: a queued write cannot record its event \
+            atomically, and the queue keeps whole documents in Redis, where secret fields must \
+            not go",
+    note = "write directly instead (`update`, `upsert`, `delete`), which records the event and \
+            keeps secret fields in the database"
 )]
 pub trait Queueable: Entity {}
 

@@ -1,5 +1,5 @@
 //! The `Entity` impl and its `META` constant, and the `Queueable` impl of entities without an
-//! outbox.
+//! outbox and without secret fields.
 //!
 //! With `cache(local(...))` the impl also returns clones for the in-process cache tier, which
 //! needs the entity to be `Clone`.
@@ -13,19 +13,26 @@ use crate::internals::model::Model;
 
 /// `impl Entity for User { type Id; const META; fn id; fn tenant; [fn version; fn set_version]
 /// [fn set_updated_at] [fn local_cache_clone] }`, and `impl Queueable for User {}` without an
-/// outbox.
+/// outbox and without secret fields.
 pub fn expand(m: &Model) -> TokenStream {
     let p = m.private();
     let ident = m.ident;
     let meta = meta(m);
-    let id_ty = m.id.ty;
-    let id = m.id.ident;
-    let tenant = m.tenant.ident;
-    let tenant_body = if m.tenant_is_string {
-        quote!(&self.#tenant)
-    } else {
-        // The tenant field's type was rejected (and reported); keep the impl well-formed.
-        quote!(::core::unreachable!())
+    // Without an id or tenant field, or with a tenant field of the wrong type, the error that
+    // says so stops the build: these placeholders keep the impl well-formed and never run.
+    let (id_ty, id_body) = match m.id {
+        Some(f) => {
+            let (ty, field) = (f.ty, f.ident);
+            (quote!(#ty), quote!(&self.#field))
+        }
+        None => (quote!(()), quote!(&())),
+    };
+    let tenant_body = match m.tenant.filter(|_| m.tenant_is_string) {
+        Some(f) => {
+            let field = f.ident;
+            quote!(&self.#field)
+        }
+        None => quote!(""),
     };
     let version_fns = m.version.map(|v| {
         let field = v.ident;
@@ -90,7 +97,7 @@ pub fn expand(m: &Model) -> TokenStream {
                 #[inline]
                 #[allow(clippy::misnamed_getters)]
                 fn id(&self) -> &Self::Id {
-                    &self.#id
+                    #id_body
                 }
 
                 #[inline]
@@ -119,8 +126,8 @@ fn meta(m: &Model) -> TokenStream {
     let name = m.name();
     let database = &m.database;
     let collection = &m.collection;
-    let id_field = &m.id.stored_name;
-    let tenant_field = &m.tenant.stored_name;
+    let id_field = m.id.map_or("", |f| f.stored_name.as_str());
+    let tenant_field = m.tenant.map_or("", |f| f.stored_name.as_str());
     let stored_name = |f: Option<&crate::internals::ast::Field>| {
         option(f.map(|f| {
             let n = &f.stored_name;

@@ -4,6 +4,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{companion, method_ident};
+use crate::internals::ast::Field;
 use crate::internals::model::Model;
 
 /// The field-path type, its accessors and `User::fields()`.
@@ -25,7 +26,7 @@ pub fn expand(m: &Model) -> TokenStream {
     let methods = m
         .fields
         .iter()
-        .filter(|f| !std::ptr::eq(**f, m.tenant) && f.is_typed())
+        .filter(|f| !is_tenant(m, f) && f.is_typed())
         .map(|f| {
             let method = method_ident(f.ident);
             let fvis = f.vis;
@@ -75,6 +76,12 @@ pub fn expand(m: &Model) -> TokenStream {
 fn example_field(m: &Model) -> String {
     m.fields
         .iter()
-        .find(|f| !std::ptr::eq(**f, m.tenant) && f.is_typed())
-        .map_or_else(|| m.id.name(), |f| f.name())
+        .find(|f| !is_tenant(m, f) && f.is_typed())
+        .or(m.id.as_ref())
+        .map_or_else(|| "id".to_owned(), |f| f.name())
+}
+
+/// Whether `f` is the tenant field, which has no path: the repository scopes every call.
+fn is_tenant(m: &Model, f: &Field) -> bool {
+    m.tenant.is_some_and(|t| std::ptr::eq(t, f))
 }

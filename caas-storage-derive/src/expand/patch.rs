@@ -13,7 +13,7 @@ pub fn expand(m: &Model) -> TokenStream {
     let vis = m.vis;
     let name = m.name();
     let patch_ty = companion(ident, "Patch");
-    let managed = [Some(m.id), Some(m.tenant), m.version];
+    let managed = [m.id, m.tenant, m.version];
     // Timestamp fields are left out even when their attribute was rejected, so that code
     // written against the intended patch type adds no errors of its own.
     let fields: Vec<_> = m

@@ -1,15 +1,17 @@
-//! Placeholder items for an input that could not be modelled (not a struct with named fields,
-//! generic, or without an id or tenant field).
+//! Placeholder items for an input that cannot take an `Entity` impl: an enum, a union, a tuple
+//! or unit struct, or a generic struct. (A non-generic struct with named fields always gets the
+//! full generated API, from a placeholder model if need be: see [`check`](crate::internals::check).)
 //!
 //! The derive's errors are what the user needs to see; these items only keep the code that
 //! names the generated API from adding errors of its own: `UserRepository::new(&storage)`,
 //! `UserPatch::default()` and `User::fields()` still resolve. Finders and field paths cannot be
 //! stubbed meaningfully, so uses of those still fail.
 //!
-//! No `Entity` impl is emitted (there is no model to fill `META` from), so no `Queueable` impl
-//! either, and nothing here names the runtime: the placeholders compile whatever the version of
-//! its hidden module. The placeholder repository has no methods, so a `queue_*` call on it fails
-//! as "no method", like every other `Repository` method, never with a `Queueable` bound error.
+//! No `Entity` impl is emitted (the input has no fields to describe, or type parameters an
+//! entity cannot have), so no `Queueable` impl either, and nothing here names the runtime: the
+//! placeholders compile whatever the version of its hidden module. The placeholder repository
+//! has no methods, so a `queue_*` call on it fails as "no method", like every other
+//! `Repository` method, never with a `Queueable` bound error.
 
 use proc_macro2::TokenStream;
 use quote::quote;

@@ -160,6 +160,14 @@ impl CacheStrategy {
         ("write_through", CacheStrategy::WriteThrough),
         ("write_behind", CacheStrategy::WriteBehind),
     ];
+
+    /// The attribute spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("cache_aside", |(name, _)| name)
+    }
 }
 
 /// Index key direction.
@@ -1102,14 +1110,22 @@ fn choice_value<T: Copy>(
         Expr::Lit(syn::ExprLit {
             lit: Lit::Str(s), ..
         }) => {
+            // Suggest what the identifier form would: the choice itself, else the nearest one.
             let key = path_text(&meta.path);
+            let text = s.value();
+            let fix = if names.contains(&text.as_str()) {
+                format!(": write `{key} = {text}`")
+            } else {
+                match suggest::closest(&text, names.iter().copied()) {
+                    Some(nearest) => {
+                        format!(", and `{text}` is not a {what}; did you mean `{key} = {nearest}`?")
+                    }
+                    None => format!(", and `{text}` is not a {what}"),
+                }
+            };
             cx.error_spanned_by(
                 &expr,
-                format!(
-                    "`{key}` takes an identifier, not a string: write `{key} = {}` (accepted: \
-                     {accepted})",
-                    s.value()
-                ),
+                format!("`{key}` takes an identifier, not a string{fix} (accepted: {accepted})"),
             );
         }
         _ => {

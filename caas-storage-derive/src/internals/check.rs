@@ -3,9 +3,10 @@
 //! the generator works from.
 //!
 //! Every rule reports into the [`Ctxt`] at the token it is about and the checks go on, so one
-//! compile reports every mistake. A model is still produced when the struct's shape and its id
-//! and tenant fields are known, holding only the parts that passed: the generated API then
-//! exists and user code that uses it does not add errors of its own.
+//! compile reports every mistake. A model is still produced whenever the struct can take an
+//! `Entity` impl (a non-generic struct with named fields), holding only the parts that passed,
+//! even without an id or tenant field: the generated API then exists and user code that uses it
+//! does not add errors of its own.
 
 use proc_macro2::Span;
 use quote::ToTokens;
@@ -26,7 +27,8 @@ const VERSION_TYPES: &[&str] = &[
 /// Methods of `Repository<E>` a finder must not hide through `Deref`.
 const RESERVED_METHODS: &[&str] = &["find_by_id", "find_by_id_with_secrets"];
 
-/// Checks `cont`, reporting into `cx`; returns the model when the struct can be generated from.
+/// Checks `cont`, reporting into `cx`; returns the model when the struct can be generated from
+/// (every non-generic struct with named fields, whatever else was reported).
 pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     let attrs = &cont.attrs;
     let anchor = attrs.repository_span.unwrap_or_else(|| cont.ident.span());
@@ -46,7 +48,13 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         .value()
         .copied()
         .unwrap_or(Consistency::Strong);
-    check_write_behind(cx, cont, consistency);
+    // The model the rules that depend on it are checked against: none when the one written was
+    // rejected (reported), rather than the `strong` default the user did not mean.
+    let rules_consistency = match attrs.consistency {
+        Slot::Invalid(_) => None,
+        Slot::Absent | Slot::Given(_) => Some(consistency),
+    };
+    check_write_behind(cx, cont, rules_consistency);
 
     let fields = cont.fields.as_deref()?;
     check_not_stored(cx, fields);
@@ -77,18 +85,17 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
     let version = version_field(cx, fields, id, tenant);
     let created_at = timestamp_field(cx, fields, Timestamp::CreatedAt);
     let updated_at = timestamp_field(cx, fields, Timestamp::UpdatedAt);
-    check_cache_fencing(cx, cont, fields, consistency);
-    check_local_tier(cx, cont, consistency);
-    check_outbox(cx, cont, fields, consistency);
+    check_cache_fencing(cx, cont, fields, rules_consistency);
+    check_local_tier(cx, cont, rules_consistency);
+    check_outbox(cx, cont, fields, rules_consistency);
     check_serde_container(cx, cont);
-    let secrets = secret_fields(cx, cont, fields, [id, tenant, version]);
+    let secrets = secret_fields(cx, cont, fields, [id, tenant, version], rules_consistency);
     let indexes = indexes(cx, cont, fields, id, tenant);
     let finders = finders(cx, &indexes);
 
     if !cont.supported {
         return None;
     }
-    let (id, tenant) = (id?, tenant?);
     Some(Model {
         ident: cont.ident,
         vis: cont.vis,
@@ -113,16 +120,21 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         secrets,
         indexes: indexes.into_iter().map(|(_, ix)| ix).collect(),
         finders,
-        queueable: !attrs.outbox.is_written(),
+        queueable: !attrs.outbox.is_written()
+            && !fields.iter().any(|f| f.attrs.secret.is_written()),
     })
 }
 
-/// `strategy = write_behind` needs `consistency = eventual`.
-fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Consistency) {
+/// `strategy = write_behind` needs `consistency = eventual` (not checked when the model
+/// written was rejected).
+fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Option<Consistency>) {
     let Some(cache) = cont.attrs.cache.value() else {
         return;
     };
     let Some(strategy) = cache.strategy.get() else {
+        return;
+    };
+    let Some(consistency) = consistency else {
         return;
     };
     if strategy.value == CacheStrategy::WriteBehind && consistency != Consistency::Eventual {
@@ -137,42 +149,71 @@ fn check_write_behind(cx: &Ctxt, cont: &Container, consistency: Consistency) {
     }
 }
 
-/// Caching a `strong` or `read_your_writes` entity needs a version to fence cache puts.
-fn check_cache_fencing(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Consistency) {
+/// Cache puts are fenced by version: caching a `strong` or `read_your_writes` entity needs a
+/// version field whatever the strategy (a loader's put must not overwrite a newer write), and so
+/// does every strategy that puts written documents, `write_through` and `write_behind`, on any
+/// consistency model (without a version the runtime can only invalidate, so a write-behind write
+/// would not be readable from the cache before the flush). One error per entity: at `cache` for
+/// `strong` and `read_your_writes`, else at the strategy. `consistency` is `None` when the
+/// model written was rejected: then only the strategy's own need is checked.
+fn check_cache_fencing(
+    cx: &Ctxt,
+    cont: &Container,
+    fields: &[Field],
+    consistency: Option<Consistency>,
+) {
     let Slot::Given(cache) = &cont.attrs.cache else {
         return;
     };
-    if !matches!(
-        consistency,
-        Consistency::Strong | Consistency::ReadYourWrites
-    ) {
-        return;
-    }
     if fields.iter().any(|f| f.attrs.version.is_written()) {
         return;
     }
-    let default_note = if cont.attrs.consistency.is_written() {
-        ""
-    } else {
-        " (`strong` is the default consistency)"
+    if let Some(consistency @ (Consistency::Strong | Consistency::ReadYourWrites)) = consistency {
+        let default_note = if cont.attrs.consistency.is_written() {
+            ""
+        } else {
+            " (`strong` is the default consistency)"
+        };
+        cx.error_at(
+            cache.span,
+            format!(
+                "cache on a `{}` entity needs a #[repository(version)] field so cache puts can be \
+                 fenced{default_note}",
+                consistency.as_str()
+            ),
+        );
+        return;
+    }
+    let Some(strategy) = cache.value.strategy.get() else {
+        return;
+    };
+    let why = match strategy.value {
+        CacheStrategy::CacheAside => return,
+        CacheStrategy::WriteThrough => {
+            "write-through puts are fenced by version: without one every write only invalidates \
+             the cache entry, as `cache_aside` (the default) does"
+        }
+        CacheStrategy::WriteBehind => {
+            "write-behind puts are fenced by version: without one a queued write is not put into \
+             the cache, so it is not readable before the flush"
+        }
     };
     cx.error_at(
-        cache.span,
+        strategy.span,
         format!(
-            "cache on a `{}` entity needs a #[repository(version)] field so cache puts can be \
-             fenced{default_note}",
-            consistency.as_str()
+            "strategy = {} needs a #[repository(version)] field, because {why}",
+            strategy.value.as_str()
         ),
     );
 }
 
 /// A `strong` read must see every acknowledged write on every instance; an in-process copy on
 /// another instance can lag the invalidation that reaches it by pub/sub.
-fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Consistency) {
+fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Option<Consistency>) {
     let Some(local) = cont.attrs.cache.value().and_then(|c| c.local.get()) else {
         return;
     };
-    if consistency == Consistency::Strong {
+    if consistency == Some(Consistency::Strong) {
         cx.error_at(
             local.span,
             "an in-process tier (`local(...)`) cannot serve a `strong` entity: another instance's \
@@ -183,7 +224,7 @@ fn check_local_tier(cx: &Ctxt, cont: &Container, consistency: Consistency) {
 
 /// Outbox events are ordered and reconciled by the entity's version, and are recorded with a
 /// direct write (never a queued one).
-fn check_outbox(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Consistency) {
+fn check_outbox(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Option<Consistency>) {
     let Slot::Given(outbox) = &cont.attrs.outbox else {
         return;
     };
@@ -194,7 +235,7 @@ fn check_outbox(cx: &Ctxt, cont: &Container, fields: &[Field], consistency: Cons
              ordered by it, and after a crash the version tells whether a write happened",
         );
     }
-    if consistency == Consistency::Eventual {
+    if consistency == Some(Consistency::Eventual) {
         cx.error_at(
             outbox.span,
             "outbox(...) on an `eventual` entity: its writes are queued and applied later, so \
@@ -479,17 +520,32 @@ fn timestamp_field<'a>(cx: &Ctxt, fields: &'a [Field<'a>], ts: Timestamp) -> Opt
     chosen.filter(|_| valid)
 }
 
+/// The valid secret fields. A secret field keeps the entity out of the write-behind queue (see
+/// [`Model::queueable`]); on an `eventual` entity, whose writes are all queued, it is an error.
 fn secret_fields<'a>(
     cx: &Ctxt,
     cont: &Container,
     fields: &'a [Field<'a>],
     roles: [Option<&Field>; 3],
+    consistency: Option<Consistency>,
 ) -> Vec<&'a Field<'a>> {
     let mut secrets = Vec::new();
     for f in fields.iter().filter(|f| f.is_stored()) {
         let Some(span) = f.attrs.secret.span() else {
             continue;
         };
+        if consistency == Some(Consistency::Eventual) {
+            cx.error_at(
+                span,
+                format!(
+                    "`{}` cannot be secret on an `eventual` entity: eventual writes are queued in \
+                     Redis (the write-behind queue holds whole documents) and secret fields must \
+                     not leave the database; use another consistency model, or keep the secret \
+                     in an entity of its own",
+                    f.name()
+                ),
+            );
+        }
         let mut valid = true;
         for (role, what, why) in [
             (roles[0], "id", "every read needs the id"),
@@ -527,6 +583,16 @@ fn secret_fields<'a>(
         }
     }
     secrets
+}
+
+/// Why the secret field `f` cannot be a key of a unique index, and `fix`.
+fn secret_unique_key(f: &Field, fix: &str) -> String {
+    format!(
+        "`{}` is secret, so it cannot be a key of a unique index: MongoDB's duplicate-key error \
+         quotes the key values (`dup key: {{ ... }}`), which would carry the secret into errors \
+         and logs, and a unique index lets callers probe which values exist; {fix}",
+        f.name()
+    )
 }
 
 /// An index declaration with its keys resolved to fields.
@@ -576,6 +642,15 @@ fn indexes<'a>(
                  its own",
             );
             continue;
+        }
+        if unique && a.secret.is_written() {
+            cx.error_at(
+                span,
+                secret_unique_key(
+                    f,
+                    "write `index` instead of `unique`, or leave the index out",
+                ),
+            );
         }
         decls.push(Decl {
             span,
@@ -699,6 +774,13 @@ fn struct_index<'a>(
             );
             valid = false;
             continue;
+        }
+        if index.unique.is_written() && f.attrs.secret.is_written() {
+            // The index stays in the model (its finder still resolves); the error fails the build.
+            cx.error_spanned_by(
+                &key.ident,
+                secret_unique_key(f, "drop `unique`, or leave it out of keys(...)"),
+            );
         }
         keys.push((f, key.direction));
     }

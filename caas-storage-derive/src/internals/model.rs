@@ -1,5 +1,7 @@
 //! The checked model the code generator works from: every name resolved, every default
-//! applied, and only the parts that passed the checks.
+//! applied, and only the parts that passed the checks (the id and tenant fields included: a
+//! model without them generates a placeholder API that never builds, since their absence is
+//! reported).
 
 use proc_macro2::TokenStream;
 use syn::{Ident, Visibility};
@@ -31,11 +33,12 @@ pub struct Model<'a> {
     pub outbox: Option<OutboxModel>,
     /// Stored fields, in declaration order.
     pub fields: Vec<&'a Field<'a>>,
-    /// The id field.
-    pub id: &'a Field<'a>,
-    /// The tenant field.
-    pub tenant: &'a Field<'a>,
-    /// Whether the tenant field has the required type `String`.
+    /// The id field; `None` when there is none (reported): the generated code is then a
+    /// placeholder with `()` ids, which the reported error keeps from ever being built.
+    pub id: Option<&'a Field<'a>>,
+    /// The tenant field; `None` when there is none (reported), as for `id`.
+    pub tenant: Option<&'a Field<'a>>,
+    /// Whether the tenant field has the required type `String` (true without a tenant field).
     pub tenant_is_string: bool,
     /// The version field, if any (and valid).
     pub version: Option<&'a Field<'a>>,
@@ -49,8 +52,10 @@ pub struct Model<'a> {
     pub indexes: Vec<IndexModel<'a>>,
     /// Finder methods of the repository type.
     pub finders: Vec<Finder<'a>>,
-    /// Whether writes may be queued (`Queueable`): no `outbox(...)` was written, valid or not
-    /// (an entity meant to have an outbox is not queueable even while its outbox is rejected).
+    /// Whether writes may be queued (`Queueable`): no `outbox(...)` and no `secret` field was
+    /// written, valid or not (an entity meant to have an outbox or a secret is not queueable
+    /// even while the attribute is rejected). Queued writes cannot record events atomically,
+    /// and the queue keeps whole documents in Redis, where secret fields must not go.
     pub queueable: bool,
 }
 

@@ -11,6 +11,8 @@ pub struct User {
     #[repository(tenant)]
     pub tenant_id: String,
     pub email: String,
+    #[repository(version)]
+    pub version: u64,
 }
 
 fn main() {}
