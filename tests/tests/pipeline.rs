@@ -424,6 +424,32 @@ async fn replace_and_upsert_after_an_ordinary_read_keep_secret_fields() {
     .await;
 }
 
+/// The queue holds whole documents in Redis: an entity with secret fields is never queued,
+/// even through an `eventual` handle, and nothing is written.
+#[tokio::test]
+async fn an_entity_with_secret_fields_is_never_queued() {
+    let storage = common::storage().await;
+    let repo = AccountRepository::new(&storage);
+    let t = common::tenant("pipeline-secret-no-queue");
+    let queued = repo.with_consistency(Consistency::Eventual);
+    match queued.insert(&t, &account(&t, "s1")).await {
+        Err(Error::Unsupported { feature, .. }) => {
+            assert!(feature.contains("secret"), "{feature}")
+        }
+        other => panic!("{other:?}"),
+    }
+    storage
+        .write_behind()
+        .flush_all(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(repo
+        .find_by_id_with_secrets(&t, &"s1".to_owned())
+        .await
+        .unwrap()
+        .is_none());
+}
+
 /// A patch is written by generated code, but `Patch` and `PatchWriter::set` are public: a
 /// hand-written one must not move a document to another tenant, change its id or version, or
 /// write the framework's fields.

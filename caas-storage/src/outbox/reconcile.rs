@@ -122,7 +122,11 @@ impl OutboxStore {
         let mut ambiguous = false;
         if write.revision_field.is_some() {
             let others = self
-                .heads_everywhere("read aggregate outbox", doc! { "agg": &h.agg })
+                // Only this revision and later ones decide (history before it does not).
+                .heads_everywhere(
+                    "read aggregate outbox",
+                    doc! { "agg": &h.agg, "revision": { "$gte": h.revision } },
+                )
                 .await?;
             let mut later_committed = false;
             for o in others.iter().filter(|o| o.op != h.op) {

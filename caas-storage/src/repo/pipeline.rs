@@ -380,6 +380,13 @@ impl Pipeline {
                 Vec::new(),
             );
         }
+        if !self.meta.secret_fields.is_empty() {
+            // The queue holds whole documents in Redis; secret fields do not leave MongoDB.
+            return (
+                Err(self.unsupported("queued writes of an entity with secret fields")),
+                Vec::new(),
+            );
+        }
         let (ops, effects) = match w.intent {
             Intent::Insert(docs) => {
                 let puts = self.puts_written();

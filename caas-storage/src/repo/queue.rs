@@ -1,9 +1,10 @@
 //! The write-behind side of the executor: the explicit `queue_*` calls, and the pipeline the
 //! flusher applies queued writes with (registered with the queue when a repository is made).
 //!
-//! Entities with an outbox are not [`Queueable`]: the queue cannot record events atomically
-//! with the write, so the `queue_*` calls do not compile for them, and an insert through
-//! `with_consistency(Consistency::Eventual)` fails with [`Error::Unsupported`].
+//! Entities with an outbox or with secret fields are not [`Queueable`]: the queue cannot record
+//! events atomically with the write, and it holds whole documents in Redis, where secret fields
+//! must not go. The `queue_*` calls do not compile for them, and an insert through
+//! `with_consistency(Consistency::Eventual)` fails with [`Error::Unsupported`], writing nothing.
 
 use std::sync::Arc;
 

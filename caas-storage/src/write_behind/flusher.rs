@@ -1,8 +1,7 @@
 //! The flusher: one task per stream that applies queued writes, in order, through the
 //! pipeline the entity registered.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use mongodb::bson::Document;
@@ -27,10 +26,6 @@ pub(crate) async fn run(shared: Arc<Shared>, key: String) {
         tokio::time::sleep(pause).await;
     }
 }
-
-/// Attempts per entry id (in this process): for moving permanently failing entries aside.
-static ATTEMPTS: LazyLock<Mutex<HashMap<String, u32>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// One stream entry as read.
 struct Read {
@@ -170,9 +165,24 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
         if acked < 0 {
             tracing::warn!(stream = key, "write-behind: lost the stream's lease during a round; the next holder applies what this round did not acknowledge");
         }
-        let mut attempts = ATTEMPTS.lock().expect("attempts");
-        for id in &done {
-            attempts.remove(id);
+        let mut attempts = shared.attempts.lock().expect("attempts");
+        if let Some(stream) = attempts.get_mut(key) {
+            for id in &done {
+                stream.remove(id);
+            }
+        }
+    }
+    // Attempts are counted for entries still at the head of the queue only: entries another
+    // flusher applied or set aside are forgotten, so the map stays as small as a batch.
+    {
+        let in_batch: std::collections::HashSet<&str> =
+            entries.iter().map(|r| r.id.as_str()).collect();
+        let mut attempts = shared.attempts.lock().expect("attempts");
+        if let Some(stream) = attempts.get_mut(key) {
+            stream.retain(|id, _| in_batch.contains(id.as_str()));
+            if stream.is_empty() {
+                attempts.remove(key);
+            }
         }
     }
     match outcome {
@@ -232,16 +242,21 @@ async fn settled_for_good(
     error: &Error,
     shared: &Shared,
 ) -> Result<bool> {
-    if error.is_transient() || !give_up(&read.id, shared.settings.max_attempts) {
+    if error.is_transient() || !give_up(shared, key, &read.id) {
         return Ok(false);
     }
     dead_letter(conn, key, read, error, shared.settings.max_dead_letters).await?;
     Ok(true)
 }
 
-fn give_up(id: &str, max_attempts: u32) -> bool {
-    let mut attempts = ATTEMPTS.lock().expect("attempts");
-    let n = attempts.entry(id.to_owned()).or_insert(0);
+fn give_up(shared: &Shared, key: &str, id: &str) -> bool {
+    let max_attempts = shared.settings.max_attempts;
+    let mut attempts = shared.attempts.lock().expect("attempts");
+    let n = attempts
+        .entry(key.to_owned())
+        .or_default()
+        .entry(id.to_owned())
+        .or_insert(0);
     *n += 1;
     *n >= max_attempts
 }

@@ -87,6 +87,9 @@ pub(crate) struct Shared {
     /// One round at a time per stream in this process: `flush()`, `shutdown()` and the
     /// background flusher share the handle's lease, so the lease alone cannot keep them apart.
     rounds: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Failed attempts per stream, per entry at the head of that stream, for setting aside
+    /// the entries the database refuses for good.
+    attempts: Mutex<HashMap<String, HashMap<String, u32>>>,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -179,6 +182,7 @@ impl WriteBehind {
                 appliers: Mutex::new(HashMap::new()),
                 flushers: Mutex::new(HashMap::new()),
                 rounds: Mutex::new(HashMap::new()),
+                attempts: Mutex::new(HashMap::new()),
                 conn,
             }),
         }
