@@ -1,8 +1,10 @@
-//! Stored documents: entity <-> BSON, the framework's reserved field names, the one rendering
-//! of ids as text, and the projections reads use.
+//! Stored documents: entity <-> BSON, the framework's reserved field names and side
+//! collections, the one rendering of ids as text, and the projections reads use.
 //!
 //! Everything here is shared by the executor (`repo/`), the cache and the write-behind queue,
 //! which is why it lives below all of them.
+
+use std::time::Duration;
 
 use mongodb::bson::{Bson, Document};
 
@@ -18,8 +20,43 @@ pub const DELETED_AT_FIELD: &str = "_deleted_at";
 /// document's current version, so reconciliation can tell rival writers apart.
 pub const OP_FIELD: &str = "_outbox_op";
 
+/// Framework field: the incarnation of a document of an entity with an outbox, set when the
+/// document is created and kept by every write until it is deleted. A document deleted and
+/// created again under the same id is a new incarnation, so its events (whose revisions start
+/// again) are never taken for the old one's. Its text order is creation order.
+pub const INCARNATION_FIELD: &str = "_incarnation";
+
 /// Every field name the framework writes into documents (besides `_id`).
-pub const RESERVED_FIELDS: [&str; 3] = [SCHEMA_VERSION_FIELD, DELETED_AT_FIELD, OP_FIELD];
+pub const RESERVED_FIELDS: [&str; 4] = [
+    SCHEMA_VERSION_FIELD,
+    DELETED_AT_FIELD,
+    OP_FIELD,
+    INCARNATION_FIELD,
+];
+
+/// How long a claim of a crashed writer blocks its version transition (see `repo/versions.rs`
+/// for the claim protocol, taken where conditional updates are not atomic). Driver calls made
+/// under a claim are bounded by a third of it, and a claim whose write timed out is kept until
+/// it expires, so a write still running on the server lands before anyone else can claim.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// The collection holding the version claims of an entity's documents, next to its own.
+pub(crate) fn claims_collection(meta: &EntityMeta) -> String {
+    format!("{}__version_claims", meta.collection)
+}
+
+/// A fresh incarnation: 16 hex digits of `now_ms` (the server's clock, as the write sees it)
+/// then 16 random ones. Text order is creation order, to the millisecond, so a later
+/// incarnation of an aggregate sorts after an earlier one.
+pub(crate) fn new_incarnation(now_ms: i64) -> String {
+    let random = uuid::Uuid::now_v7().as_u128() as u64;
+    format!("{:016x}{random:016x}", u64::try_from(now_ms).unwrap_or(0))
+}
+
+/// The stored incarnation of `doc`, if it has one.
+pub(crate) fn incarnation_of(doc: &Document) -> Option<String> {
+    doc.get_str(INCARNATION_FIELD).ok().map(str::to_owned)
+}
 
 /// The stored document of `entity`: its serde form plus `_schema_version`. The entity's tenant
 /// must be `tenant`.

@@ -59,7 +59,7 @@ pub use config::StorageConfig;
 pub use connection::FaultPoint;
 pub use connection::RedisConnection;
 pub use consistency::{CausalToken, Consistency};
-pub use document::{DELETED_AT_FIELD, OP_FIELD, SCHEMA_VERSION_FIELD};
+pub use document::{DELETED_AT_FIELD, INCARNATION_FIELD, OP_FIELD, SCHEMA_VERSION_FIELD};
 pub use entity::{Entity, Queueable};
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};

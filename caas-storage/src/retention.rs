@@ -12,7 +12,7 @@
 //! | consumed-event records (`caas_consumed_events`) | `retention.consumed_events` |
 //! | write-behind dead letters (Redis streams) | the newest `write_behind.max_dead_letters`, trimmed as they are added |
 //!
-//! [`Retention::sizes`] counts what is held, for the health report.
+//! `Retention::sizes` counts what is held, for the health report.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -23,10 +23,10 @@ use serde::Serialize;
 
 use crate::config::RetentionConfig;
 use crate::connection::Connections;
+use crate::document::{claims_collection, CLAIM_LEASE};
 use crate::entity::EntityMeta;
 use crate::error::{Error, Result};
 use crate::outbox::{OutboxStore, CONSUMED_COLLECTION};
-use crate::repo::CLAIM_LEASE;
 
 /// What one run removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -84,10 +84,10 @@ impl Retention {
                 .insert(meta.database.to_owned());
         }
         if meta.version_field.is_some() {
-            self.claim_collections.lock().expect("retention").insert((
-                meta.database.to_owned(),
-                format!("{}__version_claims", meta.collection),
-            ));
+            self.claim_collections
+                .lock()
+                .expect("retention")
+                .insert((meta.database.to_owned(), claims_collection(meta)));
         }
     }
 

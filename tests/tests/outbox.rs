@@ -237,6 +237,7 @@ async fn a_writer_dying_at_any_step_leaves_no_phantom_and_no_lost_event() {
     let repo = OrderRepository::new(&storage);
     let t = common::tenant("outbox-crash");
     repo.insert(&t, &order(&t, "c1")).await.unwrap();
+    repo.insert(&t, &order(&t, "c4")).await.unwrap();
 
     // Dies after recording the events, before writing: the write never happens.
     storage.inject_fault(FaultPoint::OutboxAfterPrepare);
@@ -249,6 +250,18 @@ async fn a_writer_dying_at_any_step_leaves_no_phantom_and_no_lost_event() {
         .await
         .is_err());
     assert_eq!(repo.get(&t, &"c1".to_owned()).await.unwrap().version, 0);
+    if !storage.capabilities().atomic_conditional_updates {
+        // Its claim on the transition outlives it (the write might still be running on the
+        // server): until the claim's lease ends, another writer is refused.
+        let patch = OrderPatch {
+            status: Some("refused".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            repo.update_checked(&t, &"c1".to_owned(), 0, patch).await,
+            Err(Error::VersionConflict { .. })
+        ));
+    }
 
     // Dies after writing, before marking the events: the write happened.
     storage.inject_fault(FaultPoint::OutboxAfterWrite);
@@ -257,10 +270,10 @@ async fn a_writer_dying_at_any_step_leaves_no_phantom_and_no_lost_event() {
         ..Default::default()
     };
     assert!(repo
-        .update_checked(&t, &"c1".to_owned(), 0, patch)
+        .update_checked(&t, &"c4".to_owned(), 0, patch)
         .await
         .is_err());
-    let now = repo.get(&t, &"c1".to_owned()).await.unwrap();
+    let now = repo.get(&t, &"c4".to_owned()).await.unwrap();
     assert_eq!((now.version, now.status.as_str()), (1, "written"));
 
     // Same for an insert whose write happened but whose events were not marked.
@@ -273,7 +286,7 @@ async fn a_writer_dying_at_any_step_leaves_no_phantom_and_no_lost_event() {
 
     tokio::time::sleep(Duration::from_millis(600)).await; // past reconcile_after
     let handle = relay(&storage).spawn();
-    let events = events_of(&t, 3).await;
+    let events = events_of(&t, 4).await;
     handle.shutdown().await;
     let seen: Vec<(String, u64, String)> = events
         .iter()
@@ -281,10 +294,10 @@ async fn a_writer_dying_at_any_step_leaves_no_phantom_and_no_lost_event() {
         .collect();
     assert_eq!(
         seen.len(),
-        3,
-        "c1 placed, c1 changed (the write that happened), c2 placed: {seen:?}"
+        4,
+        "c1 and c4 placed, c4 changed (the write that happened), c2 placed: {seen:?}"
     );
-    assert!(seen.contains(&("c1".into(), 1, "order.changed".into())));
+    assert!(seen.contains(&("c4".into(), 1, "order.changed".into())));
     assert!(seen.contains(&("c2".into(), 0, "order.placed".into())));
     assert!(
         !seen.iter().any(|(id, _, _)| id == "c3"),
@@ -422,5 +435,190 @@ async fn events_written_while_kafka_is_down_are_delivered_when_it_returns() {
     assert!(
         changed >= 5,
         "the five updates made while the broker was down"
+    );
+}
+
+// ---- delete and re-create: an aggregate's identity survives ------------------------------
+
+const RECREATE_DB: &str = "caas_outbox_recreate_it";
+
+/// An aggregate that is deleted and created again under the same id, in a database of its own
+/// (the tests below empty its archive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_outbox_recreate_it", collection = "tickets", consistency = strong,
+             outbox(topic = "test.outbox.orders", insert = "ticket.opened", update = "ticket.changed", delete = "ticket.closed"))]
+struct Ticket {
+    #[repository(id)]
+    pub ticket_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub title: String,
+    #[repository(version)]
+    pub version: u64,
+}
+
+fn ticket(t: &TenantId, id: &str, title: &str) -> Ticket {
+    Ticket {
+        ticket_id: id.into(),
+        tenant_id: t.to_string(),
+        title: title.into(),
+        version: 0,
+    }
+}
+
+/// A handle of its own, so that injected faults hit only this test's writes.
+async fn recreate_storage(label: &str) -> Storage {
+    let mut config: StorageConfig = common::config();
+    config.mongodb.app_name = label.into();
+    let storage = Storage::connect(config).await.unwrap();
+    storage.sync_indexes::<Ticket>().await.unwrap();
+    storage
+}
+
+/// `(event type, revision, state)` of the records of one aggregate, oldest first.
+async fn ticket_records(storage: &Storage, t: &TenantId, id: &str) -> Vec<(String, i64, String)> {
+    use futures::TryStreamExt;
+    let outbox = storage.outbox(RECREATE_DB);
+    let filter = caas_storage::bson::doc! { "tenant": t.as_str(), "aggregate_id": id };
+    let mut out = Vec::new();
+    for coll in [outbox.collection(), outbox.published_collection()] {
+        let docs: Vec<caas_storage::bson::Document> = coll
+            .find(filter.clone())
+            .sort(caas_storage::bson::doc! { "created_at": 1 })
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        for d in docs {
+            out.push((
+                d.get_str("event_type").unwrap().to_owned(),
+                d.get_i64("revision").unwrap(),
+                d.get_str("state").unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// Reconciles every prepared record of the recreate database as if an hour had passed.
+async fn reconcile_now(storage: &Storage) {
+    let later = caas_storage::bson::DateTime::from_millis(
+        caas_storage::bson::DateTime::now().timestamp_millis() + 3_600_000,
+    );
+    storage.outbox(RECREATE_DB).reconcile(later).await.unwrap();
+}
+
+/// An old incarnation's committed revision-0 event does not decide the new incarnation's
+/// insert: the insert happened, so its event is published.
+#[tokio::test]
+async fn a_recreated_aggregates_insert_is_decided_by_its_own_incarnation() {
+    let storage = recreate_storage("outbox-recreate-a").await;
+    let repo = TicketRepository::new(&storage);
+    let t = common::tenant("outbox-recreate-a");
+    let id = "a1".to_owned();
+    repo.insert(&t, &ticket(&t, "a1", "first")).await.unwrap();
+    assert!(repo.delete(&t, &id).await.unwrap());
+    // Created again; the writer dies after writing, before settling its event.
+    storage.inject_fault(FaultPoint::OutboxAfterWrite);
+    assert!(repo.insert(&t, &ticket(&t, "a1", "second")).await.is_err());
+    assert_eq!(repo.get(&t, &id).await.unwrap().title, "second");
+    reconcile_now(&storage).await;
+    assert_eq!(
+        ticket_records(&storage, &t, "a1").await,
+        vec![
+            ("ticket.opened".into(), 0, "ready".into()),
+            ("ticket.closed".into(), 1, "ready".into()),
+            ("ticket.opened".into(), 0, "ready".into()),
+        ],
+        "the second insert happened: its event is ready"
+    );
+}
+
+/// A crashed insert of an id that already exists never happened, even once the archive of
+/// the aggregate's published events is gone: no phantom event.
+#[tokio::test]
+async fn a_crashed_insert_of_an_existing_id_is_abandoned_after_the_archive_is_cleaned() {
+    let storage = recreate_storage("outbox-recreate-b").await;
+    let repo = TicketRepository::new(&storage);
+    let t = common::tenant("outbox-recreate-b");
+    let id = "b1".to_owned();
+    repo.insert(&t, &ticket(&t, "b1", "first")).await.unwrap();
+    let patch = TicketPatch {
+        title: Some("changed".into()),
+    };
+    repo.update(&t, &id, patch).await.unwrap();
+    // Published and archived, then the archive cleaned.
+    let relay = {
+        let mut options = RelayOptions::for_databases([RECREATE_DB]);
+        options.reconcile_after = Duration::from_millis(500);
+        storage.outbox_relay(options).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ticket_records(&storage, &t, "b1")
+        .await
+        .iter()
+        .all(|(_, _, s)| s == "published")
+    {
+        assert!(Instant::now() < deadline, "never published");
+        relay.drain_once().await.unwrap();
+    }
+    relay.release().await;
+    storage
+        .outbox(RECREATE_DB)
+        .cleanup_published(Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(ticket_records(&storage, &t, "b1").await.is_empty());
+    // An insert of the same id dies after recording its event, before writing.
+    storage.inject_fault(FaultPoint::OutboxAfterPrepare);
+    assert!(repo.insert(&t, &ticket(&t, "b1", "again")).await.is_err());
+    reconcile_now(&storage).await;
+    assert_eq!(
+        ticket_records(&storage, &t, "b1").await,
+        vec![("ticket.opened".into(), 0, "abandoned".into())],
+        "the insert never happened: no phantom event"
+    );
+    assert_eq!(repo.get(&t, &id).await.unwrap().title, "changed");
+}
+
+/// Events of two incarnations of one aggregate reach Kafka in the order they happened, and
+/// the old incarnation's unsettled delete is not taken for a rival of the new one's update.
+#[tokio::test]
+async fn events_of_a_recreated_aggregate_are_published_in_order() {
+    let storage = recreate_storage("outbox-recreate-c").await;
+    let repo = TicketRepository::new(&storage);
+    let t = common::tenant("outbox-recreate-c");
+    let id = "c1".to_owned();
+    repo.insert(&t, &ticket(&t, "c1", "first")).await.unwrap();
+    // The delete happens; its writer dies before settling the event.
+    storage.inject_fault(FaultPoint::OutboxAfterWrite);
+    assert!(repo.delete(&t, &id).await.is_err());
+    assert!(!repo.exists(&t, &id).await.unwrap());
+    repo.insert(&t, &ticket(&t, "c1", "second")).await.unwrap();
+    let patch = TicketPatch {
+        title: Some("second, changed".into()),
+    };
+    repo.update(&t, &id, patch).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(600)).await; // past reconcile_after
+    let mut options = RelayOptions::for_databases([RECREATE_DB]);
+    options.reconcile_after = Duration::from_millis(500);
+    options.poll_interval = Duration::from_millis(50);
+    let handle = storage.outbox_relay(options).unwrap().spawn();
+    let events = events_of(&t, 4).await;
+    handle.shutdown().await;
+    let seen: Vec<(String, u64)> = events
+        .iter()
+        .map(|e| (e.event_type.clone(), e.revision))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("ticket.opened".to_owned(), 0),
+            ("ticket.closed".to_owned(), 1),
+            ("ticket.opened".to_owned(), 0),
+            ("ticket.changed".to_owned(), 1),
+        ]
     );
 }

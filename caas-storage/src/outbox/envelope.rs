@@ -45,8 +45,14 @@ pub struct EventEnvelope {
     /// (`2025-01-31T12:00:00.000Z`).
     pub occurred_at: String,
     /// The aggregate's revision after the write that caused the event; orders the events of
-    /// one aggregate.
+    /// one incarnation of the aggregate.
     pub revision: u64,
+    /// Which incarnation of the aggregate the event belongs to: an aggregate deleted and
+    /// created again under the same id starts again at revision 0 as a new incarnation. Text
+    /// order is creation order, so `(incarnation, revision)` orders all events of an
+    /// aggregate id. `None` for events of documents written before incarnations existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
     /// The event body: the entity without its secret fields, or a custom body.
     pub payload: serde_json::Value,
     /// Id of the request or flow this event is part of.
@@ -85,6 +91,7 @@ impl EventEnvelope {
             schema_version: 1,
             occurred_at: rfc3339_millis(now_millis()),
             revision: 0,
+            incarnation: None,
             payload,
             correlation_id: None,
             causation_id: None,
@@ -112,6 +119,12 @@ impl EventEnvelope {
     /// Sets the aggregate's revision after the write.
     pub fn with_revision(mut self, revision: u64) -> Self {
         self.revision = revision;
+        self
+    }
+
+    /// Sets the aggregate's incarnation (the repositories do this for their events).
+    pub fn with_incarnation(mut self, incarnation: Option<String>) -> Self {
+        self.incarnation = incarnation;
         self
     }
 

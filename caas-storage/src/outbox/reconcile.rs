@@ -9,6 +9,7 @@ use super::record::{
     head_projection, int, state_of, EventState, Head, ReconcileReport, WriteKind, WriteRef,
 };
 use super::store::OutboxStore;
+use crate::document::{DELETED_AT_FIELD, INCARNATION_FIELD, OP_FIELD};
 use crate::error::{Error, Result};
 
 impl OutboxStore {
@@ -29,7 +30,11 @@ impl OutboxStore {
         let cutoff = now.timestamp_millis()
             - i64::try_from(self.reconcile_after.as_millis()).unwrap_or(i64::MAX / 2);
         let mut report = ReconcileReport::default();
-        for h in prepared.iter().filter(|h| h.created_at < cutoff) {
+        // Later events of an aggregate first: a later one found to have happened decides the
+        // earlier ones of its incarnation (rule 2).
+        let mut stale: Vec<&Head> = prepared.iter().filter(|h| h.created_at < cutoff).collect();
+        stale.sort_by(|a, b| b.position().cmp(&a.position()));
+        for h in stale {
             let Some(doc) = self
                 .bounded(
                     "read outbox record",
@@ -118,14 +123,17 @@ impl OutboxStore {
             return Ok(Decision::Abandoned);
         }
 
-        // 2. Versioned entities: one writer per revision transition (the version claim).
+        // 2. Versioned entities: one writer per revision transition (the version claim), within
+        //    one incarnation (a document deleted and created again starts again at 0).
         let mut ambiguous = false;
         if write.revision_field.is_some() {
             let others = self
                 // Only this revision and later ones decide (history before it does not).
                 .heads_everywhere(
                     "read aggregate outbox",
-                    doc! { "agg": &h.agg, "revision": { "$gte": h.revision } },
+                    doc! {
+                        "agg": &h.agg, "inc": h.inc_filter(), "revision": { "$gte": h.revision },
+                    },
                 )
                 .await?;
             let mut later_committed = false;
@@ -154,12 +162,12 @@ impl OutboxStore {
 
         // 3. The document names the op of the write that produced its current revision
         //    (`_outbox_op`): at exactly this revision, that settles it, rivals or not.
-        if let Some(decided) = self.decided_by_op_stamp(&write, &h.op).await? {
+        if let Some(decided) = self.decided_by_op_stamp(&write, h).await? {
             return Ok(decided);
         }
 
         // 4. The entity document itself.
-        let happened = self.write_happened(&write).await?;
+        let happened = self.write_happened(&write, &h.inc).await?;
         Ok(match (happened, ambiguous) {
             (false, _) => Decision::Abandoned,
             (true, false) => Decision::Ready,
@@ -169,7 +177,7 @@ impl OutboxStore {
 
     /// `Ready`/`Abandoned` when the document is at exactly the write's revision and carries
     /// the op stamp of the write that produced it; `None` when that does not decide it.
-    async fn decided_by_op_stamp(&self, w: &WriteRef, op: &str) -> Result<Option<Decision>> {
+    async fn decided_by_op_stamp(&self, w: &WriteRef, h: &Head) -> Result<Option<Decision>> {
         let Some(field) = &w.revision_field else {
             return Ok(None);
         };
@@ -181,20 +189,24 @@ impl OutboxStore {
         let Some(found) = self
             .bounded(
                 "read entity for reconciliation",
-                coll.find_one(filter)
-                    .projection(doc! { "_id": 0, field.as_str(): 1, "_outbox_op": 1 }),
+                coll.find_one(filter).projection(
+                    doc! { "_id": 0, field.as_str(): 1, OP_FIELD: 1, INCARNATION_FIELD: 1 },
+                ),
             )
             .await?
         else {
             return Ok(None);
         };
+        if !same_incarnation(&found, &h.inc) {
+            return Ok(None);
+        }
         let revision = match found.get(field.as_str()) {
             Some(Bson::Int32(i)) => i64::from(*i),
             Some(Bson::Int64(i)) => *i,
             _ => return Ok(None),
         };
-        match found.get_str("_outbox_op") {
-            Ok(stamp) if revision == w.revision => Ok(Some(if stamp == op {
+        match found.get_str(OP_FIELD) {
+            Ok(stamp) if revision == w.revision => Ok(Some(if stamp == h.op {
                 Decision::Ready
             } else {
                 Decision::Abandoned
@@ -203,10 +215,11 @@ impl OutboxStore {
         }
     }
 
-    /// Reads the entity document named by `w` and tells whether the write is reflected.
-    async fn write_happened(&self, w: &WriteRef) -> Result<bool> {
+    /// Reads the entity document named by `w` and tells whether the write (of incarnation
+    /// `inc`, "" when unknown) is reflected.
+    async fn write_happened(&self, w: &WriteRef, inc: &str) -> Result<bool> {
         let coll = self.db.collection::<Document>(&w.collection);
-        let mut projection = doc! { "_id": 0, "_deleted_at": 1 };
+        let mut projection = doc! { "_id": 0, DELETED_AT_FIELD: 1, INCARNATION_FIELD: 1 };
         if let Some(f) = &w.revision_field {
             projection.insert(f.as_str(), 1);
         }
@@ -224,8 +237,13 @@ impl OutboxStore {
                 .as_ref()
                 .map(|f| int(d.get(f)).unwrap_or(0))
         };
-        let deleted = |d: &Document| !matches!(d.get("_deleted_at"), None | Some(Bson::Null));
+        let deleted = |d: &Document| !matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null));
         Ok(match (w.kind, found) {
+            // Another incarnation is there: this one's insert or update never took effect (had
+            // it, the delete that ended the incarnation would have decided it under rule 2),
+            // and this one's delete did (the incarnation is gone).
+            (WriteKind::Insert | WriteKind::Update, Some(d)) if !same_incarnation(&d, inc) => false,
+            (WriteKind::Delete, Some(d)) if !same_incarnation(&d, inc) => true,
             (WriteKind::Insert | WriteKind::Update, None) => false,
             (WriteKind::Insert | WriteKind::Update, Some(d)) => match revision(&d) {
                 // Reaching the revision means passing through it, deleted since or not.
@@ -263,6 +281,12 @@ impl OutboxStore {
         }
         Ok(heads)
     }
+}
+
+/// Whether `doc` is the incarnation `inc` names. Records written before incarnations existed
+/// (`inc` empty) name no incarnation: any document is theirs, as it was then.
+fn same_incarnation(doc: &Document, inc: &str) -> bool {
+    inc.is_empty() || doc.get_str(INCARNATION_FIELD).is_ok_and(|d| d == inc)
 }
 
 /// Why a record was parked as undecidable (its `last_error`).

@@ -244,6 +244,8 @@ pub(crate) struct Head {
     pub id: String,
     pub agg: String,
     pub op: String,
+    /// The aggregate's incarnation ("" for records written before incarnations existed).
+    pub inc: String,
     pub revision: i64,
     pub state: EventState,
     pub created_at: i64,
@@ -257,12 +259,27 @@ impl Head {
     pub(super) fn committed(&self) -> bool {
         self.state.committed() && !self.ambiguous
     }
+
+    /// Where the event stands among its aggregate's events: incarnation, then revision.
+    pub(super) fn position(&self) -> (&str, i64) {
+        (&self.inc, self.revision)
+    }
+
+    /// A filter on this record's incarnation (records without one have no `inc` field).
+    pub(super) fn inc_filter(&self) -> Bson {
+        if self.inc.is_empty() {
+            Bson::Null
+        } else {
+            Bson::String(self.inc.clone())
+        }
+    }
 }
 
-pub(crate) const HEAD_FIELDS: [&str; 8] = [
+pub(crate) const HEAD_FIELDS: [&str; 9] = [
     "_id",
     "agg",
     "op",
+    "inc",
     "revision",
     "state",
     "created_at",
@@ -284,6 +301,7 @@ impl Head {
             id: req_str(d, "_id")?.to_owned(),
             agg: d.get_str("agg").unwrap_or_default().to_owned(),
             op: d.get_str("op").unwrap_or_default().to_owned(),
+            inc: d.get_str("inc").unwrap_or_default().to_owned(),
             revision: int(d.get("revision")).unwrap_or(0),
             state: state_of(d)?,
             created_at: millis(d.get("created_at")),
@@ -357,6 +375,7 @@ pub(crate) fn record_from_doc(d: &Document) -> Result<OutboxRecord> {
         occurred_at: opt_str(d, "occurred_at")
             .unwrap_or_else(|| rfc3339_millis(created_at.timestamp_millis())),
         revision: u64::try_from(int(d.get("revision")).unwrap_or(0)).unwrap_or(0),
+        incarnation: opt_str(d, "inc"),
         payload,
         correlation_id: opt_str(d, "correlation_id"),
         causation_id: opt_str(d, "causation_id"),

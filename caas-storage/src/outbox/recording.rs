@@ -9,7 +9,7 @@
 //! it ([`OutboxStore::settle`] picks by [`Verdict`]); what a crash leaves `prepared` is decided
 //! by reconciliation.
 
-use mongodb::bson::{doc, DateTime};
+use mongodb::bson::{doc, Bson, DateTime};
 use mongodb::ClientSession;
 
 use super::record::{EventState, PendingEvent};
@@ -117,7 +117,7 @@ impl OutboxStore {
     }
 
     /// The write of `ids` took the aggregate of `first` to its revision, so any other
-    /// `prepared` events for the same revision belong to a writer that stopped before writing
+    /// `prepared` events for the same incarnation and revision belong to a writer that stopped before writing
     /// (its claim expired, or it failed): that write can no longer happen (versions only grow;
     /// a second insert of the id fails on the unique index). Deciding them now keeps
     /// reconciliation, which only sees that the document reached the revision, from publishing
@@ -134,6 +134,7 @@ impl OutboxStore {
                     "tenant": tenant,
                     "aggregate_type": aggregate_type,
                     "aggregate_id": aggregate_id,
+                    "inc": e.incarnation.clone().map_or(Bson::Null, Bson::String),
                     "revision": revision,
                     "state": EventState::Prepared.as_str(),
                     "_id": { "$nin": ids },

@@ -452,10 +452,15 @@ impl OutboxRelay {
         report.more |= truncated;
 
         // Pending events outside the window: the lowest revision per aggregate.
-        let mut earliest_outside: HashMap<String, i64> = HashMap::new();
+        let mut earliest_outside: HashMap<String, (String, i64)> = HashMap::new();
         let mut note = |h: &Head| {
-            let e = earliest_outside.entry(h.agg.clone()).or_insert(h.revision);
-            *e = (*e).min(h.revision);
+            let here = (h.inc.clone(), h.revision);
+            let e = earliest_outside
+                .entry(h.agg.clone())
+                .or_insert(here.clone());
+            if here < *e {
+                *e = here;
+            }
         };
         // A parked event holds its aggregate's later revisions back, as a pending one does.
         prepared.iter().chain(&parked).for_each(&mut note);
@@ -759,7 +764,7 @@ fn shard_filter(owned: &[u32], shard_count: u32) -> Option<Bson> {
 /// records in send order and how many were held back.
 fn select(
     window: &[Document],
-    earliest_outside: &HashMap<String, i64>,
+    earliest_outside: &HashMap<String, (String, i64)>,
     edge_after: Option<i64>,
     now: i64,
 ) -> Result<(Vec<(OutboxRecord, Document)>, u64)> {
@@ -777,11 +782,11 @@ fn select(
     for agg in order {
         let mut chain = groups.remove(&agg).unwrap_or_default();
         chain.sort_by(|(a, _), (b, _)| {
-            (a.revision, a.created_at, &a.id).cmp(&(b.revision, b.created_at, &b.id))
+            (a.position(), a.created_at, &a.id).cmp(&(b.position(), b.created_at, &b.id))
         });
-        let blocked_above = earliest_outside.get(&agg).copied();
+        let blocked_above = earliest_outside.get(&agg).map(|(i, r)| (i.as_str(), *r));
         for (i, (h, d)) in chain.iter().enumerate() {
-            let blocked = blocked_above.is_some_and(|b| b < h.revision)
+            let blocked = blocked_above.is_some_and(|b| b < h.position())
                 || edge_after.is_some_and(|t| h.created_at > t);
             if blocked || h.next_attempt_at > now {
                 deferred += (chain.len() - i) as u64;
@@ -864,8 +869,8 @@ mod tests {
             rec("d", "7", 2, 16, 0),
         ];
         let mut outside = HashMap::new();
-        outside.insert("b".to_owned(), 6);
-        outside.insert("c".to_owned(), 6);
+        outside.insert("b".to_owned(), (String::new(), 6));
+        outside.insert("c".to_owned(), (String::new(), 6));
         let (out, deferred) = select(&window, &outside, None, 50).unwrap();
         let ids: Vec<&str> = out
             .iter()
@@ -883,6 +888,34 @@ mod tests {
             .collect();
         assert_eq!(ids, ["3", "1"]);
         assert_eq!(deferred, 5);
+    }
+
+    #[test]
+    fn selection_orders_incarnations_before_revisions() {
+        let with_inc = |id: &str, inc: &str, revision: i64, created: i64| {
+            let mut d = rec("a", id, revision, created, 0);
+            d.insert("inc", inc);
+            d
+        };
+        // Created again ("i2") after a delete at revision 3 of "i1": 0 and 1 of "i2" follow it.
+        let window = vec![
+            with_inc("new0", "i2", 0, 10),
+            with_inc("old3", "i1", 3, 11),
+            with_inc("new1", "i2", 1, 12),
+        ];
+        let (out, _) = select(&window, &HashMap::new(), None, 50).unwrap();
+        let ids: Vec<&str> = out
+            .iter()
+            .map(|(r, _)| r.envelope.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["old3", "new0", "new1"]);
+        // The old incarnation's delete pending outside the window holds the new one back.
+        let mut outside = HashMap::new();
+        outside.insert("a".to_owned(), ("i1".to_owned(), 3));
+        let window = vec![with_inc("new0", "i2", 0, 10)];
+        let (out, deferred) = select(&window, &outside, None, 50).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(deferred, 1);
     }
 
     #[test]

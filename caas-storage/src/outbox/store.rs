@@ -203,7 +203,7 @@ impl OutboxStore {
         })?;
         let agg = aggregate_key(&e.tenant, &e.aggregate_type, &e.aggregate_id);
         let hash = fnv1a(agg.as_bytes());
-        Ok(doc! {
+        let mut record = doc! {
             "_id": &e.event_id,
             "event_type": &e.event_type,
             "aggregate_type": &e.aggregate_type,
@@ -228,7 +228,11 @@ impl OutboxStore {
             "created_at": now,
             "updated_at": now,
             "published_at": Bson::Null,
-        })
+        };
+        if let Some(inc) = &e.incarnation {
+            record.insert("inc", inc.as_str());
+        }
+        Ok(record)
     }
 
     /// Moves each record in `from` to `to`; returns how many moved.

@@ -30,6 +30,8 @@ pub(crate) struct EventSpec<'a> {
     pub kind: WriteKind,
     /// The revision the write moves the document to.
     pub revision: u64,
+    /// The document's incarnation (`None` for documents stored before incarnations existed).
+    pub incarnation: Option<&'a str>,
     /// The event body (the entity, or what changed), secret fields not yet removed.
     pub payload: &'a Document,
     /// Events the caller adds to the same atomic unit.
@@ -74,7 +76,8 @@ pub(crate) fn records(
                 payload_from_document(spec.payload, meta.secret_fields),
             )
             .with_schema_version(meta.schema_version)
-            .with_revision(spec.revision),
+            .with_revision(spec.revision)
+            .with_incarnation(spec.incarnation.map(str::to_owned)),
         );
     }
     for custom in spec.extra {
@@ -84,6 +87,7 @@ pub(crate) fn records(
         e.aggregate_id.clone_from(&aggregate_id);
         e.tenant = tenant.as_str().to_owned();
         e.revision = spec.revision;
+        e.incarnation = spec.incarnation.map(str::to_owned);
         out.push(e);
     }
     out.into_iter()

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::cache::CacheLayer;
 use crate::connection::Connections;
 use crate::consistency::Consistency;
-use crate::document::{self, DELETED_AT_FIELD, SCHEMA_VERSION_FIELD};
+use crate::document::{self, DELETED_AT_FIELD, INCARNATION_FIELD, SCHEMA_VERSION_FIELD};
 use crate::entity::{CacheStrategy, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::outbox::{EventEnvelope, OutboxStore, WriteKind};
@@ -460,6 +460,10 @@ impl Pipeline {
         extra: &[EventEnvelope],
     ) -> (Result<Outcome>, Vec<Effect>) {
         let m = self.meta;
+        let mut docs = docs;
+        for d in &mut docs {
+            self.stamp_new_incarnation(d);
+        }
         let ids: Vec<Bson> = docs
             .iter()
             .map(|d| d.get(m.id_field).cloned().unwrap_or(Bson::Null))
@@ -476,6 +480,7 @@ impl Pipeline {
                         id,
                         kind: WriteKind::Insert,
                         revision: m.version_field.map_or(0, |vf| document::stored_u64(d, vf)),
+                        incarnation: d.get_str(INCARNATION_FIELD).ok(),
                         payload: d,
                         extra,
                     },
@@ -546,6 +551,7 @@ impl Pipeline {
                         id: &id,
                         kind: *kind,
                         revision: plan.next,
+                        incarnation: plan.incarnation.as_deref(),
                         payload,
                         extra: w.extra_events,
                     },
@@ -633,11 +639,24 @@ impl Pipeline {
         };
         let purge = matches!(intent, Intent::Delete { purge: true, .. });
         let current = match expected {
-            Some(v) => Some(versions::Current {
+            // The caller names the version; an outbox still needs the incarnation it is of.
+            Some(v) if m.outbox.is_none() => Some(versions::Current {
                 version: v,
                 deleted: false,
                 created_at: None,
+                incarnation: None,
             }),
+            Some(v) => match self.current(tenant, id, purge).await? {
+                Some(c) if c.version != v => {
+                    return Err(Error::VersionConflict {
+                        entity: m.name,
+                        id: document::id_for_errors(id),
+                        expected: v,
+                        actual: Some(c.version),
+                    })
+                }
+                c => c,
+            },
             None => self.current(tenant, id, purge).await?,
         };
         let Some(current) = current else {
@@ -647,9 +666,11 @@ impl Pipeline {
                     if let Some(c) = m.created_at_field {
                         doc.insert(c, w.at);
                     }
+                    self.stamp_new_incarnation(&mut doc);
                     Ok(Step::Write(Box::new(Plan {
                         next: document::stored_u64(&doc, vf),
                         event: Some((WriteKind::Insert, doc.clone())),
+                        incarnation: document::incarnation_of(&doc),
                         raw: RawWrite::Insert(vec![doc.clone()]),
                         written: Some(doc),
                         expected: None,
@@ -668,15 +689,21 @@ impl Pipeline {
             return Err(self.diagnose(tenant, id, Some(from)).await);
         }
         let next = from + 1;
-        let claim = self.claim(tenant, id, from).await?;
+        let incarnation = current.incarnation.clone();
+        let claim = self.claim(tenant, id, incarnation.as_deref(), from).await?;
         let mut filter = self.id_filter(tenant, id, purge);
         filter.insert(vf, document::version_bson(from));
+        if let Some(i) = &incarnation {
+            // Only the incarnation read: never one created since under the same id.
+            filter.insert(INCARNATION_FIELD, i.as_str());
+        }
         let plan = |raw, event, written, shape, claim| Plan {
             raw,
             event,
             written,
             next,
             expected: Some(from),
+            incarnation: incarnation.clone(),
             claim,
             shape,
         };
@@ -697,6 +724,10 @@ impl Pipeline {
                 let mut doc = doc.clone();
                 self.keep_unloaded_secrets(tenant, id, &mut doc).await?;
                 doc.insert(vf, document::version_bson(next));
+                if let Some(i) = &incarnation {
+                    // A whole-document write keeps the incarnation.
+                    doc.insert(INCARNATION_FIELD, i.as_str());
+                }
                 if let (Some(c), Some(stored)) = (m.created_at_field, &current.created_at) {
                     // An upsert of an existing document keeps when it was created.
                     if matches!(intent, Intent::Upsert { .. }) {
@@ -758,6 +789,7 @@ impl Pipeline {
             written,
             next: 0,
             expected: None,
+            incarnation: None,
             claim: None,
             shape,
         };
@@ -808,6 +840,14 @@ impl Pipeline {
                 return Err(self.unsupported("this write as a single-document write"))
             }
         })
+    }
+
+    /// Gives a document about to be created its incarnation, if the entity has an outbox.
+    fn stamp_new_incarnation(&self, doc: &mut Document) {
+        if self.meta.outbox.is_some() {
+            let now = self.conn().server_now().timestamp_millis();
+            doc.insert(INCARNATION_FIELD, document::new_incarnation(now));
+        }
     }
 
     /// Secret fields a whole-document write does not set (absent, null or empty: reads leave
@@ -1063,6 +1103,8 @@ struct Plan {
     next: u64,
     /// The version the write's filter requires, if any.
     expected: Option<u64>,
+    /// The incarnation the write is to (entities with an outbox).
+    incarnation: Option<String>,
     claim: Option<Claim>,
     shape: Shape,
 }

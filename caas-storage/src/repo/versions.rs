@@ -17,15 +17,11 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Collection;
 
-use crate::document::{self, DELETED_AT_FIELD};
+pub use crate::document::CLAIM_LEASE;
+use crate::document::{self, DELETED_AT_FIELD, INCARNATION_FIELD};
 use crate::error::{duplicate_key_message, Error, Result};
 use crate::repo::pipeline::Pipeline;
 use crate::tenant::TenantId;
-
-/// How long a claim of a crashed writer blocks its version transition. Driver calls made
-/// under a claim are bounded by a third of it, and a claim whose write timed out is kept until
-/// it expires, so a write still running on the server lands before anyone else can claim.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
 
 /// What a document is at, as far as a write needs to know.
 #[derive(Debug, Clone)]
@@ -36,6 +32,9 @@ pub(crate) struct Current {
     pub deleted: bool,
     /// Its `created_at` value, if the entity declares one.
     pub created_at: Option<Bson>,
+    /// Its incarnation (entities with an outbox; `None` for documents stored before
+    /// incarnations existed).
+    pub incarnation: Option<String>,
 }
 
 impl Pipeline {
@@ -48,7 +47,7 @@ impl Pipeline {
         include_deleted: bool,
     ) -> Result<Option<Current>> {
         let meta = self.meta();
-        let mut projection = doc! { "_id": 0, DELETED_AT_FIELD: 1 };
+        let mut projection = doc! { "_id": 0, DELETED_AT_FIELD: 1, INCARNATION_FIELD: 1 };
         if let Some(vf) = meta.version_field {
             projection.insert(vf, 1);
         }
@@ -69,6 +68,7 @@ impl Pipeline {
                 .map_or(0, |vf| document::stored_u64(&d, vf)),
             deleted: !matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null)),
             created_at: meta.created_at_field.and_then(|c| d.get(c).cloned()),
+            incarnation: document::incarnation_of(&d),
         }))
     }
 
@@ -95,7 +95,7 @@ impl Pipeline {
     /// The exclusive right to move the document from version `from` to the next, or `None`
     /// where the server's conditional updates are atomic and the version filter suffices.
     ///
-    /// A claim is a unique insert of `<tenant>␟<id>␟<version>␟<generation>`. A claim older
+    /// A claim is a unique insert of `<tenant>␟<id>␟[<incarnation>␟]<version>␟<generation>`. A claim older
     /// than [`CLAIM_LEASE`] (by the server's clock) belonged to a writer that died; it is taken
     /// over by inserting the next generation, never by deleting it, so exactly one of the
     /// writers racing for the takeover wins (a delete-then-insert takeover is a
@@ -104,6 +104,7 @@ impl Pipeline {
         &self,
         tenant: &TenantId,
         id: &Bson,
+        incarnation: Option<&str>,
         from: u64,
     ) -> Result<Option<Claim>> {
         if self.conn().capabilities().atomic_conditional_updates {
@@ -113,10 +114,13 @@ impl Pipeline {
         let coll = self
             .conn()
             .database(meta.database)
-            .collection::<Document>(&format!("{}__version_claims", meta.collection));
+            .collection::<Document>(&document::claims_collection(meta));
+        // Per incarnation: a claim kept by a writer of a deleted document does not hold up
+        // the document created again under its id.
         let base = format!(
-            "{tenant}\u{1f}{}\u{1f}{}",
+            "{tenant}\u{1f}{}\u{1f}{}{}",
             document::id_as_text(id),
+            incarnation.map_or(String::new(), |i| format!("{i}\u{1f}")),
             from + 1
         );
         let conflict = || Error::VersionConflict {

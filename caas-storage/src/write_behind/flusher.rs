@@ -154,7 +154,7 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
     if !done.is_empty() {
         // Deleted only while the lease is still this round's.
         let mut ack = ACK.key(key);
-        ack.key(format!("{key}:owner")).arg(&shared.token);
+        ack.key(owner_key(key)).arg(&shared.token);
         for id in &done {
             ack.arg(id);
         }
@@ -339,6 +339,23 @@ impl Drop for Heartbeat {
     }
 }
 
+/// The key of a stream's lease. The acknowledging script reads it with the stream, so on a
+/// Redis Cluster both must hash to one slot: the lease key carries the stream key as its hash
+/// tag, or the stream key's own tag when it has one. (A stream key holding braces that make
+/// no tag, from a database or collection name with `{` or `}`, cannot be matched: such a
+/// queue works on a single Redis, not on a cluster.)
+fn owner_key(stream: &str) -> String {
+    let tag = stream
+        .find('{')
+        .and_then(|open| stream[open + 1..].find('}'))
+        .is_some_and(|len| len > 0);
+    if tag || stream.contains(['{', '}']) {
+        format!("{stream}:owner")
+    } else {
+        format!("{{{stream}}}:owner")
+    }
+}
+
 /// Takes or renews the stream's lease: one flusher per stream keeps writes in order.
 async fn hold_lease(
     conn: &mut RedisConnection,
@@ -359,7 +376,7 @@ return 0
         )
     });
     let held: i64 = LEASE
-        .key(format!("{key}:owner"))
+        .key(owner_key(key))
         .arg(token)
         .arg(ttl.as_millis() as u64)
         .invoke_async(conn)
@@ -371,6 +388,12 @@ return 0
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_hashes_with_its_stream() {
+        assert_eq!(owner_key("caas:wb:db.c"), "{caas:wb:db.c}:owner");
+        assert_eq!(owner_key("{svc}caas:wb:db.c"), "{svc}caas:wb:db.c:owner");
+    }
 
     #[test]
     fn stream_keys_name_their_namespace() {
