@@ -23,6 +23,8 @@ use caas_storage::prelude::*;
 #[index(keys(handle), unique)]
 #[index(keys(owner, opened_at desc), name = "by_owner")]
 #[index(keys(expires_at), ttl = "30d")]
+#[migrate(from = 1, up = steps::account_v1_to_v2)]
+#[migrate(from = 2, up = steps::account_v2_to_v3, down = steps::account_v3_to_v2)]
 #[serde(rename_all = "camelCase")]
 pub struct Account {
     /// Id.
@@ -49,6 +51,33 @@ pub struct Account {
     /// Version.
     #[repository(version)]
     pub version: i64,
+}
+
+/// The schema steps of [`Account`].
+mod steps {
+    use caas_storage::bson::Document;
+    use caas_storage::StepResult;
+
+    /// 1 -> 2: the owner's e-mail gets its own field.
+    pub fn account_v1_to_v2(doc: &mut Document) -> StepResult {
+        let email = doc.get_str("owner")?.to_owned();
+        doc.insert("ownerEmail", email);
+        Ok(())
+    }
+
+    /// 2 -> 3: accounts expire.
+    pub fn account_v2_to_v3(doc: &mut Document) -> StepResult {
+        if !doc.contains_key("expiresAt") {
+            doc.insert("expiresAt", caas_storage::bson::DateTime::MAX);
+        }
+        Ok(())
+    }
+
+    /// 3 -> 2.
+    pub fn account_v3_to_v2(doc: &mut Document) -> StepResult {
+        doc.remove("expiresAt");
+        Ok(())
+    }
 }
 
 /// The smallest entity, eventual.

@@ -27,7 +27,7 @@ use internals::ctxt::Ctxt;
 
 /// Derives a caas-storage entity: `impl Entity`, `{Name}Repository`, `{Name}Patch`,
 /// `{Name}Fields` and `{Name}::fields()`. See `docs/attributes.md` for every attribute.
-#[proc_macro_derive(Repository, attributes(repository, index, id, tenant))]
+#[proc_macro_derive(Repository, attributes(repository, index, migrate, id, tenant))]
 pub fn derive_repository(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     derive(&input).into()

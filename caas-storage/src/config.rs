@@ -58,6 +58,15 @@
 //! | `retention.published_events` | `CAAS_RETENTION_PUBLISHED_EVENTS` | `7d` |
 //! | `retention.abandoned_events` | `CAAS_RETENTION_ABANDONED_EVENTS` | `7d` |
 //! | `retention.consumed_events` | `CAAS_RETENTION_CONSUMED_EVENTS` | `7d` |
+//! | `migrations.write_back_on_read` | `CAAS_MIGRATIONS_WRITE_BACK_ON_READ` | `false` |
+//! | `migrations.database` | `CAAS_MIGRATIONS_DATABASE` | `caas_platform` |
+//! | `migrations.batch_size` | `CAAS_MIGRATIONS_BATCH_SIZE` | 500 |
+//! | `migrations.rate_limit` | `CAAS_MIGRATIONS_RATE_LIMIT` | 0 (no limit) |
+//! | `migrations.lock_lease` | `CAAS_MIGRATIONS_LOCK_LEASE` | `30s` |
+//! | `migrations.lock_wait` | `CAAS_MIGRATIONS_LOCK_WAIT` | `30m` |
+//! | `ttl.sweeper` | `CAAS_TTL_SWEEPER` | `true` |
+//! | `ttl.interval` | `CAAS_TTL_INTERVAL` | `1m` |
+//! | `ttl.batch_size` | `CAAS_TTL_BATCH_SIZE` | 1000 |
 //!
 //! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
 
@@ -88,6 +97,10 @@ pub struct StorageConfig {
     /// How long the framework keeps what it writes for itself (outbox archive, consumed-event
     /// records, version claims).
     pub retention: RetentionConfig,
+    /// Schema versions: reads of older documents, the batch migrator, its ledger and lock.
+    pub migrations: MigrationsConfig,
+    /// Expiry of documents of entities with a TTL index, where the server has no TTL indexes.
+    pub ttl: TtlConfig,
 }
 
 /// MongoDB connection and pool settings. `Debug` and `Serialize` mask the password in `uri`.
@@ -442,6 +455,75 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Schema versions and migrations (see `docs/migrations.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrationsConfig {
+    /// Write a document a read upgraded back at the current schema version. Off by default:
+    /// during a rolling update, replicas of the older release cannot read what is written at
+    /// the newer version, so documents are better rewritten by `Storage::migrate` once every
+    /// replica runs the new release.
+    #[serde(deserialize_with = "lenient")]
+    pub write_back_on_read: bool,
+    /// The MongoDB database holding the migration ledger (`_caas_migrations`) and its lock.
+    pub database: String,
+    /// Documents the batch migrator reads and rewrites per batch.
+    #[serde(deserialize_with = "lenient")]
+    pub batch_size: usize,
+    /// Most documents per second the batch migrator rewrites (0: as fast as it can).
+    #[serde(deserialize_with = "lenient")]
+    pub rate_limit: u32,
+    /// How long the migration lock lasts without renewal; its holder renews it every third of
+    /// this, and a holder that stopped renewing (it died) is taken over after it.
+    #[serde(with = "duration_text")]
+    pub lock_lease: Duration,
+    /// How long `Storage::migrate` waits for another process holding the lock before it gives
+    /// up with `Error::MigrationLock`.
+    #[serde(with = "duration_text")]
+    pub lock_wait: Duration,
+}
+
+impl Default for MigrationsConfig {
+    fn default() -> Self {
+        MigrationsConfig {
+            write_back_on_read: false,
+            database: "caas_platform".to_owned(),
+            batch_size: 500,
+            rate_limit: 0,
+            lock_lease: Duration::from_secs(30),
+            lock_wait: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// The TTL sweeper: where the server has no TTL indexes (FerretDB), a background task of every
+/// `Storage` (under a lease, one instance at a time) deletes the expired documents of the
+/// entities that declare a TTL index. Where the server has them, the index does it and the
+/// sweeper stays idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtlConfig {
+    /// Run the sweeper in this process.
+    #[serde(deserialize_with = "lenient")]
+    pub sweeper: bool,
+    /// Between two runs.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// Most documents one run deletes per entity (the rest wait for the next run).
+    #[serde(deserialize_with = "lenient")]
+    pub batch_size: u64,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        TtlConfig {
+            sweeper: true,
+            interval: Duration::from_secs(60),
+            batch_size: 1000,
+        }
+    }
+}
+
 impl std::fmt::Debug for MongoConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MongoConfig")
@@ -532,7 +614,7 @@ impl StorageConfig {
 }
 
 /// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
-const ENV_SECTIONS: [(&str, &str); 7] = [
+const ENV_SECTIONS: [(&str, &str); 9] = [
     ("CAAS_WRITE_BEHIND_", "write_behind"),
     ("CAAS_MONGODB_", "mongodb"),
     ("CAAS_REDIS_", "redis"),
@@ -540,6 +622,8 @@ const ENV_SECTIONS: [(&str, &str); 7] = [
     ("CAAS_CACHE_", "cache"),
     ("CAAS_HEALTH_", "health"),
     ("CAAS_RETENTION_", "retention"),
+    ("CAAS_MIGRATIONS_", "migrations"),
+    ("CAAS_TTL_", "ttl"),
 ];
 
 impl StorageConfig {
@@ -660,10 +744,22 @@ impl StorageConfig {
             ("cache.generation_ttl", self.cache.generation_ttl),
             ("health.timeout", self.health.timeout),
             ("retention.interval", self.retention.interval),
+            ("migrations.lock_lease", self.migrations.lock_lease),
+            ("migrations.lock_wait", self.migrations.lock_wait),
+            ("ttl.interval", self.ttl.interval),
         ] {
             if d.is_zero() {
                 return Err(err(key, "must be longer than zero".into()));
             }
+        }
+        if self.migrations.batch_size == 0 {
+            return Err(err("migrations.batch_size", "must be at least 1".into()));
+        }
+        if self.ttl.batch_size == 0 {
+            return Err(err("ttl.batch_size", "must be at least 1".into()));
+        }
+        if let Some(why) = database_name_problem(&self.migrations.database) {
+            return Err(err("migrations.database", why));
         }
         let r = &self.redis;
         if !["redis://", "rediss://", "redis+unix://", "unix://"]
@@ -714,6 +810,17 @@ impl StorageConfig {
         }
         Ok(())
     }
+}
+
+/// Why `name` cannot be a MongoDB database name, if it cannot.
+fn database_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("is empty; name a MongoDB database".into());
+    }
+    if let Some(bad) = name.chars().find(|c| "/\\. \"$\0".contains(*c)) {
+        return Some(format!("{name:?} cannot be a MongoDB database name (it contains {bad:?})"));
+    }
+    (name.len() > 63).then(|| "MongoDB database names are at most 63 bytes long".into())
 }
 
 fn read_toml_table(path: &Path) -> Result<toml::Table> {
@@ -965,6 +1072,32 @@ mod tests {
         };
         assert_eq!(key, "CAAS_MONGODB_MAX_POOL_SIZE");
         assert!(reason.contains("\"lots\""), "{reason}");
+
+        let c = StorageConfig::from_vars([
+            ("CAAS_MIGRATIONS_WRITE_BACK_ON_READ", "true"),
+            ("CAAS_MIGRATIONS_RATE_LIMIT", "250"),
+            ("CAAS_MIGRATIONS_LOCK_LEASE", "3s"),
+            ("CAAS_TTL_BATCH_SIZE", "50"),
+        ])
+        .unwrap();
+        assert!(c.migrations.write_back_on_read);
+        assert_eq!(c.migrations.rate_limit, 250);
+        assert_eq!(c.migrations.lock_lease, Duration::from_secs(3));
+        assert_eq!(c.ttl.batch_size, 50);
+        for (var, value, reason) in [
+            ("CAAS_MIGRATIONS_BATCH_SIZE", "0", "at least 1"),
+            ("CAAS_MIGRATIONS_DATABASE", "a.b", "database name"),
+            ("CAAS_TTL_INTERVAL", "0s", "longer than zero"),
+            ("CAAS_TTL_SWEEPER", "maybe", "\"maybe\""),
+        ] {
+            match StorageConfig::from_vars([(var, value)]) {
+                Err(Error::Config { key, reason: r }) => {
+                    assert_eq!(key, var);
+                    assert!(r.contains(reason), "{var}: {r}");
+                }
+                other => panic!("{var}: expected a config error, got {other:?}"),
+            }
+        }
 
         let e = StorageConfig::from_vars([("CAAS_MONGODB_POOL_SIZE", "5")]).unwrap_err();
         let Error::Config { key, reason } = e else {

@@ -58,8 +58,9 @@ pub(crate) fn incarnation_of(doc: &Document) -> Option<String> {
     doc.get_str(INCARNATION_FIELD).ok().map(str::to_owned)
 }
 
-/// The stored document of `entity`: its serde form plus `_schema_version`. The entity's tenant
-/// must be `tenant`.
+/// The stored document of `entity`: its serde form plus `_schema_version` (the entity's
+/// `schema_version`). The entity's tenant must be `tenant`. Decoding, which upgrades documents
+/// stored at older versions first, is `schema.rs`'s.
 pub(crate) fn encode<E: Entity>(tenant: &TenantId, entity: &E) -> Result<Document> {
     if entity.tenant() != tenant.as_str() {
         return Err(Error::TenantMismatch {
@@ -73,24 +74,8 @@ pub(crate) fn encode<E: Entity>(tenant: &TenantId, entity: &E) -> Result<Documen
         direction: "encode",
         message: e.to_string(),
     })?;
-    doc.insert(SCHEMA_VERSION_FIELD, i64::from(E::META.schema_version));
+    doc.insert(SCHEMA_VERSION_FIELD, crate::schema::stamp(E::META.schema_version));
     Ok(doc)
-}
-
-/// Decodes a stored document (framework fields are ignored).
-pub(crate) fn decode<E: Entity>(doc: Document) -> Result<E> {
-    mongodb::bson::from_document(doc).map_err(|e| Error::Codec {
-        entity: E::META.name,
-        direction: "decode",
-        message: e.to_string(),
-    })
-}
-
-/// Decodes a document read without a projection, leaving out what a projection would have:
-/// secret fields (unless `with_secrets`) and framework fields.
-pub(crate) fn decode_projected<E: Entity>(mut doc: Document, with_secrets: bool) -> Result<E> {
-    strip(E::META, &mut doc, with_secrets);
-    decode(doc)
 }
 
 /// Removes `_id`, the framework fields and (unless `with_secrets`) the secret fields.

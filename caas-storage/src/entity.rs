@@ -94,6 +94,12 @@ pub struct EntityMeta {
     pub indexes: &'static [IndexSpec],
     /// Schema version written into every document (`_schema_version`).
     pub schema_version: u32,
+    /// The steps that take a stored document from each older version to the next, in order:
+    /// `schema_steps[k]` goes from version `k + 1` to `k + 2` (the derive checks the chain is
+    /// complete: one step from each version below `schema_version`). Reads run documents
+    /// stored at an older version through them before decoding; `Storage::migrate` rewrites
+    /// stored documents with them.
+    pub schema_steps: &'static [SchemaStep],
     /// Declared consistency model.
     pub consistency: Consistency,
     /// Whether deletes are soft (`_deleted_at` set, document kept and hidden from reads).
@@ -126,6 +132,66 @@ impl EntityMeta {
     pub fn has_field(&self, field: &str) -> bool {
         self.fields.contains(&field)
     }
+
+    /// The step from version `from` to `from + 1`, if the chain has one.
+    pub fn schema_step(&self, from: u32) -> Option<&'static SchemaStep> {
+        self.schema_steps.iter().find(|s| s.from == from)
+    }
+
+    /// The TTL indexes: (field, documents expire this long after its date).
+    pub fn ttl_indexes(&self) -> impl Iterator<Item = (&'static str, Duration)> + '_ {
+        self.indexes.iter().filter_map(|ix| match (ix.ttl, ix.keys) {
+            (Some(ttl), [key]) => Some((key.field, ttl)),
+            _ => None,
+        })
+    }
+}
+
+/// What a schema step returns: `Err` with any error (`?` works on BSON access errors, and a
+/// string becomes one with `.into()`), reported as
+/// [`Error::SchemaStep`](crate::Error::SchemaStep) with the entity, the id and the versions.
+pub type StepResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A schema step: changes a stored document (its fields as stored, without `_id` and the
+/// framework's `_` fields, which the runtime keeps) from one version to the next, in place.
+///
+/// Steps run on every read of an older document, so they must be pure functions of the
+/// document: no I/O, no clock, the same output for the same input. A step may see a document
+/// without its secret fields (reads that leave them out upgrade what they read), so it must not
+/// fail when a secret field is absent.
+pub type StepFn = fn(&mut crate::bson::Document) -> StepResult;
+
+/// One step of an entity's schema chain, `from -> from + 1`, declared with
+/// `#[migrate(from = 1, up = v1_to_v2, down = v2_to_v1)]` next to `schema_version`.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaStep {
+    /// The version the step upgrades from; it upgrades to `from + 1`.
+    pub from: u32,
+    /// The upgrade.
+    pub up: StepFn,
+    /// The way back (`to -> from`), if declared: used by rollbacks.
+    pub down: Option<StepFn>,
+    /// The step as written in the attribute, e.g. `profile_v1_to_v2` (errors and the ledger
+    /// name it).
+    pub name: &'static str,
+    /// What the migration ledger records for the step: a hash of the entity, the versions and
+    /// the function named. An applied step whose checksum changes is refused by
+    /// `Storage::migrate`.
+    pub checksum: &'static str,
+}
+
+impl SchemaStep {
+    /// The version the step upgrades to.
+    pub fn to(&self) -> u32 {
+        self.from + 1
+    }
+}
+
+/// `f` as a [`StepFn`]: what the derive wraps each step in, so a function with another
+/// signature is a type error at the attribute that names it.
+#[doc(hidden)]
+pub const fn step_fn(f: StepFn) -> StepFn {
+    f
 }
 
 /// How a cached entity is written to the cache.

@@ -169,6 +169,81 @@ pub enum Error {
         after: Duration,
     },
 
+    /// A stored document is at a schema version newer than the entity declares: a newer
+    /// release wrote it. It is never decoded as the older shape.
+    #[error(
+        "{entity} {id}: stored at schema version {stored}, newer than version {supported} this \
+         build declares: a newer release wrote it; read it with that release, or roll it back \
+         with that release's down steps (docs/migrations.md)"
+    )]
+    FutureSchemaVersion {
+        /// Entity type name.
+        entity: &'static str,
+        /// The id, rendered as extended JSON.
+        id: String,
+        /// The version the document is stored at.
+        stored: u32,
+        /// The entity's `schema_version`.
+        supported: u32,
+    },
+
+    /// A schema step failed on a stored document.
+    #[error("{entity} {id}: schema step {from} -> {to} (`{step}`) failed: {message}")]
+    SchemaStep {
+        /// Entity type name.
+        entity: &'static str,
+        /// The id, rendered as extended JSON.
+        id: String,
+        /// The version the step starts from.
+        from: u32,
+        /// The version it goes to.
+        to: u32,
+        /// The step's function, as named in the attribute.
+        step: &'static str,
+        /// What the step reported.
+        message: String,
+    },
+
+    /// A migration step the ledger records as applied is declared with another checksum now:
+    /// what it does changed after it ran.
+    #[error(
+        "migration step `{step}` was applied with checksum {recorded} (at {applied_at} by \
+         {host}) but is declared with checksum {declared} now: an applied step must not \
+         change; declare a new one instead"
+    )]
+    MigrationChecksum {
+        /// The step's ledger name, e.g. `schema:app.profiles:Profile:1->2`.
+        step: String,
+        /// The checksum in the ledger.
+        recorded: String,
+        /// The checksum declared now.
+        declared: String,
+        /// When it was applied (RFC 3339).
+        applied_at: String,
+        /// The host that applied it.
+        host: String,
+    },
+
+    /// The migration lock was lost (its lease expired or was taken over) or could not be had
+    /// in time.
+    #[error("migration lock in database {database}: {reason}")]
+    MigrationLock {
+        /// The database holding the ledger and the lock.
+        database: String,
+        /// What happened.
+        reason: String,
+    },
+
+    /// A migration cannot run as asked: an invalid plan, a rollback without down steps, a data
+    /// migration that failed.
+    #[error("migration `{step}`: {reason}")]
+    Migration {
+        /// The step or plan element concerned.
+        step: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An error from the MongoDB driver.
     #[error("mongodb: {operation} failed: {source}")]
     Mongo {
@@ -238,6 +313,11 @@ impl Error {
             Error::Mongo { .. } => "mongodb",
             Error::Redis { .. } => "redis",
             Error::Kafka { .. } => "kafka",
+            Error::FutureSchemaVersion { .. } => "future_schema_version",
+            Error::SchemaStep { .. } => "schema_step",
+            Error::MigrationChecksum { .. } => "migration_checksum",
+            Error::MigrationLock { .. } => "migration_lock",
+            Error::Migration { .. } => "migration",
         }
     }
 

@@ -17,6 +17,7 @@ use crate::connection::{Connections, RedisConnection};
 use crate::error::Component;
 use crate::outbox::outbox_lag;
 use crate::retention::Retention;
+use crate::ttl::TtlSweeper;
 use crate::write_behind::WriteBehind;
 
 /// Up, degraded or down.
@@ -115,6 +116,7 @@ pub(crate) async fn report(
     conn: &Connections,
     queue: &WriteBehind,
     retention: &Retention,
+    ttl: &TtlSweeper,
     outbox_databases: Vec<&'static str>,
 ) -> HealthReport {
     let timestamp = DateTime::now().try_to_rfc3339_string().unwrap_or_default();
@@ -233,11 +235,24 @@ pub(crate) async fn report(
             }
         },
     );
-    let (mongo, redis, kafka, write_behind, outbox, kept) =
-        tokio::join!(mongo, redis, kafka, write_behind, outbox, kept);
+    // Expiry: by the server's TTL indexes, or by the sweeper, with what it deleted.
+    let expiry = check(
+        "ttl".into(),
+        Component::Mongodb,
+        timeout,
+        Details::new(),
+        async {
+            match serde_json::to_value(ttl.stats()) {
+                Ok(serde_json::Value::Object(m)) => Ok(m.into_iter().collect()),
+                _ => Ok(Details::new()),
+            }
+        },
+    );
+    let (mongo, redis, kafka, write_behind, outbox, kept, expiry) =
+        tokio::join!(mongo, redis, kafka, write_behind, outbox, kept, expiry);
     let mut components: Vec<ComponentHealth> = vec![mongo];
     components.extend(redis);
-    components.extend([kafka, write_behind, outbox, kept]);
+    components.extend([kafka, write_behind, outbox, kept, expiry]);
     HealthReport {
         status: overall(&components),
         timestamp,

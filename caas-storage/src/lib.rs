@@ -29,7 +29,9 @@
 //! the server supports), [`health`], [`tenant`], [`consistency`], [`cache`], [`outbox`],
 //! [`write_behind`] (the `eventual` queue), [`index`] (declared indexes and their sync),
 //! [`repo`] (the executor: the write pipeline, queries, patches, paging), [`entity`] (what the
-//! derive generates), [`driver`] (the driver crates, for [`Storage::raw`]).
+//! derive generates), [`migrations`] (schema versions, the batch migrator, the ledger and its
+//! lock), [`ttl`] (expiry where the server has no TTL indexes), [`driver`] (the driver crates,
+//! for [`Storage::raw`]).
 
 #![deny(missing_docs)]
 
@@ -44,12 +46,15 @@ pub mod error;
 pub mod health;
 mod hex;
 pub mod index;
+pub mod migrations;
 pub mod outbox;
 mod redact;
 pub mod repo;
 pub mod retention;
+mod schema;
 mod storage;
 pub mod tenant;
+pub mod ttl;
 pub mod write_behind;
 
 pub use caas_storage_derive::Repository;
@@ -60,7 +65,7 @@ pub use connection::FaultPoint;
 pub use connection::RedisConnection;
 pub use consistency::{CausalToken, Consistency};
 pub use document::{DELETED_AT_FIELD, INCARNATION_FIELD, OP_FIELD, SCHEMA_VERSION_FIELD};
-pub use entity::{Entity, Queueable};
+pub use entity::{Entity, Queueable, StepResult};
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
@@ -99,7 +104,8 @@ pub mod prelude {
 pub mod __private_0_1_0 {
     pub use crate::consistency::Consistency;
     pub use crate::entity::{
-        CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec, Queueable,
+        step_fn, CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec,
+        Queueable, SchemaStep, StepFn,
     };
     pub use crate::error::{Error, Result};
     pub use crate::index::{IndexKey, IndexSpec, SortDirection};

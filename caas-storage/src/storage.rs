@@ -22,6 +22,7 @@ use crate::health::{self, HealthReport};
 use crate::index::{IndexPlan, SyncOptions};
 use crate::outbox::{Deduplicator, OutboxRelay, OutboxStore, RelayOptions};
 use crate::retention::{Retention, RetentionReport};
+use crate::ttl::{TtlReport, TtlSweeper};
 use crate::write_behind::WriteBehind;
 
 /// The connection pools, what was learnt about the servers at connect, and the parts built on
@@ -45,6 +46,8 @@ struct Inner {
     queue: Arc<WriteBehind>,
     retention: Arc<Retention>,
     retention_task: Option<tokio::task::AbortHandle>,
+    ttl: Arc<TtlSweeper>,
+    ttl_task: Option<tokio::task::AbortHandle>,
     /// The entities repositories were made for on this handle, by (database, collection,
     /// name).
     entities: Mutex<BTreeMap<(&'static str, &'static str, &'static str), &'static EntityMeta>>,
@@ -52,7 +55,10 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.retention_task.take() {
+        for task in [self.retention_task.take(), self.ttl_task.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -119,12 +125,18 @@ impl StorageBuilder {
             .retention
             .enabled
             .then(|| tokio::spawn(retention.clone().run_forever()).abort_handle());
+        let cache = Arc::new(CacheLayer::new(conn.clone()));
+        let ttl = Arc::new(TtlSweeper::new(conn.clone(), cache.clone()));
+        let ttl_task = (conn.config().ttl.sweeper && !conn.capabilities().ttl_indexes)
+            .then(|| tokio::spawn(ttl.clone().run_forever()).abort_handle());
         Ok(Storage {
             inner: Arc::new(Inner {
-                cache: Arc::new(CacheLayer::new(conn.clone())),
+                cache,
                 queue: Arc::new(WriteBehind::new(conn.clone())),
                 retention,
                 retention_task,
+                ttl,
+                ttl_task,
                 entities: Mutex::new(BTreeMap::new()),
                 conn,
             }),
@@ -205,6 +217,14 @@ impl Storage {
         self.inner.retention.run().await
     }
 
+    /// Deletes expired documents of the entities repositories were made for that declare a TTL
+    /// index, now, whichever instance holds the sweeper's lease (see [`ttl`](crate::ttl));
+    /// where the server lacks TTL indexes it also runs every `ttl.interval` on its own. Does
+    /// nothing where the server has TTL indexes: they expire documents themselves.
+    pub async fn run_ttl_sweep(&self) -> Result<TtlReport> {
+        self.inner.ttl.run().await
+    }
+
     /// Orderly shutdown: applies the write-behind queue of every entity a repository was made
     /// for on this handle (bounded by `timeout`), so acknowledged `eventual` writes are in
     /// MongoDB before the process exits. Writes left when it times out are not lost: the next
@@ -263,6 +283,7 @@ impl Storage {
             &self.inner.conn,
             &self.inner.queue,
             &self.inner.retention,
+            &self.inner.ttl,
             outbox_databases,
         )
         .await
@@ -298,8 +319,8 @@ impl Storage {
             .entry((meta.database, meta.collection, meta.name))
             .or_insert(meta);
         self.inner.retention.watch_entity(meta);
-    }
-}
+        self.inner.ttl.watch_entity(meta);
+    }}
 
 /// The raw driver clients of a [`Storage`]: see [`Storage::raw`]. The driver crates are
 /// re-exported in [`driver`](crate::driver), so their types need no dependency of your own.

@@ -157,6 +157,26 @@ fn meta(m: &Model) -> TokenStream {
         }
     });
     let schema_version = m.schema_version;
+    // Each function goes through `step_fn`, spanned at its name in the attribute: one that is
+    // not a `fn(&mut Document) -> StepResult` is a type error there.
+    let schema_steps = m.schema_steps.iter().map(|s| {
+        let (from, name, checksum) = (s.from, &s.name, &s.checksum);
+        let wrap = |f: &syn::Path| {
+            let span = f.segments.last().map_or_else(proc_macro2::Span::call_site, |seg| seg.ident.span());
+            quote_spanned!(span=> #p::step_fn(#f))
+        };
+        let up = wrap(&s.up);
+        let down = option(s.down.as_ref().map(wrap));
+        quote! {
+            #p::SchemaStep {
+                from: #from,
+                up: #up,
+                down: #down,
+                name: #name,
+                checksum: #checksum,
+            }
+        }
+    });
     let consistency = match m.consistency {
         Consistency::Strong => quote!(Strong),
         Consistency::Eventual => quote!(Eventual),
@@ -212,6 +232,7 @@ fn meta(m: &Model) -> TokenStream {
             secret_fields: &[#(#secrets),*],
             indexes: &[#(#indexes),*],
             schema_version: #schema_version,
+            schema_steps: &[#(#schema_steps),*],
             consistency: #p::Consistency::#consistency,
             soft_delete: #soft_delete,
             cache: #cache,

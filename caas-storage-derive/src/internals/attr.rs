@@ -1,4 +1,5 @@
-//! Attribute parsing: `#[repository(...)]`, `#[index(...)]`, `#[id]`, `#[tenant]` and the parts
+//! Attribute parsing: `#[repository(...)]`, `#[index(...)]`, `#[migrate(...)]`, `#[id]`,
+//! `#[tenant]` and the parts
 //! of `#[serde(...)]` that decide stored names, into a typed model with the span of every value.
 //!
 //! Errors local to one attribute (unknown or repeated keys, values of the wrong kind, malformed
@@ -48,6 +49,8 @@ pub const LOCAL_KEYS: &[&str] = &["ttl", "capacity"];
 pub const OUTBOX_KEYS: &[&str] = &["topic", "insert", "update", "delete"];
 /// Keys of `#[index(...)]`.
 pub const INDEX_KEYS: &[&str] = &["keys", "unique", "ttl", "name"];
+/// Keys of `#[migrate(...)]`.
+pub const MIGRATE_KEYS: &[&str] = &["from", "up", "down"];
 
 /// A parsed value and the span of the tokens it came from.
 #[derive(Debug, Clone)]
@@ -246,6 +249,19 @@ pub struct Index {
     pub misspelled: Vec<&'static str>,
 }
 
+/// A struct-level `#[migrate(...)]`: the schema step `from -> from + 1`.
+#[derive(Debug, Clone)]
+pub struct Migrate {
+    /// `from = 1` (required, at least 1).
+    pub from: Slot<u32>,
+    /// `up = v1_to_v2` (required): the function doing the step.
+    pub up: Slot<syn::Path>,
+    /// `down = v2_to_v1`: the function undoing it.
+    pub down: Slot<syn::Path>,
+    /// Keys suggested for misspelled ones: not reported missing as well.
+    pub misspelled: Vec<&'static str>,
+}
+
 /// Everything written on the struct.
 #[derive(Debug, Default)]
 pub struct Container {
@@ -269,6 +285,8 @@ pub struct Container {
     pub krate: Slot<syn::Path>,
     /// Every `#[index(...)]`, in order.
     pub indexes: Vec<Index>,
+    /// Every `#[migrate(...)]`, in order.
+    pub migrations: Vec<Migrate>,
     /// `#[serde(rename_all = "...")]`.
     pub rename_all: RenameRule,
     /// `#[serde(default)]` on the struct.
@@ -354,6 +372,10 @@ pub fn parse_container(cx: &Ctxt, attrs: &[Attribute]) -> Container {
         } else if path.is_ident("index") {
             if let Some(index) = parse_index(cx, attr) {
                 c.indexes.push(index);
+            }
+        } else if path.is_ident("migrate") {
+            if let Some(step) = parse_migrate(cx, attr) {
+                c.migrations.push(step);
             }
         } else if path.is_ident("id") || path.is_ident("tenant") {
             let key = path_text(path);
@@ -703,6 +725,100 @@ fn index_key(cx: &Ctxt, index: &mut Index, meta: &ParseNestedMeta) -> syn::Resul
     Ok(())
 }
 
+/// Parses one `#[migrate(...)]`.
+fn parse_migrate(cx: &Ctxt, attr: &Attribute) -> Option<Migrate> {
+    const EXAMPLE: &str = "#[migrate(from = 1, up = v1_to_v2)]";
+    require_list(
+        cx,
+        attr,
+        &format!("expected #[migrate(from = ..., up = ..., down = ...)], e.g. `{EXAMPLE}`"),
+    )?;
+    let mut step = Migrate {
+        from: Slot::Absent,
+        up: Slot::Absent,
+        down: Slot::Absent,
+        misspelled: Vec::new(),
+    };
+    if let Err(e) = attr.parse_nested_meta(|meta| migrate_key(cx, &mut step, &meta)) {
+        cx.syn_error(e);
+        return None;
+    }
+    for (written, key, what) in [
+        (
+            step.from.is_written(),
+            "from",
+            "the schema version the step upgrades from",
+        ),
+        (
+            step.up.is_written(),
+            "up",
+            "the function that upgrades a stored document",
+        ),
+    ] {
+        if !written && !step.misspelled.contains(&key) {
+            cx.error_spanned_by(
+                attr.path(),
+                format!("#[migrate(...)] needs `{key}`, {what}, e.g. `{EXAMPLE}`"),
+            );
+        }
+    }
+    Some(step)
+}
+
+fn migrate_key(cx: &Ctxt, step: &mut Migrate, meta: &ParseNestedMeta) -> syn::Result<()> {
+    const WITHIN: &str = "#[migrate(...)]";
+    let key = path_text(&meta.path);
+    match key.as_str() {
+        "from" => {
+            let v = int_value::<u32>(cx, meta, "from = 1")?.and_then(|n| {
+                if n.value == 0 {
+                    cx.error_at(
+                        n.span,
+                        "schema versions start at 1: the first step is `from = 1` (1 -> 2)",
+                    );
+                    None
+                } else {
+                    Some(n)
+                }
+            });
+            step.from.record(cx, &meta.path, WITHIN, v);
+        }
+        "up" | "down" => {
+            let example = if key == "up" {
+                "up = v1_to_v2"
+            } else {
+                "down = v2_to_v1"
+            };
+            let v = expr_value(cx, meta, example)?.and_then(|expr| match expr {
+                Expr::Path(p) if p.qself.is_none() => Some(Spanned {
+                    span: span_of(&p.path),
+                    value: p.path,
+                }),
+                other => {
+                    cx.error_spanned_by(
+                        &other,
+                        format!(
+                            "`{key}` names a function `fn(&mut Document) -> StepResult`, found                              {}: write `{example}`",
+                            describe(&other)
+                        ),
+                    );
+                    None
+                }
+            });
+            let slot = if key == "up" {
+                &mut step.up
+            } else {
+                &mut step.down
+            };
+            slot.record(cx, &meta.path, WITHIN, v);
+        }
+        _ => step
+            .misspelled
+            .extend(unknown_key(cx, meta, &key, WITHIN, MIGRATE_KEYS)?),
+    }
+    Ok(())
+}
+
 /// `a, b desc, c asc` inside `keys(...)`.
 fn index_keys(cx: &Ctxt, input: ParseStream) -> syn::Result<Vec<IndexKey>> {
     let mut keys = Vec::new();
@@ -782,6 +898,12 @@ pub fn parse_field(cx: &Ctxt, field: &syn::Field) -> Field {
                 attr,
                 "#[index(...)] is a struct-level attribute; on a field write \
                  #[repository(index)], or #[repository(unique)] for a unique index",
+            );
+        } else if path.is_ident("migrate") {
+            cx.error_spanned_by(
+                attr,
+                "#[migrate(...)] is a struct-level attribute: put the schema steps on the \
+                 struct, next to `schema_version`",
             );
         } else if path.is_ident("serde") {
             serde_field(&mut f, attr);

@@ -16,7 +16,7 @@ use super::ast::{Container, Field};
 use super::attr::{self, CacheStrategy, Consistency, Direction, Slot, Spanned};
 use super::case::snake_case_type_name;
 use super::ctxt::Ctxt;
-use super::model::{CacheModel, Finder, FinderKind, IndexModel, Model, OutboxModel};
+use super::model::{CacheModel, Finder, FinderKind, IndexModel, Model, OutboxModel, StepModel};
 use super::suggest;
 
 /// Integer types a version field may have.
@@ -55,6 +55,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         Slot::Absent | Slot::Given(_) => Some(consistency),
     };
     check_write_behind(cx, cont, rules_consistency);
+    let schema_steps = schema_chain(cx, cont);
 
     let fields = cont.fields.as_deref()?;
     check_not_stored(cx, fields);
@@ -107,6 +108,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         collection: attrs.collection.value().cloned().unwrap_or_default(),
         consistency,
         schema_version: attrs.schema_version.value().copied().unwrap_or(1),
+        schema_steps,
         soft_delete: attrs.soft_delete.is_written(),
         cache: cache_model(&attrs.cache),
         outbox: outbox_model(cont, &attrs.outbox),
@@ -123,6 +125,124 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         queueable: !attrs.outbox.is_written()
             && !fields.iter().any(|f| f.attrs.secret.is_written()),
     })
+}
+
+/// The schema chain: one `#[migrate(from = K, ...)]` for each K in 1..schema_version, declared
+/// in order. A step beyond the version, a duplicate, a step out of order and a gap are errors
+/// (at the step's `from`, or for a gap at `schema_version`). Returns the steps that passed,
+/// ordered by `from`.
+fn schema_chain(cx: &Ctxt, cont: &Container) -> Vec<StepModel> {
+    let attrs = &cont.attrs;
+    // A rejected `schema_version` is reported already: the chain cannot be judged against it.
+    let current = match &attrs.schema_version {
+        Slot::Invalid(_) => None,
+        Slot::Absent => Some(1),
+        Slot::Given(v) => Some(v.value),
+    };
+    let mut steps: Vec<StepModel> = Vec::new();
+    let mut complete = true;
+    let mut previous: Option<u32> = None;
+    for m in &attrs.migrations {
+        let Some(from) = m.from.get() else {
+            // Missing or rejected `from` (reported): the gaps it may fill are unknown.
+            complete = false;
+            continue;
+        };
+        let v = from.value;
+        if let Some(current) = current {
+            if v >= current {
+                let fix = match &attrs.schema_version {
+                    Slot::Given(_) => format!(
+                        "raise `schema_version` to {}, or remove this step",
+                        v + 1
+                    ),
+                    _ => format!(
+                        "declare `schema_version = {}` in #[repository(...)] (the default is 1)",
+                        v + 1
+                    ),
+                };
+                cx.error_at(
+                    from.span,
+                    format!(
+                        "the step {v} -> {} goes beyond `schema_version = {current}`: {fix}",
+                        v + 1
+                    ),
+                );
+                continue;
+            }
+        }
+        if let Some(first) = steps.iter().find(|s| s.from == v) {
+            cx.error_at(
+                from.span,
+                format!(
+                    "duplicate step from version {v}: `{}` already takes documents from {v} to {};                      each version has one step",
+                    first.name,
+                    v + 1
+                ),
+            );
+            continue;
+        }
+        if let Some(p) = previous.filter(|p| *p > v) {
+            cx.error_at(
+                from.span,
+                format!(
+                    "steps are declared in order, oldest first: `from = {v}` comes before                      `from = {p}`"
+                ),
+            );
+        }
+        previous = Some(previous.map_or(v, |p| p.max(v)));
+        let Some(up) = m.up.get() else {
+            continue; // missing (reported): the version is covered, nothing to generate
+        };
+        let name = attr::path_text(&up.value);
+        steps.push(StepModel {
+            from: v,
+            checksum: fnv1a(&format!(
+                "{}:{v}->{}:{name}",
+                super::ast::unraw(cont.ident),
+                v + 1
+            )),
+            up: up.value.clone(),
+            down: m.down.value().cloned(),
+            name,
+        });
+    }
+    if let (Some(current), true) = (current, complete) {
+        let missing: Vec<String> = (1..current)
+            .filter(|v| {
+                !steps.iter().any(|s| s.from == *v)
+                    && !attrs
+                        .migrations
+                        .iter()
+                        .any(|m| m.from.value() == Some(v) && m.up.get().is_none())
+            })
+            .map(|v| format!("{v} -> {}", v + 1))
+            .collect();
+        if !missing.is_empty() {
+            let span = attrs.schema_version.span().unwrap_or_else(|| cont.ident.span());
+            let first = missing[0].split(' ').next().unwrap_or("1").to_owned();
+            cx.error_at(
+                span,
+                format!(
+                    "`schema_version = {current}` needs a step from every older version; missing:                      {} (add e.g. `#[migrate(from = {first}, up = v{first}_to_v{})]`)",
+                    missing.join(", "),
+                    first.parse::<u32>().unwrap_or(1) + 1
+                ),
+            );
+        }
+    }
+    steps.sort_by_key(|s| s.from);
+    steps
+}
+
+/// FNV-1a (64 bits) as 16 hex digits: the runtime's `migrations::checksum`.
+fn fnv1a(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// `strategy = write_behind` needs `consistency = eventual` (not checked when the model
@@ -1133,6 +1253,13 @@ mod tests {
             let ty: Type = syn::parse2(bad.clone()).unwrap();
             assert!(!is_timestamp_type(&ty), "{bad}");
         }
+    }
+
+    #[test]
+    fn step_checksums_match_the_runtime() {
+        // caas-storage's `migrations::checksum` is the same function.
+        assert_eq!(fnv1a(""), "cbf29ce484222325");
+        assert_eq!(fnv1a("a"), "af63dc4c8601ec8c");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Model<'a> {
     pub consistency: Consistency,
     /// Schema version.
     pub schema_version: u32,
+    /// The steps from each older version, ordered by `from`.
+    pub schema_steps: Vec<StepModel>,
     /// Whether deletes are soft.
     pub soft_delete: bool,
     /// Cache policy.
@@ -92,6 +94,20 @@ fn private_module_name(version: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     format!("__private_{version}")
+}
+
+/// One `#[migrate(...)]` that passed the checks.
+pub struct StepModel {
+    /// The version it upgrades from.
+    pub from: u32,
+    /// The upgrade function.
+    pub up: syn::Path,
+    /// The downgrade function, if any.
+    pub down: Option<syn::Path>,
+    /// `up` as written, for errors and the ledger.
+    pub name: String,
+    /// FNV-1a of `Entity:from->to:up`, as the ledger records it.
+    pub checksum: String,
 }
 
 /// `cache(...)`, defaults applied.

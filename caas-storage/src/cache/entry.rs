@@ -1,5 +1,7 @@
 //! What a Redis cache entry holds: `<version>|<BSON of the document>`, secret and framework
-//! fields left out; and the TTL each entry gets.
+//! fields left out except `_schema_version`, so a reader with a newer entity upgrades an entry
+//! an older release put (and a reader with an older one does not take a newer entry for its
+//! own shape); and the TTL each entry gets.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,14 +10,17 @@ use mongodb::bson::Document;
 use crate::document;
 use crate::entity::{CacheSpec, Entity, EntityMeta};
 use crate::error::{Error, Result};
+use crate::schema;
 
 /// The entry for a stored document (as written or as read back), or `None` when the entity
 /// has no version field: write-through puts are fenced by version, so without one the entry
 /// is invalidated instead.
 pub(crate) fn from_document(meta: &EntityMeta, doc: &Document) -> Option<(u64, Vec<u8>)> {
     let version = document::stored_u64(doc, meta.version_field?);
+    let stamp = schema::version_of(doc);
     let mut doc = doc.clone();
     document::strip(meta, &mut doc, false);
+    doc.insert(document::SCHEMA_VERSION_FIELD, schema::stamp(stamp));
     encode(meta, version, &doc)
         .ok()
         .map(|bytes| (version, bytes))
@@ -29,6 +34,10 @@ pub(crate) fn from_entity<E: Entity>(e: &E) -> Result<Vec<u8>> {
         message: err.to_string(),
     })?;
     document::strip(E::META, &mut doc, false);
+    doc.insert(
+        document::SCHEMA_VERSION_FIELD,
+        schema::stamp(E::META.schema_version),
+    );
     encode(E::META, e.version().unwrap_or(0), &doc)
 }
 
@@ -55,6 +64,9 @@ pub(crate) enum Decoded<E> {
     Deleted,
     /// Not an entry this crate wrote, or one for another shape of the entity.
     Corrupt,
+    /// An entry of a newer schema version than this build's entity (put by a newer release
+    /// during a rolling update): a miss here, left for the readers it suits.
+    Newer,
 }
 
 /// Decodes an entry.
@@ -65,9 +77,26 @@ pub(crate) fn decode<E: Entity>(raw: &[u8]) -> Decoded<E> {
     if bar + 1 == raw.len() {
         return Decoded::Deleted;
     }
-    match mongodb::bson::from_slice(&raw[bar + 1..]) {
-        Ok(e) => Decoded::Entity(e),
-        Err(_) => Decoded::Corrupt,
+    let Ok(body) = mongodb::bson::RawDocument::from_bytes(&raw[bar + 1..]) else {
+        return Decoded::Corrupt;
+    };
+    let current = E::META.schema_version;
+    match schema::raw_stamp_of(body) {
+        // Entries put before entries were stamped: their version is unknown unless there
+        // never was another.
+        None if current != schema::UNSTAMPED => Decoded::Corrupt,
+        Some(v) if v > current => Decoded::Newer,
+        Some(v) if v < current => match schema::decode_raw::<E>(body, false) {
+            Ok(read) => Decoded::Entity(read.entity),
+            Err(e) => {
+                tracing::warn!(entity = E::META.name, error = %e, "a cache entry of an older schema version did not upgrade; reading MongoDB instead");
+                Decoded::Corrupt
+            }
+        },
+        _ => match mongodb::bson::from_slice(body.as_bytes()) {
+            Ok(e) => Decoded::Entity(e),
+            Err(_) => Decoded::Corrupt,
+        },
     }
 }
 

@@ -17,7 +17,10 @@
 //!   serves that entity again.
 //! - **Identity is the namespace**: entries are keyed by database, collection and entity name,
 //!   never by the struct name alone (`keys.rs`).
-//! - Entries that do not decode are misses, deleted and counted.
+//! - Entries that do not decode are misses, deleted and counted. Entries carry the schema
+//!   version they were put at: an older one is upgraded through the entity's steps as it is
+//!   read, a newer one (put by a newer release during a rolling update) is a miss left in
+//!   place (`entry.rs`). The in-process tier holds decoded values, so always current ones.
 //! - Secret fields are never cached.
 
 mod breaker;
@@ -475,7 +478,7 @@ impl CacheLayer {
         let Some(raw) = raw else { return Ok(None) };
         match entry::decode::<E>(&raw) {
             Decoded::Entity(e) => Ok(Some(e)),
-            Decoded::Deleted => Ok(None),
+            Decoded::Deleted | Decoded::Newer => Ok(None),
             Decoded::Corrupt => {
                 bump(&c.decode_errors);
                 let _ = self

@@ -30,7 +30,7 @@ impl<E: Entity> UnscopedAdmin<'_, E> {
             f.insert(DELETED_AT_FIELD, Bson::Null);
         }
         let r = self.repo;
-        let mut find = r.typed().find(f);
+        let mut find = r.raw().find(f);
         if let Some(p) = document::projection(E::META, false) {
             find = find.projection(p);
         }
@@ -38,9 +38,13 @@ impl<E: Entity> UnscopedAdmin<'_, E> {
             .bounded("unscoped find", find)
             .await?
             .map_err(|e| Error::mongo(r.op("unscoped find"), e))?;
-        r.bounded("unscoped find", cursor.try_collect())
+        let raws: Vec<mongodb::bson::RawDocumentBuf> = r
+            .bounded("unscoped find", cursor.try_collect())
             .await?
-            .map_err(|e| Error::mongo(r.op("unscoped find"), e))
+            .map_err(|e| Error::mongo(r.op("unscoped find"), e))?;
+        raws.iter()
+            .map(|raw| crate::schema::decode_raw::<E>(raw, false).map(|read| read.entity))
+            .collect()
     }
 
     /// How many entities all tenants hold.

@@ -22,12 +22,13 @@ mod query;
 mod queue;
 mod reads;
 mod transaction;
+pub(crate) mod upgrade;
 mod versions;
 mod writes;
 
 use std::marker::PhantomData;
 
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::{Bson, Document, RawDocumentBuf};
 use mongodb::Collection;
 
 use crate::consistency::Consistency;
@@ -54,7 +55,8 @@ use pipeline::Pipeline;
 pub struct Repository<E: Entity> {
     storage: Storage,
     pipeline: Pipeline,
-    typed: Collection<E>,
+    /// The collection read as raw documents: reads check the schema version before decoding.
+    raw: Collection<RawDocumentBuf>,
     _entity: PhantomData<fn() -> E>,
 }
 
@@ -63,7 +65,7 @@ impl<E: Entity> Clone for Repository<E> {
         Repository {
             storage: self.storage.clone(),
             pipeline: self.pipeline.clone(),
-            typed: self.typed.clone(),
+            raw: self.raw.clone(),
             _entity: PhantomData,
         }
     }
@@ -102,11 +104,11 @@ impl<E: Entity> Repository<E> {
     }
 
     fn from_pipeline(storage: Storage, pipeline: Pipeline) -> Self {
-        let typed = pipeline.docs().clone_with_type();
+        let raw = pipeline.docs().clone_with_type();
         Repository {
             storage,
             pipeline,
-            typed,
+            raw,
             _entity: PhantomData,
         }
     }
@@ -142,8 +144,8 @@ impl<E: Entity> Repository<E> {
         self.pipeline.docs()
     }
 
-    pub(crate) fn typed(&self) -> &Collection<E> {
-        &self.typed
+    pub(crate) fn raw(&self) -> &Collection<RawDocumentBuf> {
+        &self.raw
     }
 
     /// `{tenant: t, [_deleted_at: null]}`: the scope every call starts from.

@@ -2,8 +2,10 @@
 //! the same fixed steps.
 //!
 //! 1. **Scope and encode.** The typed layer encodes the entity once; here every document is
-//!    checked against the tenant and id it is written for, the schema version is stamped, and
-//!    declared timestamps (`created_at`, `updated_at`) are kept current.
+//!    checked against the tenant and id it is written for, the schema version is stamped (a
+//!    patch too: it applies only to a document at the version it was written for, and an
+//!    older document is rewritten at the current version first, `upgrade.rs`), and declared
+//!    timestamps (`created_at`, `updated_at`) are kept current.
 //! 2. **Version transition** ([`versions`](super::versions)). A versioned document moves from
 //!    the version it is at (given by the caller, or read) to the next, under a claim where the
 //!    server's conditional updates are not atomic. Calls that do not name a version follow the
@@ -39,6 +41,7 @@ use crate::outbox::{EventEnvelope, OutboxStore, WriteKind};
 use crate::repo::apply::{RawOutcome, RawWrite};
 use crate::repo::events::{self, EventSpec};
 use crate::repo::versions::{self, Claim};
+use crate::schema;
 use crate::tenant::TenantId;
 use crate::write_behind::{Op, WriteBehind};
 
@@ -302,7 +305,9 @@ impl Pipeline {
     }
 
     /// Step 1: every document belongs to the tenant and id it is written for; the schema
-    /// version and the declared timestamps are stamped.
+    /// version and the declared timestamps are stamped. A document or patch that carries a
+    /// schema version keeps it: it was encoded by a process (say, one that queued it) with
+    /// that version of the entity.
     fn scope<'a>(&self, mut w: Write<'a>) -> Result<Write<'a>> {
         let m = self.meta;
         let at = w.at;
@@ -339,7 +344,9 @@ impl Pipeline {
                 }
                 _ => {}
             }
-            doc.insert(SCHEMA_VERSION_FIELD, i64::from(m.schema_version));
+            if !doc.contains_key(SCHEMA_VERSION_FIELD) {
+                doc.insert(SCHEMA_VERSION_FIELD, schema::stamp(m.schema_version));
+            }
             if let Some(u) = m.updated_at_field {
                 doc.insert(u, at);
             }
@@ -359,6 +366,9 @@ impl Pipeline {
                 check(doc, Some(&id))?;
             }
             Intent::Patch { set, .. } => {
+                if !set.contains_key(SCHEMA_VERSION_FIELD) {
+                    set.insert(SCHEMA_VERSION_FIELD, schema::stamp(m.schema_version));
+                }
                 if let Some(u) = m.updated_at_field {
                     set.insert(u, at);
                 }
@@ -586,18 +596,32 @@ impl Pipeline {
                         }],
                     );
                 }
-                // Matched nothing. Without a version in the filter the document is not
-                // there; with one, read why.
-                Ok(_) => match match plan.expected {
-                    None => self.not_found(&id),
-                    expected => self.diagnose(w.tenant, &id, expected).await,
-                } {
-                    e @ Error::VersionConflict { .. } if follows_latest => e,
-                    Error::NotFound { .. } if plan.shape.absent_is_ok() => {
-                        return (Ok(plan.shape.absent()), Vec::new())
+                Ok(_) => {
+                    // A patch of a document at another schema version? An older one is
+                    // rewritten at the current version first, and the patch tried again.
+                    if let Some(stamp) = plan.schema_guard {
+                        match self.patch_schema_check(w.tenant, &id, stamp).await {
+                            Ok(true) => {
+                                versions::backoff(attempt).await;
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(e) => return (Err(e), Vec::new()),
+                        }
                     }
-                    e => return (Err(e), Vec::new()),
-                },
+                    // Without a version in the filter the document is not there; with one,
+                    // read why.
+                    match match plan.expected {
+                        None => self.not_found(&id),
+                        expected => self.diagnose(w.tenant, &id, expected).await,
+                    } {
+                        e @ Error::VersionConflict { .. } if follows_latest => e,
+                        Error::NotFound { .. } if plan.shape.absent_is_ok() => {
+                            return (Ok(plan.shape.absent()), Vec::new())
+                        }
+                        e => return (Err(e), Vec::new()),
+                    }
+                }
                 Err(e @ Error::VersionConflict { .. }) if follows_latest => e,
                 // A concurrent upsert inserted first: replace it (once: a duplicate on another
                 // unique index would fail every time).
@@ -676,6 +700,7 @@ impl Pipeline {
                         expected: None,
                         claim: None,
                         shape: Shape::UpsertInsert,
+                        schema_guard: None,
                     })))
                 }
                 Intent::Patch { .. } => Ok(Step::Done(Outcome::Patched(None))),
@@ -706,19 +731,25 @@ impl Pipeline {
             incarnation: incarnation.clone(),
             claim,
             shape,
+            schema_guard: None,
         };
         Ok(Step::Write(Box::new(match intent {
             Intent::Patch { set, .. } => {
                 let mut set = set.clone();
                 set.insert(vf, document::version_bson(next));
+                let mut filter = filter;
+                let guard = patch_guard(&mut filter, &set);
                 let update = doc! { "$set": set.clone() };
-                plan(
-                    RawWrite::Update { filter, update },
-                    Some((WriteKind::Update, set)),
-                    None,
-                    Shape::Patched,
-                    claim,
-                )
+                Plan {
+                    schema_guard: guard,
+                    ..plan(
+                        RawWrite::Update { filter, update },
+                        Some((WriteKind::Update, set)),
+                        None,
+                        Shape::Patched,
+                        claim,
+                    )
+                }
             }
             Intent::Replace { doc, .. } | Intent::Upsert { doc, .. } => {
                 let mut doc = doc.clone();
@@ -792,16 +823,24 @@ impl Pipeline {
             incarnation: None,
             claim: None,
             shape,
+            schema_guard: None,
         };
         Ok(match intent {
-            Intent::Patch { id, set, .. } => plan(
-                RawWrite::Update {
-                    filter: self.id_filter(tenant, id, false),
-                    update: doc! { "$set": set.clone() },
-                },
-                None,
-                Shape::Patched,
-            ),
+            Intent::Patch { id, set, .. } => {
+                let mut filter = self.id_filter(tenant, id, false);
+                let guard = patch_guard(&mut filter, set);
+                Plan {
+                    schema_guard: guard,
+                    ..plan(
+                        RawWrite::Update {
+                            filter,
+                            update: doc! { "$set": set.clone() },
+                        },
+                        None,
+                        Shape::Patched,
+                    )
+                }
+            }
             Intent::Replace { id, doc, .. } | Intent::Upsert { id, doc } => {
                 let mut doc = doc.clone();
                 self.keep_unloaded_secrets(tenant, id, &mut doc).await?;
@@ -1107,6 +1146,8 @@ struct Plan {
     incarnation: Option<String>,
     claim: Option<Claim>,
     shape: Shape,
+    /// The schema version a patch is written for (its filter requires it).
+    schema_guard: Option<u32>,
 }
 
 /// Which call's outcome a single-document write produces.
@@ -1149,6 +1190,15 @@ impl Shape {
             _ => Outcome::Patched(None),
         }
     }
+}
+
+/// A patch applies only to a document at the schema version it was written for (the stamp in
+/// its `$set`): older documents are rewritten first, newer ones refused, so a patch never mixes
+/// fields of two versions in one document. Returns the version required.
+fn patch_guard(filter: &mut Document, set: &Document) -> Option<u32> {
+    let stamp = schema::stamp_of(set)?;
+    filter.insert(SCHEMA_VERSION_FIELD, schema::at_version(stamp));
+    Some(stamp)
 }
 
 fn invalidate(id: Bson) -> Effect {

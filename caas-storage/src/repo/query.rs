@@ -12,6 +12,7 @@ use crate::index::SortDirection;
 use crate::repo::filter::{FieldPath, Filter, Sort};
 use crate::repo::page::{Cursor, Page, PageRequest};
 use crate::repo::Repository;
+use crate::schema;
 use crate::tenant::TenantId;
 
 /// A query over one tenant's entities of type `E`, built from typed filters and sorts.
@@ -104,7 +105,8 @@ impl<'r, E: Entity> Query<'r, E> {
         match &self.only {
             None => document::projection(E::META, self.with_secrets),
             Some(fields) => {
-                let mut p = doc! { "_id": 0 };
+                // The schema version too: a projected read still refuses newer documents.
+                let mut p = doc! { "_id": 0, document::SCHEMA_VERSION_FIELD: 1 };
                 for f in fields {
                     if self.with_secrets || !E::META.secret_fields.contains(f) {
                         p.insert(*f, 1);
@@ -154,26 +156,52 @@ impl<'r, E: Entity> Query<'r, E> {
         })
     }
 
-    /// All matches, as a stream (for large result sets).
+    /// All matches, as a stream (for large result sets). Documents stored at an older schema
+    /// version are upgraded as they come (and written back when
+    /// `migrations.write_back_on_read` says so, once the stream is done with them).
     pub async fn stream(mut self) -> Result<BoxStream<'static, Result<E>>> {
         let filter = self.filter_document()?;
         let repo = self.repo;
-        let find = repo.typed().find(filter).with_options(self.find_options());
+        let with_secrets = self.with_secrets;
+        let find = repo.raw().find(filter).with_options(self.find_options());
         let op = repo.op("find");
         let cursor = repo
             .bounded("find", find)
             .await?
             .map_err(|e| Error::mongo(op.clone(), e))?;
+        let pipeline = repo.pipeline().clone();
         Ok(cursor
             .map(move |r| r.map_err(|e| Error::mongo(op.clone(), e)))
+            .and_then(move |raw| {
+                let pipeline = pipeline.clone();
+                async move {
+                    let read = schema::decode_raw::<E>(&raw, with_secrets)?;
+                    if read.upgraded_from.is_some() {
+                        if let Some(key) = raw.get("_id").ok().flatten() {
+                            if let Ok(key) = Bson::try_from(key) {
+                                pipeline.write_back(vec![key]).await;
+                            }
+                        }
+                    }
+                    Ok(read.entity)
+                }
+            })
             .boxed())
     }
 
-    /// All matches, read as `T` (use with [`only`](Self::only)).
+    /// All matches, read as `T` (use with [`only`](Self::only)). The selected fields are read
+    /// as stored: documents at an older schema version are not upgraded (the steps need whole
+    /// documents), and documents at a newer one are refused
+    /// ([`Error::FutureSchemaVersion`]).
     pub async fn fetch_as<T: DeserializeOwned + Send + Sync + Unpin>(mut self) -> Result<Vec<T>> {
         let docs = self.fetch_documents(None).await?;
         docs.into_iter()
-            .map(|d| {
+            .map(|mut d| {
+                let stored = schema::version_of(&d);
+                if stored > E::META.schema_version {
+                    return Err(schema::future(E::META, d.get(E::META.id_field), stored));
+                }
+                d.remove(document::SCHEMA_VERSION_FIELD);
                 mongodb::bson::from_document(d).map_err(|e| Error::Codec {
                     entity: E::META.name,
                     direction: "decode",
@@ -244,10 +272,17 @@ impl<'r, E: Entity> Query<'r, E> {
         } else {
             None
         };
-        let items = docs
-            .into_iter()
-            .map(document::decode::<E>)
-            .collect::<Result<Vec<E>>>()?;
+        let mut items = Vec::with_capacity(docs.len());
+        let mut upgraded = Vec::new();
+        for doc in docs {
+            let key = doc.get("_id").cloned();
+            let read = schema::decode_doc::<E>(doc, self.with_secrets)?;
+            if let (Some(_), Some(key)) = (read.upgraded_from, key) {
+                upgraded.push(key);
+            }
+            items.push(read.entity);
+        }
+        self.repo.pipeline().write_back(upgraded).await;
         Ok(Page { items, next })
     }
 

@@ -1,11 +1,13 @@
 //! The typed reads of [`Repository`]: by id (through the cache tiers), with secrets, after a
-//! causal token; existence, counts and queries.
+//! causal token; existence, counts and queries. Every read decodes through `schema.rs`, which
+//! upgrades documents stored at an older schema version.
 
 use crate::consistency::{CausalToken, Consistency};
 use crate::document;
 use crate::entity::Entity;
 use crate::error::{Component, Error, Result};
 use crate::repo::{Filter, Query, Repository};
+use crate::schema;
 use crate::tenant::TenantId;
 
 impl<E: Entity> Repository<E> {
@@ -23,13 +25,7 @@ impl<E: Entity> Repository<E> {
     }
 
     async fn load_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
-        let mut find = self.typed().find_one(self.id_filter(tenant, id)?);
-        if let Some(p) = document::projection(E::META, false) {
-            find = find.projection(p);
-        }
-        self.bounded("find_by_id", find)
-            .await?
-            .map_err(|e| Error::mongo(self.op("find_by_id"), e))
+        self.read_one("find_by_id", tenant, id, false).await
     }
 
     /// Like [`find_by_id`](Self::find_by_id), with secret fields included (e.g. to check a
@@ -39,10 +35,39 @@ impl<E: Entity> Repository<E> {
         tenant: &TenantId,
         id: &E::Id,
     ) -> Result<Option<E>> {
-        let filter = self.id_filter(tenant, id)?;
-        self.bounded("find_by_id_with_secrets", self.typed().find_one(filter))
+        self.read_one("find_by_id_with_secrets", tenant, id, true)
+            .await
+    }
+
+    /// One document from MongoDB, upgraded to the entity's schema version if it is older (and
+    /// written back so, if `migrations.write_back_on_read` says so).
+    async fn read_one(
+        &self,
+        operation: &'static str,
+        tenant: &TenantId,
+        id: &E::Id,
+        with_secrets: bool,
+    ) -> Result<Option<E>> {
+        let mut find = self.raw().find_one(self.id_filter(tenant, id)?);
+        if let Some(p) = document::projection(E::META, with_secrets) {
+            find = find.projection(p);
+        }
+        let Some(raw) = self
+            .bounded(operation, find)
             .await?
-            .map_err(|e| Error::mongo(self.op("find_by_id_with_secrets"), e))
+            .map_err(|e| Error::mongo(self.op(operation), e))?
+        else {
+            return Ok(None);
+        };
+        let read = schema::decode_raw::<E>(&raw, with_secrets)?;
+        if read.upgraded_from.is_some() {
+            if let Ok(Some(key)) = raw.get("_id") {
+                if let Ok(key) = mongodb::bson::Bson::try_from(key) {
+                    self.pipeline().write_back(vec![key]).await;
+                }
+            }
+        }
+        Ok(Some(read.entity))
     }
 
     /// The entity with this id, at least as new as `token` requires (see [`CausalToken`]): a

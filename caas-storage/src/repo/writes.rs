@@ -156,7 +156,7 @@ impl<E: Entity> Repository<E> {
             .await?
         {
             Outcome::Patched(after) => after
-                .map(|d| document::decode_projected(d, false))
+                .map(|d| crate::schema::decode_doc(d, false).map(|read| read.entity))
                 .transpose(),
             _ => Ok(None),
         }

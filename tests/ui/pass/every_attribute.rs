@@ -6,6 +6,21 @@ use std::time::Duration;
 use caas_storage::entity::CacheStrategy;
 use caas_storage::index::{IndexKey, SortDirection};
 use caas_storage::prelude::*;
+use caas_storage::StepResult;
+
+/// Schema step 1 -> 2: `name` became `handle`.
+fn user_v1_to_v2(doc: &mut caas_storage::bson::Document) -> StepResult {
+    if let Some(name) = doc.remove("name") {
+        doc.insert("handle", name);
+    }
+    Ok(())
+}
+
+fn user_v2_to_v1(doc: &mut caas_storage::bson::Document) -> StepResult {
+    let handle = doc.remove("handle").ok_or("no handle")?;
+    doc.insert("name", handle);
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +43,7 @@ pub enum UserStatus {
 #[index(keys(org, team, joined_at asc))]
 #[index(keys(org, handle), unique)]
 #[index(keys(expires_at), ttl = "30d")]
+#[migrate(from = 1, up = user_v1_to_v2, down = user_v2_to_v1)]
 pub struct User {
     #[repository(id)]
     pub user_id: String,
@@ -148,6 +164,16 @@ fn main() {
     assert_eq!(meta.updated_at_field, Some("updated_at"));
     assert_eq!(meta.secret_fields, &["password_hash", "totp_seed"]);
     assert_eq!(meta.schema_version, 2);
+    let [step] = meta.schema_steps else {
+        panic!("one schema step")
+    };
+    assert_eq!((step.from, step.to(), step.name), (1, 2, "user_v1_to_v2"));
+    assert_eq!(step.checksum.len(), 16);
+    let mut doc = caas_storage::bson::doc! { "name": "ada" };
+    (step.up)(&mut doc).unwrap();
+    assert_eq!(doc.get_str("handle").unwrap(), "ada");
+    (step.down.expect("down step"))(&mut doc).unwrap();
+    assert_eq!(doc.get_str("name").unwrap(), "ada");
     assert_eq!(meta.consistency, Consistency::Causal);
     assert!(meta.soft_delete);
 

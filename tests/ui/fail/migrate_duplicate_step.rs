@@ -1,0 +1,30 @@
+// Two steps from the same version.
+
+use caas_storage::bson::Document;
+use caas_storage::prelude::*;
+use caas_storage::StepResult;
+
+fn v1_to_v2(_doc: &mut Document) -> StepResult {
+    Ok(())
+}
+
+fn v2_to_v3(_doc: &mut Document) -> StepResult {
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "app", collection = "profiles", schema_version = 3)]
+#[migrate(from = 1, up = v1_to_v2)]
+#[migrate(from = 1, up = v2_to_v3)]
+#[migrate(from = 2, up = v2_to_v3)]
+pub struct Profile {
+    #[repository(id)]
+    pub profile_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub name: String,
+}
+
+fn main() {
+    let _ = (v1_to_v2, v2_to_v3);
+}

@@ -1,0 +1,30 @@
+// `up` must name a function over the stored document: a constant is a type error at the attribute.
+
+const NOT_A_STEP: u32 = 3;
+
+use caas_storage::bson::Document;
+use caas_storage::prelude::*;
+use caas_storage::StepResult;
+
+fn v1_to_v2(_doc: &mut Document) -> StepResult {
+    Ok(())
+}
+
+fn v2_to_v3(_doc: &mut Document) -> StepResult {
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "app", collection = "profiles", schema_version = 2)]
+#[migrate(from = 1, up = NOT_A_STEP)]
+pub struct Profile {
+    #[repository(id)]
+    pub profile_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub name: String,
+}
+
+fn main() {
+    let _ = (v1_to_v2, v2_to_v3);
+}
