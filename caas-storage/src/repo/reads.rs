@@ -2,7 +2,9 @@
 //! causal token; existence, counts and queries.
 
 use crate::consistency::{CausalToken, Consistency};
-use crate::document;
+use mongodb::bson::{doc, Bson, Document};
+
+use crate::document::{self, DELETED_AT_FIELD};
 use crate::entity::Entity;
 use crate::error::{Component, Error, Result};
 use crate::repo::{Filter, Query, Repository};
@@ -23,13 +25,31 @@ impl<E: Entity> Repository<E> {
     }
 
     async fn load_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
-        let mut find = self.typed().find_one(self.id_filter(tenant, id)?);
-        if let Some(p) = document::projection(E::META, false) {
+        let projection = document::projection(E::META, false);
+        self.live_document("find_by_id", tenant, id, projection)
+            .await?
+            .map(|d| document::decode_projected(d, false))
+            .transpose()
+    }
+
+    /// The stored document with this id, unless soft-deleted: read by `_id` alone (the
+    /// filter every server answers from its key), the deletion checked here.
+    async fn live_document(
+        &self,
+        operation: &'static str,
+        tenant: &TenantId,
+        id: &E::Id,
+        projection: Option<Document>,
+    ) -> Result<Option<Document>> {
+        let mut find = self.docs().find_one(self.key_filter(tenant, id)?);
+        if let Some(p) = projection {
             find = find.projection(p);
         }
-        self.bounded("find_by_id", find)
+        let found = self
+            .bounded(operation, find)
             .await?
-            .map_err(|e| Error::mongo(self.op("find_by_id"), e))
+            .map_err(|e| Error::mongo(self.op(operation), e))?;
+        Ok(found.filter(|d| matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null))))
     }
 
     /// Like [`find_by_id`](Self::find_by_id), with secret fields included (e.g. to check a
@@ -39,10 +59,10 @@ impl<E: Entity> Repository<E> {
         tenant: &TenantId,
         id: &E::Id,
     ) -> Result<Option<E>> {
-        let filter = self.id_filter(tenant, id)?;
-        self.bounded("find_by_id_with_secrets", self.typed().find_one(filter))
+        self.live_document("find_by_id_with_secrets", tenant, id, None)
             .await?
-            .map_err(|e| Error::mongo(self.op("find_by_id_with_secrets"), e))
+            .map(|d| document::decode_projected(d, true))
+            .transpose()
     }
 
     /// The entity with this id, at least as new as `token` requires (see [`CausalToken`]): a
@@ -119,12 +139,11 @@ impl<E: Entity> Repository<E> {
 
     /// Whether an entity with this id exists in this tenant.
     pub async fn exists(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
-        let filter = self.id_filter(tenant, id)?;
-        let n = self
-            .bounded("exists", self.docs().count_documents(filter).limit(1))
+        let projection = doc! { "_id": 1, DELETED_AT_FIELD: 1 };
+        Ok(self
+            .live_document("exists", tenant, id, Some(projection))
             .await?
-            .map_err(|e| Error::mongo(self.op("exists"), e))?;
-        Ok(n > 0)
+            .is_some())
     }
 
     /// How many entities of this tenant match `filter`.
