@@ -818,7 +818,9 @@ fn database_name_problem(name: &str) -> Option<String> {
         return Some("is empty; name a MongoDB database".into());
     }
     if let Some(bad) = name.chars().find(|c| "/\\. \"$\0".contains(*c)) {
-        return Some(format!("{name:?} cannot be a MongoDB database name (it contains {bad:?})"));
+        return Some(format!(
+            "{name:?} cannot be a MongoDB database name (it contains {bad:?})"
+        ));
     }
     (name.len() > 63).then(|| "MongoDB database names are at most 63 bytes long".into())
 }

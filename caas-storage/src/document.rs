@@ -26,13 +26,36 @@ pub const OP_FIELD: &str = "_outbox_op";
 /// again) are never taken for the old one's. Its text order is creation order.
 pub const INCARNATION_FIELD: &str = "_incarnation";
 
+/// Framework field: the queue position (see [`queue_position`]) of the last write-behind
+/// entry applied to the document. A queued write applies only to a document at an earlier
+/// position, so a batch applied again (its flusher died before removing it from the queue)
+/// changes nothing.
+pub const QUEUE_POSITION_FIELD: &str = "_queue_pos";
+
 /// Every field name the framework writes into documents (besides `_id`).
-pub const RESERVED_FIELDS: [&str; 4] = [
+pub const RESERVED_FIELDS: [&str; 5] = [
     SCHEMA_VERSION_FIELD,
     DELETED_AT_FIELD,
     OP_FIELD,
     INCARNATION_FIELD,
+    QUEUE_POSITION_FIELD,
 ];
+
+/// A Redis stream entry id (`<ms>-<seq>`) as a position whose text order is queue order
+/// (both parts zero-padded); `None` for anything else.
+pub(crate) fn queue_position(stream_id: &str) -> Option<String> {
+    let (ms, seq) = stream_id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    Some(format!("{ms:020}-{seq:020}"))
+}
+
+/// `{<queue position>: missing or before pos}`: what a queued write at `pos` may change.
+pub(crate) fn not_applied(pos: &str) -> Document {
+    mongodb::bson::doc! { "$or": [
+        { QUEUE_POSITION_FIELD: { "$exists": false } },
+        { QUEUE_POSITION_FIELD: { "$lt": pos } },
+    ] }
+}
 
 /// How long a claim of a crashed writer blocks its version transition (see `repo/versions.rs`
 /// for the claim protocol, taken where conditional updates are not atomic). Driver calls made
@@ -74,7 +97,10 @@ pub(crate) fn encode<E: Entity>(tenant: &TenantId, entity: &E) -> Result<Documen
         direction: "encode",
         message: e.to_string(),
     })?;
-    doc.insert(SCHEMA_VERSION_FIELD, crate::schema::stamp(E::META.schema_version));
+    doc.insert(
+        SCHEMA_VERSION_FIELD,
+        crate::schema::stamp(E::META.schema_version),
+    );
     Ok(doc)
 }
 
@@ -122,6 +148,15 @@ pub(crate) fn id_as_text(id: &Bson) -> String {
         Bson::String(s) => s.clone(),
         other => other.clone().into_relaxed_extjson().to_string(),
     }
+}
+
+/// The `_id` of an entity's document: `<tenant>:<id as text>` ([`id_as_text`]). Tenant ids
+/// hold no `:` and an entity has one id type, so the key is collision-free within a
+/// collection. Every by-id operation filters on it: a scalar `_id` is the one filter every
+/// server answers from its primary key (FerretDB pushes down nothing else), and the tenant in
+/// the key keeps the scope.
+pub(crate) fn storage_key(tenant: &str, id: &Bson) -> String {
+    format!("{tenant}:{}", id_as_text(id))
 }
 
 /// An id as errors show it: relaxed extended JSON (strings quoted).
@@ -182,6 +217,14 @@ mod tests {
     fn ids_render_once_for_keys_and_twice_quoted_for_errors() {
         assert_eq!(id_as_text(&Bson::String("u:1".into())), "u:1");
         assert_eq!(id_as_text(&Bson::Int64(7)), "7");
+        assert_eq!(storage_key("acme", &Bson::String("u:1".into())), "acme:u:1");
+        assert_eq!(storage_key("acme", &Bson::Int64(7)), "acme:7");
+        let (a, b) = (
+            queue_position("9-1").unwrap(),
+            queue_position("10-0").unwrap(),
+        );
+        assert!(a < b, "{a} sorts before {b}");
+        assert_eq!(queue_position("x-1"), None);
         assert_eq!(id_for_errors(&Bson::String("u1".into())), "\"u1\"");
         assert_eq!(stored_u64(&doc! { "v": 3_i32 }, "v"), 3);
         assert_eq!(stored_u64(&doc! { "v": -3_i64 }, "v"), 0);

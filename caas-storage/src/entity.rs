@@ -140,10 +140,12 @@ impl EntityMeta {
 
     /// The TTL indexes: (field, documents expire this long after its date).
     pub fn ttl_indexes(&self) -> impl Iterator<Item = (&'static str, Duration)> + '_ {
-        self.indexes.iter().filter_map(|ix| match (ix.ttl, ix.keys) {
-            (Some(ttl), [key]) => Some((key.field, ttl)),
-            _ => None,
-        })
+        self.indexes
+            .iter()
+            .filter_map(|ix| match (ix.ttl, ix.keys) {
+                (Some(ttl), [key]) => Some((key.field, ttl)),
+                _ => None,
+            })
     }
 }
 

@@ -330,7 +330,8 @@ mod tests {
         assert_eq!(convert(&META, &mut d, 1).unwrap(), Some(2));
         assert_eq!(d.get_str("name").unwrap(), "Ada");
         assert_eq!(version_of(&d), 1);
-        let mut d = doc! { "person_id": "p1", "full_name": "Ada", "tags": [], "_schema_version": 3 };
+        let mut d =
+            doc! { "person_id": "p1", "full_name": "Ada", "tags": [], "_schema_version": 3 };
         let e = convert(&META, &mut d, 1).unwrap_err();
         assert!(e.to_string().contains("no `down`"), "{e}");
     }

@@ -320,7 +320,8 @@ impl Storage {
             .or_insert(meta);
         self.inner.retention.watch_entity(meta);
         self.inner.ttl.watch_entity(meta);
-    }}
+    }
+}
 
 /// The raw driver clients of a [`Storage`]: see [`Storage::raw`]. The driver crates are
 /// re-exported in [`driver`](crate::driver), so their types need no dependency of your own.

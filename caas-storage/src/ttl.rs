@@ -159,10 +159,7 @@ impl TtlSweeper {
         if found.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<Bson> = found
-            .iter()
-            .filter_map(|d| d.get("_id").cloned())
-            .collect();
+        let keys: Vec<Bson> = found.iter().filter_map(|d| d.get("_id").cloned()).collect();
         let mut filter = expired;
         filter.insert("_id", doc! { "$in": keys });
         let deleted = coll

@@ -320,6 +320,11 @@ pub fn private_kafka() -> Private {
 /// the version-filter path on a server whose conditional updates are not atomic (FerretDB) is
 /// only safe with one writer at a time: use these handles in single-writer tests only.
 pub async fn capability_sets() -> Vec<(String, Storage)> {
+    capability_sets_with(config()).await
+}
+
+/// [`capability_sets`] with handles made from `config`.
+pub async fn capability_sets_with(config: StorageConfig) -> Vec<(String, Storage)> {
     let detected = storage().await.capabilities().clone();
     let mut sets = Vec::new();
     let transactions = if detected.transactions {
@@ -329,7 +334,7 @@ pub async fn capability_sets() -> Vec<(String, Storage)> {
     };
     for tx in transactions {
         for atomic in [false, true] {
-            let storage = Storage::builder(config())
+            let storage = Storage::builder(config.clone())
                 .capabilities(move |c| {
                     c.transactions = tx;
                     c.atomic_conditional_updates = atomic;
@@ -349,7 +354,12 @@ pub async fn capability_sets() -> Vec<(String, Storage)> {
 /// Runs `body` once per [`capability_sets`] handle, naming the set on stderr first (so a
 /// failure says which branch failed).
 pub async fn each_capability_set(body: impl AsyncFn(Storage, String)) {
-    for (label, storage) in capability_sets().await {
+    each_capability_set_with(config(), body).await
+}
+
+/// [`each_capability_set`] with handles made from `config`.
+pub async fn each_capability_set_with(config: StorageConfig, body: impl AsyncFn(Storage, String)) {
+    for (label, storage) in capability_sets_with(config).await {
         eprintln!("-- capability set: {label}");
         body(storage, label).await;
     }

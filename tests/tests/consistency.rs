@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use caas_storage::bson::{doc, Document};
 use caas_storage::prelude::*;
-use caas_storage::{CausalToken, Error, StorageConfig};
+use caas_storage::{CausalToken, Error, FaultPoint, StorageConfig};
 
 macro_rules! entity {
     ($name:ident, $coll:literal, $model:ident) => {
@@ -663,6 +663,62 @@ async fn two_flushers_never_apply_the_same_writes() {
         last.body, "final",
         "the delete was applied once, before the upsert"
     );
+}
+
+entity!(ReplayedDoc, "replayed_docs", eventual);
+
+/// A flusher that dies after applying a batch and before acknowledging it leaves the batch in
+/// the queue, and the next flusher applies it again: every write carries its queue position,
+/// and the database write itself skips what a document already reflects, so a replay changes
+/// nothing (no version bumped twice, no delete re-applied to a document created after it).
+#[tokio::test]
+async fn a_batch_applied_again_after_a_crash_changes_nothing() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!("replay{}:", std::process::id());
+    config.write_behind.start_flusher = false;
+    common::each_capability_set_with(config, async |storage, label| {
+        let repo = ReplayedDocRepository::new(&storage);
+        let t = common::tenant("replay");
+        let doc = |id: &str, body: &str| ReplayedDoc {
+            id: id.into(),
+            tenant_id: t.to_string(),
+            body: body.into(),
+            version: 0,
+        };
+        let flush = async || {
+            storage
+                .write_behind()
+                .flush::<ReplayedDoc>(Duration::from_secs(20))
+                .await
+        };
+        repo.insert(&t, &doc("u", "v0")).await.unwrap();
+        repo.insert(&t, &doc("d", "v0")).await.unwrap();
+        flush().await.unwrap();
+        for i in 1..=5 {
+            let patch = ReplayedDocPatch {
+                body: Some(format!("v{i}")),
+            };
+            repo.queue_update(&t, &"u".to_owned(), patch).await.unwrap();
+        }
+        // Deleted, then created again: a replayed delete must not remove the new document.
+        repo.queue_delete(&t, &"d".to_owned()).await.unwrap();
+        repo.queue_upsert(&t, &doc("d", "again")).await.unwrap();
+
+        // The first round dies before acknowledging; the next applies the same entries again.
+        storage.inject_fault(FaultPoint::QueueAfterApply);
+        flush().await.unwrap();
+
+        let strong = repo.with_consistency(Consistency::Strong);
+        let u = strong.get(&t, &"u".to_owned()).await.unwrap();
+        assert_eq!(
+            (u.body.as_str(), u.version),
+            ("v5", 5),
+            "{label}: each update applied once"
+        );
+        let d = strong.get(&t, &"d".to_owned()).await.unwrap();
+        assert_eq!(d.body, "again", "{label}: the delete was not applied again");
+    })
+    .await;
 }
 
 /// The flusher trusts nothing it reads from Redis: entries that another writer of the shared

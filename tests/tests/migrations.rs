@@ -263,14 +263,21 @@ async fn version_1_documents_read_through_a_version_3_entity_from_every_tier() {
     assert_eq!(metrics().db_loads, before.db_loads + 1);
 
     // From a warm Redis entry that a version 1 build put: it holds the version 1 shape.
-    let v1_value = old.find_by_id(&t, &"p-redis".into()).await.unwrap().unwrap();
+    let v1_value = old
+        .find_by_id(&t, &"p-redis".into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v1_value.name, "Name p-redis");
     let before = metrics();
     let read = new.find_by_id(&t, &"p-redis".into()).await.unwrap();
     assert_eq!(read, Some(expected_v3("p-redis", &t, 7)));
     let after = metrics();
     assert_eq!(after.redis_hits, before.redis_hits + 1, "{after:?}");
-    assert_eq!(after.db_loads, before.db_loads, "read from Redis, not MongoDB");
+    assert_eq!(
+        after.db_loads, before.db_loads,
+        "read from Redis, not MongoDB"
+    );
 
     // From the warm in-process tier, which the read above filled with the upgraded value.
     let before = metrics();
@@ -278,12 +285,17 @@ async fn version_1_documents_read_through_a_version_3_entity_from_every_tier() {
     assert_eq!(read, Some(expected_v3("p-redis", &t, 7)));
     assert_eq!(metrics().local_hits, before.local_hits + 1);
     // The version 1 build's own in-process copy is of its own type, never handed to version 3.
-    assert_eq!(old.find_by_id(&t, &"p-redis".into()).await.unwrap(), Some(v1_value));
+    assert_eq!(
+        old.find_by_id(&t, &"p-redis".into()).await.unwrap(),
+        Some(v1_value)
+    );
 
     // Queries and pages upgrade too.
     let all = new.query(&t).fetch().await.unwrap();
     assert_eq!(all.len(), 2);
-    assert!(all.iter().all(|p| p.history.len() == 2 && p.email.ends_with("@example.com")));
+    assert!(all
+        .iter()
+        .all(|p| p.history.len() == 2 && p.email.ends_with("@example.com")));
     let page = new.query(&t).page(PageRequest::first(10)).await.unwrap();
     assert_eq!(page.items.len(), 2);
 
@@ -308,13 +320,21 @@ async fn an_entry_a_newer_release_put_is_a_miss_and_a_newer_document_an_error() 
         .await
         .unwrap();
     // A version 4 replica reads it first and puts a version 4 entry into Redis.
-    let seen = newer.find_by_id(&t, &"p-entry".into()).await.unwrap().unwrap();
+    let seen = newer
+        .find_by_id(&t, &"p-entry".into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.history, ["1->2", "2->3", "3->4"]);
     let before = storage.cache().metrics_of::<v3::Profile>();
     let read = new.find_by_id(&t, &"p-entry".into()).await.unwrap();
     assert_eq!(read, Some(expected_v3("p-entry", &t, 1)));
     let after = storage.cache().metrics_of::<v3::Profile>();
-    assert_eq!(after.db_loads, before.db_loads + 1, "the newer entry was a miss");
+    assert_eq!(
+        after.db_loads,
+        before.db_loads + 1,
+        "the newer entry was a miss"
+    );
     assert_eq!(after.decode_errors, before.decode_errors);
 
     // A document stored by the newer release.
@@ -329,7 +349,10 @@ async fn an_entry_a_newer_release_put_is_a_miss_and_a_newer_document_an_error() 
             stored,
             supported,
         } => {
-            assert_eq!((*entity, id.as_str(), *stored, *supported), ("Profile", "\"p-future\"", 4, 3));
+            assert_eq!(
+                (*entity, id.as_str(), *stored, *supported),
+                ("Profile", "\"p-future\"", 4, 3)
+            );
         }
         other => panic!("expected FutureSchemaVersion, got {other:?}"),
     }
@@ -405,7 +428,10 @@ async fn every_write_stamps_the_version_and_patches_upgrade_older_documents_firs
     assert_eq!(after.version, 5, "the patch moved the version once");
     let (v, stored) = stamp("p-patch").await;
     assert_eq!(v, Some(3));
-    assert!(stored.get("name").is_none() && stored.get("mail").is_none(), "{stored}");
+    assert!(
+        stored.get("name").is_none() && stored.get("mail").is_none(),
+        "{stored}"
+    );
 
     // Inserts and replaces stamp the current version; patches of current documents keep it.
     let mut fresh = expected_v3("p-insert", &t, 1);
@@ -448,7 +474,14 @@ async fn every_write_stamps_the_version_and_patches_upgrade_older_documents_firs
         .await
         .unwrap_err();
     assert!(
-        matches!(e, Error::FutureSchemaVersion { stored: 3, supported: 1, .. }),
+        matches!(
+            e,
+            Error::FutureSchemaVersion {
+                stored: 3,
+                supported: 1,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(stamp("p-insert").await.1.get("name").is_none());
@@ -486,7 +519,11 @@ mod bulk {
 
     /// No version field, no cache: one write per document.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
-    #[repository(database = "caas_migrations_it", collection = "notes_bulk", schema_version = 3)]
+    #[repository(
+        database = "caas_migrations_it",
+        collection = "notes_bulk",
+        schema_version = 3
+    )]
     #[migrate(from = 1, up = bulk_steps::v1_to_v2)]
     #[migrate(from = 2, up = bulk_steps::v2_to_v3)]
     pub struct Note {
@@ -524,7 +561,10 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
     let (first, first_writes) = counting(config.clone(), "notes_bulk").await;
     fresh(&first, &[(DB, "notes_bulk")]).await;
     let t = common::tenant("bulk");
-    let coll = first.raw().database(DB).collection::<Document>("notes_bulk");
+    let coll = first
+        .raw()
+        .database(DB)
+        .collection::<Document>("notes_bulk");
     let started = std::time::Instant::now();
     // A third of them already at version 2, as a half-finished hand-run script left them.
     let docs: Vec<Document> = (0..N)
@@ -551,7 +591,11 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
     assert_eq!(counts.get(&1), Some(&6666));
     assert_eq!(counts.get(&2), Some(&3334));
     assert!(dry.steps().all(|s| s.state == StepState::Pending));
-    assert_eq!(first_writes.load(Ordering::SeqCst), 0, "a dry run writes nothing");
+    assert_eq!(
+        first_writes.load(Ordering::SeqCst),
+        0,
+        "a dry run writes nothing"
+    );
 
     // The first run stops after 4,000 documents, as if its process died.
     let started = std::time::Instant::now();
@@ -597,7 +641,11 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
     eprintln!("resumed run: {:?}", started.elapsed());
     let note = report.entity("Note").unwrap();
     assert_eq!((note.rewritten_before, note.rewritten), (4000, 6000));
-    assert!(report.waited >= Duration::from_millis(500), "{:?}", report.waited);
+    assert!(
+        report.waited >= Duration::from_millis(500),
+        "{:?}",
+        report.waited
+    );
     assert_eq!(second_writes.load(Ordering::SeqCst), 6000);
     assert_eq!(
         first_writes.load(Ordering::SeqCst) + second_writes.load(Ordering::SeqCst),
@@ -620,8 +668,18 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
             .unwrap_or_else(|| panic!("{name} recorded: {records:#?}"))
     };
     let ns = "caas_migrations_it.notes_bulk:Note";
-    assert_eq!(step(&format!("schema:{ns}:1->2")).get_i64("documents").unwrap(), 6666);
-    assert_eq!(step(&format!("schema:{ns}:2->3")).get_i64("documents").unwrap(), N as i64);
+    assert_eq!(
+        step(&format!("schema:{ns}:1->2"))
+            .get_i64("documents")
+            .unwrap(),
+        6666
+    );
+    assert_eq!(
+        step(&format!("schema:{ns}:2->3"))
+            .get_i64("documents")
+            .unwrap(),
+        N as i64
+    );
     assert_eq!(
         step(&format!("schema:{ns}:2->3")).get_i64("token").unwrap(),
         report.token.unwrap()
@@ -703,12 +761,15 @@ async fn four_replicas_starting_together_apply_each_step_once() {
     // One process applied every step; the others found them recorded.
     let appliers: Vec<_> = reports.iter().filter(|r| !r.applied().is_empty()).collect();
     assert_eq!(appliers.len(), 1, "{reports:#?}");
-    assert_eq!(appliers[0].applied().len(), 3, "two chain steps and the index plan");
+    assert_eq!(
+        appliers[0].applied().len(),
+        3,
+        "two chain steps and the index plan"
+    );
     for r in &reports {
-        assert!(r.steps().all(|s| matches!(
-            s.state,
-            StepState::Applied | StepState::AlreadyApplied
-        )));
+        assert!(r
+            .steps()
+            .all(|s| matches!(s.state, StepState::Applied | StepState::AlreadyApplied)));
     }
     let runs = fleet_steps::runs();
     assert_eq!(
@@ -719,7 +780,10 @@ async fn four_replicas_starting_together_apply_each_step_once() {
     let total: u64 = writes.iter().map(|w| w.load(Ordering::SeqCst)).sum();
     assert_eq!(total, N as u64, "one write per document");
     let records = ledger(&handles[1]).await;
-    let kinds: Vec<&str> = records.iter().filter_map(|d| d.get_str("kind").ok()).collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .filter_map(|d| d.get_str("kind").ok())
+        .collect();
     assert_eq!(kinds, ["indexes", "schema", "schema"], "{records:#?}");
     // Rewrites left versions alone and dropped the stale cache entry.
     let t0 = repo.find_by_id(&t, &"t0000".into()).await.unwrap().unwrap();
@@ -729,14 +793,21 @@ async fn four_replicas_starting_together_apply_each_step_once() {
         .iter()
         .map(|h| h.cache().metrics_of::<fleet::Ticket>().invalidations)
         .sum();
-    assert!(stale >= N as u64, "every rewritten document's entry dropped: {stale}");
+    assert!(
+        stale >= N as u64,
+        "every rewritten document's entry dropped: {stale}"
+    );
 }
 
 mod killed {
     use super::*;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
-    #[repository(database = "caas_migrations_it", collection = "cards_killed", schema_version = 3)]
+    #[repository(
+        database = "caas_migrations_it",
+        collection = "cards_killed",
+        schema_version = 3
+    )]
     #[migrate(from = 1, up = killed_steps::v1_to_v2)]
     #[migrate(from = 2, up = killed_steps::v2_to_v3)]
     pub struct Card {
@@ -759,7 +830,10 @@ async fn a_lock_holder_killed_mid_step_is_taken_over() {
     let doomed = Storage::connect(config.clone()).await.unwrap();
     fresh(&doomed, &[(DB, "cards_killed")]).await;
     let t = common::tenant("killed");
-    let coll = doomed.raw().database(DB).collection::<Document>("cards_killed");
+    let coll = doomed
+        .raw()
+        .database(DB)
+        .collection::<Document>("cards_killed");
     let docs: Vec<Document> = (0..N)
         .map(|i| v1_doc("card_id", &format!("c{i:04}"), &t, Some(0)))
         .collect();
@@ -784,7 +858,10 @@ async fn a_lock_holder_killed_mid_step_is_taken_over() {
         if done >= 60 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the holder made no progress");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     task.abort();
@@ -799,7 +876,11 @@ async fn a_lock_holder_killed_mid_step_is_taken_over() {
     let taker = Storage::connect(config).await.unwrap();
     let report = taker.migrate(&plan, MigrateOptions::new()).await.unwrap();
     assert_eq!(report.token, Some(2));
-    assert!(report.waited >= Duration::from_millis(500), "{:?}", report.waited);
+    assert!(
+        report.waited >= Duration::from_millis(500),
+        "{:?}",
+        report.waited
+    );
     let done = coll
         .count_documents(doc! { "_schema_version": 3_i64, "history": history_done() })
         .await
@@ -908,19 +989,31 @@ impl Migration for CopyEmails {
 #[tokio::test]
 async fn the_ledger_refuses_tampered_checksums_and_migrations_record_no_events() {
     let storage = Storage::connect(config("orders")).await.unwrap();
-    fresh(&storage, &[(ORDERS_DB, "orders"), (ORDERS_DB, "order_emails")]).await;
+    fresh(
+        &storage,
+        &[(ORDERS_DB, "orders"), (ORDERS_DB, "order_emails")],
+    )
+    .await;
     let db = storage.raw().database(ORDERS_DB);
-    db.collection::<Document>("caas_outbox").drop().await.unwrap();
+    db.collection::<Document>("caas_outbox")
+        .drop()
+        .await
+        .unwrap();
     let t = common::tenant("orders");
     let docs: Vec<Document> = (0..5)
         .map(|i| v1_doc("order_id", &format!("o{i}"), &t, Some(1)))
         .collect();
-    db.collection::<Document>("orders").insert_many(docs).await.unwrap();
+    db.collection::<Document>("orders")
+        .insert_many(docs)
+        .await
+        .unwrap();
     let runs = Arc::new(AtomicU64::new(0));
-    let plan = Migrations::new().entity::<orders::Order>().data(CopyEmails {
-        revision: "r1",
-        runs: runs.clone(),
-    });
+    let plan = Migrations::new()
+        .entity::<orders::Order>()
+        .data(CopyEmails {
+            revision: "r1",
+            runs: runs.clone(),
+        });
 
     let report = storage.migrate(&plan, MigrateOptions::new()).await.unwrap();
     assert_eq!(report.applied().len(), 4, "{report:#?}");
@@ -950,10 +1043,12 @@ async fn the_ledger_refuses_tampered_checksums_and_migrations_record_no_events()
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
     // The data migration changed after it was applied.
-    let changed = Migrations::new().entity::<orders::Order>().data(CopyEmails {
-        revision: "r2",
-        runs: runs.clone(),
-    });
+    let changed = Migrations::new()
+        .entity::<orders::Order>()
+        .data(CopyEmails {
+            revision: "r2",
+            runs: runs.clone(),
+        });
     let e = storage
         .migrate(&changed, MigrateOptions::new())
         .await
@@ -970,7 +1065,10 @@ async fn the_ledger_refuses_tampered_checksums_and_migrations_record_no_events()
         .collection::<Document>(LEDGER_COLLECTION);
     let name = "schema:caas_migrations_orders_it.orders:Order:1->2";
     ledger_coll
-        .update_one(doc! { "_id": name }, doc! { "$set": { "checksum": "0000000000000000" } })
+        .update_one(
+            doc! { "_id": name },
+            doc! { "$set": { "checksum": "0000000000000000" } },
+        )
         .await
         .unwrap();
     for options in [MigrateOptions::new(), MigrateOptions::new().dry_run()] {
@@ -1024,7 +1122,11 @@ async fn rollbacks_take_documents_down_and_the_ledger_forgets_the_steps() {
         .unwrap();
     let steps: Vec<StepState> = report.entities[0].steps.iter().map(|s| s.state).collect();
     assert_eq!(steps, [StepState::AlreadyApplied, StepState::RolledBack]);
-    let r0 = coll.find_one(doc! { "order_id": "r0" }).await.unwrap().unwrap();
+    let r0 = coll
+        .find_one(doc! { "order_id": "r0" })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r0.get_i64("_schema_version").unwrap(), 2);
     assert_eq!(r0.get_str("mail").unwrap(), "r0@example.com");
     storage
@@ -1034,12 +1136,19 @@ async fn rollbacks_take_documents_down_and_the_ledger_forgets_the_steps() {
         )
         .await
         .unwrap();
-    let mut r0 = coll.find_one(doc! { "order_id": "r0" }).await.unwrap().unwrap();
+    let mut r0 = coll
+        .find_one(doc! { "order_id": "r0" })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r0.remove("_schema_version"), Some(Bson::Int64(1)));
     assert_eq!(r0.get_array("history").unwrap().len(), 0);
     assert_eq!(r0.get_str("name").unwrap(), "Name r0");
     let records = ledger(&storage).await;
-    assert!(!records.iter().any(|d| d.get_str("kind") == Ok("schema")), "{records:#?}");
+    assert!(
+        !records.iter().any(|d| d.get_str("kind") == Ok("schema")),
+        "{records:#?}"
+    );
     assert_eq!(
         records
             .iter()
@@ -1076,8 +1185,11 @@ mod rollback {
     use super::*;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
-    #[repository(database = "caas_migrations_orders_it", collection = "orders_rollback",
-                 schema_version = 3)]
+    #[repository(
+        database = "caas_migrations_orders_it",
+        collection = "orders_rollback",
+        schema_version = 3
+    )]
     #[migrate(from = 1, up = v1_to_v2, down = v2_to_v1)]
     #[migrate(from = 2, up = v2_to_v3, down = v3_to_v2)]
     pub struct Order {

@@ -103,7 +103,11 @@ async fn the_sweeper_deletes_exactly_the_expired_documents_a_batch_per_run() {
         .await
         .unwrap();
     // A cached expired session: its entry goes with it.
-    assert!(sessions.find_by_id(&t, &"e1".into()).await.unwrap().is_some());
+    assert!(sessions
+        .find_by_id(&t, &"e1".into())
+        .await
+        .unwrap()
+        .is_some());
 
     let mut deleted = 0;
     let mut runs = 0;
@@ -176,5 +180,8 @@ async fn where_the_server_has_ttl_indexes_they_expire_documents_not_the_sweeper(
     assert_eq!(report.deleted, 0);
     assert_eq!(sessions.get(&t, &"old".into()).await.unwrap(), old);
     let health = storage.health().await;
-    assert_eq!(health.component("ttl").unwrap().details["mode"], "ttl_index");
+    assert_eq!(
+        health.component("ttl").unwrap().details["mode"],
+        "ttl_index"
+    );
 }

@@ -162,7 +162,10 @@ fn meta(m: &Model) -> TokenStream {
     let schema_steps = m.schema_steps.iter().map(|s| {
         let (from, name, checksum) = (s.from, &s.name, &s.checksum);
         let wrap = |f: &syn::Path| {
-            let span = f.segments.last().map_or_else(proc_macro2::Span::call_site, |seg| seg.ident.span());
+            let span = f
+                .segments
+                .last()
+                .map_or_else(proc_macro2::Span::call_site, |seg| seg.ident.span());
             quote_spanned!(span=> #p::step_fn(#f))
         };
         let up = wrap(&s.up);

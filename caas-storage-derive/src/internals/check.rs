@@ -152,10 +152,9 @@ fn schema_chain(cx: &Ctxt, cont: &Container) -> Vec<StepModel> {
         if let Some(current) = current {
             if v >= current {
                 let fix = match &attrs.schema_version {
-                    Slot::Given(_) => format!(
-                        "raise `schema_version` to {}, or remove this step",
-                        v + 1
-                    ),
+                    Slot::Given(_) => {
+                        format!("raise `schema_version` to {}, or remove this step", v + 1)
+                    }
                     _ => format!(
                         "declare `schema_version = {}` in #[repository(...)] (the default is 1)",
                         v + 1
@@ -219,7 +218,10 @@ fn schema_chain(cx: &Ctxt, cont: &Container) -> Vec<StepModel> {
             .map(|v| format!("{v} -> {}", v + 1))
             .collect();
         if !missing.is_empty() {
-            let span = attrs.schema_version.span().unwrap_or_else(|| cont.ident.span());
+            let span = attrs
+                .schema_version
+                .span()
+                .unwrap_or_else(|| cont.ident.span());
             let first = missing[0].split(' ').next().unwrap_or("1").to_owned();
             cx.error_at(
                 span,

@@ -17,6 +17,9 @@ pub enum FaultPoint {
     OutboxAfterPrepare,
     /// After the entity write, before its outbox events are marked.
     OutboxAfterWrite,
+    /// After a write-behind round applied its batch, before it removes the batch from the
+    /// queue.
+    QueueAfterApply,
 }
 
 /// The armed fault points of one connection layer.

@@ -42,15 +42,11 @@ pub(crate) fn step_name(meta: &EntityMeta, from: u32) -> String {
 
 /// Stored documents of `meta` per schema version (unstamped ones as 1).
 pub(crate) async fn count_by_version(pipeline: &Pipeline) -> Result<BTreeMap<u32, u64>> {
-    let group = vec![doc! { "$group": { "_id": format!("${SCHEMA_VERSION_FIELD}"), "n": { "$sum": 1 } } }];
+    let group =
+        vec![doc! { "$group": { "_id": format!("${SCHEMA_VERSION_FIELD}"), "n": { "$sum": 1 } } }];
     let docs: Vec<Document> = pipeline
         .bounded("count documents per schema version", async {
-            pipeline
-                .docs()
-                .aggregate(group)
-                .await?
-                .try_collect()
-                .await
+            pipeline.docs().aggregate(group).await?.try_collect().await
         })
         .await?
         .map_err(|e| Error::mongo(pipeline.op("count documents per schema version"), e))?;
@@ -136,12 +132,19 @@ pub(crate) async fn migrate_entity(
     let to_rewrite: u64 = report
         .by_version
         .iter()
-        .filter(|(v, _)| if down { **v > target && **v <= current } else { **v < target })
+        .filter(|(v, _)| {
+            if down {
+                **v > target && **v <= current
+            } else {
+                **v < target
+            }
+        })
         .map(|(_, n)| n)
         .sum();
     let progress_name = format!("progress:schema:{}:{target}", identity(meta));
     let saved = run.ledger.progress(&progress_name).await?;
-    let mut by_from = ledger::counts_from_bson(saved.as_ref().and_then(|d| d.get_document("by_from").ok()));
+    let mut by_from =
+        ledger::counts_from_bson(saved.as_ref().and_then(|d| d.get_document("by_from").ok()));
     report.rewritten_before = by_from.values().sum();
     if run.dry_run() || (down && rolled_back && to_rewrite == 0) {
         return Ok(report);

@@ -203,7 +203,8 @@ impl Ledger {
     pub(crate) async fn clear_progress(&self, name: &str) -> Result<()> {
         self.call(
             "clear migration progress",
-            self.coll.delete_one(doc! { "_id": name, "kind": "progress" }),
+            self.coll
+                .delete_one(doc! { "_id": name, "kind": "progress" }),
         )
         .await?;
         Ok(())
@@ -248,7 +249,12 @@ pub(crate) fn host() -> String {
 pub(crate) fn counts_to_bson(counts: &BTreeMap<u32, u64>) -> Document {
     counts
         .iter()
-        .map(|(v, n)| (v.to_string(), Bson::Int64(i64::try_from(*n).unwrap_or(i64::MAX))))
+        .map(|(v, n)| {
+            (
+                v.to_string(),
+                Bson::Int64(i64::try_from(*n).unwrap_or(i64::MAX)),
+            )
+        })
         .collect()
 }
 
@@ -275,7 +281,10 @@ mod tests {
     fn checksums_are_stable_fnv1a() {
         assert_eq!(checksum(""), "cbf29ce484222325");
         assert_eq!(checksum("a"), "af63dc4c8601ec8c");
-        assert_ne!(checksum("Profile:1->2:v1_to_v2"), checksum("Profile:1->2:v1_to_v3"));
+        assert_ne!(
+            checksum("Profile:1->2:v1_to_v2"),
+            checksum("Profile:1->2:v1_to_v3")
+        );
     }
 
     #[test]

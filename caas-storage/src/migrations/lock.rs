@@ -229,7 +229,10 @@ async fn heartbeat(
                 state.last_ok_ms.store(ms, Ordering::Relaxed);
             }
             (Ok(_), Ok(_)) => {
-                tracing::error!(generation, "lost the migration lock: another process took it over");
+                tracing::error!(
+                    generation,
+                    "lost the migration lock: another process took it over"
+                );
                 state.lost.store(true, Ordering::Relaxed);
                 return;
             }

@@ -23,9 +23,7 @@ use crate::migrations::documents;
 use crate::migrations::ledger::{self, checksum, Ledger, Record};
 use crate::migrations::lock::Held;
 use crate::migrations::plan::{identity, MigrateOptions, Migrations, Phase, Progress};
-use crate::migrations::report::{
-    DataReport, IndexReport, MigrationReport, StepReport, StepState,
-};
+use crate::migrations::report::{DataReport, IndexReport, MigrationReport, StepReport, StepState};
 use crate::storage::Storage;
 
 /// The context of one run.
@@ -103,7 +101,8 @@ pub(crate) fn index_step(meta: &EntityMeta) -> (String, String) {
             ix.name,
             keys.join(","),
             if ix.unique { " unique" } else { "" },
-            ix.ttl.map(|t| format!(" ttl={}ms", t.as_millis()))
+            ix.ttl
+                .map(|t| format!(" ttl={}ms", t.as_millis()))
                 .unwrap_or_default()
         ));
     }

@@ -95,7 +95,12 @@ impl Storage {
         let (held, waited) = lock::Lock::new(conn, &host)
             .acquire(conn.config().migrations.lock_wait)
             .await?;
-        tracing::info!(database = ledger.database(), token = held.token(), waited_ms = waited.as_millis() as u64, "migrating");
+        tracing::info!(
+            database = ledger.database(),
+            token = held.token(),
+            waited_ms = waited.as_millis() as u64,
+            "migrating"
+        );
         let run = new_run(Some(&held));
         // What was applied while this process waited for the lock is not applied again.
         let result = match ledger.applied().await {

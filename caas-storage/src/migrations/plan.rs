@@ -39,7 +39,11 @@ impl std::fmt::Debug for Migrations {
             .field("rollbacks", &self.rollbacks)
             .field(
                 "data",
-                &self.data.iter().map(|m| m.name().to_owned()).collect::<Vec<_>>(),
+                &self
+                    .data
+                    .iter()
+                    .map(|m| m.name().to_owned())
+                    .collect::<Vec<_>>(),
             )
             .field("rollback_data", &self.rollback_data)
             .finish()
@@ -72,11 +76,7 @@ impl Migrations {
     }
 
     fn meta(mut self, meta: &'static EntityMeta) -> Self {
-        if !self
-            .entities
-            .iter()
-            .any(|m| identity(m) == identity(meta))
-        {
+        if !self.entities.iter().any(|m| identity(m) == identity(meta)) {
             self.entities.push(meta);
         }
         self

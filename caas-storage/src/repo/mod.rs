@@ -153,11 +153,11 @@ impl<E: Entity> Repository<E> {
         self.pipeline.tenant_filter(tenant, false)
     }
 
-    /// The scope plus `{id: id}`.
-    pub(crate) fn id_filter(&self, tenant: &TenantId, id: &E::Id) -> Result<Document> {
+    /// `{_id: <tenant>:<id>}`: see [`Pipeline::key_filter`].
+    pub(crate) fn key_filter(&self, tenant: &TenantId, id: &E::Id) -> Result<Document> {
         Ok(self
             .pipeline
-            .id_filter(tenant, &document::id_to_bson::<E>(id)?, false))
+            .key_filter(tenant, &document::id_to_bson::<E>(id)?))
     }
 
     /// The tenant scope AND a user filter, which may not name the tenant field.

@@ -34,7 +34,9 @@ use tracing::Instrument;
 use crate::cache::CacheLayer;
 use crate::connection::Connections;
 use crate::consistency::Consistency;
-use crate::document::{self, DELETED_AT_FIELD, INCARNATION_FIELD, SCHEMA_VERSION_FIELD};
+use crate::document::{
+    self, DELETED_AT_FIELD, INCARNATION_FIELD, QUEUE_POSITION_FIELD, SCHEMA_VERSION_FIELD,
+};
 use crate::entity::{CacheStrategy, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::outbox::{EventEnvelope, OutboxStore, WriteKind};
@@ -113,6 +115,9 @@ pub(crate) struct Write<'a> {
     pub route: Route,
     /// The write's time: what declared timestamps are set to.
     pub at: DateTime,
+    /// For a queued write being applied: its queue position ([`document::queue_position`]).
+    /// The write then changes only documents at an earlier position, and records its own.
+    pub queued_at: Option<String>,
 }
 
 impl<'a> Write<'a> {
@@ -125,6 +130,7 @@ impl<'a> Write<'a> {
             extra_events: &[],
             route: Route::ByModel,
             at: DateTime::now(),
+            queued_at: None,
         }
     }
 }
@@ -135,6 +141,7 @@ struct Call<'a> {
     tenant: &'a TenantId,
     extra_events: &'a [EventEnvelope],
     at: DateTime,
+    queued_at: Option<String>,
 }
 
 /// What a write did.
@@ -344,6 +351,13 @@ impl Pipeline {
                 }
                 _ => {}
             }
+            // The key every by-id operation filters on, derived here and nowhere else (a
+            // queued document's `_id` is recomputed too).
+            let key = document::storage_key(
+                w.tenant.as_str(),
+                doc.get(m.id_field).unwrap_or(&Bson::Null),
+            );
+            doc.insert("_id", key);
             if !doc.contains_key(SCHEMA_VERSION_FIELD) {
                 doc.insert(SCHEMA_VERSION_FIELD, schema::stamp(m.schema_version));
             }
@@ -374,6 +388,22 @@ impl Pipeline {
                 }
             }
             Intent::Delete { .. } | Intent::DeleteMatching { .. } => {}
+        }
+        if let Some(pos) = &w.queued_at {
+            match &mut w.intent {
+                Intent::Insert(docs) => {
+                    for doc in docs.iter_mut() {
+                        doc.insert(QUEUE_POSITION_FIELD, pos.as_str());
+                    }
+                }
+                Intent::Replace { doc, .. } | Intent::Upsert { doc, .. } => {
+                    doc.insert(QUEUE_POSITION_FIELD, pos.as_str());
+                }
+                Intent::Patch { set, .. } => {
+                    set.insert(QUEUE_POSITION_FIELD, pos.as_str());
+                }
+                Intent::Delete { .. } | Intent::DeleteMatching { .. } => {}
+            }
         }
         Ok(w)
     }
@@ -451,6 +481,7 @@ impl Pipeline {
             tenant: w.tenant,
             extra_events: w.extra_events,
             at: w.at,
+            queued_at: w.queued_at.clone(),
         };
         match w.intent {
             Intent::Insert(docs) => {
@@ -646,10 +677,46 @@ impl Pipeline {
         let m = self.meta;
         let tenant = w.tenant;
         let Some(vf) = m.version_field else {
+            if let Some(pos) = &w.queued_at {
+                if let Some(now) = self.current(tenant, intent_id(intent), false).await? {
+                    if applied(&now, pos) {
+                        return Ok(Step::Done(already_applied(intent)));
+                    }
+                }
+            }
             return Ok(Step::Write(Box::new(
-                self.plan_unversioned(tenant, intent, w.at).await?,
+                self.plan_unversioned(tenant, intent, w.at, w.queued_at.as_deref())
+                    .await?,
             )));
         };
+        // One round trip: a patch that names no version, of an entity that records no event,
+        // where single-document updates are atomic: the version moves by `$inc` in the update.
+        if let Intent::Patch {
+            id,
+            set,
+            expected: None,
+        } = intent
+        {
+            if m.outbox.is_none()
+                && w.queued_at.is_none()
+                && self.conn().capabilities().atomic_conditional_updates
+            {
+                let update = doc! { "$set": set.clone(), "$inc": { vf: 1_i64 } };
+                let mut filter = self.id_filter(tenant, id, false);
+                let schema_guard = patch_guard(&mut filter, set);
+                return Ok(Step::Write(Box::new(Plan {
+                    raw: RawWrite::Update { filter, update },
+                    event: None,
+                    written: None,
+                    next: 0, // known from the document the update returns
+                    expected: None,
+                    incarnation: None,
+                    claim: None,
+                    shape: Shape::Patched,
+                    schema_guard,
+                })));
+            }
+        }
         // Where the document is now: named by the caller, or read.
         let (id, expected) = match intent {
             Intent::Patch { id, expected, .. } | Intent::Replace { id, expected, .. } => {
@@ -669,6 +736,7 @@ impl Pipeline {
                 deleted: false,
                 created_at: None,
                 incarnation: None,
+                queued: None,
             }),
             Some(v) => match self.current(tenant, id, purge).await? {
                 Some(c) if c.version != v => {
@@ -708,6 +776,11 @@ impl Pipeline {
                 _ => Err(self.not_found(id)),
             };
         };
+        if let Some(pos) = &w.queued_at {
+            if applied(&current, pos) {
+                return Ok(Step::Done(already_applied(intent)));
+            }
+        }
         let from = current.version;
         if i64::try_from(from).is_err() {
             // No stored version can be this (they are int64).
@@ -716,12 +789,51 @@ impl Pipeline {
         let next = from + 1;
         let incarnation = current.incarnation.clone();
         let claim = self.claim(tenant, id, incarnation.as_deref(), from).await?;
-        let mut filter = self.id_filter(tenant, id, purge);
-        filter.insert(vf, document::version_bson(from));
-        if let Some(i) = &incarnation {
-            // Only the incarnation read: never one created since under the same id.
-            filter.insert(INCARNATION_FIELD, i.as_str());
-        }
+        let filter = match &claim {
+            // Conditional updates are atomic: the filter decides. Only the version and the
+            // incarnation read: never one created since under the same id.
+            None => {
+                let mut filter = self.id_filter(tenant, id, purge);
+                filter.insert(vf, document::version_bson(from));
+                if let Some(i) = &incarnation {
+                    filter.insert(INCARNATION_FIELD, i.as_str());
+                }
+                if let Some(pos) = &w.queued_at {
+                    filter.extend(document::not_applied(pos));
+                }
+                filter
+            }
+            // They are not (FerretDB): the claim decides. Now that nobody else can move the
+            // document from `from`, it is read once more by `_id` and written by `_id` alone,
+            // the one filter such a server answers from its key (a version in the filter would
+            // be checked by reading and writing back anyway, not atomically).
+            Some(_) => match self.current(tenant, id, purge).await {
+                Ok(Some(now)) if w.queued_at.as_deref().is_some_and(|p| applied(&now, p)) => {
+                    if let Some(claim) = claim {
+                        claim.release().await;
+                    }
+                    return Ok(Step::Done(already_applied(intent)));
+                }
+                Ok(Some(now)) if now.version == from && now.incarnation == incarnation => {
+                    self.key_filter(tenant, id)
+                }
+                moved => {
+                    if let Some(claim) = claim {
+                        claim.release().await;
+                    }
+                    return match moved {
+                        Err(e) => Err(e),
+                        Ok(None) => match intent {
+                            Intent::Patch { .. } => Ok(Step::Done(Outcome::Patched(None))),
+                            Intent::Delete { .. } => Ok(Step::Done(Outcome::Deleted(0))),
+                            Intent::Replace { .. } => Err(self.not_found(id)),
+                            _ => Err(self.conflict(id, from, None)),
+                        },
+                        Ok(Some(now)) => Err(self.conflict(id, from, Some(now.version))),
+                    };
+                }
+            },
+        };
         let plan = |raw, event, written, shape, claim| Plan {
             raw,
             event,
@@ -790,6 +902,9 @@ impl Pipeline {
                     if let Some(u) = m.updated_at_field {
                         set.insert(u, w.at);
                     }
+                    if let Some(pos) = &w.queued_at {
+                        set.insert(QUEUE_POSITION_FIELD, pos.as_str());
+                    }
                     RawWrite::Update {
                         filter,
                         update: doc! { "$set": set },
@@ -812,8 +927,16 @@ impl Pipeline {
         tenant: &TenantId,
         intent: &Intent,
         at: DateTime,
+        queued_at: Option<&str>,
     ) -> Result<Plan> {
         let m = self.meta;
+        let id_filter = |id: &Bson, include_deleted: bool| {
+            let mut filter = self.id_filter(tenant, id, include_deleted);
+            if let Some(pos) = queued_at {
+                filter.extend(document::not_applied(pos));
+            }
+            filter
+        };
         let plan = |raw, written, shape| Plan {
             raw,
             event: None,
@@ -827,7 +950,7 @@ impl Pipeline {
         };
         Ok(match intent {
             Intent::Patch { id, set, .. } => {
-                let mut filter = self.id_filter(tenant, id, false);
+                let mut filter = id_filter(id, false);
                 let guard = patch_guard(&mut filter, set);
                 Plan {
                     schema_guard: guard,
@@ -847,7 +970,7 @@ impl Pipeline {
                 let upsert = matches!(intent, Intent::Upsert { .. });
                 plan(
                     RawWrite::Replace {
-                        filter: self.id_filter(tenant, id, false),
+                        filter: id_filter(id, false),
                         doc: doc.clone(),
                         upsert,
                     },
@@ -860,11 +983,14 @@ impl Pipeline {
                 )
             }
             Intent::Delete { id, purge } => {
-                let filter = self.id_filter(tenant, id, *purge);
+                let filter = id_filter(id, *purge);
                 let raw = if m.soft_delete && !purge {
                     let mut set = doc! { DELETED_AT_FIELD: at };
                     if let Some(u) = m.updated_at_field {
                         set.insert(u, at);
+                    }
+                    if let Some(pos) = queued_at {
+                        set.insert(QUEUE_POSITION_FIELD, pos);
                     }
                     RawWrite::Update {
                         filter,
@@ -1062,16 +1188,26 @@ impl Pipeline {
         d
     }
 
-    /// The scope plus `{id: id}`.
+    /// `{_id: <tenant>:<id>}` (see [`document::storage_key`]), plus `{_deleted_at: null}` for
+    /// soft-deleting entities unless `include_deleted`: the filter of writes by id.
     pub(crate) fn id_filter(
         &self,
         tenant: &TenantId,
         id: &Bson,
         include_deleted: bool,
     ) -> Document {
-        let mut d = self.tenant_filter(tenant, include_deleted);
-        d.insert(self.meta.id_field, id.clone());
+        let mut d = self.key_filter(tenant, id);
+        if self.meta.soft_delete && !include_deleted {
+            d.insert(DELETED_AT_FIELD, Bson::Null);
+        }
         d
+    }
+
+    /// `{_id: <tenant>:<id>}` alone: the filter of reads by id, which every server answers from
+    /// its primary key. Readers check `_deleted_at` themselves (FerretDB answers a filter with
+    /// any other field by scanning the collection).
+    pub(crate) fn key_filter(&self, tenant: &TenantId, id: &Bson) -> Document {
+        doc! { "_id": document::storage_key(tenant.as_str(), id) }
     }
 
     /// The bound on one driver call of a write: `mongodb.socket_timeout`, and at most a third
@@ -1083,6 +1219,16 @@ impl Pipeline {
             socket
         } else {
             socket.min(super::versions::CLAIM_LEASE / 3)
+        }
+    }
+
+    /// A version conflict on this entity.
+    pub(crate) fn conflict(&self, id: &Bson, expected: u64, actual: Option<u64>) -> Error {
+        Error::VersionConflict {
+            entity: self.meta.name,
+            id: document::id_for_errors(id),
+            expected,
+            actual,
         }
     }
 
@@ -1199,6 +1345,28 @@ fn patch_guard(filter: &mut Document, set: &Document) -> Option<u32> {
     let stamp = schema::stamp_of(set)?;
     filter.insert(SCHEMA_VERSION_FIELD, schema::at_version(stamp));
     Some(stamp)
+}
+
+/// Whether a queued write at `pos` is already reflected in the document.
+fn applied(current: &versions::Current, pos: &str) -> bool {
+    current.queued.as_deref().is_some_and(|at| at >= pos)
+}
+
+/// What a queued write already applied returns when applied again: what it did the first
+/// time, as far as the flusher cares (it only needs to know it is done).
+fn already_applied(intent: &Intent) -> Outcome {
+    match intent {
+        Intent::Patch { .. } => Outcome::Patched(None),
+        Intent::Upsert { .. } => Outcome::Upserted { inserted: false },
+        Intent::Replace { .. } => Outcome::Replaced(None),
+        Intent::Delete { .. } | Intent::DeleteMatching { .. } => Outcome::Deleted(0),
+        Intent::Insert(_) => Outcome::Inserted(Vec::new()),
+    }
+}
+
+/// The id a single-document intent names.
+fn intent_id(intent: &Intent) -> &Bson {
+    intent.id().unwrap_or(&Bson::Null)
 }
 
 fn invalidate(id: Bson) -> Effect {

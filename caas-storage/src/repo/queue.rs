@@ -15,7 +15,7 @@ use mongodb::IndexModel;
 use tokio::sync::OnceCell;
 
 use crate::consistency::Consistency;
-use crate::document;
+use crate::document::{self, QUEUE_POSITION_FIELD};
 use crate::entity::Queueable;
 use crate::error::{Error, Result};
 use crate::repo::pipeline::{Intent, Outcome, Pipeline, Route, Write};
@@ -116,14 +116,15 @@ impl Apply for QueueApplier {
             .collect())
     }
 
-    async fn apply(&self, tenant: &TenantId, op: Op) -> Result<()> {
+    async fn apply(&self, tenant: &TenantId, op: Op, position: &str) -> Result<()> {
         let (operation, intent) = match op {
-            Op::Insert(doc) => {
+            Op::Insert(mut doc) => {
+                doc.insert(QUEUE_POSITION_FIELD, position);
                 return self
                     .insert(tenant, vec![doc])
                     .await?
                     .pop()
-                    .unwrap_or(Ok(()))
+                    .unwrap_or(Ok(()));
             }
             Op::Update { id, set } => (
                 "apply queued update",
@@ -137,10 +138,9 @@ impl Apply for QueueApplier {
             Op::Delete { id } => ("apply queued delete", Intent::Delete { id, purge: false }),
         };
         // A missing document is applied: nothing to update or delete.
-        self.pipeline
-            .write(Write::new(operation, tenant, intent))
-            .await
-            .map(drop)
+        let mut write = Write::new(operation, tenant, intent);
+        write.queued_at = Some(position.to_owned());
+        self.pipeline.write(write).await.map(drop)
     }
 }
 

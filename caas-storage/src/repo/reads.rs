@@ -3,7 +3,9 @@
 //! upgrades documents stored at an older schema version.
 
 use crate::consistency::{CausalToken, Consistency};
-use crate::document;
+use mongodb::bson::{doc, Bson, Document};
+
+use crate::document::{self, DELETED_AT_FIELD};
 use crate::entity::Entity;
 use crate::error::{Component, Error, Result};
 use crate::repo::{Filter, Query, Repository};
@@ -28,6 +30,26 @@ impl<E: Entity> Repository<E> {
         self.read_one("find_by_id", tenant, id, false).await
     }
 
+    /// The stored document with this id, unless soft-deleted: read by `_id` alone (the
+    /// filter every server answers from its key), the deletion checked here.
+    async fn live_document(
+        &self,
+        operation: &'static str,
+        tenant: &TenantId,
+        id: &E::Id,
+        projection: Option<Document>,
+    ) -> Result<Option<Document>> {
+        let mut find = self.docs().find_one(self.key_filter(tenant, id)?);
+        if let Some(p) = projection {
+            find = find.projection(p);
+        }
+        let found = self
+            .bounded(operation, find)
+            .await?
+            .map_err(|e| Error::mongo(self.op(operation), e))?;
+        Ok(found.filter(|d| matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null))))
+    }
+
     /// Like [`find_by_id`](Self::find_by_id), with secret fields included (e.g. to check a
     /// password hash). Never cached.
     pub async fn find_by_id_with_secrets(
@@ -39,8 +61,9 @@ impl<E: Entity> Repository<E> {
             .await
     }
 
-    /// One document from MongoDB, upgraded to the entity's schema version if it is older (and
-    /// written back so, if `migrations.write_back_on_read` says so).
+    /// One live document from MongoDB (by `_id`, through [`live_document`](Self::live_document)),
+    /// upgraded to the entity's schema version if it is older (and written back so, if
+    /// `migrations.write_back_on_read` says so).
     async fn read_one(
         &self,
         operation: &'static str,
@@ -48,24 +71,17 @@ impl<E: Entity> Repository<E> {
         id: &E::Id,
         with_secrets: bool,
     ) -> Result<Option<E>> {
-        let mut find = self.raw().find_one(self.id_filter(tenant, id)?);
-        if let Some(p) = document::projection(E::META, with_secrets) {
-            find = find.projection(p);
-        }
-        let Some(raw) = self
-            .bounded(operation, find)
+        let projection = document::projection(E::META, with_secrets);
+        let Some(doc) = self
+            .live_document(operation, tenant, id, projection)
             .await?
-            .map_err(|e| Error::mongo(self.op(operation), e))?
         else {
             return Ok(None);
         };
-        let read = schema::decode_raw::<E>(&raw, with_secrets)?;
-        if read.upgraded_from.is_some() {
-            if let Ok(Some(key)) = raw.get("_id") {
-                if let Ok(key) = mongodb::bson::Bson::try_from(key) {
-                    self.pipeline().write_back(vec![key]).await;
-                }
-            }
+        let key = doc.get("_id").cloned();
+        let read = schema::decode_doc::<E>(doc, with_secrets)?;
+        if let (Some(_), Some(key)) = (read.upgraded_from, key) {
+            self.pipeline().write_back(vec![key]).await;
         }
         Ok(Some(read.entity))
     }
@@ -144,12 +160,11 @@ impl<E: Entity> Repository<E> {
 
     /// Whether an entity with this id exists in this tenant.
     pub async fn exists(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
-        let filter = self.id_filter(tenant, id)?;
-        let n = self
-            .bounded("exists", self.docs().count_documents(filter).limit(1))
+        let projection = doc! { "_id": 1, DELETED_AT_FIELD: 1 };
+        Ok(self
+            .live_document("exists", tenant, id, Some(projection))
             .await?
-            .map_err(|e| Error::mongo(self.op("exists"), e))?;
-        Ok(n > 0)
+            .is_some())
     }
 
     /// How many entities of this tenant match `filter`.

@@ -135,7 +135,6 @@ impl Pipeline {
             doc: stored,
             upsert: false,
         };
-        let dbg_t = std::time::Instant::now();
         let r = apply::exec(
             m,
             self.docs(),
@@ -145,7 +144,6 @@ impl Pipeline {
             None,
         )
         .await;
-        if dbg_t.elapsed() > std::time::Duration::from_millis(500) { eprintln!("DBG slow replace {:?} filter {:?} -> {:?}", dbg_t.elapsed(), write, r.as_ref().map(|_| ())); }
         if let Some(claim) = claim {
             match &r {
                 Err(Error::Timeout { .. } | Error::Mongo { .. }) => claim.keep(),
@@ -159,9 +157,7 @@ impl Pipeline {
             Err(_) => true,
         };
         if rewritten {
-            self.cache()
-                .after_write(m, &tenant, &id, None, None)
-                .await;
+            self.cache().after_write(m, &tenant, &id, None, None).await;
         }
         r?;
         Ok(if rewritten {
@@ -175,7 +171,10 @@ impl Pipeline {
     /// it is older. For reads that upgraded what they read (which may have been a projection).
     pub(crate) async fn upgrade_stored(&self, key: &Bson) -> Result<Rewrite> {
         let stored = self
-            .bounded("read for a schema rewrite", self.docs().find_one(doc! { "_id": key }))
+            .bounded(
+                "read for a schema rewrite",
+                self.docs().find_one(doc! { "_id": key }),
+            )
             .await?
             .map_err(|e| Error::mongo(self.op("read for a schema rewrite"), e))?;
         match stored {

@@ -18,7 +18,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::Collection;
 
 pub use crate::document::CLAIM_LEASE;
-use crate::document::{self, DELETED_AT_FIELD, INCARNATION_FIELD};
+use crate::document::{self, DELETED_AT_FIELD, INCARNATION_FIELD, QUEUE_POSITION_FIELD};
 use crate::error::{duplicate_key_message, Error, Result};
 use crate::repo::pipeline::Pipeline;
 use crate::tenant::TenantId;
@@ -35,6 +35,8 @@ pub(crate) struct Current {
     /// Its incarnation (entities with an outbox; `None` for documents stored before
     /// incarnations existed).
     pub incarnation: Option<String>,
+    /// The queue position of the last queued write applied to it.
+    pub queued: Option<String>,
 }
 
 impl Pipeline {
@@ -47,28 +49,33 @@ impl Pipeline {
         include_deleted: bool,
     ) -> Result<Option<Current>> {
         let meta = self.meta();
-        let mut projection = doc! { "_id": 0, DELETED_AT_FIELD: 1, INCARNATION_FIELD: 1 };
+        let mut projection =
+            doc! { "_id": 0, DELETED_AT_FIELD: 1, INCARNATION_FIELD: 1, QUEUE_POSITION_FIELD: 1 };
         if let Some(vf) = meta.version_field {
             projection.insert(vf, 1);
         }
         if let Some(c) = meta.created_at_field {
             projection.insert(c, 1);
         }
-        let filter = self.id_filter(tenant, id, include_deleted);
         let found = self
             .bounded(
                 "read version",
-                self.docs().find_one(filter).projection(projection),
+                self.docs()
+                    .find_one(self.key_filter(tenant, id))
+                    .projection(projection),
             )
             .await?
             .map_err(|e| Error::mongo(self.op("read version"), e))?;
+        let deleted = |d: &Document| !matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null));
+        let found = found.filter(|d| include_deleted || !deleted(d));
         Ok(found.map(|d| Current {
             version: meta
                 .version_field
                 .map_or(0, |vf| document::stored_u64(&d, vf)),
-            deleted: !matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null)),
+            deleted: deleted(&d),
             created_at: meta.created_at_field.and_then(|c| d.get(c).cloned()),
             incarnation: document::incarnation_of(&d),
+            queued: d.get_str(QUEUE_POSITION_FIELD).ok().map(str::to_owned),
         }))
     }
 

@@ -9,6 +9,7 @@ use mongodb::bson::Document;
 use super::entry::{self, Entry, Op};
 use super::{redis_err, Shared};
 use crate::connection::RedisConnection;
+use crate::document;
 use crate::error::{Error, Result};
 use crate::tenant::TenantId;
 
@@ -139,7 +140,14 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
             i += run.len();
             continue;
         }
-        match applier.apply(&entry.tenant, entry.op.clone()).await {
+        let Some(position) = document::queue_position(&read.id) else {
+            // Redis made every id of this stream: never without a position.
+            break;
+        };
+        match applier
+            .apply(&entry.tenant, entry.op.clone(), &position)
+            .await
+        {
             Ok(()) => done.push(read.id.clone()),
             Err(e) if settled_for_good(&mut conn, key, read, &e, shared).await? => {
                 done.push(read.id.clone());
@@ -152,6 +160,9 @@ pub(crate) async fn round(shared: &Shared, key: &str) -> Result<usize> {
         i += 1;
     }
     if !done.is_empty() {
+        shared
+            .conn
+            .fault(crate::connection::FaultPoint::QueueAfterApply)?;
         // Deleted only while the lease is still this round's.
         let mut ack = ACK.key(key);
         ack.key(owner_key(key)).arg(&shared.token);
@@ -215,12 +226,16 @@ async fn apply_inserts(applier: &dyn super::Apply, run: &[Read]) -> Result<Vec<R
         else {
             continue;
         };
+        let mut doc = doc.clone();
+        if let Some(position) = document::queue_position(&read.id) {
+            doc.insert(document::QUEUE_POSITION_FIELD, position);
+        }
         match by_tenant.iter_mut().find(|(t, _, _)| t == tenant) {
             Some((_, positions, docs)) => {
                 positions.push(i);
-                docs.push(doc.clone());
+                docs.push(doc);
             }
-            None => by_tenant.push((tenant.clone(), vec![i], vec![doc.clone()])),
+            None => by_tenant.push((tenant.clone(), vec![i], vec![doc])),
         }
     }
     let mut results: Vec<Option<Result<()>>> = run.iter().map(|_| None).collect();

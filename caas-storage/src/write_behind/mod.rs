@@ -56,13 +56,16 @@ pub struct QueueLag {
 /// its repository. See the module docs.
 #[async_trait]
 pub(crate) trait Apply: Send + Sync {
-    /// Inserts `docs`, all of `tenant`. Fails as a whole only when nothing can be said of any
-    /// document (a fault); otherwise one result per document, `Ok` when the document is in the
-    /// database now (inserted, or already there from an earlier attempt).
+    /// Inserts `docs`, all of `tenant`, each stamped with its queue position. Fails as a whole
+    /// only when nothing can be said of any document (a fault); otherwise one result per
+    /// document, `Ok` when the document is in the database now (inserted, or already there
+    /// from an earlier attempt).
     async fn insert(&self, tenant: &TenantId, docs: Vec<Document>) -> Result<Vec<Result<()>>>;
 
-    /// Applies one update, upsert or delete of `tenant`.
-    async fn apply(&self, tenant: &TenantId, op: Op) -> Result<()>;
+    /// Applies one update, upsert or delete of `tenant`, queued at `position`
+    /// (`document::queue_position`): only to a document at an earlier position, so that
+    /// applying it again changes nothing.
+    async fn apply(&self, tenant: &TenantId, op: Op, position: &str) -> Result<()>;
 }
 
 /// The write-behind queues of one `Storage` handle. Reach it with `Storage::write_behind`.
