@@ -27,6 +27,7 @@ use caas_storage::StepResult;
 use futures::TryStreamExt;
 
 const DB: &str = "caas_migrations_it";
+const BULK_DB: &str = "caas_migrations_bulk_it";
 
 // ---- the chain every test entity has: v1 {name, mail} -> v2 {full_name, mail} -> v3 {full_name,
 // email}; each step appends to `history`, so a stored document shows every step that ran on it.
@@ -96,10 +97,11 @@ counted_steps!(bulk_steps);
 counted_steps!(fleet_steps);
 counted_steps!(killed_steps);
 
-/// A version 1 document, as the seed wrote them (no `_schema_version`).
+/// A version 1 document, as the seed wrote them (no `_schema_version`), keyed as the runtime
+/// keys documents (`_id = "<tenant>:<id>"`).
 fn v1_doc(id_field: &str, id: &str, tenant: &TenantId, version: Option<i64>) -> Document {
     let mut d = doc! {
-        id_field: id, "tenant_id": tenant.as_str(),
+        "_id": format!("{}:{id}", tenant.as_str()), id_field: id, "tenant_id": tenant.as_str(),
         "name": format!("Name {id}"), "mail": format!("{}@Example.COM", id.to_uppercase()),
     };
     if let Some(v) = version {
@@ -301,7 +303,7 @@ async fn version_1_documents_read_through_a_version_3_entity_from_every_tier() {
 
     // Nothing was written back (migrations.write_back_on_read is off by default).
     let stored = profiles(&storage)
-        .find_one(doc! { "profile_id": "p-mongo" })
+        .find_one(doc! { "profile_id": "p-mongo", "tenant_id": t.as_str() })
         .await
         .unwrap()
         .unwrap();
@@ -381,15 +383,11 @@ async fn an_entry_a_newer_release_put_is_a_miss_and_a_newer_document_an_error() 
         Err(Error::FutureSchemaVersion { stored: 4, .. })
     ));
     let stored = profiles(&storage)
-        .find_one(doc! { "profile_id": "p-future" })
+        .find_one(doc! { "_id": future.get_str("_id").unwrap() })
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stored, {
-        let mut f = future;
-        f.insert("_id", stored.get("_id").cloned().unwrap());
-        f
-    });
+    assert_eq!(stored, future);
 }
 
 #[tokio::test]
@@ -400,9 +398,10 @@ async fn every_write_stamps_the_version_and_patches_upgrade_older_documents_firs
     let new = v3::ProfileRepository::new(&storage);
     let stamp = |id: &'static str| {
         let storage = storage.clone();
+        let t = t.clone();
         async move {
             let d = profiles(&storage)
-                .find_one(doc! { "profile_id": id })
+                .find_one(doc! { "profile_id": id, "tenant_id": t.as_str() })
                 .await
                 .unwrap()
                 .unwrap();
@@ -501,7 +500,7 @@ async fn reads_write_upgraded_documents_back_when_configured() {
     let read = new.find_by_id(&t, &"p-back".into()).await.unwrap();
     assert_eq!(read, Some(expected_v3("p-back", &t, 9)));
     let stored = profiles(&storage)
-        .find_one(doc! { "profile_id": "p-back" })
+        .find_one(doc! { "profile_id": "p-back", "tenant_id": t.as_str() })
         .await
         .unwrap()
         .unwrap();
@@ -520,7 +519,7 @@ mod bulk {
     /// No version field, no cache: one write per document.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
     #[repository(
-        database = "caas_migrations_it",
+        database = "caas_migrations_bulk_it",
         collection = "notes_bulk",
         schema_version = 3
     )]
@@ -559,11 +558,13 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
     const N: usize = 10_000;
     let config = config("bulk");
     let (first, first_writes) = counting(config.clone(), "notes_bulk").await;
-    fresh(&first, &[(DB, "notes_bulk")]).await;
+    // A database of its own, dropped first: a fresh file on FerretDB's SQLite backend.
+    first.raw().database(BULK_DB).drop().await.unwrap();
+    fresh(&first, &[(BULK_DB, "notes_bulk")]).await;
     let t = common::tenant("bulk");
     let coll = first
         .raw()
-        .database(DB)
+        .database(BULK_DB)
         .collection::<Document>("notes_bulk");
     let started = std::time::Instant::now();
     // A third of them already at version 2, as a half-finished hand-run script left them.

@@ -798,7 +798,8 @@ fn migrate_key(cx: &Ctxt, step: &mut Migrate, meta: &ParseNestedMeta) -> syn::Re
                     cx.error_spanned_by(
                         &other,
                         format!(
-                            "`{key}` names a function `fn(&mut Document) -> StepResult`, found                              {}: write `{example}`",
+                            "`{key}` names a function `fn(&mut Document) -> StepResult`, found \
+                             {}: write `{example}`",
                             describe(&other)
                         ),
                     );

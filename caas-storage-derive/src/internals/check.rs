@@ -174,7 +174,8 @@ fn schema_chain(cx: &Ctxt, cont: &Container) -> Vec<StepModel> {
             cx.error_at(
                 from.span,
                 format!(
-                    "duplicate step from version {v}: `{}` already takes documents from {v} to {};                      each version has one step",
+                    "duplicate step from version {v}: `{}` already takes documents from {v} to {}; \
+                     each version has one step",
                     first.name,
                     v + 1
                 ),
@@ -185,7 +186,8 @@ fn schema_chain(cx: &Ctxt, cont: &Container) -> Vec<StepModel> {
             cx.error_at(
                 from.span,
                 format!(
-                    "steps are declared in order, oldest first: `from = {v}` comes before                      `from = {p}`"
+                    "steps are declared in order, oldest first: `from = {v}` comes before \
+                     `from = {p}`"
                 ),
             );
         }
@@ -226,7 +228,8 @@ fn schema_chain(cx: &Ctxt, cont: &Container) -> Vec<StepModel> {
             cx.error_at(
                 span,
                 format!(
-                    "`schema_version = {current}` needs a step from every older version; missing:                      {} (add e.g. `#[migrate(from = {first}, up = v{first}_to_v{})]`)",
+                    "`schema_version = {current}` needs a step from every older version; missing: \
+                     {} (add e.g. `#[migrate(from = {first}, up = v{first}_to_v{})]`)",
                     missing.join(", "),
                     first.parse::<u32>().unwrap_or(1) + 1
                 ),

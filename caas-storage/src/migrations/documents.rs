@@ -29,7 +29,7 @@ use crate::repo::upgrade::Rewrite;
 use crate::schema::{self, UNSTAMPED};
 
 /// Rewrites in flight at once within a batch.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 4;
 
 /// Batches in a row that rewrote nothing (every document found was being written by someone
 /// else) before the run gives up.

@@ -64,14 +64,16 @@ impl Pipeline {
                 .unwrap_or_else(|| Bson::Document(doc! { "$exists": false }));
             (vf, value, document::stored_u64(&stored, vf))
         });
-        let Some(from) = schema::convert(m, &mut stored, to)? else {
+        if schema::version_of(&stored) == to {
             return Ok(Rewrite::Current);
-        };
+        }
+        // The tenant and id as stored: the claim is taken before the steps run, so a document
+        // another writer holds costs no step runs (they run once per document rewritten).
         let tenant = match stored.get(m.tenant_field) {
             Some(Bson::String(t)) => TenantId::new(t.as_str())?,
             _ => {
                 return Err(codec(format!(
-                    "the document has no tenant `{}` after its schema steps",
+                    "the stored document has no tenant `{}`",
                     m.tenant_field
                 )))
             }
@@ -79,7 +81,7 @@ impl Pipeline {
         let id = match stored.get(m.id_field) {
             None | Some(Bson::Null) => {
                 return Err(codec(format!(
-                    "the document has no id `{}` after its schema steps",
+                    "the stored document has no id `{}`",
                     m.id_field
                 )))
             }
@@ -99,6 +101,15 @@ impl Pipeline {
                 }
             }
             None => None,
+        };
+        let from = match schema::convert(m, &mut stored, to) {
+            Ok(Some(from)) => from,
+            converted => {
+                if let Some(claim) = claim {
+                    claim.release().await;
+                }
+                return converted.map(|_| Rewrite::Current);
+            }
         };
         if let Some((vf, value, _)) = read_version {
             filter.insert(vf, value);
@@ -135,15 +146,15 @@ impl Pipeline {
             doc: stored,
             upsert: false,
         };
-        let r = apply::exec(
-            m,
-            self.docs(),
-            "schema rewrite",
-            self.write_bound(),
-            &write,
-            None,
-        )
-        .await;
+        // Under a claim the write must end well within the claim's lease; without one the
+        // socket timeout bounds it (FerretDB can take seconds to rewrite a document that grew,
+        // in a large collection under load).
+        let bound = if claim.is_some() {
+            self.write_bound()
+        } else {
+            self.conn().config().mongodb.socket_timeout
+        };
+        let r = apply::exec(m, self.docs(), "schema rewrite", bound, &write, None).await;
         if let Some(claim) = claim {
             match &r {
                 Err(Error::Timeout { .. } | Error::Mongo { .. }) => claim.keep(),
