@@ -297,3 +297,24 @@ fn manager(config: &StorageConfig, db: u8) -> Result<ConnectionManager> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_config(url: &str) -> StorageConfig {
+        let mut c = StorageConfig::default();
+        c.redis.url = url.into();
+        c.redis.cluster_nodes = vec!["10.0.0.1:7000".into(), "10.0.0.2:7001".into()];
+        c
+    }
+
+    #[test]
+    fn the_pubsub_connection_of_a_cluster_keeps_the_credentials_of_the_url() {
+        let client = pubsub_client(&cluster_config("redis://app:s3cret@seed:6379/")).unwrap();
+        let info = client.get_connection_info();
+        assert_eq!(info.addr().to_string(), "10.0.0.1:7000");
+        assert_eq!(info.redis_settings().username(), Some("app"));
+        assert_eq!(info.redis_settings().password(), Some("s3cret"));
+    }
+}
