@@ -342,8 +342,10 @@ fn node_info(base: &ConnectionInfo, node: &str) -> Result<ConnectionInfo> {
 fn tls_certificates(config: &StorageConfig) -> Result<Option<TlsCertificates>> {
     let r = &config.redis;
     let read = |key: &'static str, path: &Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::config(key, format!("cannot read {}: {e}", path.display())))
+        std::fs::read(path).map_err(|e| {
+            let reason = format!("cannot read {}: {e}", path.display());
+            Error::config(key, crate::redact::scrub(&reason, config.credentials()))
+        })
     };
     let root_cert = match &r.tls_ca_file {
         Some(p) => Some(read("redis.tls_ca_file", p)?),
