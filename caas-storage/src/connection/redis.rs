@@ -337,25 +337,52 @@ fn node_info(base: &ConnectionInfo, node: &str) -> Result<ConnectionInfo> {
     Ok(base.clone().set_addr(addr).set_redis_settings(settings))
 }
 
-/// The CA and client certificate of `redis.tls_*`, read now (an unreadable file is an error
-/// naming its key); `None` when none is configured (the system's roots, no client certificate).
+/// The CA and client certificate of `redis.tls_*`, read and checked now (an unreadable file,
+/// or one without a PEM certificate or key, is an error naming its key); `None` when none is
+/// configured (the system's roots, no client certificate).
 fn tls_certificates(config: &StorageConfig) -> Result<Option<TlsCertificates>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
     let r = &config.redis;
+    let fail = |key: &'static str, reason: String| {
+        Error::config(key, crate::redact::scrub(&reason, config.credentials()))
+    };
     let read = |key: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|e| {
-            let reason = format!("cannot read {}: {e}", path.display());
-            Error::config(key, crate::redact::scrub(&reason, config.credentials()))
-        })
+        std::fs::read(path).map_err(|e| fail(key, format!("cannot read {}: {e}", path.display())))
+    };
+    let certificates = |key: &'static str, path: &Path| {
+        let pem = read(key, path)?;
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| fail(key, format!("{}: {e}", path.display())))?
+            .len();
+        if n == 0 {
+            return Err(fail(
+                key,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Ok(pem)
     };
     let root_cert = match &r.tls_ca_file {
-        Some(p) => Some(read("redis.tls_ca_file", p)?),
+        Some(p) => Some(certificates("redis.tls_ca_file", p)?),
         None => None,
     };
     let client_tls = match (&r.tls_cert_file, &r.tls_key_file) {
-        (Some(cert), Some(key)) => Some(ClientTlsConfig {
-            client_cert: read("redis.tls_cert_file", cert)?,
-            client_key: read("redis.tls_key_file", key)?,
-        }),
+        (Some(cert), Some(key_path)) => {
+            let client_key = read("redis.tls_key_file", key_path)?;
+            if PrivateKeyDer::from_pem_slice(&client_key).is_err() {
+                return Err(fail(
+                    "redis.tls_key_file",
+                    format!("{} holds no PEM private key", key_path.display()),
+                ));
+            }
+            Some(ClientTlsConfig {
+                client_cert: certificates("redis.tls_cert_file", cert)?,
+                client_key,
+            })
+        }
         _ => None,
     };
     if root_cert.is_none() && client_tls.is_none() {
@@ -460,5 +487,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+
+        // A file that is not PEM: named by its key too.
+        let not_pem = std::env::temp_dir().join(format!("caas-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let mut c = StorageConfig::default();
+        c.redis.url = "rediss://:pw@cache:6380/".into();
+        c.redis.tls_ca_file = Some(not_pem.clone());
+        let bad_ca = client(&c, 0).map(drop);
+        c.redis.tls_ca_file = None;
+        c.redis.tls_cert_file = Some(not_pem.clone());
+        c.redis.tls_key_file = Some(not_pem.clone());
+        let bad_key = client(&c, 0).map(drop);
+        for (result, want) in [
+            (bad_ca, "redis.tls_ca_file"),
+            (bad_key, "redis.tls_key_file"),
+        ] {
+            match result {
+                Err(Error::Config { key, reason }) => {
+                    assert_eq!(key, want, "{reason}");
+                    assert!(reason.contains("no PEM"), "{reason}");
+                }
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_file(not_pem);
     }
 }
