@@ -330,8 +330,9 @@ impl<'s> RawClients<'s> {
         self.conn.redis_cache_for(database)
     }
 
-    /// The shared idempotent Kafka producer.
-    pub fn kafka_producer(self) -> &'s rdkafka::producer::FutureProducer {
+    /// The shared idempotent Kafka producer (its [`KafkaContext`](crate::KafkaContext) logs
+    /// librdkafka's errors through `tracing`).
+    pub fn kafka_producer(self) -> &'s rdkafka::producer::FutureProducer<crate::KafkaContext> {
         self.conn.kafka()
     }
 }
