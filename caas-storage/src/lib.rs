@@ -33,6 +33,7 @@
 
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod cache;
 pub mod capabilities;
 pub mod config;
@@ -60,7 +61,7 @@ pub use connection::FaultPoint;
 pub use connection::{KafkaContext, RedisConnection};
 pub use consistency::{CausalToken, Consistency};
 pub use document::{DELETED_AT_FIELD, INCARNATION_FIELD, OP_FIELD, SCHEMA_VERSION_FIELD};
-pub use entity::{Entity, Queueable};
+pub use entity::{Entity, Mutable, Queueable};
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
@@ -99,7 +100,8 @@ pub mod prelude {
 pub mod __private_0_1_0 {
     pub use crate::consistency::Consistency;
     pub use crate::entity::{
-        CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec, Queueable,
+        CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, Mutable, OutboxSpec,
+        Queueable,
     };
     pub use crate::error::{Error, Result};
     pub use crate::index::{IndexKey, IndexSpec, SortDirection};

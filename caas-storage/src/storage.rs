@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mongodb::event::command::CommandStartedEvent;
 
+use crate::audit::{AuditLog, AuditOptions};
 use crate::cache::CacheLayer;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
@@ -191,6 +192,12 @@ impl Storage {
     /// cannot be configured.
     pub fn outbox_relay(&self, options: RelayOptions) -> Result<OutboxRelay> {
         OutboxRelay::new(&self.inner.conn, options)
+    }
+
+    /// The hash-chained audit log described by `options` (see `docs/audit.md`). Fails, naming
+    /// the option, on invalid options.
+    pub fn audit_log(&self, options: AuditOptions) -> Result<AuditLog> {
+        AuditLog::new(&self.inner.conn, options)
     }
 
     /// A consumer-side deduplicator keeping its records in MongoDB database `database`.

@@ -55,6 +55,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         Slot::Absent | Slot::Given(_) => Some(consistency),
     };
     check_write_behind(cx, cont, rules_consistency);
+    check_append_only(cx, cont);
 
     let fields = cont.fields.as_deref()?;
     check_not_stored(cx, fields);
@@ -108,6 +109,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         consistency,
         schema_version: attrs.schema_version.value().copied().unwrap_or(1),
         soft_delete: attrs.soft_delete.is_written(),
+        append_only: attrs.append_only.is_written(),
         cache: cache_model(&attrs.cache),
         outbox: outbox_model(cont, &attrs.outbox),
         fields: fields.iter().filter(|f| f.is_stored()).collect(),
@@ -123,6 +125,18 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         queueable: !attrs.outbox.is_written()
             && !fields.iter().any(|f| f.attrs.secret.is_written()),
     })
+}
+
+/// `append_only` entities are never deleted, so `soft_delete` on one is a contradiction.
+fn check_append_only(cx: &Ctxt, cont: &Container) {
+    let attrs = &cont.attrs;
+    if let (true, Some(span)) = (attrs.append_only.is_written(), attrs.soft_delete.span()) {
+        cx.error_at(
+            span,
+            "`soft_delete` contradicts `append_only`: entries of an append-only entity are never \
+             deleted, softly or otherwise; remove one of the two",
+        );
+    }
 }
 
 /// `strategy = write_behind` needs `consistency = eventual` (not checked when the model

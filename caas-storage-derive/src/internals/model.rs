@@ -27,6 +27,8 @@ pub struct Model<'a> {
     pub schema_version: u32,
     /// Whether deletes are soft.
     pub soft_delete: bool,
+    /// Whether the entity is `append_only` (no `Mutable` impl: inserted and read only).
+    pub append_only: bool,
     /// Cache policy.
     pub cache: Option<CacheModel>,
     /// Outbox policy.
