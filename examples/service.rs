@@ -12,7 +12,6 @@ use caas_storage::outbox::{envelope_from_message, RelayOptions};
 use caas_storage::prelude::*;
 use caas_storage::HealthStatus;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::ClientConfig;
 
 /// Accounts: strong consistency, cached in Redis (version-fenced), the password hash never
 /// leaves the database unless asked for.
@@ -272,8 +271,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .expect("exists");
     let token = conversations.causal_token(&acme, &renamed);
     assert!(conversations.delete(&acme, &"c-1".to_owned()).await?);
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &storage.config().kafka.brokers)
+    // Connected as the relay's producer is: brokers and any security settings (SASL, TLS).
+    let consumer: StreamConsumer = storage
+        .config()
+        .kafka
+        .client_config()
         .set("group.id", format!("demo-{run}"))
         .set("auto.offset.reset", "earliest")
         .create()?;

@@ -25,6 +25,9 @@
 //! | `redis.response_timeout` | `CAAS_REDIS_RESPONSE_TIMEOUT` | `2s` |
 //! | `redis.key_prefix` | `CAAS_REDIS_KEY_PREFIX` | empty |
 //! | `redis.cluster_nodes` | `CAAS_REDIS_CLUSTER_NODES` (comma-separated) | empty: not a cluster |
+//! | `redis.tls_ca_file` | `CAAS_REDIS_TLS_CA_FILE` | none: the system's roots |
+//! | `redis.tls_cert_file` | `CAAS_REDIS_TLS_CERT_FILE` | none: no client certificate |
+//! | `redis.tls_key_file` | `CAAS_REDIS_TLS_KEY_FILE` | none |
 //! | `redis.databases.platform_cache` | `CAAS_REDIS_DB_PLATFORM_CACHE` | 0 |
 //! | `redis.databases.sessions` | `CAAS_REDIS_DB_SESSIONS` | 4 |
 //! | `redis.databases.rate_limiting` | `CAAS_REDIS_DB_RATE_LIMITING` | 5 |
@@ -35,7 +38,7 @@
 //! | `kafka.acks` | `CAAS_KAFKA_ACKS` | `all` |
 //! | `kafka.enable_idempotence` | `CAAS_KAFKA_ENABLE_IDEMPOTENCE` | `true` |
 //! | `kafka.message_timeout` | `CAAS_KAFKA_MESSAGE_TIMEOUT` | `30s` |
-//! | `kafka.properties` (table) | none | empty: extra librdkafka settings |
+//! | `kafka.properties.NAME` (table) | `CAAS_KAFKA_PROPERTY_NAME` (`_` for `.`: `CAAS_KAFKA_PROPERTY_SASL_PASSWORD` sets `sasl.password`) | empty: extra librdkafka settings |
 //! | `cache.op_timeout` | `CAAS_CACHE_OP_TIMEOUT` | `250ms` |
 //! | `cache.breaker_failures` | `CAAS_CACHE_BREAKER_FAILURES` | 3 |
 //! | `cache.breaker_cooldown` | `CAAS_CACHE_BREAKER_COOLDOWN` | `1s` |
@@ -69,9 +72,15 @@
 //! | `ttl.batch_size` | `CAAS_TTL_BATCH_SIZE` | 1000 |
 //!
 //! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
+//!
+//! TLS and credentials: in `mongodb.uri` (`mongodb://user:pw@host/?tls=true&tlsCAFile=...`),
+//! in `redis.url` (`rediss://user:pw@host/`, with `redis.tls_*` for a private CA or a client
+//! certificate; a cluster's nodes and the pub/sub connection use them too) and in
+//! `kafka.properties` (`security.protocol`, `sasl.*`, `ssl.*`). `docs/security.md` has
+//! examples of each. Passwords are masked wherever the configuration is printed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -181,10 +190,32 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Which logical database serves which purpose.
     pub databases: RedisDatabases,
-    /// Redis Cluster seed nodes (`host:port`). When set, `url` only supplies credentials and
-    /// TLS, every purpose shares the cluster's database 0, and keys keep purposes apart.
+    /// Redis Cluster seed nodes (`host:port`). When set, `url` only supplies the scheme
+    /// (`rediss://` for TLS), the username, the password and the protocol, which every node
+    /// connection (and the pub/sub connection) uses; every purpose shares the cluster's
+    /// database 0, and keys keep purposes apart.
     #[serde(deserialize_with = "list")]
     pub cluster_nodes: Vec<String>,
+    /// PEM file of the certificate authorities a `rediss://` server's certificate must chain
+    /// to, instead of the system's roots (a private CA). Only with `rediss://`.
+    #[serde(
+        deserialize_with = "optional_path",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate presented to a `rediss://` server that asks for one
+    /// (`tls-auth-clients yes`); needs `tls_key_file`.
+    #[serde(
+        deserialize_with = "optional_path",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of the private key of `tls_cert_file`.
+    #[serde(
+        deserialize_with = "optional_path",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -198,6 +229,9 @@ impl Default for RedisConfig {
             key_prefix: String::new(),
             databases: RedisDatabases::default(),
             cluster_nodes: Vec::new(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -289,7 +323,12 @@ pub struct KafkaConfig {
     /// How long the producer keeps trying to deliver one message.
     #[serde(with = "duration_text")]
     pub message_timeout: Duration,
-    /// Extra librdkafka producer properties, passed through as given.
+    /// Extra librdkafka properties, passed through as given to every Kafka client the runtime
+    /// makes (the producer, the relay's admin client) and to
+    /// [`client_config`](Self::client_config) for your consumers; they win over the settings
+    /// above. Security goes here: `security.protocol` (`SASL_PLAINTEXT`, `SASL_SSL`, `SSL`),
+    /// `sasl.mechanism` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`), `sasl.username`,
+    /// `sasl.password`, `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`, ...
     #[serde(serialize_with = "masked_properties")]
     pub properties: BTreeMap<String, String>,
 }
@@ -552,6 +591,9 @@ impl std::fmt::Debug for RedisConfig {
             .field("key_prefix", &self.key_prefix)
             .field("databases", &self.databases)
             .field("cluster_nodes", &self.cluster_nodes)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
@@ -780,6 +822,44 @@ impl StorageConfig {
                 format!("{bad:?} is not host:port"),
             ));
         }
+        let tcp = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+        if !r.cluster_nodes.is_empty() && !tcp {
+            return Err(err(
+                "redis.url",
+                "a cluster is reached over TCP: with redis.cluster_nodes, redis.url must be redis:// or rediss:// (it supplies the credentials and TLS of every node)".into(),
+            ));
+        }
+        let tls_files = [
+            ("redis.tls_ca_file", &r.tls_ca_file),
+            ("redis.tls_cert_file", &r.tls_cert_file),
+            ("redis.tls_key_file", &r.tls_key_file),
+        ];
+        if let Some((key, _)) = tls_files.iter().find(|(_, f)| f.is_some()) {
+            if !r.url.starts_with("rediss://") {
+                return Err(err(
+                    key,
+                    format!(
+                        "is for TLS connections, but redis.url {:?} is not rediss://",
+                        crate::redact::url(&r.url)
+                    ),
+                ));
+            }
+        }
+        match (&r.tls_cert_file, &r.tls_key_file) {
+            (Some(_), None) => {
+                return Err(err(
+                    "redis.tls_cert_file",
+                    "needs redis.tls_key_file (the certificate's private key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "redis.tls_key_file",
+                    "needs redis.tls_cert_file (the client certificate)".into(),
+                ))
+            }
+            _ => {}
+        }
         if r.key_prefix.chars().any(|c| c.is_whitespace() || c == '*') {
             return Err(err(
                 "redis.key_prefix",
@@ -853,6 +933,12 @@ fn env_path(name: &str) -> Option<Vec<String>> {
     let (prefix, section) = ENV_SECTIONS.iter().find(|(p, _)| name.starts_with(p))?;
     let rest = name[prefix.len()..].to_ascii_lowercase();
     let mut path = vec![(*section).to_owned()];
+    if *section == "kafka" {
+        if let Some(property) = rest.strip_prefix("property_") {
+            path.extend(["properties".to_owned(), property.replace('_', ".")]);
+            return Some(path);
+        }
+    }
     if *section == "redis" {
         if let Some(service) = rest.strip_prefix("db_service_") {
             path.extend(["databases", "services", service].map(str::to_owned));
@@ -927,6 +1013,15 @@ where
             .map(str::to_owned)
             .collect(),
     })
+}
+
+/// A path, or nothing when absent or empty (an environment variable set to nothing).
+fn optional_path<'de, D>(d: D) -> std::result::Result<Option<PathBuf>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let p: Option<PathBuf> = Option::deserialize(d)?;
+    Ok(p.filter(|p| !p.as_os_str().is_empty()))
 }
 
 fn lenient_map<'de, D>(d: D) -> std::result::Result<BTreeMap<String, u8>, D::Error>
@@ -1110,6 +1205,83 @@ mod tests {
             reason.contains("max_pool_size"),
             "lists accepted keys: {reason}"
         );
+    }
+
+    #[test]
+    fn tls_files_and_kafka_properties_from_the_environment() {
+        let c = StorageConfig::from_vars([
+            ("CAAS_REDIS_URL", "rediss://:pw@cache:6380/"),
+            ("CAAS_REDIS_TLS_CA_FILE", "/etc/caas/ca.pem"),
+            ("CAAS_REDIS_TLS_CERT_FILE", "/etc/caas/client.pem"),
+            ("CAAS_REDIS_TLS_KEY_FILE", "/etc/caas/client.key"),
+            ("CAAS_KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("CAAS_KAFKA_PROPERTY_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("CAAS_KAFKA_PROPERTY_SASL_PASSWORD", "kpw"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis.tls_ca_file.as_deref(),
+            Some(Path::new("/etc/caas/ca.pem"))
+        );
+        assert_eq!(
+            c.redis.tls_key_file.as_deref(),
+            Some(Path::new("/etc/caas/client.key"))
+        );
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.properties["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(c.kafka.properties["sasl.password"], "kpw");
+        assert!(c.credentials().contains(&"kpw"));
+        let printed = format!("{c:?}{}", serde_json::to_string(&c).unwrap());
+        assert!(
+            !printed.contains("kpw") && !printed.contains(":pw@"),
+            "{printed}"
+        );
+
+        // An empty variable is no file.
+        let c = StorageConfig::from_vars([("CAAS_REDIS_TLS_CA_FILE", "")]).unwrap();
+        assert_eq!(c.redis.tls_ca_file, None);
+
+        type Vars = &'static [(&'static str, &'static str)];
+        let cases: [(Vars, &str, &str); 4] = [
+            (
+                &[("CAAS_REDIS_TLS_CA_FILE", "/ca.pem")],
+                "CAAS_REDIS_TLS_CA_FILE",
+                "not rediss://",
+            ),
+            (
+                &[
+                    ("CAAS_REDIS_URL", "rediss://h/"),
+                    ("CAAS_REDIS_TLS_CERT_FILE", "/c.pem"),
+                ],
+                "CAAS_REDIS_TLS_CERT_FILE",
+                "tls_key_file",
+            ),
+            (
+                &[
+                    ("CAAS_REDIS_URL", "rediss://h/"),
+                    ("CAAS_REDIS_TLS_KEY_FILE", "/c.key"),
+                ],
+                "CAAS_REDIS_TLS_KEY_FILE",
+                "tls_cert_file",
+            ),
+            (
+                &[
+                    ("CAAS_REDIS_URL", "unix:///run/redis.sock"),
+                    ("CAAS_REDIS_CLUSTER_NODES", "h:7000"),
+                ],
+                "CAAS_REDIS_URL",
+                "cluster",
+            ),
+        ];
+        for (vars, want_key, want_reason) in cases {
+            match StorageConfig::from_vars(vars.iter().copied()) {
+                Err(Error::Config { key, reason }) => {
+                    assert_eq!(key, want_key, "{vars:?}");
+                    assert!(reason.contains(want_reason), "{vars:?}: {reason}");
+                }
+                other => panic!("{vars:?}: expected a config error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -67,6 +67,20 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
 )]
 pub trait Queueable: Entity {}
 
+/// An entity whose stored documents may be changed or removed: `update`, `update_checked`,
+/// `replace`, `upsert`, `delete`, `purge`, `Query::delete` and the `queue_*` writes.
+/// `#[derive(Repository)]` implements it for every entity not declared `append_only`; an
+/// append-only entity (an audit trail, a ledger) can only be inserted and read.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is `append_only`: its documents cannot be changed or removed",
+    label = "`{Self}` is not `Mutable`",
+    note = "`#[repository(append_only)]` entities get only inserts and reads; `update`, \
+            `update_checked`, `replace`, `upsert`, `delete`, `purge`, `Query::delete` and the \
+            `queue_*` writes need `Mutable`",
+    note = "record a change as a new entry instead, or remove `append_only` if entries must change"
+)]
+pub trait Mutable: Entity {}
+
 /// Everything the executor needs to know about an entity type, built at compile time.
 #[derive(Debug)]
 pub struct EntityMeta {
@@ -104,6 +118,9 @@ pub struct EntityMeta {
     pub consistency: Consistency,
     /// Whether deletes are soft (`_deleted_at` set, document kept and hidden from reads).
     pub soft_delete: bool,
+    /// Whether the entity is `append_only`: inserted and read, never changed or removed (it is
+    /// then not [`Mutable`]).
+    pub append_only: bool,
     /// Cache policy, if the entity is cached.
     pub cache: Option<CacheSpec>,
     /// Outbox policy, if writes record events.

@@ -158,6 +158,17 @@ pub enum Error {
         max: u64,
     },
 
+    /// A write kept losing races to other writers and gave up after its bound of attempts
+    /// (e.g. an audit append while other handles append to the same tenant without pause).
+    /// Retrying later is safe: nothing was written by the attempts that lost.
+    #[error("{what}: gave up after losing {attempts} races to other writers")]
+    Contention {
+        /// What was being written.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+
     /// An operation did not finish within its bound.
     #[error("{component}: {operation} timed out after {after:?}")]
     Timeout {
@@ -281,7 +292,7 @@ impl Error {
     /// duplicate keys, version conflicts, codec errors) return `false`.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::QueueFull { .. } => true,
+            Error::Timeout { .. } | Error::QueueFull { .. } | Error::Contention { .. } => true,
             Error::Mongo { source, .. } => mongo_is_transient(source),
             Error::Redis { source, .. } => {
                 source.is_io_error()
@@ -309,6 +320,7 @@ impl Error {
             Error::Codec { .. } => "codec",
             Error::Unsupported { .. } => "unsupported",
             Error::QueueFull { .. } => "queue_full",
+            Error::Contention { .. } => "contention",
             Error::Timeout { .. } => "timeout",
             Error::Mongo { .. } => "mongodb",
             Error::Redis { .. } => "redis",

@@ -13,7 +13,7 @@ use mongodb::bson::{doc, DateTime};
 use rdkafka::producer::{FutureProducer, Producer};
 use serde::Serialize;
 
-use crate::connection::{Connections, RedisConnection};
+use crate::connection::{Connections, KafkaContext, RedisConnection};
 use crate::error::Component;
 use crate::outbox::outbox_lag;
 use crate::retention::Retention;
@@ -151,17 +151,17 @@ pub(crate) async fn report(
                     .query_async::<String>(&mut redis)
                     .await
                     .map(|_| Details::new())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| crate::redact::scrub(&e.to_string(), conn.config().credentials()))
             })
         },
     ));
-    let kafka = {
+    let kafka = async {
         let producer = conn.kafka().clone();
         let details = Details::from([(
             "brokers".to_owned(),
             conn.config().kafka.brokers.clone().into(),
         )]);
-        check(
+        let mut health = check(
             "kafka".into(),
             Component::Kafka,
             timeout,
@@ -172,6 +172,17 @@ pub(crate) async fn report(
                     .map(|_| Details::new())
             },
         )
+        .await;
+        // librdkafka's metadata error only says the transport failed; the client's own error
+        // says why (a refused SASL login, an untrusted certificate).
+        if let (Some(error), Some(latest)) = (health.error.as_mut(), conn.kafka_last_error()) {
+            error.push_str("; latest Kafka client error: ");
+            error.push_str(&latest);
+        }
+        if let Some(error) = health.error.as_mut() {
+            *error = crate::redact::scrub(error, conn.config().credentials());
+        }
+        health
     };
     // Backlogs are `up` with their size in the details (a backlog is not an outage); `down`
     // only when they cannot be read.
@@ -290,7 +301,10 @@ fn redis_targets(conn: &Connections) -> Vec<(String, RedisConnection, Details)> 
         .collect()
 }
 
-async fn kafka_metadata(producer: FutureProducer, timeout: Duration) -> Result<(), String> {
+async fn kafka_metadata(
+    producer: FutureProducer<KafkaContext>,
+    timeout: Duration,
+) -> Result<(), String> {
     let brokers = tokio::task::spawn_blocking(move || {
         producer
             .client()

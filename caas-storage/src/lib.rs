@@ -35,6 +35,7 @@
 
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod cache;
 pub mod capabilities;
 pub mod config;
@@ -62,10 +63,10 @@ pub use capabilities::Capabilities;
 pub use config::StorageConfig;
 #[cfg(feature = "testing")]
 pub use connection::FaultPoint;
-pub use connection::RedisConnection;
+pub use connection::{KafkaContext, RedisConnection};
 pub use consistency::{CausalToken, Consistency};
 pub use document::{DELETED_AT_FIELD, INCARNATION_FIELD, OP_FIELD, SCHEMA_VERSION_FIELD};
-pub use entity::{Entity, Queueable, StepResult};
+pub use entity::{Entity, Mutable, Queueable, StepResult};
 pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
@@ -104,7 +105,7 @@ pub mod prelude {
 pub mod __private_0_1_0 {
     pub use crate::consistency::Consistency;
     pub use crate::entity::{
-        step_fn, CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, OutboxSpec,
+        step_fn, CacheSpec, CacheStrategy, Entity, EntityMeta, LocalCacheSpec, Mutable, OutboxSpec,
         Queueable, SchemaStep, StepFn,
     };
     pub use crate::error::{Error, Result};

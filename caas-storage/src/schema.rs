@@ -271,6 +271,7 @@ mod tests {
         schema_steps: &STEPS,
         consistency: Consistency::Strong,
         soft_delete: false,
+        append_only: false,
         cache: None,
         outbox: None,
     };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mongodb::event::command::CommandStartedEvent;
 
+use crate::audit::{AuditLog, AuditOptions};
 use crate::cache::CacheLayer;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
@@ -205,6 +206,12 @@ impl Storage {
         OutboxRelay::new(&self.inner.conn, options)
     }
 
+    /// The hash-chained audit log described by `options` (see `docs/audit.md`). Fails, naming
+    /// the option, on invalid options.
+    pub fn audit_log(&self, options: AuditOptions) -> Result<AuditLog> {
+        AuditLog::new(&self.inner.conn, options)
+    }
+
     /// A consumer-side deduplicator keeping its records in MongoDB database `database`.
     pub fn deduplicator(&self, database: &str) -> Deduplicator {
         self.inner.retention.watch_consumer(database);
@@ -352,8 +359,9 @@ impl<'s> RawClients<'s> {
         self.conn.redis_cache_for(database)
     }
 
-    /// The shared idempotent Kafka producer.
-    pub fn kafka_producer(self) -> &'s rdkafka::producer::FutureProducer {
+    /// The shared idempotent Kafka producer (its [`KafkaContext`](crate::KafkaContext) logs
+    /// librdkafka's errors through `tracing`).
+    pub fn kafka_producer(self) -> &'s rdkafka::producer::FutureProducer<crate::KafkaContext> {
         self.conn.kafka()
     }
 }

@@ -364,3 +364,89 @@ pub async fn each_capability_set_with(config: StorageConfig, body: impl AsyncFn(
         body(storage, label).await;
     }
 }
+
+/// The servers and credentials of the TLS and credential tests (`tests/tests/credentials.rs`):
+/// `scripts/services env` exports them; the defaults are the script's.
+pub mod secure {
+    use std::path::PathBuf;
+
+    fn var(name: &str, default: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| default.to_owned())
+    }
+
+    /// Where the test CA (`ca.crt`), the server and the client certificates are.
+    pub fn tls_dir() -> PathBuf {
+        std::env::var_os("CAAS_TEST_TLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| super::services_dir().join("tls"))
+    }
+
+    /// A file of [`tls_dir`], as text (for configuration values).
+    pub fn tls_file(name: &str) -> String {
+        tls_dir().join(name).display().to_string()
+    }
+
+    /// FerretDB's TLS listener (`host:port`).
+    pub fn mongo_tls() -> String {
+        var("CAAS_TEST_MONGO_TLS", "127.0.0.1:27018")
+    }
+
+    /// The Redis with `requirepass`, plain TCP (`host:port`).
+    pub fn redis_auth() -> String {
+        var("CAAS_TEST_REDIS_AUTH", "127.0.0.1:6380")
+    }
+
+    /// The same Redis over TLS (`host:port`; server certificate only).
+    pub fn redis_tls() -> String {
+        var("CAAS_TEST_REDIS_TLS", "127.0.0.1:6381")
+    }
+
+    /// The password-protected cluster's plain TCP ports (`host:port` each).
+    pub fn redis_auth_cluster() -> Vec<String> {
+        list(&var(
+            "CAAS_TEST_REDIS_AUTH_CLUSTER",
+            "127.0.0.1:7013,127.0.0.1:7014,127.0.0.1:7015",
+        ))
+    }
+
+    /// The same cluster's TLS ports (client certificates required).
+    pub fn redis_tls_cluster() -> Vec<String> {
+        list(&var(
+            "CAAS_TEST_REDIS_TLS_CLUSTER",
+            "127.0.0.1:7010,127.0.0.1:7011,127.0.0.1:7012",
+        ))
+    }
+
+    /// The password of both Redis servers.
+    pub fn redis_password() -> String {
+        var("CAAS_TEST_REDIS_PASSWORD", "caas-redis-test-secret")
+    }
+
+    /// Kafka's SASL_PLAINTEXT listener (`host:port`).
+    pub fn kafka_sasl() -> String {
+        var("CAAS_TEST_KAFKA_SASL", "127.0.0.1:9094")
+    }
+
+    /// Kafka's SASL_SSL listener (`host:port`).
+    pub fn kafka_sasl_ssl() -> String {
+        var("CAAS_TEST_KAFKA_SASL_SSL", "127.0.0.1:9095")
+    }
+
+    /// The Kafka SASL user (PLAIN and SCRAM-SHA-256/512).
+    pub fn kafka_user() -> String {
+        var("CAAS_TEST_KAFKA_SASL_USER", "caas")
+    }
+
+    /// Its password.
+    pub fn kafka_password() -> String {
+        var("CAAS_TEST_KAFKA_SASL_PASSWORD", "caas-kafka-test-secret")
+    }
+
+    fn list(s: &str) -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}

@@ -78,6 +78,18 @@ fn cache_outbox_and_queue_know_neither_storage_nor_the_executor_nor_each_other()
 }
 
 #[test]
+fn the_audit_log_stands_beside_the_executor_not_on_it() {
+    let graph = module_graph();
+    let deps = graph.get("audit").expect("no module audit");
+    for forbidden in ["storage", "repo", "cache", "write_behind"] {
+        assert!(
+            !deps.contains(forbidden),
+            "audit/ imports {forbidden}: {deps:?}"
+        );
+    }
+}
+
+#[test]
 fn no_module_imports_one_that_imports_it_back() {
     let graph = module_graph();
     fn reaches(

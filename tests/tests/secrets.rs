@@ -61,21 +61,26 @@ async fn no_secret_or_credential_reaches_debug_output_errors_or_logs() {
         .with_ansi(false)
         .init();
 
-    // Configuration with credentials in every place they can be given.
+    // Configuration with credentials in every place they can be given. Kafka is reached
+    // through its SASL listener with the planted (wrong) password and librdkafka's
+    // configuration and security debug logs on, so that the refused login and the client's
+    // own logs go through the runtime's Kafka context into the captured logs.
     let mut config = common::config();
     let redis = config
         .redis
         .url
         .replacen("redis://", &format!("redis://:{REDIS_PW}@"), 1);
     config.redis.url = redis;
-    config
-        .kafka
-        .properties
-        .insert("sasl.password".into(), KAFKA_PW.into());
-    config
-        .kafka
-        .properties
-        .insert("sasl.username".into(), "relay".into());
+    config.kafka.brokers = common::secure::kafka_sasl();
+    for (k, v) in [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanism", "SCRAM-SHA-256"),
+        ("sasl.username", "relay"),
+        ("sasl.password", KAFKA_PW),
+        ("debug", "conf,security"),
+    ] {
+        config.kafka.properties.insert(k.into(), v.into());
+    }
     let mut with_mongo_pw = config.clone();
     with_mongo_pw.mongodb.uri = format!("mongodb://admin:{MONGO_PW}@db-1:27017/?authSource=admin");
     assert_clean("Debug of StorageConfig", &format!("{with_mongo_pw:?}"));
@@ -100,6 +105,27 @@ async fn no_secret_or_credential_reaches_debug_output_errors_or_logs() {
         Storage::connect({
             let mut c = common::config();
             c.redis.url = format!("redis://:{REDIS_PW}@cache:notaport/");
+            c
+        })
+        .await
+        .map(drop),
+        StorageConfig::from_vars([
+            ("CAAS_REDIS_URL", format!("redis://:{REDIS_PW}@cache/")),
+            ("CAAS_REDIS_TLS_CA_FILE", "/ca.pem".into()),
+        ])
+        .map(drop),
+        Storage::connect({
+            let mut c = common::config();
+            c.redis.url = format!("rediss://:{REDIS_PW}@cache:6380/");
+            c.redis.tls_ca_file = Some(format!("/nonexistent/{REDIS_PW}/ca.pem").into());
+            c
+        })
+        .await
+        .map(drop),
+        Storage::connect({
+            let mut c = common::config();
+            c.redis.url = format!("redis+unix:///run/{REDIS_PW}.sock");
+            c.redis.cluster_nodes = vec!["127.0.0.1:7000".into()];
             c
         })
         .await
@@ -154,13 +180,33 @@ async fn no_secret_or_credential_reaches_debug_output_errors_or_logs() {
         .find_by_id_with_secrets(&t, &member.member_id)
         .await
         .unwrap();
-    let _ = storage.health().await;
+    let report = storage.health().await;
+    assert_clean("the health report", &format!("{report:?}"));
+    assert_clean(
+        "the serialized health report",
+        &serde_json::to_string(&report).unwrap(),
+    );
+    // A cluster handle with the password in its URL, and its health.
+    let mut cluster = common::config();
+    cluster.redis.url = format!("redis://:{REDIS_PW}@127.0.0.1/");
+    cluster.redis.cluster_nodes = common::secure::redis_auth_cluster();
+    let cluster = Storage::connect(cluster).await.unwrap();
+    assert_clean("Debug of a cluster Storage", &format!("{cluster:?}"));
+    assert_clean(
+        "a cluster's health report",
+        &format!("{:?}", cluster.health().await),
+    );
+    drop(cluster);
     drop(storage);
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("mongodb command"),
         "the command log ran:\n{logs}"
+    );
+    assert!(
+        logs.contains("caas_storage::kafka"),
+        "librdkafka's logs went through the runtime's Kafka context:\n{logs}"
     );
     assert_clean("the logs", &logs);
 }

@@ -77,6 +77,12 @@ pub fn expand(m: &Model) -> TokenStream {
             impl #p::Queueable for #ident {}
         }
     });
+    let mutable = (!m.append_only).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #p::Mutable for #ident {}
+        }
+    });
     let local_cache_clone = m.cache.as_ref().and_then(|c| c.local).map(|_| {
         quote! {
             #[inline]
@@ -114,6 +120,7 @@ pub fn expand(m: &Model) -> TokenStream {
             }
 
             #queueable
+            #mutable
 
             #created_at_type
         };
@@ -187,6 +194,7 @@ fn meta(m: &Model) -> TokenStream {
         Consistency::ReadYourWrites => quote!(ReadYourWrites),
     };
     let soft_delete = m.soft_delete;
+    let append_only = m.append_only;
     let cache = option(m.cache.as_ref().map(|c| {
         let ttl = duration(m, c.ttl_ms);
         let jitter = duration(m, c.jitter_ms);
@@ -238,6 +246,7 @@ fn meta(m: &Model) -> TokenStream {
             schema_steps: &[#(#schema_steps),*],
             consistency: #p::Consistency::#consistency,
             soft_delete: #soft_delete,
+            append_only: #append_only,
             cache: #cache,
             outbox: #outbox,
         }

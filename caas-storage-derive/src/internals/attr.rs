@@ -28,6 +28,7 @@ pub const STRUCT_KEYS: &[&str] = &[
     "schema_version",
     "outbox",
     "soft_delete",
+    "append_only",
     "crate",
 ];
 /// Keys of the field-level `#[repository(...)]`.
@@ -281,6 +282,8 @@ pub struct Container {
     pub outbox: Slot<Outbox>,
     /// `soft_delete`.
     pub soft_delete: Slot<()>,
+    /// `append_only`.
+    pub append_only: Slot<()>,
     /// `crate = "path"`.
     pub krate: Slot<syn::Path>,
     /// Every `#[index(...)]`, in order.
@@ -475,6 +478,10 @@ fn container_key(cx: &Ctxt, c: &mut Container, meta: &ParseNestedMeta) -> syn::R
         "soft_delete" => {
             let v = flag(cx, meta)?;
             c.soft_delete.record(cx, &meta.path, WITHIN, v);
+        }
+        "append_only" => {
+            let v = flag(cx, meta)?;
+            c.append_only.record(cx, &meta.path, WITHIN, v);
         }
         "crate" => {
             let v = string_value(cx, meta, "crate = \"caas_storage\"")?.and_then(|s| {

@@ -55,6 +55,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         Slot::Absent | Slot::Given(_) => Some(consistency),
     };
     check_write_behind(cx, cont, rules_consistency);
+    check_append_only(cx, cont);
     let schema_steps = schema_chain(cx, cont);
 
     let fields = cont.fields.as_deref()?;
@@ -110,6 +111,7 @@ pub fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>> {
         schema_version: attrs.schema_version.value().copied().unwrap_or(1),
         schema_steps,
         soft_delete: attrs.soft_delete.is_written(),
+        append_only: attrs.append_only.is_written(),
         cache: cache_model(&attrs.cache),
         outbox: outbox_model(cont, &attrs.outbox),
         fields: fields.iter().filter(|f| f.is_stored()).collect(),
@@ -248,6 +250,18 @@ fn fnv1a(text: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+/// `append_only` entities are never deleted, so `soft_delete` on one is a contradiction.
+fn check_append_only(cx: &Ctxt, cont: &Container) {
+    let attrs = &cont.attrs;
+    if let (true, Some(span)) = (attrs.append_only.is_written(), attrs.soft_delete.span()) {
+        cx.error_at(
+            span,
+            "`soft_delete` contradicts `append_only`: entries of an append-only entity are never \
+             deleted, softly or otherwise; remove one of the two",
+        );
+    }
 }
 
 /// `strategy = write_behind` needs `consistency = eventual` (not checked when the model

@@ -29,6 +29,8 @@ pub struct Model<'a> {
     pub schema_steps: Vec<StepModel>,
     /// Whether deletes are soft.
     pub soft_delete: bool,
+    /// Whether the entity is `append_only` (no `Mutable` impl: inserted and read only).
+    pub append_only: bool,
     /// Cache policy.
     pub cache: Option<CacheModel>,
     /// Outbox policy.

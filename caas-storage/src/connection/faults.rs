@@ -20,6 +20,9 @@ pub enum FaultPoint {
     /// After a write-behind round applied its batch, before it removes the batch from the
     /// queue.
     QueueAfterApply,
+    /// After an audit queue drain appended its batch to the chain, before it records the
+    /// batch as done.
+    AuditQueueAfterApply,
 }
 
 /// The armed fault points of one connection layer.

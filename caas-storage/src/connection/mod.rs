@@ -7,8 +7,9 @@
 //!
 //! - [`mongo`]: the MongoDB client (pool settings, command log) and the call bound.
 //! - [`redis`]: one auto-reconnecting connection per allocated logical database, or one cluster
-//!   connection, behind [`RedisConnection`].
-//! - [`kafka`]: the shared idempotent producer.
+//!   connection, behind [`RedisConnection`]; every connection (cluster nodes and the pub/sub
+//!   connection included) with the URL's credentials and TLS.
+//! - [`kafka`]: the shared idempotent producer and its [`KafkaContext`].
 //! - [`faults`]: points where a test can stop a write as if the process died there.
 
 mod faults;
@@ -27,6 +28,7 @@ use crate::error::{Component, Error, Result};
 
 pub use self::redis::RedisConnection;
 pub use faults::FaultPoint;
+pub use kafka::KafkaContext;
 pub(crate) use mongo::CommandLog;
 
 /// The pools and facts every part of the runtime is built from. See the module docs.
@@ -41,7 +43,8 @@ struct Inner {
     capabilities: Capabilities,
     redis: BTreeMap<u8, RedisConnection>,
     pubsub: ::redis::Client,
-    kafka: FutureProducer,
+    kafka: FutureProducer<KafkaContext>,
+    kafka_state: Arc<kafka::KafkaState>,
     faults: faults::Faults,
     /// The server's clock minus this process's, measured at connect.
     clock_offset_ms: i64,
@@ -97,7 +100,7 @@ impl Connections {
         let clock_offset_ms = mongo::clock_offset_ms(&mongo).await;
         let redis = redis::connect(&config).await?;
         let pubsub = redis::pubsub_client(&config)?;
-        let kafka = kafka::producer(&config)?;
+        let (kafka, kafka_state) = kafka::producer(&config)?;
         Ok(Connections {
             inner: Arc::new(Inner {
                 config,
@@ -106,6 +109,7 @@ impl Connections {
                 redis,
                 pubsub,
                 kafka,
+                kafka_state,
                 faults: faults::Faults::default(),
                 clock_offset_ms,
             }),
@@ -163,8 +167,13 @@ impl Connections {
     }
 
     /// The shared idempotent Kafka producer.
-    pub(crate) fn kafka(&self) -> &FutureProducer {
+    pub(crate) fn kafka(&self) -> &FutureProducer<KafkaContext> {
         &self.inner.kafka
+    }
+
+    /// The latest error librdkafka reported for the producer (credentials masked).
+    pub(crate) fn kafka_last_error(&self) -> Option<String> {
+        self.inner.kafka_state.last_error()
     }
 
     /// Now by the server's clock (this process's clock corrected by the offset measured at

@@ -7,13 +7,17 @@
 //! one hash tag only, and `SCAN` visits every primary.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline,
+    RedisFuture, RedisResult, TlsCertificates, Value,
+};
 use tokio::sync::OnceCell;
 
 use crate::config::StorageConfig;
@@ -243,44 +247,160 @@ pub(crate) async fn connect(config: &StorageConfig) -> Result<BTreeMap<u8, Redis
 
 fn cluster_client(config: &StorageConfig) -> Result<redis::cluster::ClusterClient> {
     let r = &config.redis;
-    let nodes: Vec<String> = r
+    let base = base_info(config)?;
+    let nodes = r
         .cluster_nodes
         .iter()
-        .map(|n| format!("redis://{n}/"))
-        .collect();
-    redis::cluster::ClusterClientBuilder::new(nodes)
+        .map(|n| node_info(&base, n))
+        .collect::<Result<Vec<_>>>()?;
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
         .connection_timeout(r.connection_timeout)
         .response_timeout(r.response_timeout)
-        .retries(r.max_retries as u32)
-        .build()
-        .map_err(|e| Error::config("redis.cluster_nodes", e.to_string()))
+        .retries(r.max_retries as u32);
+    if let Some(certs) = tls_certificates(config)? {
+        builder = builder.certs(certs);
+    }
+    builder.build().map_err(|e| {
+        Error::config(
+            "redis.cluster_nodes",
+            crate::redact::scrub(&e.to_string(), config.credentials()),
+        )
+    })
 }
 
 /// The client the cache's invalidation listener subscribes with: on a cluster, the first seed
-/// node (PUBLISH reaches every node of a cluster).
+/// node (PUBLISH reaches every node of a cluster), with the URL's credentials and TLS.
 pub(crate) fn pubsub_client(config: &StorageConfig) -> Result<redis::Client> {
     match config.redis.cluster_nodes.first() {
-        Some(node) => redis::Client::open(format!("redis://{node}/"))
-            .map_err(|e| Error::config("redis.cluster_nodes", e.to_string())),
+        Some(node) => open(config, node_info(&base_info(config)?, node)?),
         None => client(config, config.redis.databases.platform_cache),
     }
 }
 
 fn client(config: &StorageConfig, db: u8) -> Result<redis::Client> {
-    let bad_url = |e: redis::RedisError| {
-        Error::config(
-            "redis.url",
-            crate::redact::scrub(&e.to_string(), config.credentials()),
-        )
-    };
+    let info = base_info(config)?;
+    let settings = info.redis_settings().clone().set_db(i64::from(db));
+    open(config, info.set_redis_settings(settings))
+}
+
+/// `redis.url` parsed: address, TLS, username, password, protocol.
+fn base_info(config: &StorageConfig) -> Result<ConnectionInfo> {
     let info = config
         .redis
         .url
         .as_str()
         .into_connection_info()
-        .map_err(bad_url)?;
-    let settings = info.redis_settings().clone().set_db(i64::from(db));
-    redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)
+        .map_err(|e| bad_url(config, e))?;
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        ensure_crypto_provider();
+    }
+    Ok(info)
+}
+
+fn bad_url(config: &StorageConfig, e: redis::RedisError) -> Error {
+    Error::config(
+        "redis.url",
+        crate::redact::scrub(&e.to_string(), config.credentials()),
+    )
+}
+
+/// A client for `info`, with the configured TLS files if any.
+fn open(config: &StorageConfig, info: ConnectionInfo) -> Result<redis::Client> {
+    match tls_certificates(config)? {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| bad_url(config, e))
+}
+
+/// Cluster node `node` (`host:port`) reached the way `base` (the configured URL) says: over TLS
+/// for `rediss://`, with its username, password and protocol, database 0 (a cluster has no
+/// other).
+fn node_info(base: &ConnectionInfo, node: &str) -> Result<ConnectionInfo> {
+    let bad = || Error::config("redis.cluster_nodes", format!("{node:?} is not host:port"));
+    let (host, port) = node.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addr = match base.addr() {
+        ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: None,
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    let settings = base.redis_settings().clone().set_db(0);
+    Ok(base.clone().set_addr(addr).set_redis_settings(settings))
+}
+
+/// The CA and client certificate of `redis.tls_*`, read and checked now (an unreadable file,
+/// or one without a PEM certificate or key, is an error naming its key); `None` when none is
+/// configured (the system's roots, no client certificate).
+fn tls_certificates(config: &StorageConfig) -> Result<Option<TlsCertificates>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let r = &config.redis;
+    let fail = |key: &'static str, reason: String| {
+        Error::config(key, crate::redact::scrub(&reason, config.credentials()))
+    };
+    let read = |key: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|e| fail(key, format!("cannot read {}: {e}", path.display())))
+    };
+    let certificates = |key: &'static str, path: &Path| {
+        let pem = read(key, path)?;
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| fail(key, format!("{}: {e}", path.display())))?
+            .len();
+        if n == 0 {
+            return Err(fail(
+                key,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Ok(pem)
+    };
+    let root_cert = match &r.tls_ca_file {
+        Some(p) => Some(certificates("redis.tls_ca_file", p)?),
+        None => None,
+    };
+    let client_tls = match (&r.tls_cert_file, &r.tls_key_file) {
+        (Some(cert), Some(key_path)) => {
+            let client_key = read("redis.tls_key_file", key_path)?;
+            if PrivateKeyDer::from_pem_slice(&client_key).is_err() {
+                return Err(fail(
+                    "redis.tls_key_file",
+                    format!("{} holds no PEM private key", key_path.display()),
+                ));
+            }
+            Some(ClientTlsConfig {
+                client_cert: certificates("redis.tls_cert_file", cert)?,
+                client_key,
+            })
+        }
+        _ => None,
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// rustls needs a process-wide crypto provider when more than one is compiled in (another
+/// crate of the program may enable aws-lc-rs next to the ring this crate and the MongoDB
+/// driver use): install ring unless the program installed one.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 fn manager(config: &StorageConfig, db: u8) -> Result<ConnectionManager> {
@@ -296,4 +416,101 @@ fn manager(config: &StorageConfig, db: u8) -> Result<ConnectionManager> {
             source: e,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_config(url: &str) -> StorageConfig {
+        let mut c = StorageConfig::default();
+        c.redis.url = url.into();
+        c.redis.cluster_nodes = vec!["10.0.0.1:7000".into(), "10.0.0.2:7001".into()];
+        c
+    }
+
+    #[test]
+    fn cluster_nodes_keep_the_scheme_credentials_and_protocol_of_the_url() {
+        let base = "rediss://app:p%40ss@seed:6380/4?protocol=resp3"
+            .into_connection_info()
+            .unwrap();
+        let node = node_info(&base, "10.0.0.2:7001").unwrap();
+        match node.addr() {
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => assert_eq!((host.as_str(), *port, *insecure), ("10.0.0.2", 7001, false)),
+            other => panic!("not TLS: {other:?}"),
+        }
+        let s = node.redis_settings();
+        assert_eq!(s.username(), Some("app"));
+        assert_eq!(s.password(), Some("p@ss"));
+        assert_eq!(s.protocol(), redis::ProtocolVersion::RESP3);
+        assert_eq!(s.db(), 0, "a cluster has database 0 only");
+
+        let plain = "redis://:pw@seed/".into_connection_info().unwrap();
+        let node = node_info(&plain, "[::1]:7000").unwrap();
+        assert!(matches!(node.addr(), ConnectionAddr::Tcp(h, 7000) if h == "::1"));
+        assert_eq!(node.redis_settings().password(), Some("pw"));
+        assert!(node_info(&plain, "nope").is_err());
+
+        // The cluster client builds from them (same credentials and TLS on every node).
+        let c = cluster_config("rediss://app:s3cret@seed:6379/");
+        cluster_client(&c).unwrap();
+    }
+
+    #[test]
+    fn the_pubsub_connection_of_a_cluster_keeps_the_credentials_of_the_url() {
+        let client = pubsub_client(&cluster_config("redis://app:s3cret@seed:6379/")).unwrap();
+        let info = client.get_connection_info();
+        assert_eq!(info.addr().to_string(), "10.0.0.1:7000");
+        assert_eq!(info.redis_settings().username(), Some("app"));
+        assert_eq!(info.redis_settings().password(), Some("s3cret"));
+
+        let client = pubsub_client(&cluster_config("rediss://:s3cret@seed:6379/")).unwrap();
+        let info = client.get_connection_info();
+        assert!(matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
+        assert_eq!(info.redis_settings().password(), Some("s3cret"));
+    }
+
+    #[test]
+    fn unreadable_tls_files_are_errors_naming_their_key() {
+        let mut c = StorageConfig::default();
+        c.redis.url = "rediss://:pw@cache:6380/".into();
+        c.redis.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        match client(&c, 0) {
+            Err(Error::Config { key, reason }) => {
+                assert_eq!(key, "redis.tls_ca_file");
+                assert!(reason.contains("/nonexistent/ca.pem"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A file that is not PEM: named by its key too.
+        let not_pem = std::env::temp_dir().join(format!("caas-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let mut c = StorageConfig::default();
+        c.redis.url = "rediss://:pw@cache:6380/".into();
+        c.redis.tls_ca_file = Some(not_pem.clone());
+        let bad_ca = client(&c, 0).map(drop);
+        c.redis.tls_ca_file = None;
+        c.redis.tls_cert_file = Some(not_pem.clone());
+        c.redis.tls_key_file = Some(not_pem.clone());
+        let bad_key = client(&c, 0).map(drop);
+        for (result, want) in [
+            (bad_ca, "redis.tls_ca_file"),
+            (bad_key, "redis.tls_key_file"),
+        ] {
+            match result {
+                Err(Error::Config { key, reason }) => {
+                    assert_eq!(key, want, "{reason}");
+                    assert!(reason.contains("no PEM"), "{reason}");
+                }
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_file(not_pem);
+    }
 }

@@ -6,7 +6,7 @@ use mongodb::options::FindOptions;
 use serde::de::DeserializeOwned;
 
 use crate::document;
-use crate::entity::Entity;
+use crate::entity::{Entity, Mutable};
 use crate::error::{Error, Result};
 use crate::index::SortDirection;
 use crate::repo::filter::{FieldPath, Filter, Sort};
@@ -289,7 +289,10 @@ impl<'r, E: Entity> Query<'r, E> {
     /// Deletes every match (soft where the entity declares it) and returns how many. Each
     /// deleted document goes through the write pipeline: its version moves on, its delete
     /// event is recorded and its cache entries are dropped.
-    pub async fn delete(mut self) -> Result<u64> {
+    pub async fn delete(mut self) -> Result<u64>
+    where
+        E: Mutable,
+    {
         let filter = self.filter_document()?;
         self.repo.delete_matching(&self.tenant, filter).await
     }

@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 
 use crate::consistency::Consistency;
 use crate::document::{self, QUEUE_POSITION_FIELD};
-use crate::entity::Queueable;
+use crate::entity::{Mutable, Queueable};
 use crate::error::{Error, Result};
 use crate::repo::pipeline::{Intent, Outcome, Pipeline, Route, Write};
 use crate::repo::writes::patch_set;
@@ -34,7 +34,10 @@ impl<E: Queueable> Repository<E> {
         tenant: &TenantId,
         id: &E::Id,
         patch: P,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        E: Mutable,
+    {
         let intent = Intent::Patch {
             id: document::id_to_bson::<E>(id)?,
             set: patch_set(&patch)?,
@@ -44,7 +47,10 @@ impl<E: Queueable> Repository<E> {
     }
 
     /// Queues an insert-or-replace of `entity`, applied as [`upsert`](Self::upsert) would.
-    pub async fn queue_upsert(&self, tenant: &TenantId, entity: &E) -> Result<()> {
+    pub async fn queue_upsert(&self, tenant: &TenantId, entity: &E) -> Result<()>
+    where
+        E: Mutable,
+    {
         let intent = Intent::Upsert {
             id: id_of(entity)?,
             doc: document::encode(tenant, entity)?,
@@ -54,7 +60,10 @@ impl<E: Queueable> Repository<E> {
 
     /// Queues a delete (soft where the entity declares it), applied as
     /// [`delete`](Self::delete) would.
-    pub async fn queue_delete(&self, tenant: &TenantId, id: &E::Id) -> Result<()> {
+    pub async fn queue_delete(&self, tenant: &TenantId, id: &E::Id) -> Result<()>
+    where
+        E: Mutable,
+    {
         let intent = Intent::Delete {
             id: document::id_to_bson::<E>(id)?,
             purge: false,

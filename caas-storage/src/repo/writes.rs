@@ -5,7 +5,7 @@
 use mongodb::bson::Document;
 
 use crate::document;
-use crate::entity::Entity;
+use crate::entity::{Entity, Mutable};
 use crate::error::{Error, Result};
 use crate::outbox::EventEnvelope;
 use crate::repo::pipeline::{Intent, Outcome, Write};
@@ -104,6 +104,9 @@ impl<E: Entity> Repository<E> {
         })
     }
 
+    // The calls below change or remove stored entities: each needs `E: Mutable`, which
+    // `append_only` entities are not, so calling one on them is a compile error.
+
     /// Applies `patch` to the entity with this id and returns it as it is afterwards, or `None`
     /// if there is none. The version field, if any, is incremented. Unconditional: use
     /// [`update_checked`](Self::update_checked) to fail when someone else wrote first.
@@ -112,7 +115,10 @@ impl<E: Entity> Repository<E> {
         tenant: &TenantId,
         id: &E::Id,
         patch: P,
-    ) -> Result<Option<E>> {
+    ) -> Result<Option<E>>
+    where
+        E: Mutable,
+    {
         let set = patch_set(&patch)?;
         if E::META.version_field.is_none() && E::META.updated_at_field.is_none() && set.is_empty() {
             return self.find_by_id(tenant, id).await;
@@ -129,7 +135,10 @@ impl<E: Entity> Repository<E> {
         id: &E::Id,
         expected_version: u64,
         patch: P,
-    ) -> Result<E> {
+    ) -> Result<E>
+    where
+        E: Mutable,
+    {
         require_version::<E>("update_checked")?;
         let set = patch_set(&patch)?;
         self.patch(tenant, "update_checked", id, set, Some(expected_version))
@@ -166,7 +175,10 @@ impl<E: Entity> Repository<E> {
     /// succeeds only if the stored version equals `entity`'s, and then sets `entity`'s version
     /// (and `updated_at`) to the new one; otherwise [`Error::VersionConflict`]. Without one,
     /// [`Error::NotFound`] if there is nothing to replace.
-    pub async fn replace(&self, tenant: &TenantId, entity: &mut E) -> Result<()> {
+    pub async fn replace(&self, tenant: &TenantId, entity: &mut E) -> Result<()>
+    where
+        E: Mutable,
+    {
         let intent = Intent::Replace {
             id: id_of(entity)?,
             doc: document::encode(tenant, entity)?,
@@ -183,7 +195,10 @@ impl<E: Entity> Repository<E> {
 
     /// Inserts `entity`, or replaces the one with its id whatever its version (the stored
     /// version moves on by one; an existing document keeps its `created_at`).
-    pub async fn upsert(&self, tenant: &TenantId, entity: &E) -> Result<Upserted> {
+    pub async fn upsert(&self, tenant: &TenantId, entity: &E) -> Result<Upserted>
+    where
+        E: Mutable,
+    {
         let intent = Intent::Upsert {
             id: id_of(entity)?,
             doc: document::encode(tenant, entity)?,
@@ -200,12 +215,18 @@ impl<E: Entity> Repository<E> {
 
     /// Deletes the entity with this id: soft (hidden, kept with `_deleted_at`) when the entity
     /// declares `soft_delete`, otherwise removed. Returns whether there was one.
-    pub async fn delete(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
+    pub async fn delete(&self, tenant: &TenantId, id: &E::Id) -> Result<bool>
+    where
+        E: Mutable,
+    {
         self.delete_one(tenant, "delete", id, false).await
     }
 
     /// Removes the document with this id for good, soft-deleted or not.
-    pub async fn purge(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
+    pub async fn purge(&self, tenant: &TenantId, id: &E::Id) -> Result<bool>
+    where
+        E: Mutable,
+    {
         self.delete_one(tenant, "purge", id, true).await
     }
 
