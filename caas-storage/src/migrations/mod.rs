@@ -50,8 +50,18 @@ pub use report::{DataReport, EntityReport, IndexReport, MigrationReport, StepRep
 
 pub use crate::entity::{SchemaStep, StepFn, StepResult};
 
+use crate::entity::Entity;
 use crate::error::Result;
 use crate::storage::Storage;
+
+/// Decodes a stored document of `E` as every read does: a document stored at an older schema
+/// version is run through `E`'s steps first, one stored at a newer version is
+/// [`Error::FutureSchemaVersion`](crate::Error::FutureSchemaVersion). `_id`, the framework's
+/// fields and the secret fields are left out. For data migrations and tools that read documents
+/// through [`Storage::raw`].
+pub fn decode_stored<E: Entity>(doc: crate::bson::Document) -> Result<E> {
+    crate::schema::decode_doc::<E>(doc, false).map(|read| read.entity)
+}
 
 impl Storage {
     /// Applies `plan`: each listed entity's stored documents are rewritten at its
