@@ -555,7 +555,16 @@ async fn counting(config: StorageConfig, coll: &'static str) -> (Storage, Arc<At
 
 #[tokio::test]
 async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
-    const N: usize = 10_000;
+    // 10,000 by default; `CAAS_TEST_MIGRATE_DOCS` sets another count (a multiple of 20) where
+    // the server rewrites slowly (FerretDB on a loaded machine: a few documents per second).
+    let n: usize = std::env::var("CAAS_TEST_MIGRATE_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    assert_eq!(n % 20, 0, "CAAS_TEST_MIGRATE_DOCS must be a multiple of 20");
+    let (batch, crash_at) = (n / 20, (n * 2 / 5) as u64);
+    let at_v2 = n.div_ceil(3) as u64;
+    let at_v1 = n as u64 - at_v2;
     let config = config("bulk");
     let (first, first_writes) = counting(config.clone(), "notes_bulk").await;
     // A database of its own, dropped first: a fresh file on FerretDB's SQLite backend.
@@ -568,7 +577,7 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
         .collection::<Document>("notes_bulk");
     let started = std::time::Instant::now();
     // A third of them already at version 2, as a half-finished hand-run script left them.
-    let docs: Vec<Document> = (0..N)
+    let docs: Vec<Document> = (0..n)
         .map(|i| {
             let mut d = v1_doc("note_id", &format!("n{i:05}"), &t, None);
             if i % 3 == 0 {
@@ -581,7 +590,7 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
     for chunk in docs.chunks(1000) {
         coll.insert_many(chunk).await.unwrap();
     }
-    eprintln!("inserted {N} documents in {:?}", started.elapsed());
+    eprintln!("inserted {n} documents in {:?}", started.elapsed());
     let plan = Migrations::new().entity::<bulk::Note>();
 
     let dry = first
@@ -589,8 +598,8 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
         .await
         .unwrap();
     let counts = &dry.entity("Note").unwrap().by_version;
-    assert_eq!(counts.get(&1), Some(&6666));
-    assert_eq!(counts.get(&2), Some(&3334));
+    assert_eq!(counts.get(&1), Some(&at_v1));
+    assert_eq!(counts.get(&2), Some(&at_v2));
     assert!(dry.steps().all(|s| s.state == StepState::Pending));
     assert_eq!(
         first_writes.load(Ordering::SeqCst),
@@ -598,7 +607,7 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
         "a dry run writes nothing"
     );
 
-    // The first run stops after 4,000 documents, as if its process died.
+    // The first run stops after two fifths of them, as if its process died.
     let started = std::time::Instant::now();
     let progress = Arc::new(Mutex::new(Vec::new()));
     let seen = progress.clone();
@@ -606,27 +615,27 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
         .migrate(
             &plan,
             MigrateOptions::new()
-                .batch_size(500)
-                .stop_after(4000)
+                .batch_size(batch)
+                .stop_after(crash_at)
                 .on_progress(move |p| seen.lock().unwrap().push(p.clone())),
         )
         .await
         .unwrap_err();
     assert!(crashed.to_string().contains("injected fault"), "{crashed}");
-    eprintln!("first run: 4000 documents in {:?}", started.elapsed());
+    eprintln!("first run: {crash_at} documents in {:?}", started.elapsed());
     {
         let progress = progress.lock().unwrap();
         assert_eq!(progress.len(), 8);
         assert!(progress.iter().all(|p| p.phase == Phase::Schema));
-        assert_eq!(progress.last().unwrap().done, 4000);
-        assert_eq!(progress.last().unwrap().total, Some(N as u64));
+        assert_eq!(progress.last().unwrap().done, crash_at);
+        assert_eq!(progress.last().unwrap().total, Some(n as u64));
     }
-    assert_eq!(first_writes.load(Ordering::SeqCst), 4000);
+    assert_eq!(first_writes.load(Ordering::SeqCst), crash_at);
     let at_v3 = coll
         .count_documents(doc! { "_schema_version": 3_i64 })
         .await
         .unwrap();
-    assert_eq!(at_v3, 4000);
+    assert_eq!(at_v3, crash_at);
     assert!(ledger(&first)
         .await
         .iter()
@@ -636,21 +645,24 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
     let (second, second_writes) = counting(config, "notes_bulk").await;
     let started = std::time::Instant::now();
     let report = second
-        .migrate(&plan, MigrateOptions::new().batch_size(500))
+        .migrate(&plan, MigrateOptions::new().batch_size(batch))
         .await
         .unwrap();
     eprintln!("resumed run: {:?}", started.elapsed());
     let note = report.entity("Note").unwrap();
-    assert_eq!((note.rewritten_before, note.rewritten), (4000, 6000));
+    assert_eq!(
+        (note.rewritten_before, note.rewritten),
+        (crash_at, n as u64 - crash_at)
+    );
     assert!(
         report.waited >= Duration::from_millis(500),
         "{:?}",
         report.waited
     );
-    assert_eq!(second_writes.load(Ordering::SeqCst), 6000);
+    assert_eq!(second_writes.load(Ordering::SeqCst), n as u64 - crash_at);
     assert_eq!(
         first_writes.load(Ordering::SeqCst) + second_writes.load(Ordering::SeqCst),
-        N as u64,
+        n as u64,
         "one write per document, across both runs"
     );
     // Every document at version 3, each step applied to it exactly once.
@@ -658,8 +670,8 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
         .count_documents(doc! { "_schema_version": 3_i64, "history": history_done() })
         .await
         .unwrap();
-    assert_eq!(done, N as u64);
-    assert_eq!(bulk_steps::runs(), [6666, N as u64]);
+    assert_eq!(done, n as u64);
+    assert_eq!(bulk_steps::runs(), [at_v1, n as u64]);
     // The ledger: both steps with the documents that went through them, and the index plan.
     let records = ledger(&second).await;
     let step = |name: &str| {
@@ -668,18 +680,18 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
             .find(|d| d.get_str("_id") == Ok(name))
             .unwrap_or_else(|| panic!("{name} recorded: {records:#?}"))
     };
-    let ns = "caas_migrations_it.notes_bulk:Note";
+    let ns = "caas_migrations_bulk_it.notes_bulk:Note";
     assert_eq!(
         step(&format!("schema:{ns}:1->2"))
             .get_i64("documents")
             .unwrap(),
-        6666
+        at_v1 as i64
     );
     assert_eq!(
         step(&format!("schema:{ns}:2->3"))
             .get_i64("documents")
             .unwrap(),
-        N as i64
+        n as i64
     );
     assert_eq!(
         step(&format!("schema:{ns}:2->3")).get_i64("token").unwrap(),
@@ -693,7 +705,7 @@ async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
     let again = second.migrate(&plan, MigrateOptions::new()).await.unwrap();
     assert!(again.steps().all(|s| s.state == StepState::AlreadyApplied));
     assert_eq!(again.token, None);
-    assert_eq!(second_writes.load(Ordering::SeqCst), 6000);
+    assert_eq!(second_writes.load(Ordering::SeqCst), n as u64 - crash_at);
 }
 
 mod fleet {
