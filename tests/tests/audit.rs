@@ -14,7 +14,7 @@ use caas_storage::audit::{
 use caas_storage::bson::{doc, Document};
 use caas_storage::outbox::{EventEnvelope, RelayOptions};
 use caas_storage::prelude::*;
-use caas_storage::FaultPoint;
+use caas_storage::{FaultPoint, HealthStatus};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -403,6 +403,16 @@ async fn queued_entries_survive_a_drainer_dying_and_are_appended_exactly_once_in
     };
     let storage = common::storage().await;
     let log = storage.audit_log(options(&topic)).unwrap();
+    // Health shows what waits in the queue.
+    let health = storage.health().await;
+    let audit = health
+        .component(&format!("audit/{DB}.audit_log"))
+        .expect("the audit log is in the health report");
+    assert_eq!(audit.status, HealthStatus::Up, "{audit:?}");
+    assert!(
+        audit.details["queued"].as_u64().unwrap() >= 120,
+        "{audit:?}"
+    );
     // Direct appends interleave with the queue's.
     log.append(&tenant, entry(0, "direct")).await.unwrap();
     // The next drainer dies after appending its batch, before recording it as done.
