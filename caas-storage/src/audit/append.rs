@@ -159,10 +159,7 @@ impl AuditLog {
                 });
             let mut head = slot.head.lock().await;
             // Served by the group of an earlier turn?
-            let served = match answer.try_recv() {
-                Ok(stored) => Some(stored),
-                Err(_) => None,
-            };
+            let served = answer.try_recv().ok();
             let stored = match served {
                 Some(stored) => stored,
                 None => {
