@@ -18,8 +18,9 @@ use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
 use crate::connection::{CommandLog, ConnectOptions, Connections, RedisConnection};
 use crate::entity::{Entity, EntityMeta};
+use crate::error::Component;
 use crate::error::Result;
-use crate::health::{self, HealthReport};
+use crate::health::{self, HealthReport, HealthStatus};
 use crate::index::{IndexPlan, SyncOptions};
 use crate::outbox::{Deduplicator, OutboxRelay, OutboxStore, RelayOptions};
 use crate::retention::{Retention, RetentionReport};
@@ -52,6 +53,8 @@ struct Inner {
     /// The entities repositories were made for on this handle, by (database, collection,
     /// name).
     entities: Mutex<BTreeMap<(&'static str, &'static str, &'static str), &'static EntityMeta>>,
+    /// The audit logs made on this handle, for health.
+    audit_logs: Mutex<Vec<AuditLog>>,
 }
 
 impl Drop for Inner {
@@ -139,6 +142,7 @@ impl StorageBuilder {
                 ttl,
                 ttl_task,
                 entities: Mutex::new(BTreeMap::new()),
+                audit_logs: Mutex::new(Vec::new()),
                 conn,
             }),
         })
@@ -207,9 +211,17 @@ impl Storage {
     }
 
     /// The hash-chained audit log described by `options` (see `docs/audit.md`). Fails, naming
-    /// the option, on invalid options.
+    /// the option, on invalid options. Asking again with the same options returns the same log
+    /// (its appends queue behind each other instead of racing); [`health`](Self::health)
+    /// reports every log made here.
     pub fn audit_log(&self, options: AuditOptions) -> Result<AuditLog> {
-        AuditLog::new(&self.inner.conn, options)
+        let mut logs = self.inner.audit_logs.lock().expect("audit logs");
+        if let Some(log) = logs.iter().find(|l| *l.options() == options) {
+            return Ok(log.clone());
+        }
+        let log = AuditLog::new(&self.inner.conn, options)?;
+        logs.push(log.clone());
+        Ok(log)
     }
 
     /// A consumer-side deduplicator keeping its records in MongoDB database `database`.
@@ -286,14 +298,43 @@ impl Storage {
             .map(|m| m.database)
             .collect();
         outbox_databases.dedup();
-        health::report(
+        let mut report = health::report(
             &self.inner.conn,
             &self.inner.queue,
             &self.inner.retention,
             &self.inner.ttl,
             outbox_databases,
         )
-        .await
+        .await;
+        let logs = self.inner.audit_logs.lock().expect("audit logs").clone();
+        let timeout = self.inner.conn.config().health.timeout;
+        for log in logs {
+            let o = log.options();
+            let name = format!("audit/{}.{}", o.database, o.collection);
+            let c = health::check(
+                name,
+                Component::Mongodb,
+                timeout,
+                Default::default(),
+                async {
+                    let s = log.status().await.map_err(|e| e.to_string())?;
+                    let age = s.last_checkpoint_age.map(|a| a.as_millis() as u64);
+                    Ok([
+                        ("backlog".to_owned(), s.backlog.into()),
+                        ("queued".to_owned(), s.queued.into()),
+                        ("last_checkpoint_age_ms".to_owned(), age.into()),
+                    ]
+                    .into_iter()
+                    .collect())
+                },
+            )
+            .await;
+            if c.status == HealthStatus::Down && report.status == HealthStatus::Up {
+                report.status = HealthStatus::Degraded;
+            }
+            report.components.push(c);
+        }
+        report
     }
 
     /// Test hook: the next write through this handle that reaches `point` stops there, as if

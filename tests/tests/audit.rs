@@ -14,16 +14,21 @@ use caas_storage::audit::{
 use caas_storage::bson::{doc, Document};
 use caas_storage::outbox::{EventEnvelope, RelayOptions};
 use caas_storage::prelude::*;
-use caas_storage::FaultPoint;
+use caas_storage::{FaultPoint, HealthStatus};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 const DB: &str = "caas_audit_it";
 
+/// The options of one test: its own topic (a Kafka topic per test) and collections derived
+/// from it, so tests running at once never read each other's entries or checkpoints.
 fn options(topic: &str) -> AuditOptions {
     let mut o = AuditOptions::for_database(DB);
+    let suffix = topic.rsplit('-').next().unwrap();
     o.topic = topic.to_owned();
+    o.collection = format!("log_{suffix}");
+    o.checkpoint_collection = format!("checkpoints_{suffix}");
     o
 }
 
@@ -36,8 +41,14 @@ fn entry(i: usize, who: &str) -> NewAuditEntry {
         .with_details(serde_json::json!({ "i": i, "via": "test", "nested": { "b": 1, "a": [i] } }))
 }
 
-async fn raw(storage: &Storage) -> caas_storage::driver::mongodb::Collection<Document> {
-    storage.raw().database(DB).collection("audit_log")
+async fn raw(
+    storage: &Storage,
+    topic: &str,
+) -> caas_storage::driver::mongodb::Collection<Document> {
+    storage
+        .raw()
+        .database(DB)
+        .collection(&options(topic).collection)
 }
 
 /// Runs `docs/audit_verify.py` on `entries` written as JSON lines; (exit success, output).
@@ -175,8 +186,8 @@ fn key(tenant: &TenantId, seq: u64) -> String {
 #[tokio::test]
 async fn verify_names_the_first_altered_deleted_or_reordered_entry() {
     let storage = common::storage().await;
-    let coll = raw(&storage).await;
     let topic = unique("test.audit");
+    let coll = raw(&storage, &topic).await;
 
     // One byte of one field, changed with the raw driver.
     let tenant = common::tenant("audit-flip");
@@ -282,8 +293,8 @@ async fn published_checkpoint(topic: &str, tenant: &TenantId, sequence: u64) -> 
 #[tokio::test]
 async fn a_tail_rewritten_consistently_is_caught_against_the_published_checkpoint() {
     let storage = common::storage().await;
-    let coll = raw(&storage).await;
     let topic = unique("test.audit");
+    let coll = raw(&storage, &topic).await;
     let tenant = common::tenant("audit-rewrite");
     let log = chain_of(&storage, &topic, &tenant, 20).await;
     let cp = log.checkpoint(&tenant).await.unwrap().expect("a head");
@@ -343,7 +354,7 @@ async fn a_tail_rewritten_consistently_is_caught_against_the_published_checkpoin
     storage
         .raw()
         .database(DB)
-        .collection::<Document>("audit_checkpoints")
+        .collection::<Document>(&options(&topic).checkpoint_collection)
         .delete_many(doc! { "tenant": tenant.as_str() })
         .await
         .unwrap();
@@ -403,6 +414,16 @@ async fn queued_entries_survive_a_drainer_dying_and_are_appended_exactly_once_in
     };
     let storage = common::storage().await;
     let log = storage.audit_log(options(&topic)).unwrap();
+    // Health shows what waits in the queue.
+    let health = storage.health().await;
+    let audit = health
+        .component(&format!("audit/{DB}.{}", options(&topic).collection))
+        .expect("the audit log is in the health report");
+    assert_eq!(audit.status, HealthStatus::Up, "{audit:?}");
+    assert!(
+        audit.details["queued"].as_u64().unwrap() >= 120,
+        "{audit:?}"
+    );
     // Direct appends interleave with the queue's.
     log.append(&tenant, entry(0, "direct")).await.unwrap();
     // The next drainer dies after appending its batch, before recording it as done.

@@ -44,9 +44,51 @@ impl Head {
     }
 }
 
-/// How many positions an append walks forward by `_id` after losing a race before it asks the
-/// server for the head instead (a cheap point read per step; the head query sorts).
-const WALK_STEPS: u32 = 8;
+/// Most entries one turn appends for the waiting callers (one `insert_many`).
+const GROUP_LIMIT: usize = 256;
+
+/// Turns one call waits for before it gives up (each turn stores at least part of its
+/// entries unless the servers fail).
+const GROUP_RETRIES: u32 = 8;
+
+/// One tenant's state on one handle: the head as last seen, whose lock is the tenant's turn,
+/// and the callers waiting for it.
+#[derive(Default)]
+pub(crate) struct Slot {
+    head: tokio::sync::Mutex<Option<Head>>,
+    waiting: std::sync::Mutex<Vec<Waiter>>,
+    next_waiter: std::sync::atomic::AtomicU64,
+}
+
+/// A caller waiting for its tenant's turn: its entries, and where the turn that appends them
+/// sends what was stored (a prefix of them, if that turn failed part-way).
+struct Waiter {
+    id: u64,
+    pending: Vec<Pending>,
+    reply: tokio::sync::oneshot::Sender<Vec<AuditEntry>>,
+}
+
+/// The waiting callers one turn serves: `own` first, then the others in arrival order while
+/// the group stays within [`GROUP_LIMIT`] entries; the rest keep waiting.
+fn take_group(slot: &Slot, own: u64) -> Vec<Waiter> {
+    let mut waiting = slot.waiting.lock().unwrap_or_else(|p| p.into_inner());
+    let mut group = Vec::new();
+    if let Some(i) = waiting.iter().position(|w| w.id == own) {
+        group.push(waiting.remove(i));
+    }
+    let mut size: usize = group.iter().map(|w| w.pending.len()).sum();
+    let mut rest = Vec::new();
+    for w in waiting.drain(..) {
+        if size + w.pending.len() <= GROUP_LIMIT {
+            size += w.pending.len();
+            group.push(w);
+        } else {
+            rest.push(w);
+        }
+    }
+    *waiting = rest;
+    group
+}
 
 /// Counts an append in the backlog while it lives.
 struct InBacklog<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -85,10 +127,15 @@ impl AuditLog {
     }
 
     /// Appends entries whose ids and times are fixed already (fresh, or from the queue).
+    ///
+    /// Group commit: appends of one tenant on one handle wait for the tenant's turn in a list;
+    /// whoever gets the turn appends every waiting entry (up to [`GROUP_LIMIT`]) in one
+    /// ordered `insert_many` and hands each caller its entries. So concurrent appenders on one
+    /// handle cost one round trip per group, not one each, and race other handles less.
     pub(crate) async fn append_pending(
         &self,
         tenant: &TenantId,
-        pending: Vec<Pending>,
+        mut pending: Vec<Pending>,
     ) -> Result<Vec<AuditEntry>> {
         if pending.is_empty() {
             return Ok(Vec::new());
@@ -98,13 +145,83 @@ impl AuditLog {
         inner.backlog.fetch_add(1, Ordering::Relaxed);
         let _counted = InBacklog(&inner.backlog);
         let slot = self.head_slot(tenant.as_str());
-        let mut head = slot.lock().await;
+        let mut done: Vec<AuditEntry> = Vec::with_capacity(pending.len());
+        for _ in 0..GROUP_RETRIES {
+            let id = slot.next_waiter.fetch_add(1, Ordering::Relaxed);
+            let (reply, mut answer) = tokio::sync::oneshot::channel();
+            slot.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Waiter {
+                    id,
+                    pending: pending.clone(),
+                    reply,
+                });
+            let mut head = slot.head.lock().await;
+            // Served by the group of an earlier turn?
+            let served = answer.try_recv().ok();
+            let stored = match served {
+                Some(stored) => stored,
+                None => {
+                    // This turn is ours: take the waiting list, ours first.
+                    let group = take_group(&slot, id);
+                    let all: Vec<Pending> = group
+                        .iter()
+                        .flat_map(|w| w.pending.iter().cloned())
+                        .collect();
+                    let (stored, error) = self.append_locked(tenant, &mut head, &all).await;
+                    let mut stored = stored.into_iter();
+                    let mut mine = Vec::new();
+                    for w in group {
+                        let part: Vec<AuditEntry> = stored.by_ref().take(w.pending.len()).collect();
+                        if w.id == id {
+                            mine = part;
+                        } else {
+                            let _ = w.reply.send(part);
+                        }
+                    }
+                    if let Some(e) = error {
+                        if mine.len() < pending.len() {
+                            return Err(e);
+                        }
+                    }
+                    mine
+                }
+            };
+            drop(head);
+            let n = stored.len();
+            done.extend(stored);
+            if n == pending.len() {
+                return Ok(done);
+            }
+            // A group that failed part-way stored a prefix of ours: append the rest ourselves.
+            pending.drain(..n);
+        }
+        Err(Error::Contention {
+            what: format!("the audit chain of tenant {tenant}"),
+            attempts: GROUP_RETRIES,
+        })
+    }
+
+    /// Appends `pending` after `head` (the tenant's turn is held), moving past entries other
+    /// handles store meanwhile. Returns what was stored, in order, and the error that stopped
+    /// it, if any.
+    async fn append_locked(
+        &self,
+        tenant: &TenantId,
+        head: &mut Option<Head>,
+        pending: &[Pending],
+    ) -> (Vec<AuditEntry>, Option<Error>) {
+        let inner = &self.inner;
         let mut stored: Vec<AuditEntry> = Vec::with_capacity(pending.len());
         let mut lost = 0u32;
         while stored.len() < pending.len() {
             let start = match head.clone() {
                 Some(h) => h,
-                None => self.read_head(tenant.as_str()).await?,
+                None => match self.read_head(tenant.as_str()).await {
+                    Ok(h) => h,
+                    Err(e) => return (stored, Some(e)),
+                },
             };
             let batch = chain(tenant.as_str(), &start, &pending[stored.len()..]);
             let docs: Vec<Document> = batch.iter().map(AuditEntry::to_document).collect();
@@ -123,69 +240,77 @@ impl AuditLog {
                 Err(Error::Mongo { source, .. }) if duplicate_key_message(&source).is_some() => {
                     // Ordered: everything before the first refused entry is stored.
                     let kept = first_refused(&source).unwrap_or(0);
-                    let mut at = if kept > 0 {
+                    let at = if kept > 0 {
                         Head::of(&batch[kept - 1])
                     } else {
                         start
                     };
                     stored.extend(batch.into_iter().take(kept));
-                    at = self.walk(tenant.as_str(), at).await?;
-                    *head = Some(at);
+                    match self.advance(tenant.as_str(), at).await {
+                        Ok(at) => *head = Some(at),
+                        Err(e) => {
+                            *head = None;
+                            return (stored, Some(e));
+                        }
+                    }
                     lost += 1;
                     if lost >= inner.options.max_attempts {
                         *head = None;
-                        return Err(Error::Contention {
+                        let e = Error::Contention {
                             what: format!("the audit chain of tenant {tenant}"),
                             attempts: lost,
-                        });
+                        };
+                        return (stored, Some(e));
                     }
                     tokio::time::sleep(jitter(lost)).await;
                 }
                 Err(e) => {
                     // Unknown outcome: read the head again next time.
                     *head = None;
-                    return Err(e);
+                    return (stored, Some(e));
                 }
             }
         }
-        Ok(stored)
+        (stored, None)
     }
 
-    /// The per-tenant head slot of this handle.
-    fn head_slot(&self, tenant: &str) -> Arc<tokio::sync::Mutex<Option<Head>>> {
+    /// The per-tenant slot of this handle.
+    fn head_slot(&self, tenant: &str) -> Arc<Slot> {
         let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(heads.entry(tenant.to_owned()).or_default())
     }
 
-    /// The head as the server has it: the entry with the highest sequence.
+    /// The head as the server has it (found from the genesis by [`advance`](Self::advance)).
     pub(crate) async fn read_head(&self, tenant: &str) -> Result<Head> {
-        let inner = &self.inner;
-        let last = self
-            .bounded(
-                "read the audit chain's head",
-                &inner.options.collection,
-                inner
-                    .entries
-                    .find_one(doc! { "tenant": tenant })
-                    .sort(doc! { "sequence": -1 }),
-            )
-            .await?;
-        match last {
-            Some(d) => Ok(Head::of(&AuditEntry::from_document(&d)?)),
-            None => Ok(Head::genesis()),
-        }
+        self.advance(tenant, Head::genesis()).await
     }
 
-    /// After losing the position after `at`: follow the entries other handles stored, by
-    /// `_id`, up to [`WALK_STEPS`] of them, then ask for the head.
-    async fn walk(&self, tenant: &str, mut at: Head) -> Result<Head> {
-        for _ in 0..WALK_STEPS {
-            match self.entry_at(tenant, at.sequence + 1).await? {
-                Some(next) => at = Head::of(&next),
-                None => return Ok(at),
+    /// The chain's head at or after `at` (a stored entry, or the genesis), found with point
+    /// reads by `_id` only: probe `at + 1, + 2, + 4, ...` until a position is free, then
+    /// bisect. About 2 log2(n) reads for n entries past `at`, whatever the collection's size:
+    /// FerretDB answers an exact `_id` filter from its key but scans for anything else, so a
+    /// sorted query for the highest sequence would cost a scan of the collection. Positions are
+    /// contiguous (entries are never removed), so the first free position ends the chain.
+    pub(crate) async fn advance(&self, tenant: &str, mut at: Head) -> Result<Head> {
+        let mut step = 1u64;
+        let free = loop {
+            match self.entry_at(tenant, at.sequence + step).await? {
+                Some(e) => {
+                    at = Head::of(&e);
+                    step = step.saturating_mul(2);
+                }
+                None => break at.sequence + step,
+            }
+        };
+        let mut free = free;
+        while free - at.sequence > 1 {
+            let mid = at.sequence + (free - at.sequence) / 2;
+            match self.entry_at(tenant, mid).await? {
+                Some(e) => at = Head::of(&e),
+                None => free = mid,
             }
         }
-        self.read_head(tenant).await
+        Ok(at)
     }
 
     /// The stored entry at `sequence` of `tenant`'s chain, by `_id`.

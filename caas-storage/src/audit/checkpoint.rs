@@ -48,6 +48,9 @@ impl Checkpoint {
 pub struct AuditStatus {
     /// Appends of this handle waiting for or holding their tenant's turn.
     pub backlog: usize,
+    /// Entries acknowledged by [`append_queued`](AuditLog::append_queued) and not drained
+    /// yet, over all tenants; `None` when Redis could not be read.
+    pub queued: Option<u64>,
     /// Age of the newest stored checkpoint of any tenant; `None` if there is none.
     pub last_checkpoint_age: Option<Duration>,
 }
@@ -194,6 +197,7 @@ impl AuditLog {
             });
         Ok(AuditStatus {
             backlog: inner.backlog.load(Ordering::Relaxed),
+            queued: self.queued_count().await.ok(),
             last_checkpoint_age: age,
         })
     }

@@ -120,7 +120,7 @@ struct Inner {
     outbox: OutboxStore,
     /// The head each tenant's chain had when this handle last appended or read it; the lock
     /// queues this handle's appends of one tenant.
-    heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<append::Head>>>>>,
+    heads: Mutex<HashMap<String, Arc<append::Slot>>>,
     /// Appends waiting for or holding their tenant's lock.
     backlog: AtomicUsize,
     /// Set once the unique (tenant, sequence) index exists.

@@ -152,6 +152,26 @@ impl AuditLog {
         result
     }
 
+    /// Entries queued and not drained yet, over all tenants.
+    pub(crate) async fn queued_count(&self) -> Result<u64> {
+        let mut conn = self.redis()?;
+        let tenants: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.tenants_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("audit queue tenants (SMEMBERS)"))?;
+        let mut total = 0;
+        for t in tenants {
+            let n: u64 = redis::cmd("XLEN")
+                .arg(self.stream_key(&t))
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("audit queue length (XLEN)"))?;
+            total += n;
+        }
+        Ok(total)
+    }
+
     /// Drains every tenant that ever queued entries; returns how many entries were appended.
     pub async fn drain_all_queued(&self) -> Result<usize> {
         let mut conn = self.redis()?;
