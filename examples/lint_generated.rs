@@ -65,18 +65,22 @@ mod steps {
         Ok(())
     }
 
-    /// 2 -> 3: accounts expire.
+    /// 2 -> 3: accounts expire a year after they were opened.
     pub fn account_v2_to_v3(doc: &mut Document) -> StepResult {
-        if !doc.contains_key("expiresAt") {
-            doc.insert("expiresAt", caas_storage::bson::DateTime::MAX);
-        }
+        let opened = doc.get_datetime("openedAt")?.timestamp_millis();
+        let year = 365 * 24 * 3600 * 1000;
+        doc.insert(
+            "expiresAt",
+            caas_storage::bson::DateTime::from_millis(opened + year),
+        );
         Ok(())
     }
 
-    /// 3 -> 2.
+    /// 3 -> 2: the expiry goes (a version 3 document always has one).
     pub fn account_v3_to_v2(doc: &mut Document) -> StepResult {
-        doc.remove("expiresAt");
-        Ok(())
+        doc.remove("expiresAt")
+            .map(drop)
+            .ok_or_else(|| "a version 3 account without `expiresAt`".into())
     }
 }
 

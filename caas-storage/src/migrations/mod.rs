@@ -111,14 +111,15 @@ impl Storage {
             waited_ms = waited.as_millis() as u64,
             "migrating"
         );
-        let run = new_run(Some(&held));
-        // What was applied while this process waited for the lock is not applied again.
-        let result = match ledger.applied().await {
-            Ok(applied) => migrator::run(&run, &applied).await,
-            Err(e) => Err(e),
+        let (result, crashed) = {
+            let run = new_run(Some(&held));
+            // What was applied while this process waited for the lock is not applied again.
+            let result = match ledger.applied().await {
+                Ok(applied) => migrator::run(&run, &applied).await,
+                Err(e) => Err(e),
+            };
+            (result, run.crashed.load(Ordering::Relaxed))
         };
-        let crashed = run.crashed.load(Ordering::Relaxed);
-        drop(run);
         if crashed {
             // As if the process died here: the lock is left to expire.
             drop(held);
