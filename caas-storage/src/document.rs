@@ -97,11 +97,13 @@ pub(crate) fn encode<E: Entity>(tenant: &TenantId, entity: &E) -> Result<Documen
         direction: "encode",
         message: e.to_string(),
     })?;
-    doc.insert(
-        SCHEMA_VERSION_FIELD,
-        crate::schema::stamp(E::META.schema_version),
-    );
+    doc.insert(SCHEMA_VERSION_FIELD, schema_stamp(E::META.schema_version));
     Ok(doc)
+}
+
+/// A schema version as `_schema_version` stores it (`schema.rs` reads it back).
+pub(crate) fn schema_stamp(version: u32) -> Bson {
+    Bson::Int64(i64::from(version))
 }
 
 /// Removes `_id`, the framework fields and (unless `with_secrets`) the secret fields.

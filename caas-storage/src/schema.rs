@@ -56,7 +56,7 @@ pub(crate) fn version_of(doc: &Document) -> u32 {
 
 /// A stamp as stored.
 pub(crate) fn stamp(version: u32) -> Bson {
-    Bson::Int64(i64::from(version))
+    document::schema_stamp(version)
 }
 
 /// The filter condition that matches documents at exactly `version` (unstamped ones count as
