@@ -3,7 +3,7 @@
 //!
 //! - **Declared on the entity.** `#[repository(schema_version = 3)]` and one
 //!   `#[migrate(from = K, up = f, down = g)]` per step `K -> K+1`, functions over the stored
-//!   BSON document ([`StepFn`](crate::entity::StepFn)). The derive checks the chain is complete
+//!   BSON document ([`StepFn`]). The derive checks the chain is complete
 //!   (a gap, a duplicate or a step beyond the version is a compile error at the attribute) and
 //!   emits it in `Entity::META` with the index specs: nothing to register by hand.
 //! - **Upgraded on read.** A document stored at an older version is run through the chain
