@@ -119,7 +119,7 @@ async fn main() {
     println!(
         "cache tiers vs raw baselines, {rounds} rounds x {batch} reads, medians of per-op time"
     );
-    let key = "{bench:Cached:item-1}".to_owned();
+    let key = "{bench:caas_bench.bench_cached:Cached:item-1}".to_owned();
     let redis_conn = storage.raw().redis_cache_for("caas_bench");
     let r = support::alternate(
         "redis hit vs raw GET+decode",
