@@ -962,6 +962,25 @@ mod tests {
     }
 
     #[test]
+    fn archive_settings_parse_and_bad_ones_name_their_key() {
+        assert_eq!("off".parse::<RelayArchive>().unwrap(), RelayArchive::Off);
+        assert_eq!(
+            " Bulk ".parse::<RelayArchive>().unwrap(),
+            RelayArchive::Bulk
+        );
+        assert_eq!(
+            "auto".parse::<RelayArchive>().unwrap(),
+            RelayArchive::default()
+        );
+        let e = "per-event".parse::<RelayArchive>().unwrap_err().to_string();
+        assert!(e.contains("outbox.relay.archive"), "{e}");
+        assert!(RelayArchive::Auto.keeps_copies(false));
+        assert!(!RelayArchive::Auto.keeps_copies(true));
+        assert!(!RelayArchive::Off.keeps_copies(false));
+        assert!(RelayArchive::Bulk.keeps_copies(true));
+    }
+
+    #[test]
     fn backoff_grows_caps_and_jitters() {
         let o = RelayOptions {
             backoff_base: Duration::from_millis(100),
