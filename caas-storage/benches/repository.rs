@@ -87,6 +87,17 @@ async fn main() {
         }
     };
 
+    // Commands one insert and one read send (the raw side sends one each).
+    for (what, i) in [("insert", usize::MAX), ("find_by_id", usize::MAX)] {
+        *commands.lock().unwrap() = Some(BTreeMap::new());
+        if what == "insert" {
+            repo.insert(&t, &make("probe", i)).await.unwrap();
+        } else {
+            repo.find_by_id(&t, &format!("probe{i}")).await.unwrap();
+        }
+        let sent = commands.lock().unwrap().take().unwrap();
+        println!("{what} commands: {sent:?}");
+    }
     println!("caas-storage generated repository vs raw mongodb driver calls by _id");
     println!(
         "server: {}; rounds {rounds} x batch {batch}, alternating, medians of per-op time",
