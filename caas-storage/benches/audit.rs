@@ -10,6 +10,8 @@
 //! scripts/services up && eval "$(scripts/services env)" && cargo bench -p caas-storage --bench audit
 //! ```
 
+mod support;
+
 use std::time::Instant;
 
 use caas_storage::audit::{AuditLog, AuditOptions, NewAuditEntry};
@@ -105,6 +107,7 @@ async fn main() {
         TenantId::new(format!("bench-{tenant_no}")).unwrap()
     };
 
+    let mut rows = Vec::new();
     println!("audit appends, one tenant, {rounds} rounds x {per_round} entries per configuration");
     println!(
         "{:<34} {:>12} {:>12} {:>8}",
@@ -135,6 +138,11 @@ async fn main() {
         }
         let (c, r) = (median(chain), median(raw));
         println!("{label:<34} {c:>12.0} {r:>12.0} {:>8.3}", c / r);
+        rows.push(support::Row::report(
+            &format!("audit: {label} / raw inserts"),
+            c / r,
+            format!("{c:.0} vs {r:.0} entries/s"),
+        ));
     }
 
     let (mut batched, mut single, mut queued) = (Vec::new(), Vec::new(), Vec::new());

@@ -119,7 +119,7 @@ async fn main() {
     println!(
         "cache tiers vs raw baselines, {rounds} rounds x {batch} reads, medians of per-op time"
     );
-    let key = "{bench:Cached:item-1}".to_owned();
+    let key = "{bench:caas_bench.bench_cached:Cached:item-1}".to_owned();
     let redis_conn = storage.raw().redis_cache_for("caas_bench");
     let r = support::alternate(
         "redis hit vs raw GET+decode",
@@ -147,6 +147,7 @@ async fn main() {
     )
     .await;
     r.print("<= 1.05");
+    let mut rows = vec![r.row("<= 1.05", Some(1.05))];
 
     let moka: moka::sync::Cache<String, Arc<Local>> =
         moka::sync::Cache::builder().max_capacity(10_000).build();
@@ -172,6 +173,7 @@ async fn main() {
     )
     .await;
     r.print("<= 2");
+    rows.push(r.row("<= 2", Some(2.0)));
 
     let r = support::alternate(
         "uncached DB read vs in-process hit",
@@ -192,6 +194,12 @@ async fn main() {
     )
     .await;
     r.print(">= 100 (ratio = DB / in-process)");
+    rows.push(support::Row::at_least(
+        &format!("cache: {}", r.name),
+        r.ratio(),
+        100.0,
+        r.row("", None).detail,
+    ));
 
     let r = support::alternate(
         "find_by_id uncached vs redis-cached",
@@ -212,4 +220,13 @@ async fn main() {
     )
     .await;
     r.print("(speed-up of the Redis tier)");
+    rows.push(support::Row::report(
+        &format!("cache: {}", r.name),
+        r.ratio(),
+        r.row("", None).detail,
+    ));
+    for row in rows.iter_mut().take(2) {
+        row.name = format!("cache: {}", row.name);
+    }
+    support::record(&rows);
 }

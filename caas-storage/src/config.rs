@@ -71,6 +71,12 @@
 //! | `ttl.interval` | `CAAS_TTL_INTERVAL` | `1m` |
 //! | `ttl.batch_size` | `CAAS_TTL_BATCH_SIZE` | 1000 |
 //!
+//! The outbox relay's settings (`outbox.relay.*`, e.g. `outbox.relay.batch_size`,
+//! `outbox.relay.archive` = `auto` | `bulk` | `off`, default `auto`) are
+//! [`RelayOptions`](crate::outbox::RelayOptions) fields, given to `Storage::outbox_relay`;
+//! `RelayArchive` parses from text, and a bad value is an error naming its key
+//! (`docs/outbox.md`).
+//!
 //! Durations are written with a unit: `250ms`, `5s`, `30m`, `2h`, `1d`, or sums like `1m30s`.
 //!
 //! TLS and credentials: in `mongodb.uri` (`mongodb://user:pw@host/?tls=true&tlsCAFile=...`),

@@ -42,7 +42,7 @@ pub use record::{
     PUBLISHED_COLLECTION,
 };
 pub(crate) use recording::Verdict;
-pub use relay::{DrainReport, OutboxRelay, RelayHandle, RelayOptions};
+pub use relay::{DrainReport, OutboxRelay, RelayArchive, RelayHandle, RelayOptions};
 pub use store::OutboxStore;
 
 use crate::connection::Connections;

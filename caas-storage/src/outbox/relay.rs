@@ -8,7 +8,7 @@
 //! Failures back off with jitter and park after `max_attempts` (copied to a dead-letter topic
 //! when one is configured). The pass never waits longer than its operation bounds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use super::envelope::{now_millis, EventEnvelope};
 use super::lease::ShardLeases;
 use super::metrics::{Counters, RelayMetrics};
 use super::record::{
-    millis, record_from_doc, EventState, Head, OutboxLag, OutboxRecord, ReconcileReport,
+    record_from_doc, EventState, Head, OutboxLag, OutboxRecord, ReconcileReport,
     DEFAULT_RECONCILE_AFTER, DEFAULT_SHARD_COUNT,
 };
 use super::store::OutboxStore;
@@ -79,6 +79,61 @@ pub struct RelayOptions {
     pub instance_id: String,
     /// Bound on each MongoDB operation.
     pub op_timeout: Duration,
+    /// What happens to delivered records: see [`RelayArchive`]. Default
+    /// [`RelayArchive::Auto`].
+    pub archive: RelayArchive,
+}
+
+/// What the relay does with the records it delivered (`outbox.relay.archive`).
+///
+/// Either way a batch costs a fixed number of statements, never one per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RelayArchive {
+    /// `bulk` where the server has no multi-document transactions, `off` where it has them.
+    /// Without transactions, reconciliation of stale `prepared` records reads published
+    /// records (rules 1 and 2 of docs/outbox.md), so they are kept; with transactions events
+    /// are recorded with their write and nothing needs them.
+    #[default]
+    Auto,
+    /// Copy each batch to `caas_outbox_published` (one `insert_many`), then delete it from
+    /// the outbox (one `delete_many`). Kept for `retention.published_events`, for audits and
+    /// reconciliation.
+    Bulk,
+    /// Delete each batch from the outbox (one `delete_many`) and keep no copy: the least
+    /// database work a relay can do. Without transactions, a stale `prepared` event whose
+    /// rival at the same revision was already published and removed is decided from the
+    /// document alone (its op stamp while the document is at that revision, else its version).
+    Off,
+}
+
+impl RelayArchive {
+    /// Whether delivered records are copied to the archive on a server with (`true`) or
+    /// without transactions.
+    pub fn keeps_copies(self, transactions: bool) -> bool {
+        match self {
+            RelayArchive::Auto => !transactions,
+            RelayArchive::Bulk => true,
+            RelayArchive::Off => false,
+        }
+    }
+}
+
+impl std::str::FromStr for RelayArchive {
+    type Err = Error;
+
+    /// `auto`, `bulk` or `off`; anything else is an error naming `outbox.relay.archive`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(RelayArchive::Auto),
+            "bulk" => Ok(RelayArchive::Bulk),
+            "off" => Ok(RelayArchive::Off),
+            other => Err(Error::config(
+                "outbox.relay.archive",
+                format!("`{other}` is not one of auto, bulk, off"),
+            )),
+        }
+    }
 }
 
 impl Default for RelayOptions {
@@ -101,6 +156,7 @@ impl Default for RelayOptions {
             topic_replication: 1,
             instance_id: uuid::Uuid::now_v7().hyphenated().to_string(),
             op_timeout: Duration::from_secs(10),
+            archive: RelayArchive::Auto,
         }
     }
 }
@@ -422,34 +478,29 @@ impl OutboxRelay {
         }
         let shards = shard_filter(&owned, o.shard_count);
 
-        // The reads every pass needs, concurrently.
-        let (prepared, parked, window) = tokio::try_join!(
-            store.prepared_heads(shards.clone()),
-            store.parked_heads(shards.clone()),
-            store.ready_window(shards.clone(), o.batch_size + 1)
-        )?;
-        let (prepared, window) = if prepared.is_empty() {
-            (prepared, window)
-        } else {
-            let rec = store.reconcile_heads(&prepared, DateTime::now()).await?;
+        // The one read every pass needs: pending records oldest first, up to one more than
+        // a batch of ready ones and on to the clock-skew horizon (one collection scan on
+        // servers that scan).
+        let skew_ms = i64::try_from(o.max_clock_skew.as_millis()).unwrap_or(i64::MAX / 4);
+        let mut pending = store
+            .pending_window(shards.clone(), o.batch_size, skew_ms)
+            .await?;
+        if !pending.prepared.is_empty() {
+            let rec = store
+                .reconcile_heads(&pending.prepared, DateTime::now())
+                .await?;
             report.reconciled.merge(&rec);
             if rec.ready + rec.abandoned + rec.parked > 0 {
-                tokio::try_join!(
-                    store.prepared_heads(shards.clone()),
-                    store.ready_window(shards.clone(), o.batch_size + 1)
-                )?
-            } else {
-                (prepared, window)
+                pending = store
+                    .pending_window(shards.clone(), o.batch_size, skew_ms)
+                    .await?;
             }
-        };
-        if window.is_empty() {
+        }
+        if pending.window.is_empty() {
             return Ok(());
         }
-        // One more than a batch was asked for: whether the window holds every ready event.
-        let mut window = window;
-        let truncated = window.len() > o.batch_size;
-        window.truncate(o.batch_size);
-        report.more |= truncated;
+        report.more |= pending.truncated;
+        let window = pending.window;
 
         // Pending events outside the window: the lowest revision per aggregate.
         let mut earliest_outside: HashMap<String, (String, i64)> = HashMap::new();
@@ -463,31 +514,17 @@ impl OutboxRelay {
             }
         };
         // A parked event holds its aggregate's later revisions back, as a pending one does.
-        prepared.iter().chain(&parked).for_each(&mut note);
-        // Outside a truncated window, only events created after its last one remain. Events
-        // of one aggregate are recorded in revision order, so an earlier revision can only be
-        // out there if clocks disagree: events within `max_clock_skew` of the window's end
-        // wait for a later pass. When that is the whole window, read what is outside instead.
-        let mut edge_after = None;
-        if truncated {
-            let created = |d: &Document| millis(d.get("created_at"));
-            let last_created = window.last().map(created).unwrap_or(0);
-            let edge =
-                last_created - i64::try_from(o.max_clock_skew.as_millis()).unwrap_or(i64::MAX / 4);
-            if window.iter().any(|d| created(d) <= edge) {
-                edge_after = Some(edge);
-            } else {
-                let in_window: HashSet<&str> = window
-                    .iter()
-                    .filter_map(|d| d.get_str("_id").ok())
-                    .collect();
-                for h in store.ready_heads_since(shards, last_created).await? {
-                    if !in_window.contains(h.id.as_str()) {
-                        note(&h);
-                    }
-                }
-            }
-        }
+        // Outside the window, events created after its last one remain; events of one
+        // aggregate are recorded in revision order, so an earlier revision of an event in the
+        // window can only be out there if clocks disagree, and then within `max_clock_skew`
+        // of the window's end: the read went on that far, and `beyond` is what it found.
+        pending
+            .prepared
+            .iter()
+            .chain(&pending.parked)
+            .chain(&pending.beyond)
+            .for_each(&mut note);
+        let edge_after = None;
 
         let (eligible, deferred) = select(&window, &earliest_outside, edge_after, now_millis())?;
         report.deferred += deferred;
@@ -584,7 +621,13 @@ impl OutboxRelay {
         }
 
         let published = delivered.len() as u64;
-        if let Err(e) = store.mark_published(delivered, &o.instance_id).await {
+        let archive = o
+            .archive
+            .keeps_copies(inner.conn.capabilities().transactions);
+        if let Err(e) = store
+            .mark_published(delivered, &o.instance_id, archive)
+            .await
+        {
             // Delivered but not marked: they will be published again (at-least-once).
             tracing::warn!(database = store.database(), error = %e, "could not mark delivered outbox records published");
             report.errors.push(format!("{}: {e}", store.database()));
@@ -916,6 +959,25 @@ mod tests {
         let (out, deferred) = select(&window, &outside, None, 50).unwrap();
         assert!(out.is_empty());
         assert_eq!(deferred, 1);
+    }
+
+    #[test]
+    fn archive_settings_parse_and_bad_ones_name_their_key() {
+        assert_eq!("off".parse::<RelayArchive>().unwrap(), RelayArchive::Off);
+        assert_eq!(
+            " Bulk ".parse::<RelayArchive>().unwrap(),
+            RelayArchive::Bulk
+        );
+        assert_eq!(
+            "auto".parse::<RelayArchive>().unwrap(),
+            RelayArchive::default()
+        );
+        let e = "per-event".parse::<RelayArchive>().unwrap_err().to_string();
+        assert!(e.contains("outbox.relay.archive"), "{e}");
+        assert!(RelayArchive::Auto.keeps_copies(false));
+        assert!(!RelayArchive::Auto.keeps_copies(true));
+        assert!(!RelayArchive::Off.keeps_copies(false));
+        assert!(RelayArchive::Bulk.keeps_copies(true));
     }
 
     #[test]
