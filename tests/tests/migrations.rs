@@ -3,7 +3,7 @@
 //! - Documents written at version 1 with the driver read through a version 3 entity: from
 //!   MongoDB, from a Redis entry a version 1 build put, from the in-process tier; written back
 //!   only when configured; a newer document is an error, never a mangle; patches upgrade first.
-//! - The batch migrator: 10,000 documents, stopped mid-way by a fault point, resumed by another
+//! - The batch migrator: 2,000 documents in CI (10,000 with `CAAS_TEST_MIGRATE_DOCS=10000`), stopped mid-way by a fault point, resumed by another
 //!   handle: every document at version 3, every write counted once. Four handles migrating at
 //!   once: each step applied once. A holder killed mid-step is taken over after its lease.
 //! - The ledger: a tampered checksum is refused; rollbacks and data migrations are recorded.
@@ -554,13 +554,15 @@ async fn counting(config: StorageConfig, coll: &'static str) -> (Storage, Arc<At
 }
 
 #[tokio::test]
-async fn ten_thousand_documents_migrate_in_batches_and_resume_after_a_crash() {
-    // 10,000 by default; `CAAS_TEST_MIGRATE_DOCS` sets another count (a multiple of 20) where
-    // the server rewrites slowly (FerretDB on a loaded machine: a few documents per second).
+async fn documents_migrate_in_batches_and_resume_after_a_crash() {
+    // 2,000 by default, which keeps the suite's time bounded: FerretDB rewrites a few to a few
+    // tens of documents per second on this machine. The 10,000-document proof is
+    // `CAAS_TEST_MIGRATE_DOCS=10000 scripts/test --test migrations` (about 20 minutes here;
+    // docs/benchmarks.md has its figures). The count must be a multiple of 20.
     let n: usize = std::env::var("CAAS_TEST_MIGRATE_DOCS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(2_000);
     assert_eq!(n % 20, 0, "CAAS_TEST_MIGRATE_DOCS must be a multiple of 20");
     let (batch, crash_at) = (n / 20, (n * 2 / 5) as u64);
     let at_v2 = n.div_ceil(3) as u64;
