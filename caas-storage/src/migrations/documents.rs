@@ -146,7 +146,9 @@ pub(crate) async fn migrate_entity(
     let mut by_from =
         ledger::counts_from_bson(saved.as_ref().and_then(|d| d.get_document("by_from").ok()));
     report.rewritten_before = by_from.values().sum();
-    if run.dry_run() || (down && rolled_back && to_rewrite == 0) {
+    // An append-only entity's documents are never changed, by the framework either: they
+    // stay at the version they were written at and are upgraded on every read.
+    if run.dry_run() || meta.append_only || (down && rolled_back && to_rewrite == 0) {
         return Ok(report);
     }
     let Some(lock) = run.lock else {

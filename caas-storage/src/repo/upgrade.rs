@@ -197,7 +197,11 @@ impl Pipeline {
     /// Writes back documents a read upgraded, if `migrations.write_back_on_read` says so.
     /// Failures are logged, never returned: the read itself succeeded.
     pub(crate) async fn write_back(&self, keys: Vec<Bson>) {
-        if keys.is_empty() || !self.conn().config().migrations.write_back_on_read {
+        // Append-only documents are never changed: they are upgraded on every read instead.
+        if keys.is_empty()
+            || self.meta().append_only
+            || !self.conn().config().migrations.write_back_on_read
+        {
             return;
         }
         for key in keys {
