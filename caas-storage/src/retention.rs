@@ -22,7 +22,7 @@ use mongodb::bson::{doc, DateTime, Document};
 use serde::Serialize;
 
 use crate::config::RetentionConfig;
-use crate::connection::Connections;
+use crate::connection::{lease, Connections};
 use crate::document::{claims_collection, CLAIM_LEASE};
 use crate::entity::EntityMeta;
 use crate::error::{Error, Result};
@@ -218,26 +218,9 @@ impl Retention {
         }
     }
 
-    /// One instance per interval: `SET NX PX` for most of an interval.
+    /// One instance per interval (see [`lease::take_for_interval`]).
     async fn take_lease(&self, key: &str, token: &str) -> bool {
-        let Ok(mut redis) = self
-            .conn
-            .redis(self.conn.config().redis.databases.write_behind)
-        else {
-            return false;
-        };
-        let ttl = (self.settings.interval * 9 / 10).max(Duration::from_millis(1));
-        redis::cmd("SET")
-            .arg(key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async::<Option<String>>(&mut redis)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
+        lease::take_for_interval(&self.conn, key, token, self.settings.interval).await
     }
 }
 

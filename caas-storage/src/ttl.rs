@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::cache::CacheLayer;
 use crate::config::TtlConfig;
-use crate::connection::Connections;
+use crate::connection::{lease, Connections};
 use crate::entity::EntityMeta;
 use crate::error::{Error, Result};
 use crate::tenant::TenantId;
@@ -233,26 +233,9 @@ impl TtlSweeper {
         }
     }
 
-    /// One instance per interval: `SET NX PX` for most of an interval.
+    /// One instance per interval (see [`lease::take_for_interval`]).
     async fn take_lease(&self, key: &str, token: &str) -> bool {
-        let Ok(mut redis) = self
-            .conn
-            .redis(self.conn.config().redis.databases.write_behind)
-        else {
-            return false;
-        };
-        let ttl = (self.settings.interval * 9 / 10).max(Duration::from_millis(1));
-        redis::cmd("SET")
-            .arg(key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async::<Option<String>>(&mut redis)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
+        lease::take_for_interval(&self.conn, key, token, self.settings.interval).await
     }
 }
 

@@ -10,14 +10,13 @@
 //! only after the mark says done.
 
 use std::collections::HashSet;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use mongodb::bson::doc;
 
 use super::entry::{NewAuditEntry, Pending};
 use super::AuditLog;
-use crate::connection::FaultPoint;
+use crate::connection::{lease, FaultPoint};
 use crate::error::{Component, Error, Result};
 use crate::tenant::TenantId;
 
@@ -29,30 +28,6 @@ const BATCH: usize = 500;
 
 /// How long a drainer's lease on a tenant's stream lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(30);
-
-/// Takes or renews the lease. KEYS: the lease. ARGV: token, ttl in ms.
-static LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-",
-    )
-});
-
-/// Releases the lease if still held. KEYS: the lease. ARGV: token.
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-",
-    )
-});
 
 fn redis_err(operation: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
     move |source| Error::Redis { operation, source }
@@ -131,24 +106,16 @@ impl AuditLog {
         let lease = format!("{key}:lease");
         let token = uuid::Uuid::now_v7().simple().to_string();
         let mut conn = self.redis()?;
-        let held: i64 = LEASE
-            .key(&lease)
-            .arg(&token)
-            .arg(LEASE_TTL.as_millis() as u64)
-            .invoke_async(&mut conn)
+        let held = lease::hold(&mut conn, &lease, &token, LEASE_TTL)
             .await
             .map_err(redis_err("audit queue lease"))?;
-        if held != 1 {
+        if !held {
             return Ok(0);
         }
         let result = self
             .drain_held(tenant, &key, &lease, &token, &mut conn)
             .await;
-        let _: std::result::Result<i64, _> = RELEASE
-            .key(&lease)
-            .arg(&token)
-            .invoke_async(&mut conn)
-            .await;
+        let _ = lease::release(&mut conn, &lease, &token).await;
         result
     }
 
@@ -307,14 +274,10 @@ impl AuditLog {
                     .map_err(redis_err("audit queue delete (XDEL)"))?;
             }
             applied_total += n;
-            let renewed: i64 = LEASE
-                .key(lease)
-                .arg(token)
-                .arg(LEASE_TTL.as_millis() as u64)
-                .invoke_async(conn)
+            let renewed = lease::hold(conn, lease, token, LEASE_TTL)
                 .await
                 .map_err(redis_err("audit queue lease"))?;
-            if renewed != 1 {
+            if !renewed {
                 return Ok(applied_total);
             }
         }

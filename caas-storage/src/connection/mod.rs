@@ -11,9 +11,11 @@
 //!   connection included) with the URL's credentials and TLS.
 //! - [`kafka`]: the shared idempotent producer and its [`KafkaContext`].
 //! - [`faults`]: points where a test can stop a write as if the process died there.
+//! - [`lease`]: one holder at a time for a background job, in Redis.
 
 mod faults;
 pub(crate) mod kafka;
+pub(crate) mod lease;
 pub(crate) mod mongo;
 mod redis;
 

@@ -8,7 +8,7 @@ use mongodb::bson::Document;
 
 use super::entry::{self, Entry, Op};
 use super::{redis_err, Shared};
-use crate::connection::RedisConnection;
+use crate::connection::{lease, RedisConnection};
 use crate::document;
 use crate::error::{Error, Result};
 use crate::tenant::TenantId;
@@ -378,26 +378,9 @@ async fn hold_lease(
     token: &str,
     ttl: Duration,
 ) -> Result<bool> {
-    static LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-        redis::Script::new(
-            r"
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-",
-        )
-    });
-    let held: i64 = LEASE
-        .key(owner_key(key))
-        .arg(token)
-        .arg(ttl.as_millis() as u64)
-        .invoke_async(conn)
+    lease::hold(conn, &owner_key(key), token, ttl)
         .await
-        .map_err(redis_err("write-behind lease"))?;
-    Ok(held == 1)
+        .map_err(redis_err("write-behind lease"))
 }
 
 #[cfg(test)]
