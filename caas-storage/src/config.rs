@@ -70,6 +70,9 @@
 //! | `ttl.sweeper` | `CAAS_TTL_SWEEPER` | `true` |
 //! | `ttl.interval` | `CAAS_TTL_INTERVAL` | `1m` |
 //! | `ttl.batch_size` | `CAAS_TTL_BATCH_SIZE` | 1000 |
+//! | `retry.max_attempts` | `CAAS_RETRY_MAX_ATTEMPTS` | 5 (1: no retries) |
+//! | `retry.initial_backoff` | `CAAS_RETRY_INITIAL_BACKOFF` | `50ms` |
+//! | `retry.max_backoff` | `CAAS_RETRY_MAX_BACKOFF` | `2s` |
 //!
 //! The outbox relay's settings (`outbox.relay.*`, e.g. `outbox.relay.batch_size`,
 //! `outbox.relay.archive` = `auto` | `bulk` | `off`, default `auto`) are
@@ -116,6 +119,8 @@ pub struct StorageConfig {
     pub migrations: MigrationsConfig,
     /// Expiry of documents of entities with a TTL index, where the server has no TTL indexes.
     pub ttl: TtlConfig,
+    /// The retry policy for transient MongoDB faults (`connection/retry.rs`).
+    pub retry: RetryConfig,
 }
 
 /// MongoDB connection and pool settings. `Debug` and `Serialize` mask the password in `uri`.
@@ -446,6 +451,34 @@ impl Default for WriteBehindConfig {
     }
 }
 
+/// The retry policy for transient MongoDB faults: which calls are sent again is decided by
+/// `connection/retry.rs` (reads after any transient fault, writes only when the command never
+/// left); this says how often and how far apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (1: no retries).
+    #[serde(deserialize_with = "lenient")]
+    pub max_attempts: u32,
+    /// The pause after the first failed attempt; it doubles after each one, up to
+    /// `max_backoff`, half of it random.
+    #[serde(with = "duration_text")]
+    pub initial_backoff: Duration,
+    /// The longest pause between attempts.
+    #[serde(with = "duration_text")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Health check settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -662,7 +695,7 @@ impl StorageConfig {
 }
 
 /// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
-const ENV_SECTIONS: [(&str, &str); 9] = [
+const ENV_SECTIONS: [(&str, &str); 10] = [
     ("CAAS_WRITE_BEHIND_", "write_behind"),
     ("CAAS_MONGODB_", "mongodb"),
     ("CAAS_REDIS_", "redis"),
@@ -672,6 +705,7 @@ const ENV_SECTIONS: [(&str, &str); 9] = [
     ("CAAS_RETENTION_", "retention"),
     ("CAAS_MIGRATIONS_", "migrations"),
     ("CAAS_TTL_", "ttl"),
+    ("CAAS_RETRY_", "retry"),
 ];
 
 impl StorageConfig {
@@ -799,6 +833,21 @@ impl StorageConfig {
             if d.is_zero() {
                 return Err(err(key, "must be longer than zero".into()));
             }
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(err(
+                "retry.max_attempts",
+                "must be at least 1 (1 means no retries)".into(),
+            ));
+        }
+        if self.retry.max_backoff < self.retry.initial_backoff {
+            return Err(err(
+                "retry.max_backoff",
+                format!(
+                    "{:?} is shorter than retry.initial_backoff ({:?})",
+                    self.retry.max_backoff, self.retry.initial_backoff
+                ),
+            ));
         }
         if self.migrations.batch_size == 0 {
             return Err(err("migrations.batch_size", "must be at least 1".into()));

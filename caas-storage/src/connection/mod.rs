@@ -12,12 +12,15 @@
 //! - [`kafka`]: the shared idempotent producer and its [`KafkaContext`].
 //! - [`faults`]: points where a test can stop a write as if the process died there.
 //! - [`lease`]: one holder at a time for a background job, in Redis.
+//! - [`retry`]: the retry policy for transient MongoDB faults (what may be sent again, how
+//!   often, how far apart).
 
 mod faults;
 pub(crate) mod kafka;
 pub(crate) mod lease;
 pub(crate) mod mongo;
 mod redis;
+pub(crate) mod retry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -7,6 +7,8 @@ use mongodb::bson::Document;
 use mongodb::options::ReturnDocument;
 use mongodb::{ClientSession, Collection};
 
+use crate::config::RetryConfig;
+use crate::connection::retry::Retry;
 use crate::document::OP_FIELD;
 use crate::entity::EntityMeta;
 use crate::error::{classify_write, Component, Error, Result, DUPLICATE_KEY};
@@ -103,6 +105,7 @@ pub(crate) async fn exec(
     docs: &Collection<Document>,
     operation: &'static str,
     bound: Duration,
+    retry: &RetryConfig,
     write: &RawWrite,
     session: Option<&mut ClientSession>,
 ) -> Result<RawOutcome> {
@@ -113,13 +116,20 @@ pub(crate) async fn exec(
         operation,
         after: bound,
     };
+    // Outside a transaction a write is sent again when the driver proves it never left
+    // (`connection/retry.rs`); inside one, the transaction is the unit that is retried.
     macro_rules! run {
         ($action:expr) => {
             match session {
-                None => tokio::time::timeout(bound, $action).await,
-                Some(s) => tokio::time::timeout(bound, $action.session(s)).await,
+                None => {
+                    retry
+                        .run(Retry::Unsent, operation, bound, || $action)
+                        .await?
+                }
+                Some(s) => tokio::time::timeout(bound, $action.session(s))
+                    .await
+                    .map_err(timeout)?,
             }
-            .map_err(timeout)?
         };
     }
     match write {
@@ -137,12 +147,11 @@ pub(crate) async fn exec(
                 Err(e) => insert_many_report(meta, n, e),
             }
         }
-        RawWrite::Update { filter, update } => {
-            let modify = docs
-                .find_one_and_update(filter.clone(), update.clone())
-                .return_document(ReturnDocument::After);
-            run!(modify).map(RawOutcome::Updated).map_err(classify)
-        }
+        RawWrite::Update { filter, update } => run!(docs
+            .find_one_and_update(filter.clone(), update.clone())
+            .return_document(ReturnDocument::After))
+        .map(RawOutcome::Updated)
+        .map_err(classify),
         RawWrite::UpdateMany { filter, update } => {
             run!(docs.update_many(filter.clone(), update.clone()))
                 .map(|r| RawOutcome::Matched {

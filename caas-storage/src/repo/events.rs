@@ -150,6 +150,7 @@ impl Pipeline {
             self.docs(),
             operation,
             self.write_bound(),
+            &self.conn().config().retry,
             write,
             session,
         )

@@ -1254,6 +1254,28 @@ impl Pipeline {
         format!("{what} {}.{}", self.meta.database, self.meta.collection)
     }
 
+    /// Bounds each attempt of a read by `mongodb.socket_timeout` and sends it again after a
+    /// transient fault, as the retry policy says (`connection/retry.rs`).
+    pub(crate) async fn read_retried<T, F>(
+        &self,
+        operation: &'static str,
+        call: impl FnMut() -> F,
+    ) -> Result<mongodb::error::Result<T>>
+    where
+        F: std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    {
+        let config = self.conn.config();
+        config
+            .retry
+            .run(
+                crate::connection::retry::Retry::Read,
+                operation,
+                config.mongodb.socket_timeout,
+                call,
+            )
+            .await
+    }
+
     /// Bounds one driver call by `mongodb.socket_timeout` (the driver has no socket timeout).
     pub(crate) async fn bounded<T>(
         &self,

@@ -217,9 +217,14 @@ impl<'r, E: Entity> Query<'r, E> {
             filter = doc! { "$and": [filter, extra] };
         }
         let repo = self.repo;
-        let find = repo.docs().find(filter).with_options(self.find_options());
+        let options = self.find_options();
         let cursor = repo
-            .bounded("find", find)
+            .pipeline()
+            .read_retried("find", || {
+                repo.docs()
+                    .find(filter.clone())
+                    .with_options(options.clone())
+            })
             .await?
             .map_err(|e| Error::mongo(repo.op("find"), e))?;
         repo.bounded("find", cursor.try_collect::<Vec<Document>>())
@@ -231,14 +236,18 @@ impl<'r, E: Entity> Query<'r, E> {
     pub async fn count(mut self) -> Result<u64> {
         let filter = self.filter_document()?;
         let repo = self.repo;
-        let mut count = repo.docs().count_documents(filter);
-        if let Some(n) = self.skip {
-            count = count.skip(n);
-        }
-        if let Some(n) = self.limit {
-            count = count.limit(n.unsigned_abs());
-        }
-        repo.bounded("count", count)
+        let (skip, limit) = (self.skip, self.limit);
+        repo.pipeline()
+            .read_retried("count", || {
+                let mut count = repo.docs().count_documents(filter.clone());
+                if let Some(n) = skip {
+                    count = count.skip(n);
+                }
+                if let Some(n) = limit {
+                    count = count.limit(n.unsigned_abs());
+                }
+                count
+            })
             .await?
             .map_err(|e| Error::mongo(repo.op("count"), e))
     }

@@ -39,12 +39,16 @@ impl<E: Entity> Repository<E> {
         id: &E::Id,
         projection: Option<Document>,
     ) -> Result<Option<Document>> {
-        let mut find = self.docs().find_one(self.key_filter(tenant, id)?);
-        if let Some(p) = projection {
-            find = find.projection(p);
-        }
+        let filter = self.key_filter(tenant, id)?;
         let found = self
-            .bounded(operation, find)
+            .pipeline()
+            .read_retried(operation, || {
+                let find = self.docs().find_one(filter.clone());
+                match &projection {
+                    Some(p) => find.projection(p.clone()),
+                    None => find,
+                }
+            })
             .await?
             .map_err(|e| Error::mongo(self.op(operation), e))?;
         Ok(found.filter(|d| matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null))))

@@ -154,7 +154,16 @@ impl Pipeline {
         } else {
             self.conn().config().mongodb.socket_timeout
         };
-        let r = apply::exec(m, self.docs(), "schema rewrite", bound, &write, None).await;
+        let r = apply::exec(
+            m,
+            self.docs(),
+            "schema rewrite",
+            bound,
+            &self.conn().config().retry,
+            &write,
+            None,
+        )
+        .await;
         if let Some(claim) = claim {
             match &r {
                 Err(Error::Timeout { .. } | Error::Mongo { .. }) => claim.keep(),

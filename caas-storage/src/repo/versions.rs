@@ -57,13 +57,13 @@ impl Pipeline {
         if let Some(c) = meta.created_at_field {
             projection.insert(c, 1);
         }
+        let filter = self.key_filter(tenant, id);
         let found = self
-            .bounded(
-                "read version",
+            .read_retried("read version", || {
                 self.docs()
-                    .find_one(self.key_filter(tenant, id))
-                    .projection(projection),
-            )
+                    .find_one(filter.clone())
+                    .projection(projection.clone())
+            })
             .await?
             .map_err(|e| Error::mongo(self.op("read version"), e))?;
         let deleted = |d: &Document| !matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null));
