@@ -1,9 +1,13 @@
 //! A small multi-tenant service on caas-storage, end to end against the real servers: typed
 //! repositories, tenancy, caching, consistency models, the write-behind queue, the outbox
-//! relay to Kafka (read back by a consumer that drops duplicates), and the health report.
+//! relay to Kafka (read back by a consumer that drops duplicates), the audit chain, and the
+//! operations endpoints: `/metrics` (Prometheus) and `/health` (JSON), served on
+//! `CAAS_EXAMPLE_HTTP_ADDR` (default `127.0.0.1:0`, a free port, printed at start).
 //!
 //! ```sh
 //! scripts/demo            # starts the servers, then runs this
+//! cargo run -p caas-storage-examples --bin service -- --serve   # and keeps serving until
+//!                                                               # stdin closes (Ctrl-D)
 //! ```
 
 use std::time::{Duration, Instant};
@@ -13,6 +17,8 @@ use caas_storage::outbox::{envelope_from_message, RelayOptions};
 use caas_storage::prelude::*;
 use caas_storage::HealthStatus;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+
+mod telemetry;
 
 /// Accounts: strong consistency, cached in Redis (version-fenced), the password hash never
 /// leaves the database unless asked for.
@@ -87,7 +93,12 @@ fn step(title: &str) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
+    // The exporter is the service's choice; the library only records through `metrics`.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let storage = Storage::connect(StorageConfig::from_env()?).await?;
+    let addr = std::env::var("CAAS_EXAMPLE_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let ops = telemetry::serve(storage.clone(), prometheus, &addr).await?;
+    println!("operations endpoints: http://{ops}/metrics http://{ops}/health");
     println!("connected: {}", storage.capabilities().server_description());
     println!(
         "transactions: {}, ttl indexes: {}, atomic conditional updates: {} (fallbacks chosen from these)",
@@ -342,9 +353,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     step("health");
     let report = storage.health().await;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    println!("\ndone in {:?}", started.elapsed());
     if report.status != HealthStatus::Up {
         return Err(format!("storage is {:?}", report.status).into());
+    }
+
+    step("operations endpoints (scraped over HTTP)");
+    let (code, health) = telemetry::http_get(ops, "/health").await?;
+    println!("GET /health -> {code}, {} bytes of JSON", health.len());
+    if code != 200 {
+        return Err(format!("/health answered {code}: {health}").into());
+    }
+    let (code, text) = telemetry::http_get(ops, "/metrics").await?;
+    let mut families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("caas_"))
+        .collect();
+    families.sort_unstable();
+    println!("GET /metrics -> {code}, {} caas_ metric families:", families.len());
+    for f in &families {
+        println!("  {f}");
+    }
+    if code != 200 || families.is_empty() {
+        return Err(format!("/metrics answered {code} with no caas_ metrics").into());
+    }
+    println!("\ndone in {:?}", started.elapsed());
+
+    if std::env::args().any(|a| a == "--serve") {
+        println!("serving on http://{ops} until stdin closes");
+        let mut sink = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await?;
     }
     Ok(())
 }
