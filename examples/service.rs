@@ -371,7 +371,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|name| name.starts_with("caas_"))
         .collect();
     families.sort_unstable();
-    println!("GET /metrics -> {code}, {} caas_ metric families:", families.len());
+    println!(
+        "GET /metrics -> {code}, {} caas_ metric families:",
+        families.len()
+    );
     for f in &families {
         println!("  {f}");
     }

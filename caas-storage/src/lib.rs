@@ -30,8 +30,9 @@
 //! [`write_behind`] (the `eventual` queue), [`index`] (declared indexes and their sync),
 //! [`repo`] (the executor: the write pipeline, queries, patches, paging), [`entity`] (what the
 //! derive generates), [`migrations`] (schema versions, the batch migrator, the ledger and its
-//! lock), [`ttl`] (expiry where the server has no TTL indexes), [`driver`] (the driver crates,
-//! for [`Storage::raw`]).
+//! lock), [`ttl`] (expiry where the server has no TTL indexes), [`audit`] (the hash-chained
+//! audit log), [`sessions`] (login sessions in Redis), [`rate_limit`] (GCRA rate limiting in
+//! Redis), [`driver`] (the driver crates, for [`Storage::raw`]).
 
 #![deny(missing_docs)]
 
@@ -49,10 +50,12 @@ mod hex;
 pub mod index;
 pub mod migrations;
 pub mod outbox;
+pub mod rate_limit;
 mod redact;
 pub mod repo;
 pub mod retention;
 mod schema;
+pub mod sessions;
 mod storage;
 pub mod tenant;
 pub mod ttl;

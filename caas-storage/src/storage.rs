@@ -23,7 +23,9 @@ use crate::error::Result;
 use crate::health::{self, HealthReport, HealthStatus};
 use crate::index::{IndexPlan, SyncOptions};
 use crate::outbox::{Deduplicator, OutboxRelay, OutboxStore, RelayOptions};
+use crate::rate_limit::{RateLimit, RateLimiter};
 use crate::retention::{Retention, RetentionReport};
+use crate::sessions::{SessionOptions, SessionStore};
 use crate::ttl::{TtlReport, TtlSweeper};
 use crate::write_behind::WriteBehind;
 
@@ -222,6 +224,25 @@ impl Storage {
         let log = AuditLog::new(&self.inner.conn, options)?;
         logs.push(log.clone());
         Ok(log)
+    }
+
+    /// The session store (see [`sessions`](crate::sessions)) in Redis database
+    /// `redis.databases.sessions`.
+    pub fn sessions(&self, options: SessionOptions) -> Result<SessionStore> {
+        let config = self.config();
+        let redis = self.inner.conn.redis(config.redis.databases.sessions)?;
+        SessionStore::new(redis, config, options)
+    }
+
+    /// A rate limiter named `name` enforcing `rate` per tenant and key (see
+    /// [`rate_limit`](crate::rate_limit)), in Redis database `redis.databases.rate_limiting`.
+    pub fn rate_limiter(&self, name: &str, rate: RateLimit) -> Result<RateLimiter> {
+        let config = self.config();
+        let redis = self
+            .inner
+            .conn
+            .redis(config.redis.databases.rate_limiting)?;
+        RateLimiter::new(redis, config, name, rate)
     }
 
     /// A consumer-side deduplicator keeping its records in MongoDB database `database`.
