@@ -1,0 +1,84 @@
+//! A multi-tenant service on caas-storage with an HTTP API (axum), end to end against the real
+//! servers: users (strong, cached, unique email per tenant, a secret password hash), sessions
+//! and a rate-limited login (Redis DB 4 and 5), chat messages (causal, each an event on
+//! `chat.messages` through the outbox), preferences (read-your-writes), login records
+//! (eventual, through the write-behind queue), a hash-chained audit log, and the operations
+//! endpoints `/health` (JSON; 503 when down) and `/metrics` (Prometheus).
+//!
+//! ```sh
+//! scripts/demo                       # the main job: servers up, then this with its scenario
+//! cargo run -p caas-storage-examples --bin service -- --serve-only   # just serve
+//! ```
+//!
+//! Without flags it serves on `CAAS_EXAMPLE_HTTP_ADDR` (default `127.0.0.1:0`, a free port),
+//! runs the scripted scenario (`scenario.rs`) against itself with a real HTTP client, and exits
+//! non-zero if any step did not do what it says. `--serve` keeps serving after the scenario
+//! until stdin closes (the main-job test scrapes it then); `--serve-only` skips the scenario.
+
+mod app;
+mod model;
+mod scenario;
+
+use std::time::{Duration, Instant};
+
+use caas_storage::outbox::RelayOptions;
+use caas_storage::{Storage, StorageConfig};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match serve().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("the service failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The exporter is the service's choice; the library only records through `metrics`.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let storage = Storage::connect(StorageConfig::from_env()?).await?;
+    println!("connected: {}", storage.capabilities().server_description());
+    for meta in model::metas() {
+        let plan = storage
+            .sync_indexes_with(meta, caas_storage::index::SyncOptions::default())
+            .await?;
+        println!(
+            "indexes of {}: created {:?}",
+            plan.namespace,
+            plan.created()
+        );
+    }
+    let relay = storage
+        .outbox_relay(RelayOptions::for_databases(["caas_messaging"]))?
+        .spawn();
+
+    let app = app::App::new(storage.clone(), prometheus)?;
+    let addr = std::env::var("CAAS_EXAMPLE_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let bound = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app.router()).await });
+    println!("listening on http://{bound}");
+
+    if args.iter().any(|a| a == "--serve-only") {
+        tokio::signal::ctrl_c().await?;
+    } else {
+        scenario::run(&format!("http://{bound}"), &storage).await?;
+        storage
+            .write_behind()
+            .flush_all(Duration::from_secs(30))
+            .await?;
+        println!("\ndone in {:?}", started.elapsed());
+        if args.iter().any(|a| a == "--serve") {
+            println!("serving on http://{bound} until stdin closes");
+            let mut sink = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await?;
+        }
+    }
+    server.abort();
+    relay.shutdown().await;
+    Ok(())
+}
