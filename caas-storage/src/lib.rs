@@ -39,6 +39,8 @@
 pub mod audit;
 pub mod cache;
 pub mod capabilities;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 mod connection;
 pub mod consistency;
