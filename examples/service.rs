@@ -8,7 +8,11 @@
 //! scripts/demo            # starts the servers, then runs this
 //! cargo run -p caas-storage-examples --bin service -- --serve   # and keeps serving until
 //!                                                               # stdin closes (Ctrl-D)
+//! cargo run -p caas-storage-examples --bin service -- caas health --json   # the operator CLI
 //! ```
+//!
+//! `service caas <command>` is the operator CLI (`caas_storage::cli`, docs/cli.md) over this
+//! service's entities: see [`operator_cli`].
 
 use std::time::{Duration, Instant};
 
@@ -86,12 +90,28 @@ struct Conversation {
     version: u64,
 }
 
+/// The operator CLI over this service's entities and audit log: `service caas <command>`
+/// (docs/cli.md). The entities are the binary's own, so the CLI lives in it.
+fn operator_cli() -> caas_storage::cli::Cli {
+    caas_storage::cli::Cli::new("service caas")
+        .entity::<User>()
+        .entity::<Preference>()
+        .entity::<AuditEntry>()
+        .entity::<Conversation>()
+        .audit(AuditOptions::for_database("caas_audit"))
+}
+
 fn step(title: &str) {
     println!("\n== {title}");
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("caas") {
+        // `service caas health`: the arguments after the binary's name, as the CLI's own.
+        let exit = operator_cli().run_args(std::env::args_os().skip(1)).await;
+        std::process::exit(exit.code().into());
+    }
     let started = Instant::now();
     // The exporter is the service's choice; the library only records through `metrics`.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
