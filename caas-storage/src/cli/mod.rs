@@ -3,8 +3,7 @@
 //! Entities live in the service's binary, so the tool does too: the service lists its entities
 //! (and audit logs, data migrations) once, and every command acts on those only.
 //!
-//! ```no_run
-//! # #[cfg(any())] mod doc {
+//! ```ignore
 //! #[tokio::main]
 //! async fn main() -> std::process::ExitCode {
 //!     caas_storage::cli::Cli::new("my-service")
@@ -14,7 +13,6 @@
 //!         .run_from_env() // std::env::args, StorageConfig::from_env()
 //!         .await
 //! }
-//! # }
 //! ```
 //!
 //! Commands: `health`; `indexes plan|apply`; `migrate status|dry-run|run`;
