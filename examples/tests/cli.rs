@@ -58,3 +58,17 @@ fn the_service_binary_runs_the_operator_cli_over_its_entities() {
     assert_eq!(code, Some(2), "usage error: {err}");
     assert!(err.contains("service caas"), "{err}");
 }
+
+#[test]
+fn no_connection_exits_3_with_the_error_as_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_service"))
+        .args(["caas", "health", "--json"])
+        .env("CAAS_MONGODB_URI", "mongodb://127.0.0.1:1/")
+        .env("CAAS_MONGODB_SERVER_SELECTION_TIMEOUT", "300ms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["error"]["kind"], "connect", "{json:#}");
+    assert_eq!(json["error"]["exit"], 3);
+}
