@@ -33,12 +33,20 @@
 //! lock), [`ttl`] (expiry where the server has no TTL indexes), [`audit`] (the hash-chained
 //! audit log), [`sessions`] (login sessions in Redis), [`rate_limit`] (GCRA rate limiting in
 //! Redis), [`driver`] (the driver crates, for [`Storage::raw`]).
+//!
+//! Cargo features: **`cli`** (off by default) adds `cli`, the operator command line a service
+//! embeds in its own binary (`health`, `indexes`, `migrate`, `outbox`, `queue`, `cache`,
+//! `audit`; `--json`; exit codes for probes; see `docs/cli.md`), and pulls in `clap` and
+//! `indicatif`. **`testing`** adds test hooks (fault points, forced capabilities); never in
+//! production builds.
 
 #![deny(missing_docs)]
 
 pub mod audit;
 pub mod cache;
 pub mod capabilities;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 mod connection;
 pub mod consistency;

@@ -8,7 +8,11 @@
 //! ```sh
 //! scripts/demo                       # the main job: servers up, then this with its scenario
 //! cargo run -p caas-storage-examples --bin service -- --serve-only   # just serve
+//! cargo run -p caas-storage-examples --bin service -- caas health --json   # the operator CLI
 //! ```
+//!
+//! `service caas <command>` is the operator CLI (`caas_storage::cli`, docs/cli.md) over this
+//! service's entities and audit log: see [`operator_cli`].
 //!
 //! Without flags it serves on `CAAS_EXAMPLE_HTTP_ADDR` (default `127.0.0.1:0`, a free port),
 //! runs the scripted scenario (`scenario.rs`) against itself with a real HTTP client, and exits
@@ -24,8 +28,26 @@ use std::time::{Duration, Instant};
 use caas_storage::outbox::RelayOptions;
 use caas_storage::{Storage, StorageConfig};
 
+/// The operator CLI over this service's entities and audit log: `service caas <command>`
+/// (docs/cli.md). The entities are the binary's own, so the CLI lives in it.
+fn operator_cli() -> caas_storage::cli::Cli {
+    caas_storage::cli::Cli::new("service caas")
+        .entity::<model::User>()
+        .entity::<model::Message>()
+        .entity::<model::Preference>()
+        .entity::<model::Login>()
+        .audit(caas_storage::audit::AuditOptions::for_database(
+            "caas_audit",
+        ))
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("caas") {
+        // `service caas health`: the arguments after the binary's name, as the CLI's own.
+        let exit = operator_cli().run_args(std::env::args_os().skip(1)).await;
+        return std::process::ExitCode::from(exit.code());
+    }
     match serve().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

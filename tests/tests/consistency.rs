@@ -514,6 +514,75 @@ async fn a_write_the_database_refuses_is_dead_lettered_and_the_rest_applies() {
     assert_eq!((mine.pending, mine.dead_letters), (0, 1), "{lag:?}");
 }
 
+/// The dead letters of a queue are listed with what they write and why they were refused, and
+/// `replay` puts the chosen ones back at the end of the queue (and only those; unknown ids are
+/// skipped), where the flusher applies them again.
+#[tokio::test]
+async fn dead_letters_are_listed_and_replay_puts_them_back_in_the_queue() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!(
+        "replay{}-{}:",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
+    config.write_behind.start_flusher = false;
+    config.write_behind.max_attempts = 2;
+    let storage = Storage::connect(config).await.unwrap();
+    let repo = TaggedRepository::new(&storage);
+    let t = common::tenant("replay");
+    let poison = |id: &str| Tagged {
+        id: id.into(),
+        tenant_id: t.to_string(),
+        attrs: [("a.b".to_owned(), "v".to_owned())].into(),
+    };
+    repo.insert(&t, &poison("p1")).await.unwrap();
+    repo.insert(&t, &poison("p2")).await.unwrap();
+    let queue = storage.write_behind();
+    queue
+        .flush::<Tagged>(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let letters = queue.dead_letters::<Tagged>(10).await.unwrap();
+    let ids: Vec<_> = letters
+        .iter()
+        .map(|l| l.document_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, ["p1", "p2"], "oldest first: {letters:?}");
+    for l in &letters {
+        assert_eq!(l.entity.as_deref(), Some("Tagged"));
+        assert_eq!(l.tenant.as_deref(), Some(t.as_str()));
+        assert_eq!(l.op.as_deref(), Some("insert"));
+        assert!(l.error.as_deref().is_some_and(|e| !e.is_empty()), "{l:?}");
+        assert!(l.source_id.is_some() && l.dead_at_ms > 0, "{l:?}");
+    }
+    assert_eq!(
+        queue.dead_letters::<Tagged>(1).await.unwrap().len(),
+        1,
+        "limit"
+    );
+
+    let chosen = [letters[1].id.clone(), "1-1".to_owned()];
+    assert_eq!(queue.replay::<Tagged>(Some(&chosen)).await.unwrap(), 1);
+    let lag = queue.lag().await.unwrap();
+    let mine = lag
+        .iter()
+        .find(|l| l.namespace == "caas_consistency_test.eventual_attrs")
+        .unwrap();
+    assert_eq!((mine.pending, mine.dead_letters), (1, 1), "{lag:?}");
+    let left = queue.dead_letters::<Tagged>(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].document_id.as_deref(), Some("p1"));
+
+    // Applied again, refused again: set aside anew; `None` replays them all.
+    queue
+        .flush::<Tagged>(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(queue.dead_letters::<Tagged>(10).await.unwrap().len(), 2);
+    assert_eq!(queue.replay::<Tagged>(None).await.unwrap(), 2);
+    assert!(queue.dead_letters::<Tagged>(10).await.unwrap().is_empty());
+}
+
 /// Shutdown applies what is queued.
 #[tokio::test]
 async fn shutdown_flushes_the_queues() {

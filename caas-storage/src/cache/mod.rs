@@ -604,6 +604,34 @@ impl CacheLayer {
         Ok(n)
     }
 
+    /// How many entries of `E` Redis holds in `tenant` (or, with `None`, in every tenant),
+    /// counted with `SCAN` (never `KEYS`): for operators, e.g. before and after an
+    /// invalidation. The in-process tier is not counted.
+    pub async fn entry_count<E: Entity>(&self, tenant: Option<&TenantId>) -> Result<u64> {
+        let identity = keys::identity(E::META);
+        let (_, mut conn) = self.redis_for(E::META);
+        let pattern = keys::pattern(&self.prefix, tenant, &identity);
+        // SCAN may return a key twice: count distinct data keys.
+        let mut found_keys: HashSet<String> = HashSet::new();
+        let scan = conn.scan_each(&pattern, None, |found| {
+            found_keys.extend(
+                found
+                    .into_iter()
+                    .filter(|k| !k.ends_with(":load") && !k.ends_with(":gen")),
+            );
+            async { Ok(()) }
+        });
+        let bound = self.settings.op_timeout * 20;
+        self.guarded(bound, scan)
+            .await
+            .map_err(|_| Error::Timeout {
+                component: Component::Redis,
+                operation: "cache entry count",
+                after: bound,
+            })?;
+        Ok(found_keys.len() as u64)
+    }
+
     /// Drops every cached entry of `E` in `tenant` (or, with `None`, in every tenant), found
     /// with `SCAN`. Returns how many entries were dropped.
     pub async fn invalidate_all<E: Entity>(&self, tenant: Option<&TenantId>) -> Result<u64> {

@@ -40,7 +40,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Op::Insert(_) => "insert",
             Op::Update { .. } => "update",

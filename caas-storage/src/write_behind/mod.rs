@@ -52,6 +52,31 @@ pub struct QueueLag {
     pub dead_letters: u64,
 }
 
+/// One entry of a dead-letter stream: a queued write set aside after the database refused it
+/// `max_attempts` times, or an entry that is not one this framework wrote. See
+/// [`WriteBehind::dead_letters`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Its id in the dead-letter stream (what [`WriteBehind::replay`] takes).
+    pub id: String,
+    /// Its id in the queue it was taken from.
+    pub source_id: Option<String>,
+    /// When it was set aside, in milliseconds since the Unix epoch.
+    pub dead_at_ms: u64,
+    /// Why the database refused it (or why it could not be read).
+    pub error: Option<String>,
+    /// The entity it writes, when the entry decodes.
+    pub entity: Option<String>,
+    /// The tenant, when the entry decodes.
+    pub tenant: Option<String>,
+    /// `insert`, `update`, `upsert` or `delete`, when the entry decodes.
+    pub op: Option<String>,
+    /// The id of the document it writes, as text, when the entry decodes.
+    pub document_id: Option<String>,
+    /// Why the entry does not decode (it can still be replayed, and is set aside again).
+    pub decode_error: Option<String>,
+}
+
 /// What the flusher hands queued writes to: the write pipeline of one entity, registered by
 /// its repository. See the module docs.
 #[async_trait]
@@ -328,6 +353,134 @@ impl WriteBehind {
         }
     }
 
+    /// The dead letters of `E`'s queue, oldest first, at most `limit` (see [`DeadLetter`]).
+    /// Entries of other entities sharing the collection's queue are listed too.
+    pub async fn dead_letters<E: Entity>(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let meta = E::META;
+        let key = stream_key(&self.shared.prefix, meta.database, meta.collection);
+        let mut conn = self.shared.conn()?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{key}:dead"))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("write-behind dead letters (XRANGE)"))?;
+        let text = |sid: &redis::streams::StreamId, field: &str| -> Option<String> {
+            sid.map
+                .get(field)
+                .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok())
+        };
+        Ok(reply
+            .ids
+            .iter()
+            .map(|sid| {
+                let raw: Option<Vec<u8>> = sid
+                    .map
+                    .get("e")
+                    .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok());
+                let mut letter = DeadLetter {
+                    id: sid.id.clone(),
+                    source_id: text(sid, "source_id"),
+                    dead_at_ms: stream_id_millis(&sid.id).unwrap_or(0),
+                    error: text(sid, "error"),
+                    entity: None,
+                    tenant: None,
+                    op: None,
+                    document_id: None,
+                    decode_error: None,
+                };
+                match entry::decode(raw.as_deref(), meta.database, meta.collection) {
+                    Ok(e) => {
+                        let id = match &e.op {
+                            Op::Insert(d) => d.get(meta.id_field).cloned(),
+                            Op::Update { id, .. } | Op::Upsert { id, .. } | Op::Delete { id } => {
+                                Some(id.clone())
+                            }
+                        };
+                        letter.op = Some(e.op.name().to_owned());
+                        letter.document_id = id.as_ref().map(crate::document::id_as_text);
+                        letter.entity = Some(e.entity);
+                        letter.tenant = Some(e.tenant.to_string());
+                    }
+                    Err(e) => letter.decode_error = Some(e.to_string()),
+                }
+                letter
+            })
+            .collect())
+    }
+
+    /// Puts dead letters of `E`'s queue back at the end of the queue, to be applied again
+    /// (after the cause of their refusal was fixed): those with the given dead-letter ids, or
+    /// with `None` all of them. Returns how many were moved.
+    ///
+    /// A replayed write goes **behind** the writes queued since it was set aside, so it
+    /// applies after them: replay an update only if that is still what should win. Each entry
+    /// is appended to the queue before it is removed from the dead letters, so a failure in
+    /// between leaves it in both (applying an entry twice is harmless), never in neither. The
+    /// queue's flusher applies them: a process with a repository of `E` (or
+    /// [`flush`](Self::flush)).
+    pub async fn replay<E: Entity>(&self, ids: Option<&[String]>) -> Result<u64> {
+        let meta = E::META;
+        let key = stream_key(&self.shared.prefix, meta.database, meta.collection);
+        let dead = format!("{key}:dead");
+        let mut conn = self.shared.conn()?;
+        let mut entries: Vec<redis::streams::StreamId> = Vec::new();
+        match ids {
+            None => {
+                let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&dead)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_err("write-behind replay (XRANGE)"))?;
+                entries = reply.ids;
+            }
+            Some(ids) => {
+                for id in ids {
+                    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                        .arg(&dead)
+                        .arg(id)
+                        .arg(id)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(redis_err("write-behind replay (XRANGE)"))?;
+                    entries.extend(reply.ids);
+                }
+            }
+        }
+        let mut moved = 0;
+        for sid in entries {
+            let raw: Vec<u8> = sid
+                .map
+                .get("e")
+                .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok())
+                .unwrap_or_default();
+            redis::cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("e")
+                .arg(raw)
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(redis_err("write-behind replay (XADD)"))?;
+            let removed: u64 = redis::cmd("XDEL")
+                .arg(&dead)
+                .arg(&sid.id)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("write-behind replay (XDEL)"))?;
+            moved += removed.min(1);
+        }
+        if moved > 0 && self.shared.settings.start_flusher {
+            self.shared.ensure_flusher(key);
+        }
+        Ok(moved)
+    }
+
     /// Pending writes and their age, per queue (every queue of this Redis and key prefix).
     pub async fn lag(&self) -> Result<Vec<QueueLag>> {
         let keys = self.queues(true).await?;
@@ -378,6 +531,10 @@ fn now_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn stream_id_millis(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
 }
 
 fn first_entry_millis(v: &redis::Value) -> Option<u64> {
