@@ -514,6 +514,89 @@ async fn a_write_the_database_refuses_is_dead_lettered_and_the_rest_applies() {
     assert_eq!((mine.pending, mine.dead_letters), (0, 1), "{lag:?}");
 }
 
+/// A queued insert refused by a unique index other than the id's (here: the same email as
+/// another document) is the write's failure, dead-lettered, never counted as applied; and an
+/// insert replayed after it was applied (its own document there, same queue position) is
+/// still applied, not a failure.
+#[tokio::test]
+async fn a_queued_insert_refused_by_a_unique_index_is_dead_lettered_not_dropped() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!(
+        "uniq{}-{}:",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
+    config.write_behind.start_flusher = false;
+    config.write_behind.max_attempts = 1;
+    let storage = Storage::connect(config).await.unwrap();
+    storage.sync_indexes::<Member>().await.unwrap();
+    let repo = MemberRepository::new(&storage);
+    let t = common::tenant("uniq");
+    let member = |id: &str, email: &str| Member {
+        member_id: id.into(),
+        tenant_id: t.to_string(),
+        email: email.into(),
+    };
+    repo.insert(&t, &member("m1", "same@example.com"))
+        .await
+        .unwrap();
+    repo.insert(&t, &member("m2", "same@example.com"))
+        .await
+        .unwrap();
+    repo.insert(&t, &member("m3", "other@example.com"))
+        .await
+        .unwrap();
+    let queue = storage.write_behind();
+    queue
+        .flush::<Member>(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let strong = repo.with_consistency(Consistency::Strong);
+    assert!(strong
+        .find_by_id(&t, &"m1".to_owned())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(strong
+        .find_by_id(&t, &"m3".to_owned())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(strong
+        .find_by_id(&t, &"m2".to_owned())
+        .await
+        .unwrap()
+        .is_none());
+    let letters = queue.dead_letters::<Member>(10).await.unwrap();
+    let ids: Vec<_> = letters
+        .iter()
+        .filter_map(|l| l.document_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        ["m2"],
+        "the refused insert is set aside, not dropped: {letters:?}"
+    );
+    assert!(
+        letters[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("duplicate")),
+        "{letters:?}"
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_consistency_test", collection = "eventual_members", consistency = eventual)]
+#[index(keys(email), unique)]
+struct Member {
+    #[repository(id)]
+    member_id: String,
+    #[repository(tenant)]
+    tenant_id: String,
+    email: String,
+}
+
 /// The dead letters of a queue are listed with what they write and why they were refused, and
 /// `replay` puts the chosen ones back at the end of the queue (and only those; unknown ids are
 /// skipped), where the flusher applies them again.

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 use tokio::sync::OnceCell;
@@ -104,6 +104,15 @@ struct QueueApplier {
 impl Apply for QueueApplier {
     async fn insert(&self, tenant: &TenantId, docs: Vec<Document>) -> Result<Vec<Result<()>>> {
         self.ensure_primary_index().await;
+        let positions: Vec<(Option<Bson>, Option<Bson>)> = docs
+            .iter()
+            .map(|d| {
+                (
+                    d.get(self.pipeline.meta().id_field).cloned(),
+                    d.get(QUEUE_POSITION_FIELD).cloned(),
+                )
+            })
+            .collect();
         let outcome = self
             .pipeline
             .write(Write::new(
@@ -115,14 +124,23 @@ impl Apply for QueueApplier {
         let Outcome::Inserted(results) = outcome else {
             return Ok(Vec::new());
         };
-        // Re-applied after a crash: a document already there is applied, not a failure.
-        Ok(results
-            .into_iter()
-            .map(|r| match r {
-                Err(Error::DuplicateKey { .. }) => Ok(()),
+        // Re-applied after a crash, the insert finds its own document there: applied, not a
+        // failure. Any other duplicate (another document holding a unique key) is the write's
+        // refusal, dead-lettered like any other; FerretDB does not say which index refused it,
+        // so the stored document's queue position tells the two apart.
+        let mut out = Vec::with_capacity(results.len());
+        for (result, (id, position)) in results.into_iter().zip(positions) {
+            out.push(match result {
+                Err(e @ Error::DuplicateKey { .. }) => {
+                    match self.already_applied(tenant, id, position).await? {
+                        true => Ok(()),
+                        false => Err(e),
+                    }
+                }
                 other => other,
-            })
-            .collect())
+            });
+        }
+        Ok(out)
     }
 
     async fn apply(&self, tenant: &TenantId, op: Op, position: &str) -> Result<()> {
@@ -154,6 +172,37 @@ impl Apply for QueueApplier {
 }
 
 impl QueueApplier {
+    /// Whether the document with `id` in `tenant` is this queued insert, already applied: it
+    /// is there and carries the insert's queue position or a later one (a queued write after
+    /// the insert, applied too before the crash). Positions order as text.
+    async fn already_applied(
+        &self,
+        tenant: &TenantId,
+        id: Option<Bson>,
+        position: Option<Bson>,
+    ) -> Result<bool> {
+        let (Some(id), Some(position)) = (id, position) else {
+            return Ok(false);
+        };
+        let filter = self.pipeline.key_filter(tenant, &id);
+        let stored = self
+            .pipeline
+            .read_retried("read back a queued insert", || {
+                self.pipeline
+                    .docs()
+                    .find_one(filter.clone())
+                    .projection(doc! { QUEUE_POSITION_FIELD: 1 })
+            })
+            .await?
+            .map_err(|e| Error::mongo(self.pipeline.op("read back a queued insert"), e))?;
+        let (Some(stored), Bson::String(mine)) = (stored, &position) else {
+            return Ok(false);
+        };
+        Ok(stored
+            .get_str(QUEUE_POSITION_FIELD)
+            .is_ok_and(|theirs| theirs >= mine.as_str()))
+    }
+
     /// Re-applying an insert after a crash is harmless only if the unique (tenant, id) index
     /// rejects the second copy: make sure it exists before the first insert. If it cannot be
     /// built (say, the collection already holds duplicates), writes still apply and the
