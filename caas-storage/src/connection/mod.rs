@@ -12,7 +12,10 @@
 //! - [`kafka`]: the shared idempotent producer and its [`KafkaContext`].
 //! - [`faults`]: points where a test can stop a write as if the process died there.
 //! - [`lease`]: one holder at a time for a background job, in Redis.
+//! - [`breaker`]: the circuit breaker in front of Redis (the cache) and Kafka (publishing, topic
+//!   admin).
 
+pub(crate) mod breaker;
 mod faults;
 pub(crate) mod kafka;
 pub(crate) mod lease;
