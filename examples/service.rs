@@ -87,7 +87,19 @@ fn step(title: &str) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let storage = Storage::connect(StorageConfig::from_env()?).await?;
+    // Events go to declared topics only (kafka.topics; a deployment declares them in its TOML
+    // file): the seed's seven by default, plus this demo's. The builder checks the entities'
+    // outbox topics at connect.
+    let mut config = StorageConfig::from_env()?;
+    config
+        .kafka
+        .declare_topic(caas_storage::config::TopicSpec::named(
+            "demo.conversation.events",
+        ));
+    let storage = Storage::builder(config)
+        .entities(&[Conversation::META])
+        .connect()
+        .await?;
     println!("connected: {}", storage.capabilities().server_description());
     println!(
         "transactions: {}, ttl indexes: {}, atomic conditional updates: {} (fallbacks chosen from these)",

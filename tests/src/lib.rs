@@ -10,9 +10,21 @@ use std::time::{Duration, Instant};
 
 use caas_storage::{Storage, StorageConfig, TenantId};
 
-/// The configuration of the shared servers (environment, else the script's loopback defaults).
+/// The configuration of the shared servers (environment, else the script's loopback defaults),
+/// with `kafka.undeclared_topics = "warn"` unless `CAAS_KAFKA_UNDECLARED_TOPICS` says
+/// otherwise: the suite publishes to topics named per test run (`unique(...)`), which no
+/// configuration can declare up front. `tests/tests/kafka_topics.rs` tests the default,
+/// `error`.
 pub fn config() -> StorageConfig {
-    StorageConfig::from_env().expect("CAAS_* environment is valid")
+    suite_config(StorageConfig::from_env().expect("CAAS_* environment is valid"))
+}
+
+/// `config` with the suite's settings (see [`config`]) applied.
+pub fn suite_config(mut config: StorageConfig) -> StorageConfig {
+    if std::env::var_os("CAAS_KAFKA_UNDECLARED_TOPICS").is_none() {
+        config.kafka.undeclared_topics = caas_storage::config::TopicPolicy::Warn;
+    }
+    config
 }
 
 /// A handle on the shared servers.

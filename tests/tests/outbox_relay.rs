@@ -25,7 +25,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const TEST_BOUND: Duration = Duration::from_secs(60);
 
 fn config() -> StorageConfig {
-    StorageConfig::from_env().expect("CAAS_* environment is valid")
+    caas_storage_tests::config()
 }
 
 async fn storage_with(config: StorageConfig) -> Storage {
