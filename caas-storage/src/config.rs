@@ -1668,7 +1668,8 @@ mod tests {
 
     #[test]
     fn bad_topic_declarations_name_their_key() {
-        let cases: [(&[(&str, &str)], &str, &str); 6] = [
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case<'_>; 6] = [
             (
                 &[("CAAS_KAFKA_TOPICS", "a:x")],
                 "CAAS_KAFKA_TOPICS",
