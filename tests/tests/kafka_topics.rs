@@ -563,3 +563,69 @@ async fn the_kafka_breaker_opens_during_an_outage_and_closes_after_it() {
     handle.shutdown().await;
     drop(kafka);
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(
+    database = "caas_kafka_topics_adhoc",
+    collection = "orders",
+    outbox(topic = "test.topics.adhoc", insert = "order.placed")
+)]
+struct AdHocOrder {
+    #[repository(id)]
+    order_id: String,
+    #[repository(tenant)]
+    tenant_id: String,
+    #[repository(version)]
+    version: u64,
+}
+
+/// Under `kafka.undeclared_topics = "warn"` the relay creates an undeclared topic itself: on
+/// the 3-broker cluster it gets the brokers' default replication factor (3), not 1 (the
+/// relay's old hard-coded `topic_replication` default, which failed this test).
+#[tokio::test]
+async fn an_undeclared_topic_made_by_the_relay_is_not_given_one_replica_on_three_brokers() {
+    let brokers = cluster_brokers();
+    // Made by this run, not left by an earlier one.
+    let topic = "test.topics.adhoc";
+    let _ = admin(&brokers)
+        .delete_topics(&[topic], &admin_options())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while layout(&brokers, topic).is_some() {
+        assert!(Instant::now() < deadline, "{topic} not deleted within 30s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut config = config_with(&brokers, Vec::new());
+    config.kafka.undeclared_topics = TopicPolicy::Warn;
+    let storage = Storage::builder(config)
+        .entities(&[AdHocOrder::META])
+        .connect()
+        .await
+        .unwrap();
+    let db = "caas_kafka_topics_adhoc";
+    storage.raw().database(db).drop().await.unwrap();
+    let t = common::tenant("adhoc");
+    AdHocOrderRepository::try_new(&storage)
+        .unwrap()
+        .insert(
+            &t,
+            &AdHocOrder {
+                order_id: "o1".into(),
+                tenant_id: t.to_string(),
+                version: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let relay = storage
+        .outbox_relay(RelayOptions::for_databases([db]))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while storage.outbox(db).lag().await.unwrap().pending > 0 {
+        assert!(Instant::now() < deadline, "not delivered within 60s");
+        relay.drain_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.release().await;
+    assert_eq!(layout(&brokers, topic), Some((3, 3)));
+}
