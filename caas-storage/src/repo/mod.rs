@@ -103,7 +103,7 @@ impl<E: Entity> Repository<E> {
         Self::from_pipeline(storage.clone(), pipeline)
     }
 
-    /// [`new`](Self::new), failing with an [`Error::Config`](crate::Error::Config) that names
+    /// [`new`](Self::new), failing with an [`Error::Config`] that names
     /// the entity and the topic when `E`'s `outbox(topic = ...)` is not declared in
     /// `kafka.topics` and `kafka.undeclared_topics = "error"` (the default). `new` makes the
     /// repository anyway, and each write that records an event then fails with that error.
