@@ -38,6 +38,13 @@
 //! | `kafka.acks` | `CAAS_KAFKA_ACKS` | `all` |
 //! | `kafka.enable_idempotence` | `CAAS_KAFKA_ENABLE_IDEMPOTENCE` | `true` |
 //! | `kafka.message_timeout` | `CAAS_KAFKA_MESSAGE_TIMEOUT` | `30s` |
+//! | `kafka.topics` (array of tables: `name`, `partitions`, `replication_factor`, `retention_ms`, `cleanup_policy`, `min_insync_replicas`, `configs`) | `CAAS_KAFKA_TOPICS` (`name[:partitions[:replication_factor]]` separated by commas; the other settings at their defaults) | the seed's seven (`platform.events`, `platform.audit`, `platform.notifications`, `auth.revocation.events`, `chat.messages`, `chat.events`, `notifications`), each 3 partitions, replication factor 3, `cleanup.policy` `delete`, `min.insync.replicas` 2 |
+//! | `kafka.undeclared_topics` | `CAAS_KAFKA_UNDECLARED_TOPICS` | `error` (or `warn`): an outbox or dead-letter topic missing from `kafka.topics` |
+//! | `kafka.topic_drift` | `CAAS_KAFKA_TOPIC_DRIFT` | `warn` (or `error`): an existing topic that differs from its declaration |
+//! | `kafka.create_topics` | `CAAS_KAFKA_CREATE_TOPICS` | `true`: create missing declared topics |
+//! | `kafka.single_broker_fallback` | `CAAS_KAFKA_SINGLE_BROKER_FALLBACK` | `true`: on a one-broker cluster, create with replication factor 1 (logged) |
+//! | `kafka.breaker_failures` | `CAAS_KAFKA_BREAKER_FAILURES` | 3 |
+//! | `kafka.breaker_cooldown` | `CAAS_KAFKA_BREAKER_COOLDOWN` | `10s` |
 //! | `kafka.properties.NAME` (table) | `CAAS_KAFKA_PROPERTY_NAME` (`_` for `.`: `CAAS_KAFKA_PROPERTY_SASL_PASSWORD` sets `sasl.password`) | empty: extra librdkafka settings |
 //! | `cache.op_timeout` | `CAAS_CACHE_OP_TIMEOUT` | `250ms` |
 //! | `cache.breaker_failures` | `CAAS_CACHE_BREAKER_FAILURES` | 3 |
@@ -342,6 +349,34 @@ pub struct KafkaConfig {
     /// `sasl.password`, `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`, ...
     #[serde(serialize_with = "masked_properties")]
     pub properties: BTreeMap<String, String>,
+    /// The topics events may be published to, with their settings (see `docs/kafka.md`).
+    /// Missing ones are created (with [`create_topics`](Self::create_topics)) and existing ones
+    /// are checked against their declaration by the relay when it starts and by
+    /// [`Storage::ensure_topics`](crate::Storage::ensure_topics).
+    #[serde(deserialize_with = "topic_list")]
+    pub topics: Vec<TopicSpec>,
+    /// What an entity's `outbox(topic = ...)` (or the relay's dead-letter topic) naming a
+    /// topic missing from [`topics`](Self::topics) gets: an error (the default) or a warning.
+    pub undeclared_topics: TopicPolicy,
+    /// What an existing topic that differs from its declaration (fewer partitions, another
+    /// `cleanup.policy`, ...) gets: a warning (the default; health lists the drift) or an error
+    /// (the relay does not publish to it, `ensure_topics` fails).
+    pub topic_drift: TopicPolicy,
+    /// Create the declared topics that do not exist.
+    #[serde(deserialize_with = "lenient")]
+    pub create_topics: bool,
+    /// On a cluster of exactly one broker (a dev broker), create topics with replication
+    /// factor 1 (and `min.insync.replicas` 1) instead of failing, with a warning. A cluster
+    /// of two or more brokers never gets a lower replication factor than declared.
+    #[serde(deserialize_with = "lenient")]
+    pub single_broker_fallback: bool,
+    /// Consecutive Kafka failures (transport, all brokers down, timeouts; not a refused
+    /// message) that open the Kafka circuit breaker.
+    #[serde(deserialize_with = "lenient")]
+    pub breaker_failures: u32,
+    /// How long an open Kafka breaker keeps the relay from publishing before one probe.
+    #[serde(with = "duration_text")]
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -353,6 +388,175 @@ impl Default for KafkaConfig {
             enable_idempotence: true,
             message_timeout: Duration::from_secs(30),
             properties: BTreeMap::new(),
+            topics: SEED_TOPICS.iter().map(|t| TopicSpec::named(*t)).collect(),
+            undeclared_topics: TopicPolicy::Error,
+            topic_drift: TopicPolicy::Warn,
+            create_topics: true,
+            single_broker_fallback: true,
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The declaration of topic `name`, if [`topics`](Self::topics) has one.
+    pub fn topic(&self, name: &str) -> Option<&TopicSpec> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+
+    /// Declares `spec` (replacing a declaration of the same name); for building a
+    /// configuration in code.
+    pub fn declare_topic(&mut self, spec: TopicSpec) -> &mut Self {
+        self.topics.retain(|t| t.name != spec.name);
+        self.topics.push(spec);
+        self
+    }
+}
+
+/// The topics of the reference design, declared by default.
+pub const SEED_TOPICS: [&str; 7] = [
+    "platform.events",
+    "platform.audit",
+    "platform.notifications",
+    "auth.revocation.events",
+    "chat.messages",
+    "chat.events",
+    "notifications",
+];
+
+/// A declared Kafka topic (`[[kafka.topics]]`). Settings left out take the defaults below.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The topic's name.
+    pub name: String,
+    /// Partitions (default 3). A topic with another count is drift: Kafka can add partitions
+    /// but never remove them, and adding them moves keys to other partitions, so the framework
+    /// reports it and changes nothing.
+    #[serde(deserialize_with = "lenient")]
+    pub partitions: i32,
+    /// Replicas of each partition (default 3). Never lowered silently: see
+    /// [`KafkaConfig::single_broker_fallback`].
+    #[serde(deserialize_with = "lenient")]
+    pub replication_factor: i32,
+    /// `retention.ms` (default: the broker's).
+    pub retention_ms: Option<i64>,
+    /// `cleanup.policy`: `delete` (the default), `compact`, or `compact,delete`.
+    pub cleanup_policy: Option<String>,
+    /// `min.insync.replicas` (default 2: with `acks = all`, a write is acknowledged once two
+    /// replicas have it, and one broker may be down).
+    pub min_insync_replicas: Option<i32>,
+    /// Other topic configs, set at creation and checked for drift like the ones above.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        TopicSpec {
+            name: String::new(),
+            partitions: 3,
+            replication_factor: 3,
+            retention_ms: None,
+            cleanup_policy: Some("delete".into()),
+            min_insync_replicas: Some(2),
+            configs: BTreeMap::new(),
+        }
+    }
+}
+
+impl TopicSpec {
+    /// `name` with the default settings.
+    pub fn named(name: impl Into<String>) -> Self {
+        TopicSpec {
+            name: name.into(),
+            ..TopicSpec::default()
+        }
+    }
+
+    /// Every topic config the declaration sets (`cleanup.policy`, `retention.ms`,
+    /// `min.insync.replicas`, then [`configs`](Self::configs)), as Kafka names them.
+    pub fn topic_configs(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(p) = &self.cleanup_policy {
+            out.insert("cleanup.policy".to_owned(), p.clone());
+        }
+        if let Some(r) = self.retention_ms {
+            out.insert("retention.ms".to_owned(), r.to_string());
+        }
+        if let Some(m) = self.min_insync_replicas {
+            out.insert("min.insync.replicas".to_owned(), m.to_string());
+        }
+        for (k, v) in &self.configs {
+            out.insert(k.clone(), v.clone());
+        }
+        out
+    }
+
+    fn problem(&self) -> Option<String> {
+        if self.name.is_empty() || self.name.len() > 249 {
+            return Some("a topic name is 1 to 249 characters".into());
+        }
+        if let Some(bad) = self
+            .name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+        {
+            return Some(format!(
+                "{:?} cannot be a Kafka topic name (it contains {bad:?}; use letters, digits, `.`, `_`, `-`)",
+                self.name
+            ));
+        }
+        if self.partitions < 1 {
+            return Some(format!("{}: partitions must be at least 1", self.name));
+        }
+        if self.replication_factor < 1 {
+            return Some(format!(
+                "{}: replication_factor must be at least 1",
+                self.name
+            ));
+        }
+        if let Some(m) = self.min_insync_replicas {
+            if m < 1 || m > self.replication_factor {
+                return Some(format!(
+                    "{}: min_insync_replicas {m} must be between 1 and the replication factor ({})",
+                    self.name, self.replication_factor
+                ));
+            }
+        }
+        if let Some(p) = &self.cleanup_policy {
+            let mut parts: Vec<&str> = p.split(',').map(str::trim).collect();
+            parts.sort_unstable();
+            if !matches!(
+                parts.as_slice(),
+                ["delete"] | ["compact"] | ["compact", "delete"]
+            ) {
+                return Some(format!(
+                    "{}: cleanup_policy {p:?} is not one of delete, compact, compact,delete",
+                    self.name
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// What a topic problem gets: `kafka.undeclared_topics` and `kafka.topic_drift`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicPolicy {
+    /// Logged at warn level and shown in health; the work goes on.
+    Warn,
+    /// Refused with an [`Error::Config`].
+    Error,
+}
+
+impl TopicPolicy {
+    /// `warn` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicPolicy::Warn => "warn",
+            TopicPolicy::Error => "error",
         }
     }
 }
@@ -646,6 +850,13 @@ impl std::fmt::Debug for KafkaConfig {
             .field("enable_idempotence", &self.enable_idempotence)
             .field("message_timeout", &self.message_timeout)
             .field("properties", &masked(&self.properties))
+            .field("topics", &self.topics)
+            .field("undeclared_topics", &self.undeclared_topics)
+            .field("topic_drift", &self.topic_drift)
+            .field("create_topics", &self.create_topics)
+            .field("single_broker_fallback", &self.single_broker_fallback)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
             .finish()
     }
 }
@@ -821,6 +1032,7 @@ impl StorageConfig {
             ("redis.connection_timeout", self.redis.connection_timeout),
             ("redis.response_timeout", self.redis.response_timeout),
             ("kafka.message_timeout", self.kafka.message_timeout),
+            ("kafka.breaker_cooldown", self.kafka.breaker_cooldown),
             ("cache.op_timeout", self.cache.op_timeout),
             ("cache.load_lock_ttl", self.cache.load_lock_ttl),
             ("cache.generation_ttl", self.cache.generation_ttl),
@@ -943,6 +1155,18 @@ impl StorageConfig {
                 "an idempotent producer (kafka.enable_idempotence) needs acks = \"all\"".into(),
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &k.topics {
+            if let Some(why) = t.problem() {
+                return Err(err("kafka.topics", why));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(err(
+                    "kafka.topics",
+                    format!("{:?} is declared twice", t.name),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -1046,6 +1270,50 @@ where
             ))
         }),
     }
+}
+
+/// Topic declarations: an array of tables, or (environment variables) a string of
+/// `name[:partitions[:replication_factor]]` separated by commas.
+fn topic_list<'de, D>(d: D) -> std::result::Result<Vec<TopicSpec>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Tables(Vec<TopicSpec>),
+    }
+    let text = match Either::deserialize(d)? {
+        Either::Tables(t) => return Ok(t),
+        Either::Text(text) => text,
+    };
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let mut parts = item.split(':');
+        let mut spec = TopicSpec::named(parts.next().unwrap_or_default());
+        let mut number = |what: &str| -> std::result::Result<Option<i32>, D::Error> {
+            parts
+                .next()
+                .map(|p| {
+                    p.trim().parse::<i32>().map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "{item:?}: {what} {p:?} is not a number (expected name[:partitions[:replication_factor]])"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(p) = number("partitions")? {
+            spec.partitions = p;
+        }
+        if let Some(r) = number("replication_factor")? {
+            spec.replication_factor = r;
+            spec.min_insync_replicas = spec.min_insync_replicas.map(|m| m.min(r));
+        }
+        out.push(spec);
+    }
+    Ok(out)
 }
 
 /// A list, or a string of items separated by commas (environment variables).
@@ -1387,5 +1655,119 @@ mod tests {
                 other => panic!("{text}: expected a config error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn topics_default_to_the_seed_and_are_declared_in_toml_or_the_environment() {
+        let c = StorageConfig::default();
+        let names: Vec<&str> = c.kafka.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, SEED_TOPICS);
+        let t = c.kafka.topic("chat.messages").unwrap();
+        assert_eq!((t.partitions, t.replication_factor), (3, 3));
+        assert_eq!(t.min_insync_replicas, Some(2));
+        assert_eq!(c.kafka.undeclared_topics, TopicPolicy::Error);
+        assert_eq!(c.kafka.topic_drift, TopicPolicy::Warn);
+
+        let c = StorageConfig::from_toml_str(
+            "[kafka]\ntopic_drift = \"error\"\n[[kafka.topics]]\nname = \"orders\"\npartitions = 6\n\
+             cleanup_policy = \"compact\"\nretention_ms = 86400000\n[kafka.topics.configs]\n\
+             \"max.message.bytes\" = \"2097152\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.kafka.topic_drift, TopicPolicy::Error);
+        assert_eq!(
+            c.kafka.topics.len(),
+            1,
+            "a declaration replaces the defaults"
+        );
+        let t = &c.kafka.topics[0];
+        assert_eq!(t.partitions, 6);
+        assert_eq!(t.replication_factor, 3);
+        let configs = t.topic_configs();
+        assert_eq!(configs["cleanup.policy"], "compact");
+        assert_eq!(configs["retention.ms"], "86400000");
+        assert_eq!(configs["min.insync.replicas"], "2");
+        assert_eq!(configs["max.message.bytes"], "2097152");
+
+        let c = StorageConfig::from_vars([
+            ("CAAS_KAFKA_TOPICS", "a.events, b.events:1:1,c:12"),
+            ("CAAS_KAFKA_UNDECLARED_TOPICS", "warn"),
+            ("CAAS_KAFKA_BREAKER_FAILURES", "5"),
+            ("CAAS_KAFKA_BREAKER_COOLDOWN", "2s"),
+            ("CAAS_KAFKA_SINGLE_BROKER_FALLBACK", "false"),
+        ])
+        .unwrap();
+        let k = &c.kafka;
+        assert_eq!(k.undeclared_topics, TopicPolicy::Warn);
+        assert_eq!(
+            (k.breaker_failures, k.breaker_cooldown),
+            (5, Duration::from_secs(2))
+        );
+        assert!(!k.single_broker_fallback);
+        let b = k.topic("b.events").unwrap();
+        assert_eq!((b.partitions, b.replication_factor), (1, 1));
+        assert_eq!(
+            b.min_insync_replicas,
+            Some(1),
+            "lowered to the replication factor"
+        );
+        assert_eq!(k.topic("c").unwrap().partitions, 12);
+        assert_eq!(k.topic("a.events").unwrap().replication_factor, 3);
+    }
+
+    #[test]
+    fn bad_topic_declarations_name_their_key() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case<'_>; 6] = [
+            (
+                &[("CAAS_KAFKA_TOPICS", "a:x")],
+                "CAAS_KAFKA_TOPICS",
+                "not a number",
+            ),
+            (
+                &[("CAAS_KAFKA_TOPICS", "a b")],
+                "CAAS_KAFKA_TOPICS",
+                "cannot be a Kafka topic name",
+            ),
+            (
+                &[("CAAS_KAFKA_TOPICS", "a:0")],
+                "CAAS_KAFKA_TOPICS",
+                "partitions",
+            ),
+            (
+                &[("CAAS_KAFKA_TOPICS", "a,a")],
+                "CAAS_KAFKA_TOPICS",
+                "declared twice",
+            ),
+            (
+                &[("CAAS_KAFKA_TOPIC_DRIFT", "ignore")],
+                "CAAS_KAFKA_TOPIC_DRIFT",
+                "unknown variant",
+            ),
+            (
+                &[("CAAS_KAFKA_BREAKER_COOLDOWN", "0s")],
+                "CAAS_KAFKA_BREAKER_COOLDOWN",
+                "longer than zero",
+            ),
+        ];
+        for (vars, want_key, want_reason) in cases {
+            match StorageConfig::from_vars(vars.iter().copied()) {
+                Err(Error::Config { key, reason }) => {
+                    assert_eq!(key, want_key, "{vars:?}");
+                    assert!(reason.contains(want_reason), "{vars:?}: {reason}");
+                }
+                other => panic!("{vars:?}: expected a config error, got {other:?}"),
+            }
+        }
+        let e = StorageConfig::from_toml_str(
+            "[[kafka.topics]]\nname = \"t\"\nreplication_factor = 1\nmin_insync_replicas = 2\n\
+             [[kafka.topics]]\nname = \"u\"\ncleanup_policy = \"forever\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("kafka.topics") && e.contains("min_insync_replicas"),
+            "{e}"
+        );
     }
 }

@@ -157,10 +157,16 @@ pub(crate) async fn report(
     ));
     let kafka = async {
         let producer = conn.kafka().clone();
-        let details = Details::from([(
-            "brokers".to_owned(),
-            conn.config().kafka.brokers.clone().into(),
-        )]);
+        let details = Details::from([
+            (
+                "brokers".to_owned(),
+                conn.config().kafka.brokers.clone().into(),
+            ),
+            (
+                "breaker".to_owned(),
+                conn.topics().breaker_state().as_str().into(),
+            ),
+        ]);
         let mut health = check(
             "kafka".into(),
             Component::Kafka,
@@ -183,6 +189,37 @@ pub(crate) async fn report(
             *error = crate::redact::scrub(error, conn.config().credentials());
         }
         health
+    };
+    // The declared topics as they are (nothing is created here): drift is listed; the
+    // component is down when a topic cannot be made, or drifted under kafka.topic_drift =
+    // "error".
+    let topics = {
+        let k = &conn.config().kafka;
+        let details = Details::from([
+            ("declared".to_owned(), k.topics.len().into()),
+            ("topic_drift".to_owned(), k.topic_drift.as_str().into()),
+        ]);
+        check(
+            "kafka/topics".into(),
+            Component::Kafka,
+            timeout,
+            details,
+            async move {
+                let report = conn
+                    .topics()
+                    .check(conn.config(), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let found = match serde_json::to_value(&report) {
+                    Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
+                    _ => Details::new(),
+                };
+                match report.into_result(k.topic_drift) {
+                    Ok(_) => Ok(found),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
     };
     // Backlogs are `up` with their size in the details (a backlog is not an outage); `down`
     // only when they cannot be read.
@@ -259,11 +296,19 @@ pub(crate) async fn report(
             }
         },
     );
-    let (mongo, redis, kafka, write_behind, outbox, kept, expiry) =
-        tokio::join!(mongo, redis, kafka, write_behind, outbox, kept, expiry);
+    let (mongo, redis, kafka, topics, write_behind, outbox, kept, expiry) = tokio::join!(
+        mongo,
+        redis,
+        kafka,
+        topics,
+        write_behind,
+        outbox,
+        kept,
+        expiry
+    );
     let mut components: Vec<ComponentHealth> = vec![mongo];
     components.extend(redis);
-    components.extend([kafka, write_behind, outbox, kept, expiry]);
+    components.extend([kafka, topics, write_behind, outbox, kept, expiry]);
     HealthReport {
         status: overall(&components),
         timestamp,

@@ -74,7 +74,7 @@ pub use capabilities::Capabilities;
 pub use config::StorageConfig;
 #[cfg(feature = "testing")]
 pub use connection::FaultPoint;
-pub use connection::{KafkaContext, RedisConnection};
+pub use connection::{KafkaContext, RedisConnection, TopicDrift, TopicReport};
 pub use consistency::{CausalToken, Consistency};
 pub use document::{DELETED_AT_FIELD, INCARNATION_FIELD, OP_FIELD, SCHEMA_VERSION_FIELD};
 pub use entity::{Entity, Mutable, Queueable, StepResult};

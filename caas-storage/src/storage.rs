@@ -16,6 +16,7 @@ use crate::audit::{AuditLog, AuditOptions};
 use crate::cache::CacheLayer;
 use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
+use crate::connection::TopicReport;
 use crate::connection::{CommandLog, ConnectOptions, Connections, RedisConnection};
 use crate::entity::{Entity, EntityMeta};
 use crate::error::Component;
@@ -91,6 +92,7 @@ impl fmt::Debug for Storage {
 pub struct StorageBuilder {
     config: StorageConfig,
     options: ConnectOptions,
+    entities: Vec<&'static EntityMeta>,
 }
 
 impl fmt::Debug for StorageBuilder {
@@ -122,9 +124,24 @@ impl StorageBuilder {
         self
     }
 
+    /// The entities the service will make repositories for (`&[User::META, Order::META]`):
+    /// [`connect`](Self::connect) checks that each `outbox(topic = ...)` names a topic of
+    /// `kafka.topics`, and fails with an [`Error::Config`](crate::Error::Config) naming the
+    /// entity and the topic when one does not (under `kafka.undeclared_topics = "error"`; a
+    /// warning under `"warn"`), before anything is written.
+    pub fn entities(mut self, entities: &[&'static EntityMeta]) -> Self {
+        self.entities.extend_from_slice(entities);
+        self
+    }
+
     /// Connects: see [`Storage::connect`].
     pub async fn connect(self) -> Result<Storage> {
         let conn = Connections::connect(self.config, self.options).await?;
+        for meta in &self.entities {
+            if let Some(outbox) = &meta.outbox {
+                conn.check_topic(&format!("entity {}", meta.name), outbox.topic)?;
+            }
+        }
         let retention = Arc::new(Retention::new(conn.clone()));
         let retention_task = conn
             .config()
@@ -167,6 +184,7 @@ impl Storage {
         StorageBuilder {
             config,
             options: ConnectOptions::default(),
+            entities: Vec::new(),
         }
     }
 
@@ -210,6 +228,33 @@ impl Storage {
     /// cannot be configured.
     pub fn outbox_relay(&self, options: RelayOptions) -> Result<OutboxRelay> {
         OutboxRelay::new(&self.inner.conn, options)
+    }
+
+    /// Creates the declared topics (`kafka.topics`) that do not exist (unless
+    /// `kafka.create_topics` is off) and checks the existing ones against their declarations:
+    /// partitions, replication factor, `cleanup.policy`, `retention.ms`,
+    /// `min.insync.replicas` and the other declared configs. Nothing existing is changed.
+    /// Fails with an [`Error::Config`](crate::Error::Config) naming `kafka.topics` and each
+    /// topic when a topic cannot be created (a replication factor larger than the cluster) or,
+    /// under `kafka.topic_drift = "error"`, when one drifted; with a Kafka error or a timeout
+    /// when the cluster cannot be reached (at once while the Kafka circuit breaker is open).
+    /// The relay does the same when it starts; see `docs/kafka.md`.
+    pub async fn ensure_topics(&self) -> Result<TopicReport> {
+        let conn = &self.inner.conn;
+        let drift = conn.config().kafka.topic_drift;
+        let report = conn
+            .topics()
+            .check(conn.config(), conn.config().kafka.create_topics)
+            .await?;
+        report.log(drift);
+        report.into_result(drift)
+    }
+
+    /// [`ensure_topics`](Self::ensure_topics) without creating anything and without applying
+    /// `kafka.topic_drift`: what exists and how it differs.
+    pub async fn check_topics(&self) -> Result<TopicReport> {
+        let conn = &self.inner.conn;
+        conn.topics().check(conn.config(), false).await
     }
 
     /// The hash-chained audit log described by `options` (see `docs/audit.md`). Fails, naming

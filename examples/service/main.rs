@@ -62,7 +62,12 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The exporter is the service's choice; the library only records through `metrics`.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let storage = Storage::connect(StorageConfig::from_env()?).await?;
+    // The builder checks at connect that every entity's outbox topic is declared
+    // (`kafka.topics`: the seed's seven by default, `chat.messages` among them).
+    let storage = Storage::builder(StorageConfig::from_env()?)
+        .entities(&model::metas())
+        .connect()
+        .await?;
     println!("connected: {}", storage.capabilities().server_description());
     for meta in model::metas() {
         let plan = storage

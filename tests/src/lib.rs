@@ -10,9 +10,21 @@ use std::time::{Duration, Instant};
 
 use caas_storage::{Storage, StorageConfig, TenantId};
 
-/// The configuration of the shared servers (environment, else the script's loopback defaults).
+/// The configuration of the shared servers (environment, else the script's loopback defaults),
+/// with `kafka.undeclared_topics = "warn"` unless `CAAS_KAFKA_UNDECLARED_TOPICS` says
+/// otherwise: the suite publishes to topics named per test run (`unique(...)`), which no
+/// configuration can declare up front. `tests/tests/kafka_topics.rs` tests the default,
+/// `error`.
 pub fn config() -> StorageConfig {
-    StorageConfig::from_env().expect("CAAS_* environment is valid")
+    suite_config(StorageConfig::from_env().expect("CAAS_* environment is valid"))
+}
+
+/// `config` with the suite's settings (see [`config`]) applied.
+pub fn suite_config(mut config: StorageConfig) -> StorageConfig {
+    if std::env::var_os("CAAS_KAFKA_UNDECLARED_TOPICS").is_none() {
+        config.kafka.undeclared_topics = caas_storage::config::TopicPolicy::Warn;
+    }
+    config
 }
 
 /// A handle on the shared servers.
@@ -449,4 +461,134 @@ pub mod secure {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// A private 3-broker KRaft Kafka cluster (three combined broker+controller nodes, a 3-voter
+/// quorum) on free ports with its own directories, for tests that kill brokers: node `i` is
+/// `nodes[i]`, KRaft node id `i + 1`. Default replication factor 3, `min.insync.replicas` 2,
+/// no unclean leader election, no topic auto-creation. Killed (and removed) on drop.
+pub struct KafkaCluster {
+    /// The nodes, in node-id order (`nodes[0]` is node 1); [`Private::stop`] kills one
+    /// (SIGKILL), [`Private::start`] brings it back with its data.
+    pub nodes: Vec<Private>,
+    _dir: tempdir::Dir,
+}
+
+impl KafkaCluster {
+    /// `kafka.brokers` for the cluster: every node's `127.0.0.1:port`.
+    pub fn brokers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node with KRaft node id `id` (a partition's leader in metadata).
+    pub fn node_index(&self, id: i32) -> usize {
+        usize::try_from(id - 1).expect("node ids start at 1")
+    }
+}
+
+/// Starts a [`KafkaCluster`] and waits until every node listens. Blocking: call it from
+/// `spawn_blocking` or before the runtime's work starts.
+pub fn private_kafka_cluster() -> KafkaCluster {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let controllers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dir = tempdir::Dir::new("kafka-cluster");
+    let libs = services_dir().join("kafka/libs");
+    let cp = format!("{}/*", libs.display());
+    let log4j = dir.path().join("log4j2.properties");
+    std::fs::write(
+        &log4j,
+        "status = error\nappender.console.type = Console\nappender.console.name = STDOUT\n\
+         appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = %m%n\n\
+         rootLogger.level = error\nrootLogger.appenderRef.stdout.ref = STDOUT\n",
+    )
+    .unwrap();
+    let voters = controllers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}@127.0.0.1:{c}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let (port, controller) = (ports[i], controllers[i]);
+        let conf = dir.path().join(format!("node-{i}.properties"));
+        std::fs::write(
+            &conf,
+            format!(
+                "process.roles=broker,controller\nnode.id={}\ncontroller.quorum.voters={voters}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 inter.broker.listener.name=PLAINTEXT\ncontroller.listener.names=CONTROLLER\n\
+                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+                 log.dirs={}\nauto.create.topics.enable=false\nnum.partitions=3\n\
+                 default.replication.factor=3\nmin.insync.replicas=2\n\
+                 unclean.leader.election.enable=false\n\
+                 offsets.topic.replication.factor=3\noffsets.topic.num.partitions=3\n\
+                 transaction.state.log.replication.factor=3\ntransaction.state.log.min.isr=2\n\
+                 transaction.state.log.num.partitions=3\n\
+                 share.coordinator.state.topic.replication.factor=3\n\
+                 share.coordinator.state.topic.min.isr=2\ngroup.initial.rebalance.delay.ms=0\n",
+                i + 1,
+                dir.path().join(format!("data-{i}")).display()
+            ),
+        )
+        .unwrap();
+        let status = Command::new("java")
+            .arg("-Xmx256m")
+            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+            .args(["-cp", &cp, "kafka.tools.StorageTool", "format"])
+            .args(["-t", "caasStorageClusterT001", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("java is installed");
+        assert!(status.success(), "formatting private Kafka node {i} failed");
+        let (cp, log4j, logs) = (cp.clone(), log4j.clone(), dir.path().join("logs"));
+        nodes.push(Private {
+            name: "kafka-cluster node",
+            port,
+            child: None,
+            start: Box::new(move || {
+                Command::new("java")
+                    .args(["-Xms128m", "-Xmx320m", "-XX:+UseG1GC"])
+                    .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+                    .arg(format!("-Dkafka.logs.dir={}", logs.display()))
+                    .args(["-cp", &cp, "kafka.Kafka"])
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(port))
+                    .spawn()
+                    .expect("java is installed")
+            }),
+            ready: Box::new(move || port_open(port)),
+            _dir: None,
+        });
+    }
+    // A node's broker listens only once the quorum (two of three) is up: start all, then wait.
+    for n in &mut nodes {
+        n.child = Some((n.start)());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for n in &mut nodes {
+        while !(n.ready)() {
+            if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let output = std::fs::read_to_string(log_path(n.port)).unwrap_or_default();
+                panic!(
+                    "private Kafka node on {} exited: {status}: {output}",
+                    n.port
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private Kafka cluster not ready in 120s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    KafkaCluster { nodes, _dir: dir }
 }

@@ -105,7 +105,7 @@ fn config_with(extra: &[(&str, String)]) -> StorageConfig {
         .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
         .collect();
     vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-    StorageConfig::from_vars(vars).expect("the configuration is valid")
+    common::suite_config(StorageConfig::from_vars(vars).expect("the configuration is valid"))
 }
 
 /// Every Redis component of a health report is up.

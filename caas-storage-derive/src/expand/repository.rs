@@ -39,6 +39,10 @@ pub fn expand(m: &Model) -> TokenStream {
         m.consistency.as_str()
     );
     let new_doc = format!("The repository of `{name}` on `storage`'s connection pools.");
+    let try_new_doc = format!(
+        "[`new`](Self::new), failing with a configuration error when `{name}`'s outbox topic is \
+         not declared in `kafka.topics` (see `Repository::try_new`)."
+    );
     let finders = m.finders.iter().map(|f| finder(m, f));
     quote! {
         #[doc = #type_doc]
@@ -56,6 +60,13 @@ pub fn expand(m: &Model) -> TokenStream {
                     #repo_ty {
                         inner: #p::Repository::new(storage),
                     }
+                }
+
+                #[doc = #try_new_doc]
+                pub fn try_new(storage: &#p::Storage) -> #p::Result<Self> {
+                    ::core::result::Result::Ok(#repo_ty {
+                        inner: #p::Repository::try_new(storage)?,
+                    })
                 }
 
                 #(#finders)*

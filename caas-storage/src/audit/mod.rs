@@ -138,6 +138,13 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     pub(crate) fn new(conn: &Connections, options: AuditOptions) -> Result<Self> {
         options.validate()?;
+        conn.check_topic(
+            &format!(
+                "audit log {}.{} (its checkpoint events)",
+                options.database, options.collection
+            ),
+            &options.topic,
+        )?;
         let db = conn.database(&options.database);
         Ok(AuditLog {
             inner: Arc::new(Inner {

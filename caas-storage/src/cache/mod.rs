@@ -23,7 +23,6 @@
 //!   place (`entry.rs`). The in-process tier holds decoded values, so always current ones.
 //! - Secret fields are never cached.
 
-mod breaker;
 mod entry;
 mod keys;
 mod listener;
@@ -40,13 +39,13 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{Bson, Document};
 
 use crate::config::CacheConfig;
+use crate::connection::breaker::Breaker;
 use crate::connection::{Connections, RedisConnection};
 use crate::document;
 use crate::entity::{CacheSpec, Entity, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::tenant::TenantId;
 
-use breaker::Breaker;
 use entry::Decoded;
 use keys::EntryKeys;
 use metrics::{bump, Counters};
@@ -105,7 +104,11 @@ impl CacheLayer {
         let settings: CacheConfig = conn.config().cache.clone();
         CacheLayer {
             prefix: conn.config().redis.key_prefix.clone(),
-            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            breaker: Breaker::new(
+                "redis",
+                settings.breaker_failures,
+                settings.breaker_cooldown,
+            ),
             settings,
             counters: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashMap::new()),

@@ -10,17 +10,23 @@
 //!   connection, behind [`RedisConnection`]; every connection (cluster nodes and the pub/sub
 //!   connection included) with the URL's credentials and TLS.
 //! - [`kafka`]: the shared idempotent producer and its [`KafkaContext`].
+//! - [`topics`]: the declared topics (created when missing, checked for drift) and the Kafka
+//!   circuit breaker.
 //! - [`faults`]: points where a test can stop a write as if the process died there.
 //! - [`lease`]: one holder at a time for a background job, in Redis.
+//! - [`breaker`]: the circuit breaker in front of Redis (the cache) and Kafka (publishing, topic
+//!   admin).
 //! - [`retry`]: the retry policy for transient MongoDB faults (what may be sent again, how
 //!   often, how far apart).
 
+pub(crate) mod breaker;
 mod faults;
 pub(crate) mod kafka;
 pub(crate) mod lease;
 pub(crate) mod mongo;
 mod redis;
 pub(crate) mod retry;
+pub(crate) mod topics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +41,7 @@ pub use self::redis::RedisConnection;
 pub use faults::FaultPoint;
 pub use kafka::KafkaContext;
 pub(crate) use mongo::CommandLog;
+pub use topics::{TopicDrift, TopicReport};
 
 /// The pools and facts every part of the runtime is built from. See the module docs.
 #[derive(Clone)]
@@ -50,6 +57,7 @@ struct Inner {
     pubsub: ::redis::Client,
     kafka: FutureProducer<KafkaContext>,
     kafka_state: Arc<kafka::KafkaState>,
+    topics: topics::TopicAdmin,
     faults: faults::Faults,
     /// The server's clock minus this process's, measured at connect.
     clock_offset_ms: i64,
@@ -106,6 +114,7 @@ impl Connections {
         let redis = redis::connect(&config).await?;
         let pubsub = redis::pubsub_client(&config)?;
         let (kafka, kafka_state) = kafka::producer(&config)?;
+        let topics = topics::TopicAdmin::new(&config)?;
         Ok(Connections {
             inner: Arc::new(Inner {
                 config,
@@ -115,6 +124,7 @@ impl Connections {
                 pubsub,
                 kafka,
                 kafka_state,
+                topics,
                 faults: faults::Faults::default(),
                 clock_offset_ms,
             }),
@@ -174,6 +184,18 @@ impl Connections {
     /// The shared idempotent Kafka producer.
     pub(crate) fn kafka(&self) -> &FutureProducer<KafkaContext> {
         &self.inner.kafka
+    }
+
+    /// The declared topics' admin and the Kafka circuit breaker.
+    pub(crate) fn topics(&self) -> &topics::TopicAdmin {
+        &self.inner.topics
+    }
+
+    /// Whether `entity` may publish to `topic` (see [`topics::TopicAdmin::check_declared`]).
+    pub(crate) fn check_topic(&self, entity: &str, topic: &str) -> Result<()> {
+        self.inner
+            .topics
+            .check_declared(&self.inner.config, entity, topic)
     }
 
     /// The latest error librdkafka reported for the producer (credentials masked).

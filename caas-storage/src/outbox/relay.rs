@@ -15,9 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
@@ -30,13 +27,17 @@ use super::record::{
     DEFAULT_RECONCILE_AFTER, DEFAULT_SHARD_COUNT,
 };
 use super::store::OutboxStore;
-use crate::connection::{kafka, Connections};
+use crate::connection::breaker::Permit;
+use crate::connection::{topics, Connections};
 use crate::error::{Error, Result};
 
 /// How long topic creation waits before giving up (and trying again later).
 const TOPIC_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause before retrying a failed topic creation.
+/// Pause before retrying a failed topic creation or check.
 const TOPIC_RETRY: Duration = Duration::from_secs(10);
+/// Pause between checks of the declared topics once one succeeded (drift can be fixed, or
+/// appear, while the relay runs).
+const TOPIC_RECHECK: Duration = Duration::from_secs(300);
 
 /// Settings of an [`OutboxRelay`].
 #[derive(Debug, Clone, PartialEq)]
@@ -69,11 +70,14 @@ pub struct RelayOptions {
     pub lag_interval: Duration,
     /// Topic parked events are copied to, if any.
     pub dlq_topic: Option<String>,
-    /// Create missing topics before publishing to them.
+    /// Create missing undeclared topics before publishing to them (only reached under
+    /// `kafka.undeclared_topics = "warn"`; declared topics follow `kafka.create_topics`).
     pub create_topics: bool,
-    /// Partitions of topics the relay creates.
+    /// Partitions of undeclared topics the relay creates.
     pub topic_partitions: i32,
-    /// Replication factor of topics the relay creates.
+    /// Replication factor of undeclared topics the relay creates; -1 (the default) takes the
+    /// broker's `default.replication.factor`, so that a multi-broker cluster never gets 1 by
+    /// default. Declared topics take theirs from `kafka.topics`.
     pub topic_replication: i32,
     /// This relay's identity in leases (unique per process).
     pub instance_id: String,
@@ -153,7 +157,7 @@ impl Default for RelayOptions {
             dlq_topic: None,
             create_topics: true,
             topic_partitions: 3,
-            topic_replication: 1,
+            topic_replication: -1,
             instance_id: uuid::Uuid::now_v7().hyphenated().to_string(),
             op_timeout: Duration::from_secs(10),
             archive: RelayArchive::Auto,
@@ -195,10 +199,13 @@ impl RelayOptions {
         if self.instance_id.is_empty() {
             return bad("instance_id", "may not be empty");
         }
-        if self.topic_partitions < 1 || self.topic_replication < 1 {
+        if self.topic_partitions < 1 {
+            return bad("topic_partitions", "must be at least 1");
+        }
+        if self.topic_replication < 1 && self.topic_replication != -1 {
             return bad(
-                "topic_partitions",
-                "partitions and replication must be at least 1",
+                "topic_replication",
+                "must be at least 1, or -1 for the broker's default",
             );
         }
         Ok(())
@@ -245,6 +252,18 @@ struct TopicState {
     retry_at: Instant,
 }
 
+/// The relay's view of the declared topics (`kafka.topics`): checked (and created) when it
+/// starts, again every [`TOPIC_RECHECK`], and every [`TOPIC_RETRY`] while a check fails.
+#[derive(Default)]
+struct Declared {
+    /// A check succeeded: declared topics may be published to (before it, they wait, so that
+    /// a broker's auto-creation cannot make them with other settings).
+    checked: bool,
+    next_check: Option<Instant>,
+    /// Topics not published to: not creatable, drifted under `kafka.topic_drift = "error"`,
+    /// or undeclared under `kafka.undeclared_topics = "error"`.
+    blocked: std::collections::HashSet<String>,
+}
 struct RelayInner {
     conn: Connections,
     options: RelayOptions,
@@ -252,7 +271,7 @@ struct RelayInner {
     leases: tokio::sync::Mutex<Vec<ShardLeases>>,
     counters: Arc<Counters>,
     topics: std::sync::Mutex<HashMap<String, TopicState>>,
-    admin: Option<AdminClient<DefaultClientContext>>,
+    declared: std::sync::Mutex<Declared>,
     indexes_ready: AtomicBool,
     last_lag: std::sync::Mutex<Option<Instant>>,
 }
@@ -274,10 +293,17 @@ impl std::fmt::Debug for OutboxRelay {
 }
 
 impl OutboxRelay {
-    /// A relay over `conn`'s MongoDB and shared Kafka producer. Fails on invalid options or
-    /// when the Kafka admin client (for topic creation) cannot be configured.
+    /// A relay over `conn`'s MongoDB and shared Kafka producer. Fails on invalid options,
+    /// and on a dead-letter topic missing from `kafka.topics` under
+    /// `kafka.undeclared_topics = "error"`.
     pub(crate) fn new(conn: &Connections, options: RelayOptions) -> Result<Self> {
         options.check()?;
+        if let Some(dlq) = &options.dlq_topic {
+            conn.check_topic(
+                "the outbox relay's dead-letter topic (outbox.relay.dlq_topic)",
+                dlq,
+            )?;
+        }
         let stores = options
             .databases
             .iter()
@@ -302,17 +328,6 @@ impl OutboxRelay {
                 )
             })
             .collect();
-        let admin = if options.create_topics {
-            let config = conn.config();
-            let client_id = format!("{}-outbox-admin", config.kafka.client_id);
-            Some(
-                kafka::client_config(config, &[("client.id", client_id)])
-                    .create::<AdminClient<DefaultClientContext>>()
-                    .map_err(|e| Error::config("kafka.properties", e.to_string()))?,
-            )
-        } else {
-            None
-        };
         Ok(OutboxRelay {
             inner: Arc::new(RelayInner {
                 conn: conn.clone(),
@@ -321,7 +336,7 @@ impl OutboxRelay {
                 stores,
                 leases: tokio::sync::Mutex::new(leases),
                 topics: std::sync::Mutex::new(HashMap::new()),
-                admin,
+                declared: std::sync::Mutex::new(Declared::default()),
                 indexes_ready: AtomicBool::new(false),
                 last_lag: std::sync::Mutex::new(None),
             }),
@@ -548,6 +563,19 @@ impl OutboxRelay {
         for t in topics {
             self.ensure_topic(t).await;
         }
+        // The Kafka circuit breaker: while it is open nothing is sent (the events stay ready
+        // and no attempt is counted); after the cool-down one event goes as the probe.
+        let breaker = inner.conn.topics().breaker().clone();
+        let mut permit = Some(breaker.permit());
+        if permit.as_ref().is_some_and(Permit::skips) {
+            report.deferred += records.len() as u64;
+            Counters::add(&inner.counters.deferred, records.len() as u64);
+            return Ok(());
+        }
+        let probe = permit.as_ref().is_some_and(Permit::is_probe);
+        let (records, held) = self.sendable(records, probe);
+        report.deferred += held;
+        Counters::add(&inner.counters.deferred, held);
 
         let producer = inner.conn.kafka();
         let wait = inner.conn.config().kafka.message_timeout + Duration::from_secs(5);
@@ -577,7 +605,15 @@ impl OutboxRelay {
             if wave.is_empty() {
                 break;
             }
+            if breaker.is_open() && permit.is_none() {
+                // Opened by this pass's failures: the rest waits for the cool-down.
+                let left = wave.len() + chains.iter().map(|c| c.len()).sum::<usize>();
+                report.deferred += left as u64;
+                Counters::add(&inner.counters.deferred, left as u64);
+                break;
+            }
             let mut pending = Vec::with_capacity(wave.len());
+            let mut send_unreachable = 0_u32;
             for (i, r, d) in wave {
                 let value = match r.envelope.to_json() {
                     Ok(v) => v,
@@ -595,6 +631,7 @@ impl OutboxRelay {
                 match producer.send_result(record) {
                     Ok(delivery) => pending.push((i, r, d, delivery)),
                     Err((e, _)) => {
+                        send_unreachable += u32::from(topics::is_transport(&e));
                         chains[i].clear();
                         failed.push((r, e.to_string()));
                     }
@@ -605,19 +642,33 @@ impl OutboxRelay {
                     (i, r, d, tokio::time::timeout(wait, f).await)
                 }))
                 .await;
+            let (mut sent, mut unreachable) = (0_u32, 0_u32);
             for (i, r, d, outcome) in outcomes {
                 let error = match outcome {
                     Ok(Ok(Ok(_))) => {
+                        sent += 1;
                         delivered.push(d);
                         continue;
                     }
-                    Ok(Ok(Err((e, _)))) => e.to_string(),
+                    Ok(Ok(Err((e, _)))) => {
+                        unreachable += u32::from(topics::is_transport(&e));
+                        e.to_string()
+                    }
                     Ok(Err(_)) => "delivery report dropped (producer closed)".into(),
-                    Err(_) => format!("no delivery report within {wait:?}"),
+                    Err(_) => {
+                        unreachable += 1;
+                        format!("no delivery report within {wait:?}")
+                    }
                 };
                 chains[i].clear();
                 failed.push((r, error));
             }
+            report_to_breaker(
+                &breaker,
+                permit.take(),
+                sent,
+                unreachable + send_unreachable,
+            );
         }
 
         let published = delivered.len() as u64;
@@ -707,12 +758,34 @@ impl OutboxRelay {
         }
     }
 
-    /// Creates `topic` with the configured partitions and replication unless it exists (or a
-    /// recent attempt failed). Failure is logged, not returned: the broker may auto-create.
+    /// Makes `topic` ready to publish to. A declared topic: the declared topics are checked
+    /// (and created, see [`TopicAdmin`](crate::connection::topics)) when due. An undeclared
+    /// one (`kafka.undeclared_topics = "warn"`; under `"error"` it is blocked): created with
+    /// the relay's partitions and replication unless it exists or a recent attempt failed.
+    /// Failures are logged, not returned.
     async fn ensure_topic(&self, topic: &str) {
-        let Some(admin) = &self.inner.admin else {
+        let conn = &self.inner.conn;
+        if conn.config().kafka.topic(topic).is_some() {
+            return self.ensure_declared().await;
+        }
+        if conn.check_topic("an outbox event", topic).is_err() {
+            let mut declared = self
+                .inner
+                .declared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if declared.blocked.insert(topic.to_owned()) {
+                tracing::error!(
+                    topic,
+                    "outbox events for an undeclared Kafka topic are held back \
+                     (kafka.undeclared_topics = error): declare it in kafka.topics"
+                );
+            }
             return;
-        };
+        }
+        if !self.inner.options.create_topics {
+            return;
+        }
         {
             let topics = self.inner.topics.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(t) = topics.get(topic) {
@@ -722,37 +795,10 @@ impl OutboxRelay {
             }
         }
         let o = &self.inner.options;
-        let new = NewTopic::new(
-            topic,
-            o.topic_partitions,
-            TopicReplication::Fixed(o.topic_replication),
-        );
-        let opts = AdminOptions::new()
-            .request_timeout(Some(TOPIC_CREATE_TIMEOUT))
-            .operation_timeout(Some(TOPIC_CREATE_TIMEOUT));
-        let created = match tokio::time::timeout(
-            TOPIC_CREATE_TIMEOUT + Duration::from_secs(1),
-            admin.create_topics([&new], &opts),
-        )
-        .await
-        {
-            Ok(Ok(results)) => results.iter().all(|r| match r {
-                Ok(_) => true,
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => true,
-                Err((name, code)) => {
-                    tracing::warn!(topic = %name, error = %code, "could not create a Kafka topic");
-                    false
-                }
-            }),
-            Ok(Err(e)) => {
-                log_admin_error(topic, &e);
-                false
-            }
-            Err(_) => {
-                tracing::warn!(topic, "Kafka topic creation timed out");
-                false
-            }
-        };
+        let created = conn
+            .topics()
+            .create_undeclared(topic, o.topic_partitions, o.topic_replication)
+            .await;
         self.inner
             .topics
             .lock()
@@ -765,10 +811,96 @@ impl OutboxRelay {
                 },
             );
     }
+
+    /// Checks (and creates) the declared topics when due: at the first pass, every
+    /// [`TOPIC_RECHECK`] after a check, every [`TOPIC_RETRY`] after a failed one.
+    async fn ensure_declared(&self) {
+        {
+            let d = self
+                .inner
+                .declared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if d.next_check.is_some_and(|t| t > Instant::now()) {
+                return;
+            }
+        }
+        let conn = &self.inner.conn;
+        let k = &conn.config().kafka;
+        let outcome = conn.topics().check(conn.config(), k.create_topics).await;
+        let mut d = self
+            .inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(report) => {
+                report.log(k.topic_drift);
+                let retry = !report.errors.is_empty();
+                d.blocked.retain(|t| k.topic(t).is_none());
+                d.blocked.extend(report.blocked(k.topic_drift));
+                d.checked = true;
+                d.next_check =
+                    Some(Instant::now() + if retry { TOPIC_RETRY } else { TOPIC_RECHECK });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the declared Kafka topics");
+                d.next_check = Some(Instant::now() + TOPIC_RETRY);
+            }
+        }
+    }
+
+    /// What this pass may send: per aggregate chain, up to the first event whose topic is
+    /// blocked or (declared) not yet checked; with `probe`, the first event alone. Returns
+    /// the records and how many were held back.
+    fn sendable(
+        &self,
+        records: Vec<(OutboxRecord, Document)>,
+        probe: bool,
+    ) -> (Vec<(OutboxRecord, Document)>, u64) {
+        let k = &self.inner.conn.config().kafka;
+        let d = self
+            .inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let total = records.len();
+        let mut stopped: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(total);
+        for (r, doc) in records {
+            let agg = doc.get_str("agg").unwrap_or_default().to_owned();
+            let waits = d.blocked.contains(&r.topic) || (!d.checked && k.topic(&r.topic).is_some());
+            if stopped.contains(&agg) || waits || (probe && !out.is_empty()) {
+                // Later revisions of the aggregate wait behind it.
+                stopped.insert(agg);
+                continue;
+            }
+            out.push((r, doc));
+        }
+        let held = (total - out.len()) as u64;
+        (out, held)
+    }
 }
 
-fn log_admin_error(topic: &str, e: &KafkaError) {
-    tracing::warn!(topic, error = %e, "could not create a Kafka topic");
+/// Reports one wave's delivery to the Kafka breaker: with `permit` (the pass's first wave:
+/// maybe the probe) once, else per failure. A delivered event closes it; each failure of an
+/// unreachable cluster counts toward opening it; a refused message (too large, ...) says
+/// Kafka is there.
+fn report_to_breaker(
+    breaker: &crate::connection::breaker::Breaker,
+    permit: Option<Permit>,
+    sent: u32,
+    unreachable: u32,
+) {
+    let permit = permit.unwrap_or(Permit::Go);
+    if sent > 0 || unreachable == 0 {
+        permit.success(breaker);
+        return;
+    }
+    permit.failure(breaker);
+    for _ in 1..unreachable {
+        Permit::Go.failure(breaker);
+    }
 }
 
 fn headers(e: &EventEnvelope, extra: &[(&str, &str)]) -> OwnedHeaders {

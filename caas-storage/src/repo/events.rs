@@ -112,6 +112,12 @@ impl Pipeline {
         if groups.iter().all(Vec::is_empty) {
             return self.exec(operation, &write, None).await;
         }
+        // Every event goes to a declared topic (kafka.undeclared_topics), checked before
+        // anything is written.
+        for r in groups.iter().flatten() {
+            self.conn()
+                .check_topic(&format!("entity {}", self.meta().name), &r.topic)?;
+        }
         let ops: Vec<Option<String>> = groups
             .iter()
             .map(|g| g.first().map(|r| r.envelope.event_id.clone()))

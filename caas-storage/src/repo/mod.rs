@@ -103,6 +103,19 @@ impl<E: Entity> Repository<E> {
         Self::from_pipeline(storage.clone(), pipeline)
     }
 
+    /// [`new`](Self::new), failing with an [`Error::Config`] that names
+    /// the entity and the topic when `E`'s `outbox(topic = ...)` is not declared in
+    /// `kafka.topics` and `kafka.undeclared_topics = "error"` (the default). `new` makes the
+    /// repository anyway, and each write that records an event then fails with that error.
+    pub fn try_new(storage: &Storage) -> crate::Result<Self> {
+        if let Some(outbox) = &E::META.outbox {
+            storage
+                .connections()
+                .check_topic(&format!("entity {}", E::META.name), outbox.topic)?;
+        }
+        Ok(Self::new(storage))
+    }
+
     fn from_pipeline(storage: Storage, pipeline: Pipeline) -> Self {
         let raw = pipeline.docs().clone_with_type();
         Repository {
