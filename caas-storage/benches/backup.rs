@@ -199,7 +199,13 @@ async fn main() {
     let runs = [run_child(small), run_child(large)];
     println!(
         "{:>8} {:>12} {:>16} {:>17} {:>12} {:>9} {:>10}",
-        "docs", "start KiB", "peak backup KiB", "peak restore KiB", "archive B", "backup s", "restore s"
+        "docs",
+        "start KiB",
+        "peak backup KiB",
+        "peak restore KiB",
+        "archive B",
+        "backup s",
+        "restore s"
     );
     for r in &runs {
         println!(

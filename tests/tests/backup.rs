@@ -184,12 +184,12 @@ async fn seed_ledger(storage: &Storage, db: &str) {
         .collection::<Document>(LEDGER_COLLECTION)
         .insert_many([
             doc! { "_id": "schema:caas_backup_tests.accounts:Account:1->2", "kind": "schema",
-                   "checksum": "0123456789abcdef", "applied_at": now, "host": "h:1", "token": 1_i64,
-                   "documents": 10_i64 },
+            "checksum": "0123456789abcdef", "applied_at": now, "host": "h:1", "token": 1_i64,
+            "documents": 10_i64 },
             doc! { "_id": "indexes:caas_backup_tests.accounts:Account@00aa", "kind": "indexes",
-                   "checksum": "00aa", "applied_at": now, "host": "h:1", "token": 1_i64 },
+            "checksum": "00aa", "applied_at": now, "host": "h:1", "token": 1_i64 },
             doc! { "_id": "data:2026-01-split", "kind": "data", "order": 1_i64,
-                   "checksum": "beef", "applied_at": now, "host": "h:2", "token": 2_i64 },
+            "checksum": "beef", "applied_at": now, "host": "h:2", "token": 2_i64 },
         ])
         .await
         .unwrap();
@@ -342,20 +342,27 @@ async fn restore_into_another_tenant_is_an_isolated_copy() {
     seed(&storage, &a, 300).await;
     let accounts = AccountRepository::new(&storage);
     // B is empty; a read of it now must not shadow the copy later.
-    assert_eq!(accounts.find_by_id(&b, &"acc-00001".into()).await.unwrap(), None);
-    let original = accounts.find_by_id(&a, &"acc-00001".into()).await.unwrap().unwrap();
+    assert_eq!(
+        accounts.find_by_id(&b, &"acc-00001".into()).await.unwrap(),
+        None
+    );
+    let original = accounts
+        .find_by_id(&a, &"acc-00001".into())
+        .await
+        .unwrap()
+        .unwrap();
 
     let path = archive_path("clone");
-    let plan = BackupPlan::new().entity::<Account>().entity::<Note>().tenant(a.clone());
+    let plan = BackupPlan::new()
+        .entity::<Account>()
+        .entity::<Note>()
+        .tenant(a.clone());
     storage
         .backup(&plan, std::fs::File::create(&path).unwrap())
         .await
         .unwrap();
     let report = storage
-        .restore(
-            &RestorePlan::new().into_tenant(a.clone(), b.clone()),
-            &path,
-        )
+        .restore(&RestorePlan::new().into_tenant(a.clone(), b.clone()), &path)
         .await
         .unwrap();
     assert_eq!(report.sections[0].tenants, vec![b.to_string()]);
@@ -363,10 +370,17 @@ async fn restore_into_another_tenant_is_an_isolated_copy() {
     assert_eq!(report.sections[1].inserted, 150);
 
     // Found by id under the new tenant, re-keyed.
-    let copy = accounts.find_by_id(&b, &"acc-00001".into()).await.unwrap().unwrap();
+    let copy = accounts
+        .find_by_id(&b, &"acc-00001".into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(copy.tenant_id, b.as_str());
     assert_eq!(
-        Account { tenant_id: a.to_string(), ..copy.clone() },
+        Account {
+            tenant_id: a.to_string(),
+            ..copy.clone()
+        },
         original
     );
     let raw = storage
@@ -378,11 +392,21 @@ async fn restore_into_another_tenant_is_an_isolated_copy() {
         .unwrap()
         .expect("the copy is stored under <new tenant>:<id>");
     assert_eq!(raw.get_str("tenant_id").unwrap(), b.as_str());
-    assert_eq!(raw.get_str("api_key").unwrap(), "secret-1", "secrets are copied too");
+    assert_eq!(
+        raw.get_str("api_key").unwrap(),
+        "secret-1",
+        "secrets are copied too"
+    );
     // Soft-deleted stays deleted; queries and the per-tenant unique index work for B.
-    assert_eq!(accounts.find_by_id(&b, &"acc-00000".into()).await.unwrap(), None);
+    assert_eq!(
+        accounts.find_by_id(&b, &"acc-00000".into()).await.unwrap(),
+        None
+    );
     let notes = NoteRepository::new(&storage);
-    assert_eq!(notes.find_by_id(&b, &7).await.unwrap().unwrap().tenant_id, b.as_str());
+    assert_eq!(
+        notes.find_by_id(&b, &7).await.unwrap().unwrap().tenant_id,
+        b.as_str()
+    );
     let dup = accounts.insert(&b, &account(&b, 999_001)).await;
     assert!(dup.is_ok(), "{dup:?}");
     let mut clash = account(&b, 999_002);
@@ -395,9 +419,17 @@ async fn restore_into_another_tenant_is_an_isolated_copy() {
     changed.balance = 1_000_000;
     accounts.replace(&b, &mut changed).await.unwrap();
     assert!(accounts.delete(&b, &"acc-00002".into()).await.unwrap());
-    let a_now = accounts.find_by_id(&a, &"acc-00001".into()).await.unwrap().unwrap();
+    let a_now = accounts
+        .find_by_id(&a, &"acc-00001".into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a_now, original);
-    assert!(accounts.find_by_id(&a, &"acc-00002".into()).await.unwrap().is_some());
+    assert!(accounts
+        .find_by_id(&a, &"acc-00002".into())
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(stored(&storage, DB, "accounts", &[&a]).await.len(), 300);
     assert_eq!(stored(&storage, DB, "accounts", &[&b]).await.len(), 301);
 
@@ -417,11 +449,17 @@ async fn restore_into_another_tenant_is_an_isolated_copy() {
     assert!(e.to_string().contains("already holds"), "{e}");
     let third = common::tenant("x");
     let again = storage
-        .restore(&RestorePlan::new().into_tenant(a.clone(), third.clone()), &path)
+        .restore(
+            &RestorePlan::new().into_tenant(a.clone(), third.clone()),
+            &path,
+        )
         .await;
     assert!(again.is_ok(), "a third tenant is fine: {again:?}");
     let e = storage
-        .rollback_restore(&RestorePlan::new().into_tenant(a.clone(), TenantId::new("never").unwrap()), &path)
+        .rollback_restore(
+            &RestorePlan::new().into_tenant(a.clone(), TenantId::new("never").unwrap()),
+            &path,
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("no restore journal"), "{e}");
@@ -456,7 +494,10 @@ async fn a_corrupted_truncated_or_foreign_archive_is_refused_with_nothing_writte
     let good = archive_path("good");
     storage
         .backup(
-            &BackupPlan::new().entity::<Account>().entity::<Note>().tenant(t.clone()),
+            &BackupPlan::new()
+                .entity::<Account>()
+                .entity::<Note>()
+                .tenant(t.clone()),
             std::fs::File::create(&good).unwrap(),
         )
         .await
@@ -481,13 +522,29 @@ async fn a_corrupted_truncated_or_foreign_archive_is_refused_with_nothing_writte
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("flipped", flipped, ""),
-        ("truncated", compressed[..compressed.len() * 2 / 3].to_vec(), "truncated"),
+        (
+            "truncated",
+            compressed[..compressed.len() * 2 / 3].to_vec(),
+            "truncated",
+        ),
         ("tampered", compress(&tampered), "checksum mismatch"),
         ("no trailer", compress(&plain[..last_frame]), "truncated"),
-        ("foreign gzip", compress(b"{\"not\": \"a backup\"}\n"), "not a caas-storage backup"),
-        ("plain text", b"hello, this is not gzip at all".to_vec(), "not a caas-storage backup"),
+        (
+            "foreign gzip",
+            compress(b"{\"not\": \"a backup\"}\n"),
+            "not a caas-storage backup",
+        ),
+        (
+            "plain text",
+            b"hello, this is not gzip at all".to_vec(),
+            "not a caas-storage backup",
+        ),
         ("empty", Vec::new(), "not a caas-storage backup"),
-        ("format version", compress(&wrong_version), "format version 9"),
+        (
+            "format version",
+            compress(&wrong_version),
+            "format version 9",
+        ),
     ];
     let target = unique("caas_bk_never");
     let restorer = storage_with_ledger(&unique("caas_bk_ledger_never")).await;
@@ -501,7 +558,10 @@ async fn a_corrupted_truncated_or_foreign_archive_is_refused_with_nothing_writte
             .expect_err(name);
         assert_eq!(e.kind(), "archive", "{name}: {e}");
         assert!(e.to_string().contains(expect), "{name}: {e}");
-        assert!(e.to_string().contains(&path.display().to_string()), "{name}: {e}");
+        assert!(
+            e.to_string().contains(&path.display().to_string()),
+            "{name}: {e}"
+        );
         let e = restorer.verify_archive(&path).await.expect_err(name);
         assert_eq!(e.kind(), "archive", "{name}: {e}");
         let _ = std::fs::remove_file(&path);
@@ -540,7 +600,10 @@ async fn an_interrupted_restore_resumes_or_rolls_back() {
     let path = archive_path("resume");
     storage
         .backup(
-            &BackupPlan::new().entity::<Account>().entity::<Note>().tenant(t.clone()),
+            &BackupPlan::new()
+                .entity::<Account>()
+                .entity::<Note>()
+                .tenant(t.clone()),
             std::fs::File::create(&path).unwrap(),
         )
         .await
@@ -584,8 +647,14 @@ async fn an_interrupted_restore_resumes_or_rolls_back() {
         .restore(&plan2.clone().interrupt_after_batches(15), &path)
         .await
         .unwrap_err();
-    assert_eq!(stored(&restorer2, &target2, "accounts", &[&t]).await.len(), 1200);
-    assert_eq!(stored(&restorer2, &target2, "notes", &[&t]).await.len(), 300);
+    assert_eq!(
+        stored(&restorer2, &target2, "accounts", &[&t]).await.len(),
+        1200
+    );
+    assert_eq!(
+        stored(&restorer2, &target2, "notes", &[&t]).await.len(),
+        300
+    );
     let rolled = restorer2.rollback_restore(&plan2, &path).await.unwrap();
     assert_eq!(rolled.state, "rolled_back");
     assert_eq!(rolled.sections[0].removed, 1200);
@@ -596,7 +665,10 @@ async fn an_interrupted_restore_resumes_or_rolls_back() {
         .list_collection_names()
         .await
         .unwrap();
-    assert!(left.is_empty(), "collections the restore created are gone: {left:?}");
+    assert!(
+        left.is_empty(),
+        "collections the restore created are gone: {left:?}"
+    );
     assert!(ledger(&restorer2, &restore_ledger2).await.is_empty());
     // And it can be restored again from scratch.
     let again = restorer2.restore(&plan2, &path).await.unwrap();
@@ -608,7 +680,13 @@ async fn an_interrupted_restore_resumes_or_rolls_back() {
     forget(&storage, &[&t]).await;
     drop_dbs(
         &storage,
-        &[&ledger_db, &target, &restore_ledger, &target2, &restore_ledger2],
+        &[
+            &ledger_db,
+            &target,
+            &restore_ledger,
+            &target2,
+            &restore_ledger2,
+        ],
     )
     .await;
 }

@@ -58,7 +58,8 @@ fn click(t: &TenantId, i: usize) -> Click {
     }
 }
 
-/// Customers (some soft-deleted, some cached), applied clicks and queued clicks of `t`.
+/// Customers (some soft-deleted, some cached) and applied clicks of `t` (the queue is
+/// flushed: queue more with [`queue_clicks`] once every tenant is seeded).
 async fn seed(storage: &Storage, t: &TenantId) {
     let customers = CustomerRepository::new(storage);
     let clicks = ClickRepository::new(storage);
@@ -68,7 +69,11 @@ async fn seed(storage: &Storage, t: &TenantId) {
         assert!(customers.delete(t, &format!("c{i}")).await.unwrap());
     }
     for i in 10..20 {
-        assert!(customers.find_by_id(t, &format!("c{i}")).await.unwrap().is_some());
+        assert!(customers
+            .find_by_id(t, &format!("c{i}"))
+            .await
+            .unwrap()
+            .is_some());
     }
     for i in 0..30 {
         clicks.insert(t, &click(t, i)).await.unwrap();
@@ -78,17 +83,24 @@ async fn seed(storage: &Storage, t: &TenantId) {
         .flush::<Click>(std::time::Duration::from_secs(30))
         .await
         .unwrap();
-    for i in 30..45 {
-        clicks.insert(t, &click(t, i)).await.unwrap();
-    }
     // One published event, as the relay leaves them.
     storage
         .raw()
         .database(DB)
         .collection::<Document>(PUBLISHED_COLLECTION)
-        .insert_one(doc! { "_id": format!("{t}-published"), "tenant": t.as_str(), "state": "published" })
+        .insert_one(
+            doc! { "_id": format!("{t}-published"), "tenant": t.as_str(), "state": "published" },
+        )
         .await
         .unwrap();
+}
+
+/// Clicks of `t` left in the write-behind queue (no flusher runs in this test).
+async fn queue_clicks(storage: &Storage, t: &TenantId) {
+    let clicks = ClickRepository::new(storage);
+    for i in 30..45 {
+        clicks.insert(t, &click(t, i)).await.unwrap();
+    }
 }
 
 /// What the raw clients see of tenant `t`: documents per collection, outbox records, cache
@@ -159,6 +171,8 @@ async fn erasure_leaves_nothing_of_the_tenant_and_spares_the_others() {
     let (gone, kept) = (common::tenant("erase-me"), common::tenant("keep-me"));
     seed(&storage, &gone).await;
     seed(&storage, &kept).await;
+    queue_clicks(&storage, &gone).await;
+    queue_clicks(&storage, &kept).await;
 
     let before = seen(&storage, &gone).await;
     let expected = Seen {
@@ -181,7 +195,10 @@ async fn erasure_leaves_nothing_of_the_tenant_and_spares_the_others() {
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     let c = &report.entities[0];
     assert_eq!((c.documents, c.queued_writes), (40, 0));
-    assert!(c.cache_entries >= 10 && c.cache_keys >= c.cache_entries, "{c:?}");
+    assert!(
+        c.cache_entries >= 10 && c.cache_keys >= c.cache_entries,
+        "{c:?}"
+    );
     let k = &report.entities[1];
     assert_eq!((k.documents, k.queued_writes, k.cache_keys), (30, 15, 0));
     assert_eq!(report.outboxes.len(), 1);
@@ -204,15 +221,25 @@ async fn erasure_leaves_nothing_of_the_tenant_and_spares_the_others() {
     assert_eq!(seen(&storage, &kept).await, kept_before);
     // The repository agrees, and the kept tenant's cache still serves.
     let customers = CustomerRepository::new(&storage);
-    assert_eq!(customers.find_by_id(&gone, &"c12".into()).await.unwrap(), None);
-    assert!(customers.find_by_id(&kept, &"c12".into()).await.unwrap().is_some());
+    assert_eq!(
+        customers.find_by_id(&gone, &"c12".into()).await.unwrap(),
+        None
+    );
+    assert!(customers
+        .find_by_id(&kept, &"c12".into())
+        .await
+        .unwrap()
+        .is_some());
 
     // Erasing again finds nothing.
     let again = storage
         .erase_tenant(&[Customer::META, Click::META], &gone)
         .await
         .unwrap();
-    assert!(again.entities.iter().all(|e| e.documents == 0 && e.queued_writes == 0));
+    assert!(again
+        .entities
+        .iter()
+        .all(|e| e.documents == 0 && e.queued_writes == 0));
 
     // Leave the kept tenant's queue empty for the next run.
     storage
