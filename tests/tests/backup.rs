@@ -488,9 +488,7 @@ async fn a_corrupted_truncated_or_foreign_archive_is_refused_with_nothing_writte
     let ledger_db = unique("caas_bk_ledger_bad");
     let storage = storage_with_ledger(&ledger_db).await;
     let t = common::tenant("bk-bad");
-    let started = std::time::Instant::now();
     seed(&storage, &t, 400).await;
-    eprintln!("seeded in {:?}", started.elapsed());
     let good = archive_path("good");
     storage
         .backup(

@@ -292,3 +292,87 @@ impl<R: Read> ArchiveReader<R> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    fn archive(docs: usize) -> Vec<u8> {
+        let mut w = ArchiveWriter::new(Vec::new()).unwrap();
+        w.document(Kind::Header, &doc! { "h": 1 }).unwrap();
+        for i in 0..docs {
+            w.document(Kind::Document, &doc! { "_id": i as i64 })
+                .unwrap();
+        }
+        w.document(Kind::Manifest, &doc! { "m": 1 }).unwrap();
+        w.finish().unwrap().2
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<usize> {
+        let mut r = ArchiveReader::open(bytes, "t")?;
+        let mut n = 0;
+        while r.next()?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn plain(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        MultiGzDecoder::new(bytes).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn reason(r: Result<usize>) -> String {
+        match r {
+            Err(Error::Archive { reason, .. }) => reason,
+            other => panic!("expected an archive error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_the_trailer_checks_the_whole() {
+        assert_eq!(
+            read_all(&archive(3)).unwrap(),
+            6,
+            "header, 3 documents, manifest, trailer"
+        );
+        let p = plain(&archive(3));
+        // A byte of a document changed: only the trailer's checksum sees it.
+        let mut changed = p.clone();
+        let at = changed.len() / 2;
+        changed[at] ^= 1;
+        let why = reason(read_all(&gz(&changed)));
+        assert!(
+            why.contains("checksum mismatch")
+                || why.contains("not a valid BSON")
+                || why.contains("record"),
+            "{why}"
+        );
+        // Cut at a record boundary, cut inside a record, data after the trailer.
+        assert!(reason(read_all(&gz(&p[..p.len() - 10]))).contains("truncated"));
+        let mut joined = archive(1);
+        joined.extend(archive(1));
+        assert!(reason(read_all(&joined)).contains("follows the trailer"));
+    }
+
+    #[test]
+    fn framing_is_checked_before_anything_is_allocated() {
+        let mut p = plain(&archive(1));
+        // The first record's length claims 4 GiB.
+        p[11..15].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(reason(read_all(&gz(&p))).contains("claims 4294967295 bytes"));
+        let mut p = plain(&archive(1));
+        p[10] = 42;
+        assert!(reason(read_all(&gz(&p))).contains("unknown kind 42"));
+        assert!(reason(read_all(&gz(b"CAASBKUP\x02\x00"))).contains("format version 2"));
+        assert!(reason(read_all(b"")).contains("not a caas-storage backup archive"));
+    }
+}

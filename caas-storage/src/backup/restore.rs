@@ -597,6 +597,14 @@ pub(super) async fn restore(
                 .await?;
                 progress(&journals, &id, i, n, true, &ids).await?;
             }
+            Record::Trailer(sha) if sha != summary.archive_sha256 => {
+                return Err(r.bad(format!(
+                    "the archive changed between the verifying pass and the restore (checksum \
+                     {} then {sha}); the journal {id} is kept: roll back, then restore from \
+                     a file nobody writes to",
+                    summary.archive_sha256
+                )));
+            }
             Record::Header(_) | Record::Manifest(_) | Record::Trailer(_) => {}
         }
     }
