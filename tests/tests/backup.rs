@@ -341,11 +341,14 @@ async fn restore_into_another_tenant_is_an_isolated_copy() {
     let (a, b) = (common::tenant("bk-src"), common::tenant("bk-clone"));
     seed(&storage, &a, 300).await;
     let accounts = AccountRepository::new(&storage);
-    // B is empty; a read of it now must not shadow the copy later.
-    assert_eq!(
-        accounts.find_by_id(&b, &"acc-00001".into()).await.unwrap(),
-        None
-    );
+    // A stale cache entry of B (its document removed behind the framework's back) must not
+    // shadow the copy: the restore invalidates B's entries.
+    let mut stale = account(&b, 1);
+    stale.email = "stale@example.com".into();
+    accounts.insert(&b, &stale).await.unwrap();
+    let cached = accounts.find_by_id(&b, &"acc-00001".into()).await.unwrap();
+    assert_eq!(cached.unwrap().email, "stale@example.com");
+    forget(&storage, &[&b]).await;
     let original = accounts
         .find_by_id(&a, &"acc-00001".into())
         .await
@@ -366,6 +369,7 @@ async fn restore_into_another_tenant_is_an_isolated_copy() {
         .await
         .unwrap();
     assert_eq!(report.sections[0].tenants, vec![b.to_string()]);
+    assert!(report.cache_entries_dropped >= 1, "{report:?}");
     assert_eq!(report.sections[0].inserted, 300);
     assert_eq!(report.sections[1].inserted, 150);
 
