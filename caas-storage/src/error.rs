@@ -255,6 +255,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// A backup archive cannot be used: not one this framework wrote, another format version,
+    /// truncated, or corrupted (a checksum, a count or a record that does not match). Nothing
+    /// was written when a restore refuses an archive.
+    #[error("backup archive {archive}: {reason}")]
+    Archive {
+        /// The archive (its path, or `<stream>`).
+        archive: String,
+        /// What is wrong, e.g. `truncated: the stream ended inside record 1042`.
+        reason: String,
+    },
+
+    /// A backup or restore cannot run as asked: an invalid plan, a target that is not empty, a
+    /// restore journal in another state.
+    #[error("{operation}: {reason}")]
+    Backup {
+        /// `backup`, `restore`, `restore rollback` or `erase`.
+        operation: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
     /// An error from the MongoDB driver.
     #[error("mongodb: {operation} failed: {source}")]
     Mongo {
@@ -330,6 +351,8 @@ impl Error {
             Error::MigrationChecksum { .. } => "migration_checksum",
             Error::MigrationLock { .. } => "migration_lock",
             Error::Migration { .. } => "migration",
+            Error::Archive { .. } => "archive",
+            Error::Backup { .. } => "backup",
         }
     }
 

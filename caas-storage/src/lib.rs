@@ -32,7 +32,7 @@
 //! derive generates), [`migrations`] (schema versions, the batch migrator, the ledger and its
 //! lock), [`ttl`] (expiry where the server has no TTL indexes), [`audit`] (the hash-chained
 //! audit log), [`sessions`] (login sessions in Redis), [`rate_limit`] (GCRA rate limiting in
-//! Redis), [`driver`] (the driver crates, for [`Storage::raw`]).
+//! Redis), [`backup`] (logical backup, restore and tenant erasure), [`driver`] (the driver crates, for [`Storage::raw`]).
 //!
 //! Cargo features: **`cli`** (off by default) adds `cli`, the operator command line a service
 //! embeds in its own binary (`health`, `indexes`, `migrate`, `outbox`, `queue`, `cache`,
@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod backup;
 pub mod cache;
 pub mod capabilities;
 #[cfg(feature = "cli")]

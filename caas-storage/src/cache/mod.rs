@@ -635,6 +635,74 @@ impl CacheLayer {
         Ok(found_keys.len() as u64)
     }
 
+    /// Drops every cached entry of `tenant` for the entity known to the cache as `identity`
+    /// (`<database>.<collection>:<Entity>`) in the cache database of MongoDB database
+    /// `database`, as writes invalidate (generations bumped, other instances' in-process tiers
+    /// told). For restores, which know entities by the names an archive records.
+    pub(crate) async fn invalidate_identity(
+        &self,
+        database: &str,
+        identity: &str,
+        tenant: &TenantId,
+    ) -> Result<u64> {
+        self.local.clear(identity);
+        let mut conn = self.conn.redis_cache_for(database);
+        let pattern = keys::pattern(&self.prefix, Some(tenant), identity);
+        self.delete_matching(&mut conn, &pattern)
+            .await
+            .map_err(|_| Error::Timeout {
+                component: Component::Redis,
+                operation: "cache invalidation of restored tenant",
+                after: self.settings.op_timeout,
+            })
+    }
+
+    /// Deletes every key of `tenant` for entity `meta`: entries, generations and loader locks
+    /// (erasure leaves nothing of the tenant, not even the generation fences), and empties the
+    /// entity's in-process tier. Returns (entries, keys) deleted.
+    pub(crate) async fn purge_tenant(
+        &self,
+        meta: &EntityMeta,
+        tenant: &TenantId,
+    ) -> Result<(u64, u64)> {
+        let identity = keys::identity(meta);
+        self.local.clear(&identity);
+        let (_, conn) = self.redis_for(meta);
+        let pattern = keys::pattern(&self.prefix, Some(tenant), &identity);
+        let (entries, all) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut pages = conn.clone();
+        let scan = pages.scan_each(&pattern, None, |found| {
+            let mut conn = conn.clone();
+            let (entries, all) = (&entries, &all);
+            async move {
+                let data = found
+                    .iter()
+                    .filter(|k| !k.ends_with(":gen") && !k.ends_with(":load"))
+                    .count() as u64;
+                // One key per DEL: on a cluster, keys of different entries are in different
+                // slots.
+                for key in &found {
+                    let n: u64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+                    all.fetch_add(n, Ordering::Relaxed);
+                }
+                entries.fetch_add(data, Ordering::Relaxed);
+                Ok(())
+            }
+        });
+        tokio::time::timeout(self.settings.op_timeout * 20, scan)
+            .await
+            .map_err(|_| Error::Timeout {
+                component: Component::Redis,
+                operation: "erase cache entries",
+                after: self.settings.op_timeout * 20,
+            })?
+            .map_err(|source| Error::Redis {
+                operation: "erase cache entries (SCAN/DEL)",
+                source,
+            })?;
+        Ok((entries.load(Ordering::Relaxed), all.load(Ordering::Relaxed)))
+    }
+
     /// Drops every cached entry of `E` in `tenant` (or, with `None`, in every tenant), found
     /// with `SCAN`. Returns how many entries were dropped.
     pub async fn invalidate_all<E: Entity>(&self, tenant: Option<&TenantId>) -> Result<u64> {

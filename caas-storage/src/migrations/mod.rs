@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use async_trait::async_trait;
 pub use data::{Migration, MigrationContext};
+pub(crate) use ledger::host as host_name;
 pub use ledger::{checksum, LEDGER_COLLECTION};
 pub use lock::LOCK_COLLECTION;
 pub use plan::{MigrateOptions, Migrations, Phase, Progress};

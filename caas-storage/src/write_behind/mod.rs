@@ -481,6 +481,22 @@ impl WriteBehind {
         Ok(moved)
     }
 
+    /// Removes every queued and dead-lettered entry of `tenant` from `meta`'s stream (read in
+    /// pages of 500 with `XRANGE`, removed with `XDEL`). Returns (queued, dead) removed. An
+    /// entry a flusher is applying at that moment may still land: erase after the tenant's
+    /// traffic stopped.
+    pub(crate) async fn purge_tenant(
+        &self,
+        meta: &EntityMeta,
+        tenant: &TenantId,
+    ) -> Result<(u64, u64)> {
+        let key = stream_key(&self.shared.prefix, meta.database, meta.collection);
+        let mut conn = self.shared.conn()?;
+        let queued = purge_stream(&mut conn, &key, tenant).await?;
+        let dead = purge_stream(&mut conn, &format!("{key}:dead"), tenant).await?;
+        Ok((queued, dead))
+    }
+
     /// Pending writes and their age, per queue (every queue of this Redis and key prefix).
     pub async fn lag(&self) -> Result<Vec<QueueLag>> {
         let keys = self.queues(true).await?;
@@ -523,6 +539,49 @@ impl WriteBehind {
             }
         }
         Ok(out.into_values().collect())
+    }
+}
+
+/// Deletes the entries of `tenant` from stream `key`; entries that do not decode are left.
+async fn purge_stream(conn: &mut RedisConnection, key: &str, tenant: &TenantId) -> Result<u64> {
+    let mut start = "-".to_owned();
+    let mut removed = 0;
+    loop {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await
+            .map_err(redis_err("erase write-behind entries (XRANGE)"))?;
+        let Some(last) = page.ids.last() else {
+            return Ok(removed);
+        };
+        start = format!("({}", last.id);
+        let ids: Vec<&str> = page
+            .ids
+            .iter()
+            .filter(|e| {
+                let raw: Option<Vec<u8>> = e
+                    .map
+                    .get("e")
+                    .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok());
+                raw.and_then(|r| Document::from_reader(r.as_slice()).ok())
+                    .is_some_and(|d| d.get_str("tenant") == Ok(tenant.as_str()))
+            })
+            .map(|e| e.id.as_str())
+            .collect();
+        if !ids.is_empty() {
+            let n: u64 = redis::cmd("XDEL")
+                .arg(key)
+                .arg(&ids)
+                .query_async(conn)
+                .await
+                .map_err(redis_err("erase write-behind entries (XDEL)"))?;
+            removed += n;
+        }
     }
 }
 
