@@ -39,6 +39,67 @@ pub(crate) enum Command {
     /// The hash-chained audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Write the declared entities' documents (some tenants or all), their indexes and the
+    /// migration ledger to one archive file.
+    Backup(BackupArgs),
+    /// Restore an archive (verified whole first) into an empty database or as another tenant;
+    /// run again to resume, `--rollback` to undo, `--verify-only` to check a file.
+    Restore(RestoreArgs),
+    /// Delete one tenant's data everywhere the framework put it (documents, cache, queued
+    /// writes, outbox backlog) and report counts.
+    Erase(EraseArgs),
+}
+
+/// `backup`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BackupArgs {
+    /// The archive to write (gzip).
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+    /// Only this tenant; repeat for several (default: every tenant).
+    #[arg(long = "tenant", value_name = "TENANT")]
+    pub tenants: Vec<String>,
+    /// Leave the migration ledger out.
+    #[arg(long)]
+    pub without_ledger: bool,
+    #[command(flatten)]
+    pub filter: EntityFilter,
+}
+
+/// `restore`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// The archive to read.
+    #[arg(long, value_name = "FILE")]
+    pub archive: std::path::PathBuf,
+    /// Restore tenant FROM as tenant TO (a clone); repeatable.
+    #[arg(long = "into-tenant", value_name = "FROM=TO")]
+    pub into_tenant: Vec<String>,
+    /// Restore database FROM into database TO; repeatable.
+    #[arg(long = "database", value_name = "FROM=TO")]
+    pub database: Vec<String>,
+    /// Leave the migration ledger out.
+    #[arg(long)]
+    pub without_ledger: bool,
+    /// Only check the archive (every checksum); write nothing.
+    #[arg(long, conflicts_with = "rollback")]
+    pub verify_only: bool,
+    /// Undo a half-done (or finished) restore made with the same archive and options.
+    #[arg(long)]
+    pub rollback: bool,
+}
+
+/// `erase`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EraseArgs {
+    /// The tenant to erase.
+    #[arg(long)]
+    pub tenant: String,
+    /// Do it (without it, nothing is deleted and the command exits 2).
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub filter: EntityFilter,
 }
 
 /// `--entity NAME`, repeatable.

@@ -16,5 +16,8 @@ pub(crate) async fn run(ctx: &Context<'_>, command: Command) -> Result<Report, C
         Command::Queue(c) => commands::queue::run(ctx, c).await,
         Command::Cache(c) => commands::cache::run(ctx, c).await,
         Command::Audit(c) => commands::audit::run(ctx, c).await,
+        Command::Backup(a) => commands::backup::backup(ctx, a).await,
+        Command::Restore(a) => commands::backup::restore(ctx, a).await,
+        Command::Erase(a) => commands::backup::erase(ctx, a).await,
     }
 }

@@ -2,6 +2,7 @@
 //! [`Report`](super::output::Report).
 
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod cache;
 pub(crate) mod health;
 pub(crate) mod indexes;
