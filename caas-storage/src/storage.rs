@@ -50,6 +50,8 @@ struct Inner {
     retention_task: Option<tokio::task::AbortHandle>,
     ttl: Arc<TtlSweeper>,
     ttl_task: Option<tokio::task::AbortHandle>,
+    /// The Redis `INFO` sampler (`metrics.redis_info_interval`).
+    redis_info_task: Option<tokio::task::AbortHandle>,
     /// The entities repositories were made for on this handle, by (database, collection,
     /// name).
     entities: Mutex<BTreeMap<(&'static str, &'static str, &'static str), &'static EntityMeta>>,
@@ -59,9 +61,13 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in [self.retention_task.take(), self.ttl_task.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.retention_task.take(),
+            self.ttl_task.take(),
+            self.redis_info_task.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -133,8 +139,11 @@ impl StorageBuilder {
         let ttl = Arc::new(TtlSweeper::new(conn.clone(), cache.clone()));
         let ttl_task = (conn.config().ttl.sweeper && !conn.capabilities().ttl_indexes)
             .then(|| tokio::spawn(ttl.clone().run_forever()).abort_handle());
+        let redis_info_task = (!conn.config().metrics.redis_info_interval.is_zero())
+            .then(|| tokio::spawn(crate::telemetry::redis_info::run(conn.clone())).abort_handle());
         Ok(Storage {
             inner: Arc::new(Inner {
+                redis_info_task,
                 cache,
                 queue: Arc::new(WriteBehind::new(conn.clone())),
                 retention,

@@ -69,12 +69,12 @@ impl Permit {
         breaker.success()
     }
 
-    /// The call failed.
-    pub(crate) fn failure(self, breaker: &Breaker) {
+    /// The call failed; true when this opens a closed breaker.
+    pub(crate) fn failure(self, breaker: &Breaker) -> bool {
         if let Permit::Probe(mut guard) = self {
             guard.breaker = None;
         }
-        breaker.failure();
+        breaker.failure()
     }
 }
 
@@ -110,8 +110,9 @@ impl Breaker {
         recovered
     }
 
-    fn failure(&self) {
+    fn failure(&self) -> bool {
         let mut s = self.inner.state.lock().expect("breaker lock");
+        let was_closed = matches!(*s, State::Closed { .. });
         *s = match *s {
             State::Closed { failures } if failures + 1 < self.inner.threshold => State::Closed {
                 failures: failures + 1,
@@ -120,6 +121,7 @@ impl Breaker {
                 until: Instant::now() + self.inner.cooldown,
             },
         };
+        was_closed && !matches!(*s, State::Closed { .. })
     }
 
     /// An unreported probe: open again for a cool-down, so that another probe follows.
@@ -147,16 +149,16 @@ mod tests {
     #[test]
     fn opens_after_threshold_and_probes_after_cooldown() {
         let b = Breaker::new(3, Duration::from_millis(30));
-        b.failure();
-        b.failure();
+        assert!(!b.failure());
+        assert!(!b.failure());
         assert!(matches!(b.permit(), Permit::Go));
-        b.failure();
+        assert!(b.failure(), "the failure that opens the breaker says so");
         assert!(b.permit().skips());
         std::thread::sleep(Duration::from_millis(40));
         let probe = b.permit();
         assert!(matches!(probe, Permit::Probe(_)));
         assert!(b.permit().skips(), "one probe at a time");
-        probe.failure(&b);
+        assert!(!probe.failure(&b), "a failed probe was not closed");
         assert!(b.permit().skips(), "a failed probe reopens");
         std::thread::sleep(Duration::from_millis(40));
         let probe = b.permit();

@@ -46,12 +46,14 @@ use crate::entity::{CacheSpec, Entity, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::tenant::TenantId;
 
+use self::metrics::{bump, Counters};
+use crate::telemetry::{metrics as telemetry, spans};
 use breaker::Breaker;
 use entry::Decoded;
 use keys::EntryKeys;
-use metrics::{bump, Counters};
+use tracing::Instrument;
 
-pub use metrics::CacheMetrics;
+pub use self::metrics::CacheMetrics;
 
 /// The cache of one `Storage` handle: tiers, breaker, metrics. Reach it with
 /// `Storage::cache`; repositories use it on their own.
@@ -90,6 +92,9 @@ impl Drop for CacheLayer {
     }
 }
 
+/// The `component` label of the Redis breaker's metrics.
+const REDIS_COMPONENT: &str = "redis";
+
 /// Held by the one caller clearing an entity's entries after an outage.
 type Clearing = Arc<tokio::sync::Mutex<()>>;
 
@@ -103,6 +108,7 @@ impl CacheLayer {
     /// The cache over `conn`'s Redis, with its `cache` settings and `redis.key_prefix`.
     pub(crate) fn new(conn: Connections) -> Self {
         let settings: CacheConfig = conn.config().cache.clone();
+        telemetry::breaker_state(REDIS_COMPONENT, false, false);
         CacheLayer {
             prefix: conn.config().redis.key_prefix.clone(),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
@@ -190,18 +196,26 @@ impl CacheLayer {
         match tokio::time::timeout(bound, f).await {
             Ok(Ok(v)) => {
                 if permit.success(&self.breaker) {
+                    telemetry::breaker_state(REDIS_COMPONENT, false, true);
                     tracing::info!("Redis is back; cache calls resume");
                 }
                 Ok(v)
             }
             Ok(Err(e)) => {
-                permit.failure(&self.breaker);
+                self.failed(permit);
                 Err(Fault::Failed(e.to_string()))
             }
             Err(_) => {
-                permit.failure(&self.breaker);
+                self.failed(permit);
                 Err(Fault::Failed(format!("no answer within {bound:?}")))
             }
+        }
+    }
+
+    /// Reports a failed Redis call to the breaker (and its opening to the metrics).
+    fn failed(&self, permit: breaker::Permit) {
+        if permit.failure(&self.breaker) {
+            telemetry::breaker_state(REDIS_COMPONENT, true, true);
         }
     }
 
@@ -331,6 +345,9 @@ impl CacheLayer {
         let identity = keys::identity(E::META);
         let c = self.counters_of(&identity);
         let tag = keys::tag(tenant, &identity, id);
+        // The repository call's span, told how the cache served it.
+        let call = tracing::Span::current();
+        let entity = E::META.name;
         let tier = self.local_tier::<E>(&identity, spec);
         let local = tier.as_ref().and_then(local::typed::<E>);
         // Fences the in-process fill: any invalidation from here on refuses it.
@@ -338,9 +355,12 @@ impl CacheLayer {
         if let Some(local) = local {
             if let Some(hit) = local.get(&tag).and_then(|e| e.local_cache_clone()) {
                 bump(&c.local_hits);
+                telemetry::cache_lookup(entity, "local", true);
+                spans::cache_outcome(&call, "local_hit");
                 return Ok(Some(hit));
             }
             bump(&c.local_misses);
+            telemetry::cache_lookup(entity, "local", false);
         }
         let fill = |e: E, put_refused: bool| {
             if let (Some(local), Some(epoch), false) = (local, epoch, put_refused) {
@@ -354,20 +374,32 @@ impl CacheLayer {
         let (db, mut conn) = self.redis_for(E::META);
         if !self.ensure_clean(&identity, &mut conn, db).await {
             bump(&c.bypassed);
+            spans::cache_outcome(&call, "bypass");
             return self.load_counted(&c, load).await;
         }
         let k = keys::entry(&self.prefix, &tag);
-        match self.get_entry::<E>(&mut conn, &k, &c).await {
+        let looked_up = self
+            .get_entry::<E>(&mut conn, &k, &c)
+            .instrument(spans::cache())
+            .await;
+        match looked_up {
             Err(_) => {
                 bump(&c.bypassed);
+                spans::cache_outcome(&call, "bypass");
                 let loaded = self.load_counted(&c, load).await?;
                 return Ok(loaded.map(|e| fill(e, false)));
             }
             Ok(Some(e)) => {
                 bump(&c.redis_hits);
+                telemetry::cache_lookup(entity, "redis", true);
+                spans::cache_outcome(&call, "redis_hit");
                 return Ok(Some(fill(e, false)));
             }
-            Ok(None) => bump(&c.redis_misses),
+            Ok(None) => {
+                bump(&c.redis_misses);
+                telemetry::cache_lookup(entity, "redis", false);
+                spans::cache_outcome(&call, "miss");
+            }
         }
 
         // Miss. Read the generation before loading: a write after this point changes it and
@@ -404,6 +436,8 @@ impl CacheLayer {
                 match self.get_entry::<E>(&mut conn, &k, &c).await {
                     Ok(Some(e)) => {
                         bump(&c.redis_hits);
+                        telemetry::cache_lookup(entity, "redis", true);
+                        spans::cache_outcome(&call, "redis_hit");
                         return Ok(Some(fill(e, false)));
                     }
                     Ok(None) => {}
@@ -495,7 +529,7 @@ impl CacheLayer {
         Fut: Future<Output = Result<Option<E>>>,
     {
         let started = Instant::now();
-        let r = load().await;
+        let r = load().instrument(spans::mongodb("find")).await;
         bump(&c.db_loads);
         c.load_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -567,7 +601,10 @@ impl CacheLayer {
                         .invoke_async::<i64>(&mut conn),
                 )
                 .await
-                .map(|_| bump(&c.invalidations)),
+                .map(|_| {
+                    bump(&c.invalidations);
+                    telemetry::cache_invalidations(meta.name, 1);
+                }),
         };
         if let Err(fault) = r {
             if let Fault::Failed(e) = &fault {
@@ -632,6 +669,7 @@ impl CacheLayer {
         self.counters_of(&identity)
             .invalidations
             .fetch_add(n, Ordering::Relaxed);
+        telemetry::cache_invalidations(E::META.name, n);
         Ok(n)
     }
 }

@@ -203,6 +203,24 @@ impl<E: Entity> Repository<E> {
     pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
+
+    /// Runs read `f` as one repository call: its span, trace context and metrics (writes get
+    /// theirs from the pipeline).
+    pub(crate) async fn observed<T>(
+        &self,
+        operation: &'static str,
+        tenant: &TenantId,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        crate::telemetry::spans::repository_call(
+            E::META,
+            operation,
+            tenant,
+            self.pipeline.consistency(),
+            f,
+        )
+        .await
+    }
 }
 
 /// The id of `entity` as stored.
