@@ -73,7 +73,7 @@ where
         duration_ms = Empty,
         trace_id = %ctx.trace_id(),
         span_id = %ctx.span_id(),
-        parent_span_id = parent.map(|p| tracing::field::display(p)),
+        parent_span_id = parent.map(tracing::field::display),
     );
     let started = Instant::now();
     let result = ctx.scope(f.instrument(span.clone())).await;
