@@ -288,7 +288,22 @@ impl Pipeline {
             result
         };
         // Step 6: the call's span, trace context and metrics around steps 1 to 5.
-        spans::repository_call(self.meta, operation, tenant, self.consistency, steps).await
+        spans::repository_call_classified(
+            self.meta,
+            operation,
+            tenant,
+            self.consistency,
+            steps,
+            |r| match r {
+                Err(e) => Some(e.kind()),
+                // A single insert's refusal is the call's error (`insert` returns it).
+                Ok(Outcome::Inserted(results)) if operation == "insert" => results
+                    .iter()
+                    .find_map(|r| r.as_ref().err().map(Error::kind)),
+                Ok(_) => None,
+            },
+        )
+        .await
     }
 
     /// Step 4's routing: whether this write goes through the write-behind queue.

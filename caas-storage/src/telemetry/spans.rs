@@ -35,7 +35,7 @@ use tracing::Instrument;
 use super::trace::TraceContext;
 use crate::consistency::Consistency;
 use crate::entity::EntityMeta;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tenant::TenantId;
 
 /// Target of the repository spans.
@@ -49,6 +49,25 @@ pub(crate) async fn repository_call<T, F>(
     tenant: &TenantId,
     consistency: Consistency,
     f: F,
+) -> Result<T>
+where
+    F: Future<Output = Result<T>>,
+{
+    repository_call_classified(meta, operation, tenant, consistency, f, |r| {
+        r.as_ref().err().map(Error::kind)
+    })
+    .await
+}
+
+/// [`repository_call`], with `failure` telling which results are failures (by error kind):
+/// e.g. an insert the pipeline reports `Ok` with a per-document duplicate.
+pub(crate) async fn repository_call_classified<T, F>(
+    meta: &'static EntityMeta,
+    operation: &'static str,
+    tenant: &TenantId,
+    consistency: Consistency,
+    f: F,
+    failure: impl FnOnce(&Result<T>) -> Option<&'static str>,
 ) -> Result<T>
 where
     F: Future<Output = Result<T>>,
@@ -78,7 +97,7 @@ where
     let started = Instant::now();
     let result = ctx.scope(f.instrument(span.clone())).await;
     let elapsed = started.elapsed();
-    let kind = result.as_ref().err().map(|e| e.kind());
+    let kind = failure(&result);
     if !span.is_disabled() {
         span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
         span.record("caas.outcome", kind.unwrap_or("ok"));
