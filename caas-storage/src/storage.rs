@@ -139,8 +139,7 @@ impl StorageBuilder {
         let ttl = Arc::new(TtlSweeper::new(conn.clone(), cache.clone()));
         let ttl_task = (conn.config().ttl.sweeper && !conn.capabilities().ttl_indexes)
             .then(|| tokio::spawn(ttl.clone().run_forever()).abort_handle());
-        let redis_info_task = (!conn.config().metrics.redis_info_interval.is_zero())
-            .then(|| tokio::spawn(crate::telemetry::redis_info::run(conn.clone())).abort_handle());
+        let redis_info_task = redis_info_task(&conn);
         Ok(Storage {
             inner: Arc::new(Inner {
                 redis_info_task,
@@ -378,6 +377,33 @@ impl Storage {
         self.inner.retention.watch_entity(meta);
         self.inner.ttl.watch_entity(meta);
     }
+}
+
+/// Starts the Redis `INFO` sampler (`metrics.redis_info_interval`; `0s`: none).
+fn redis_info_task(conn: &Connections) -> Option<tokio::task::AbortHandle> {
+    let c = conn.config();
+    if c.metrics.redis_info_interval.is_zero() {
+        return None;
+    }
+    let node = crate::telemetry::redis_info::node_of(&c.redis.url);
+    let db = c.redis.databases.platform_cache;
+    let conn = conn.clone();
+    let sample = move || {
+        let (conn, node) = (conn.clone(), node.clone());
+        async move {
+            let mut redis = conn.redis(db).map_err(|e| e.to_string())?;
+            redis
+                .info_each("all", &node)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let task = crate::telemetry::redis_info::run(
+        c.metrics.redis_info_interval,
+        c.redis.response_timeout * 2,
+        sample,
+    );
+    Some(tokio::spawn(task).abort_handle())
 }
 
 /// The raw driver clients of a [`Storage`]: see [`Storage::raw`]. The driver crates are

@@ -4,28 +4,29 @@
 //! as an absolute counter) and `caas_redis_connected_clients`, labelled by node (`host:port`;
 //! on a Redis Cluster one sample per primary). It stops when the last `Storage` handle drops.
 
+use std::future::Future;
+use std::time::Duration;
+
 use ::metrics::{counter, gauge};
 
 use super::metrics::names::*;
-use crate::connection::Connections;
 
-/// Samples until aborted (the `Storage` aborts it when dropped).
-pub(crate) async fn run(conn: Connections) {
-    let interval = conn.config().metrics.redis_info_interval;
+/// Samples every `interval` until aborted (the `Storage` aborts it when dropped): `sample`
+/// returns `(node, INFO reply)` pairs, each bounded by `bound`.
+pub(crate) async fn run<F, Fut, E>(interval: Duration, bound: Duration, mut sample: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Vec<(String, String)>, E>>,
+    E: std::fmt::Display,
+{
     if interval.is_zero() {
         return;
     }
-    let node = node_of(&conn.config().redis.url);
-    let db = conn.config().redis.databases.platform_cache;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Ok(mut redis) = conn.redis(db) else {
-            return;
-        };
-        let bound = conn.config().redis.response_timeout * 2;
-        match tokio::time::timeout(bound, redis.info_each("all", &node)).await {
+        match tokio::time::timeout(bound, sample()).await {
             Ok(Ok(samples)) => {
                 for (node, info) in samples {
                     record(node, &info);
@@ -64,7 +65,7 @@ fn field_of(info: &str, field: &str) -> Option<u64> {
 }
 
 /// `host:port` of a Redis URL (no credentials), for the `node` label.
-fn node_of(url: &str) -> String {
+pub(crate) fn node_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
