@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::telemetry;
 
 /// A callback for every command the driver starts.
-pub(crate) type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
+pub(crate) type CommandLog = telemetry::mongodb::CommandLog;
 
 /// The client with the configured pool. Without `on_command`, commands are logged by `tracing`
 /// at debug level under target `caas_storage::mongodb` when that level is enabled at connect:

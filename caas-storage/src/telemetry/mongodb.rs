@@ -77,6 +77,9 @@ fn set(counter: &AtomicI64, delta: i64, state: &'static str) {
     gauge!(MONGODB_POOL_CONNECTIONS, "state" => state).set(now as f64);
 }
 
+/// A callback for every command the driver starts.
+pub(crate) type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
+
 /// A command in flight: what the slow-command log needs once it ends.
 struct Started {
     db: String,
@@ -88,7 +91,7 @@ struct Started {
 /// for every started command.
 pub(crate) fn command_handler(
     slow_threshold: Duration,
-    log: Option<Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>>,
+    log: Option<CommandLog>,
 ) -> impl Fn(CommandEvent) + Send + Sync + 'static {
     let in_flight: Mutex<HashMap<i32, Started>> = Mutex::new(HashMap::new());
     move |event| match event {
