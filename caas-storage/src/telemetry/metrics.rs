@@ -1,4 +1,4 @@
-//! Metrics, recorded through the [`metrics`](::metrics) facade: caas-storage records, the
+//! Metrics, recorded through the `metrics` crate's facade: caas-storage records, the
 //! service chooses the exporter (Prometheus, StatsD, OpenTelemetry...) by installing a
 //! recorder. With none installed every call here is the facade's no-op.
 //!
