@@ -206,12 +206,12 @@ impl<E: Entity> Repository<E> {
 
     /// Runs read `f` as one repository call: its span, trace context and metrics (writes get
     /// theirs from the pipeline).
-    pub(crate) async fn observed<T>(
+    pub(crate) fn observed<'f, T: 'f>(
         &self,
         operation: &'static str,
         tenant: &TenantId,
-        f: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
+        f: impl std::future::Future<Output = Result<T>> + 'f,
+    ) -> impl std::future::Future<Output = Result<T>> + 'f {
         crate::telemetry::spans::repository_call(
             E::META,
             operation,
@@ -219,7 +219,6 @@ impl<E: Entity> Repository<E> {
             self.pipeline.consistency(),
             f,
         )
-        .await
     }
 }
 

@@ -143,13 +143,13 @@ impl<'r, E: Entity> Query<'r, E> {
     }
 
     /// Runs `f` as the repository call `operation` (see [`Repository::observed`]).
-    async fn observed<T>(
+    fn observed<'f, T: 'f>(
         repo: &Repository<E>,
         tenant: TenantId,
         operation: &'static str,
-        f: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        repo.observed(operation, &tenant, f).await
+        f: impl std::future::Future<Output = Result<T>> + 'f,
+    ) -> impl std::future::Future<Output = Result<T>> + 'f {
+        repo.observed(operation, &tenant, f)
     }
 
     /// All matches.

@@ -43,35 +43,42 @@ pub(crate) const TARGET: &str = "caas_storage::repository";
 
 /// Runs one repository call (`f`) under its span, as its trace context, and records its
 /// outcome and duration (span fields and metrics).
-pub(crate) async fn repository_call<T, F>(
+pub(crate) fn repository_call<'f, T, F>(
     meta: &'static EntityMeta,
     operation: &'static str,
     tenant: &TenantId,
     consistency: Consistency,
     f: F,
-) -> Result<T>
+) -> impl Future<Output = Result<T>> + 'f
 where
-    F: Future<Output = Result<T>>,
+    F: Future<Output = Result<T>> + 'f,
+    T: 'f,
 {
     repository_call_classified(meta, operation, tenant, consistency, f, |r| {
         r.as_ref().err().map(Error::kind)
     })
-    .await
 }
 
 /// [`repository_call`], with `failure` telling which results are failures (by error kind):
 /// e.g. an insert the pipeline reports `Ok` with a per-document duplicate.
-pub(crate) async fn repository_call_classified<T, F>(
+///
+/// Not an `async fn`: the call's future is boxed once here and the wrappers around it stay a
+/// pointer wide (nested `async fn`s each copy, and hold twice, a future as large as the
+/// call's whole state machine; that cost more than all the recording).
+pub(crate) fn repository_call_classified<'f, T, F, C>(
     meta: &'static EntityMeta,
     operation: &'static str,
     tenant: &TenantId,
     consistency: Consistency,
     f: F,
-    failure: impl FnOnce(&Result<T>) -> Option<&'static str>,
-) -> Result<T>
+    failure: C,
+) -> impl Future<Output = Result<T>> + 'f
 where
-    F: Future<Output = Result<T>>,
+    F: Future<Output = Result<T>> + 'f,
+    T: 'f,
+    C: FnOnce(&Result<T>) -> Option<&'static str> + 'f,
 {
+    let f = Box::pin(f);
     let (ctx, parent) = TraceContext::for_call();
     let span = tracing::info_span!(
         target: TARGET,
@@ -94,24 +101,26 @@ where
         span_id = %ctx.span_id(),
         parent_span_id = parent.map(tracing::field::display),
     );
-    let started = Instant::now();
-    let result = ctx.scope(f.instrument(span.clone())).await;
-    let elapsed = started.elapsed();
-    let kind = failure(&result);
-    if !span.is_disabled() {
-        span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
-        span.record("caas.outcome", kind.unwrap_or("ok"));
-        span.record(
-            "otel.status_code",
-            if kind.is_some() { "ERROR" } else { "OK" },
-        );
-        if let Some(kind) = kind {
-            span.record("error.type", kind);
-            tracing::debug!(target: TARGET, parent: &span, operation, error.type = kind, "repository call failed");
+    async move {
+        let started = Instant::now();
+        let result = ctx.scope(f.instrument(span.clone())).await;
+        let elapsed = started.elapsed();
+        let kind = failure(&result);
+        if !span.is_disabled() {
+            span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
+            span.record("caas.outcome", kind.unwrap_or("ok"));
+            span.record(
+                "otel.status_code",
+                if kind.is_some() { "ERROR" } else { "OK" },
+            );
+            if let Some(kind) = kind {
+                span.record("error.type", kind);
+                tracing::debug!(target: TARGET, parent: &span, operation, error.type = kind, "repository call failed");
+            }
         }
+        super::metrics::repository_call(meta.name, operation, kind, elapsed);
+        result
     }
-    super::metrics::repository_call(meta.name, operation, kind, elapsed);
-    result
 }
 
 /// Records on the current repository span how the cache served a by-id read.

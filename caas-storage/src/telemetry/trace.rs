@@ -205,8 +205,8 @@ impl TraceContext {
     /// Runs `f` with this as the current context: repository calls inside are its children.
     /// The scope is the future's, not the thread's: tasks `f` spawns do not inherit it (wrap
     /// them in a scope of their own with `TraceContext::current()`).
-    pub async fn scope<F: Future>(self, f: F) -> F::Output {
-        CURRENT.scope(self, f).await
+    pub fn scope<F: Future>(self, f: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, f)
     }
 
     /// The current context's child, or a new root outside any scope: what a repository call
