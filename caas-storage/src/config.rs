@@ -18,6 +18,7 @@
 //! | `mongodb.socket_timeout` | `CAAS_MONGODB_SOCKET_TIMEOUT` | `45s` |
 //! | `mongodb.probe_database` | `CAAS_MONGODB_PROBE_DATABASE` | `caas_platform` |
 //! | `mongodb.causal_wait` | `CAAS_MONGODB_CAUSAL_WAIT` | `2s` |
+//! | `mongodb.slow_command_threshold` | `CAAS_MONGODB_SLOW_COMMAND_THRESHOLD` | `100ms` (commands at least this slow are logged under target `caas_storage::slow_query`) |
 //! | `redis.url` | `CAAS_REDIS_URL` | `redis://127.0.0.1:6379/` |
 //! | `redis.max_retries` | `CAAS_REDIS_MAX_RETRIES` | 3 |
 //! | `redis.ready_check` | `CAAS_REDIS_READY_CHECK` | `true` |
@@ -80,6 +81,7 @@
 //! | `retry.max_attempts` | `CAAS_RETRY_MAX_ATTEMPTS` | 5 (1: no retries) |
 //! | `retry.initial_backoff` | `CAAS_RETRY_INITIAL_BACKOFF` | `50ms` |
 //! | `retry.max_backoff` | `CAAS_RETRY_MAX_BACKOFF` | `2s` |
+//! | `metrics.redis_info_interval` | `CAAS_METRICS_REDIS_INFO_INTERVAL` | `15s` (`0s`: no Redis `INFO` sampling) |
 //!
 //! The outbox relay's settings (`outbox.relay.*`, e.g. `outbox.relay.batch_size`,
 //! `outbox.relay.archive` = `auto` | `bulk` | `off`, default `auto`) are
@@ -128,6 +130,8 @@ pub struct StorageConfig {
     pub ttl: TtlConfig,
     /// The retry policy for transient MongoDB faults (`connection/retry.rs`).
     pub retry: RetryConfig,
+    /// Metrics the runtime samples on its own (see `caas_storage::telemetry::metrics`).
+    pub metrics: MetricsConfig,
 }
 
 /// MongoDB connection and pool settings. `Debug` and `Serialize` mask the password in `uri`.
@@ -164,6 +168,11 @@ pub struct MongoConfig {
     /// version the token requires before it fails with a timeout.
     #[serde(with = "duration_text")]
     pub causal_wait: Duration,
+    /// Commands at least this slow are logged at warn level under target
+    /// `caas_storage::slow_query` (their shape, never their values) and counted in
+    /// `caas_mongodb_slow_commands_total`. `0ms` logs every command.
+    #[serde(with = "duration_text")]
+    pub slow_command_threshold: Duration,
 }
 
 impl Default for MongoConfig {
@@ -179,6 +188,7 @@ impl Default for MongoConfig {
             socket_timeout: Duration::from_secs(45),
             probe_database: "caas_platform".into(),
             causal_wait: Duration::from_secs(2),
+            slow_command_threshold: Duration::from_millis(100),
         }
     }
 }
@@ -806,6 +816,27 @@ impl Default for TtlConfig {
     }
 }
 
+/// Metrics sampled by background tasks of every `Storage` (the rest are recorded as things
+/// happen). Recorded through the `metrics` facade: nothing is exported unless the service
+/// installs a recorder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Between two samples of Redis `INFO` (`caas_redis_used_memory_bytes`,
+    /// `caas_redis_evicted_keys_total`, `caas_redis_connected_clients`; on a cluster one
+    /// sample per primary). `0s` disables the sampling task.
+    #[serde(with = "duration_text")]
+    pub redis_info_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            redis_info_interval: Duration::from_secs(15),
+        }
+    }
+}
+
 impl std::fmt::Debug for MongoConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MongoConfig")
@@ -819,6 +850,7 @@ impl std::fmt::Debug for MongoConfig {
             .field("socket_timeout", &self.socket_timeout)
             .field("probe_database", &self.probe_database)
             .field("causal_wait", &self.causal_wait)
+            .field("slow_command_threshold", &self.slow_command_threshold)
             .finish()
     }
 }
@@ -906,7 +938,7 @@ impl StorageConfig {
 }
 
 /// Environment variable sections: `CAAS_<SECTION>_<KEY>` sets `<section>.<key>`.
-const ENV_SECTIONS: [(&str, &str); 10] = [
+const ENV_SECTIONS: [(&str, &str); 11] = [
     ("CAAS_WRITE_BEHIND_", "write_behind"),
     ("CAAS_MONGODB_", "mongodb"),
     ("CAAS_REDIS_", "redis"),
@@ -917,6 +949,7 @@ const ENV_SECTIONS: [(&str, &str); 10] = [
     ("CAAS_MIGRATIONS_", "migrations"),
     ("CAAS_TTL_", "ttl"),
     ("CAAS_RETRY_", "retry"),
+    ("CAAS_METRICS_", "metrics"),
 ];
 
 impl StorageConfig {

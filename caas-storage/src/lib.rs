@@ -66,6 +66,7 @@ pub mod retention;
 mod schema;
 pub mod sessions;
 mod storage;
+pub mod telemetry;
 pub mod tenant;
 pub mod ttl;
 pub mod write_behind;
@@ -83,6 +84,7 @@ pub use error::{Error, Result};
 pub use health::{HealthReport, HealthStatus};
 pub use repo::{Cursor, Filter, Page, PageRequest, Patch, Query, Repository};
 pub use storage::{RawClients, Storage, StorageBuilder};
+pub use telemetry::trace;
 pub use tenant::TenantId;
 
 /// Re-export of the BSON crate the driver uses (for `DateTime`, `oid::ObjectId`, raw filters).

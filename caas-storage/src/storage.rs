@@ -53,6 +53,8 @@ struct Inner {
     retention_task: Option<tokio::task::AbortHandle>,
     ttl: Arc<TtlSweeper>,
     ttl_task: Option<tokio::task::AbortHandle>,
+    /// The Redis `INFO` sampler (`metrics.redis_info_interval`).
+    redis_info_task: Option<tokio::task::AbortHandle>,
     /// The entities repositories were made for on this handle, by (database, collection,
     /// name).
     entities: Mutex<BTreeMap<(&'static str, &'static str, &'static str), &'static EntityMeta>>,
@@ -62,9 +64,13 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in [self.retention_task.take(), self.ttl_task.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.retention_task.take(),
+            self.ttl_task.take(),
+            self.redis_info_task.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -152,8 +158,10 @@ impl StorageBuilder {
         let ttl = Arc::new(TtlSweeper::new(conn.clone(), cache.clone()));
         let ttl_task = (conn.config().ttl.sweeper && !conn.capabilities().ttl_indexes)
             .then(|| tokio::spawn(ttl.clone().run_forever()).abort_handle());
+        let redis_info_task = redis_info_task(&conn);
         Ok(Storage {
             inner: Arc::new(Inner {
+                redis_info_task,
                 cache,
                 queue: Arc::new(WriteBehind::new(conn.clone())),
                 retention,
@@ -435,6 +443,33 @@ impl Storage {
         self.inner.retention.watch_entity(meta);
         self.inner.ttl.watch_entity(meta);
     }
+}
+
+/// Starts the Redis `INFO` sampler (`metrics.redis_info_interval`; `0s`: none).
+fn redis_info_task(conn: &Connections) -> Option<tokio::task::AbortHandle> {
+    let c = conn.config();
+    if c.metrics.redis_info_interval.is_zero() {
+        return None;
+    }
+    let node = crate::telemetry::redis_info::node_of(&c.redis.url);
+    let db = c.redis.databases.platform_cache;
+    let conn = conn.clone();
+    let sample = move || {
+        let (conn, node) = (conn.clone(), node.clone());
+        async move {
+            let mut redis = conn.redis(db).map_err(|e| e.to_string())?;
+            redis
+                .info_each("all", &node)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let task = crate::telemetry::redis_info::run(
+        c.metrics.redis_info_interval,
+        c.redis.response_timeout * 2,
+        sample,
+    );
+    Some(tokio::spawn(task).abort_handle())
 }
 
 /// The raw driver clients of a [`Storage`]: see [`Storage::raw`]. The driver crates are

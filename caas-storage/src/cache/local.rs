@@ -89,6 +89,12 @@ impl Registry {
             cache: moka::sync::Cache::builder()
                 .max_capacity(spec.capacity)
                 .time_to_live(spec.ttl)
+                .eviction_listener(|_, _, cause| {
+                    // Size and expiry evictions; not invalidations or replacements.
+                    if cause.was_evicted() {
+                        crate::telemetry::metrics::cache_eviction(E::META.name);
+                    }
+                })
                 .build(),
             epoch: Mutex::new(0),
         });

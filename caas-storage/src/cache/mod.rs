@@ -46,11 +46,13 @@ use crate::entity::{CacheSpec, Entity, EntityMeta};
 use crate::error::{Component, Error, Result};
 use crate::tenant::TenantId;
 
+use self::metrics::{bump, Counters};
+use crate::telemetry::{metrics as telemetry, spans};
 use entry::Decoded;
 use keys::EntryKeys;
-use metrics::{bump, Counters};
+use tracing::Instrument;
 
-pub use metrics::CacheMetrics;
+pub use self::metrics::CacheMetrics;
 
 /// The cache of one `Storage` handle: tiers, breaker, metrics. Reach it with
 /// `Storage::cache`; repositories use it on their own.
@@ -198,14 +200,19 @@ impl CacheLayer {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                permit.failure(&self.breaker);
+                self.failed(permit);
                 Err(Fault::Failed(e.to_string()))
             }
             Err(_) => {
-                permit.failure(&self.breaker);
+                self.failed(permit);
                 Err(Fault::Failed(format!("no answer within {bound:?}")))
             }
         }
+    }
+
+    /// Reports a failed Redis call to the breaker (which records its state in the metrics).
+    fn failed(&self, permit: crate::connection::breaker::Permit) {
+        permit.failure(&self.breaker);
     }
 
     fn local_tier<E: Entity>(
@@ -334,6 +341,9 @@ impl CacheLayer {
         let identity = keys::identity(E::META);
         let c = self.counters_of(&identity);
         let tag = keys::tag(tenant, &identity, id);
+        // The repository call's span, told how the cache served it.
+        let call = tracing::Span::current();
+        let entity = E::META.name;
         let tier = self.local_tier::<E>(&identity, spec);
         let local = tier.as_ref().and_then(local::typed::<E>);
         // Fences the in-process fill: any invalidation from here on refuses it.
@@ -341,9 +351,12 @@ impl CacheLayer {
         if let Some(local) = local {
             if let Some(hit) = local.get(&tag).and_then(|e| e.local_cache_clone()) {
                 bump(&c.local_hits);
+                telemetry::cache_lookup(entity, "local", true);
+                spans::cache_outcome(&call, "local_hit");
                 return Ok(Some(hit));
             }
             bump(&c.local_misses);
+            telemetry::cache_lookup(entity, "local", false);
         }
         let fill = |e: E, put_refused: bool| {
             if let (Some(local), Some(epoch), false) = (local, epoch, put_refused) {
@@ -357,20 +370,32 @@ impl CacheLayer {
         let (db, mut conn) = self.redis_for(E::META);
         if !self.ensure_clean(&identity, &mut conn, db).await {
             bump(&c.bypassed);
+            spans::cache_outcome(&call, "bypass");
             return self.load_counted(&c, load).await;
         }
         let k = keys::entry(&self.prefix, &tag);
-        match self.get_entry::<E>(&mut conn, &k, &c).await {
+        let looked_up = self
+            .get_entry::<E>(&mut conn, &k, &c)
+            .instrument(spans::cache())
+            .await;
+        match looked_up {
             Err(_) => {
                 bump(&c.bypassed);
+                spans::cache_outcome(&call, "bypass");
                 let loaded = self.load_counted(&c, load).await?;
                 return Ok(loaded.map(|e| fill(e, false)));
             }
             Ok(Some(e)) => {
                 bump(&c.redis_hits);
+                telemetry::cache_lookup(entity, "redis", true);
+                spans::cache_outcome(&call, "redis_hit");
                 return Ok(Some(fill(e, false)));
             }
-            Ok(None) => bump(&c.redis_misses),
+            Ok(None) => {
+                bump(&c.redis_misses);
+                telemetry::cache_lookup(entity, "redis", false);
+                spans::cache_outcome(&call, "miss");
+            }
         }
 
         // Miss. Read the generation before loading: a write after this point changes it and
@@ -407,6 +432,8 @@ impl CacheLayer {
                 match self.get_entry::<E>(&mut conn, &k, &c).await {
                     Ok(Some(e)) => {
                         bump(&c.redis_hits);
+                        telemetry::cache_lookup(entity, "redis", true);
+                        spans::cache_outcome(&call, "redis_hit");
                         return Ok(Some(fill(e, false)));
                     }
                     Ok(None) => {}
@@ -498,7 +525,7 @@ impl CacheLayer {
         Fut: Future<Output = Result<Option<E>>>,
     {
         let started = Instant::now();
-        let r = load().await;
+        let r = load().instrument(spans::mongodb("find")).await;
         bump(&c.db_loads);
         c.load_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -570,7 +597,10 @@ impl CacheLayer {
                         .invoke_async::<i64>(&mut conn),
                 )
                 .await
-                .map(|_| bump(&c.invalidations)),
+                .map(|_| {
+                    bump(&c.invalidations);
+                    telemetry::cache_invalidations(meta.name, 1);
+                }),
         };
         if let Err(fault) = r {
             if let Fault::Failed(e) = &fault {
@@ -731,6 +761,7 @@ impl CacheLayer {
         self.counters_of(&identity)
             .invalidations
             .fetch_add(n, Ordering::Relaxed);
+        telemetry::cache_invalidations(E::META.name, n);
         Ok(n)
     }
 }

@@ -115,7 +115,7 @@ impl Breaker {
     /// A closed breaker for `component` (the `component` label of its metrics) that opens
     /// after `threshold` consecutive failures for `cooldown`.
     pub(crate) fn new(component: &'static str, threshold: u32, cooldown: Duration) -> Self {
-        metrics::gauge!("caas_breaker_open", "component" => component).set(0.0);
+        crate::telemetry::metrics::breaker_state(component, false, false);
         Breaker {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::Closed { failures: 0 }),
@@ -129,16 +129,12 @@ impl Breaker {
     /// Records a transition to open (`true`) or closed in the metrics.
     fn transition(&self, open: bool) {
         let component = self.inner.component;
-        let to = if open { "open" } else { "closed" };
         if open {
             tracing::warn!(component, cooldown = ?self.inner.cooldown, "circuit breaker opened");
         } else {
             tracing::info!(component, "circuit breaker closed");
         }
-        metrics::gauge!("caas_breaker_open", "component" => component)
-            .set(f64::from(u8::from(open)));
-        metrics::counter!("caas_breaker_transitions_total", "component" => component, "to" => to)
-            .increment(1);
+        crate::telemetry::metrics::breaker_state(component, open, true);
     }
 
     pub(crate) fn permit(&self) -> Permit {

@@ -1,16 +1,19 @@
-//! The MongoDB client: pool settings from the configuration, and the command log.
+//! The MongoDB client: pool settings from the configuration, the command log, and the
+//! monitoring handlers behind the pool and command metrics and the slow-command log
+//! ([`telemetry::mongodb`](crate::telemetry)).
 
 use std::sync::Arc;
 
-use mongodb::event::command::{CommandEvent, CommandStartedEvent};
+use mongodb::event::command::CommandStartedEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
+use crate::telemetry;
 
 /// A callback for every command the driver starts.
-pub(crate) type CommandLog = Arc<dyn Fn(&CommandStartedEvent) + Send + Sync>;
+pub(crate) type CommandLog = telemetry::mongodb::CommandLog;
 
 /// The client with the configured pool. Without `on_command`, commands are logged by `tracing`
 /// at debug level under target `caas_storage::mongodb` when that level is enabled at connect:
@@ -42,13 +45,12 @@ pub(crate) async fn client(
             }) as CommandLog
         })
     });
-    if let Some(log) = log {
-        options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
-            if let CommandEvent::Started(started) = e {
-                log(&started);
-            }
-        }));
-    }
+    // Command metrics and the slow-command log, and the command log; pool metrics.
+    let commands = telemetry::mongodb::command_handler(m.slow_command_threshold, log);
+    options.command_event_handler = Some(EventHandler::callback(commands));
+    options.cmap_event_handler = Some(EventHandler::callback(telemetry::mongodb::pool_handler(
+        m.max_pool_size,
+    )));
     mongodb::Client::with_options(options).map_err(bad_uri)
 }
 

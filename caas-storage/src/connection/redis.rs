@@ -136,26 +136,11 @@ impl RedisConnection {
             }
             Inner::Cluster(cluster) => {
                 let mut c = Self::cluster_conn(cluster).await?;
-                let nodes: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async(&mut c)
-                    .await?;
-                for line in nodes.lines() {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
-                        continue;
-                    }
-                    let addr = fields[1].split('@').next().unwrap_or_default();
-                    let Some((host, port)) = addr.rsplit_once(':') else {
-                        continue;
-                    };
-                    let Ok(port) = port.parse::<u16>() else {
-                        continue;
-                    };
+                for (host, port) in primaries(&mut c).await? {
                     let mut cursor = 0_u64;
                     loop {
                         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.to_owned(),
+                            host: host.clone(),
                             port,
                         });
                         let v = c
@@ -176,6 +161,60 @@ impl RedisConnection {
         }
         Ok(())
     }
+}
+
+impl RedisConnection {
+    /// `INFO <section>` of the server, or of every primary of a cluster: `(node, reply)`
+    /// pairs, the node as `host:port` (`single` names the server of a non-cluster
+    /// connection).
+    pub(crate) async fn info_each(
+        &mut self,
+        section: &str,
+        single: &str,
+    ) -> RedisResult<Vec<(String, String)>> {
+        match &self.0 {
+            Inner::Single(m) => {
+                let mut m = m.clone();
+                let info: String = redis::cmd("INFO").arg(section).query_async(&mut m).await?;
+                Ok(vec![(single.to_owned(), info)])
+            }
+            Inner::Cluster(cluster) => {
+                let mut c = Self::cluster_conn(cluster).await?;
+                let mut out = Vec::new();
+                for (host, port) in primaries(&mut c).await? {
+                    let node = format!("{host}:{port}");
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                    let mut cmd = redis::cmd("INFO");
+                    cmd.arg(section);
+                    let v = c.route_command(cmd, routing).await?;
+                    out.push((node, redis::FromRedisValue::from_redis_value(v)?));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// The primaries of a cluster, from `CLUSTER NODES`.
+async fn primaries(c: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(c).await?;
+    let mut out = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
+            continue;
+        }
+        let addr = fields[1].split('@').next().unwrap_or_default();
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        out.push((host.to_owned(), port));
+    }
+    Ok(out)
 }
 
 impl ConnectionLike for RedisConnection {

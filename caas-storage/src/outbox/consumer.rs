@@ -8,8 +8,11 @@
 //! a consumer that dies between the handler's success and the record handles the redelivery
 //! again (make handlers idempotent, or record in the handler's own transaction with
 //! [`Deduplicator::mark_handled`]); no event is ever dropped unhandled.
+//!
+//! [`handle_traced`] runs a handler inside the trace the event was recorded in (its
+//! `traceparent` header): see [`trace`](crate::trace).
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime, Document};
@@ -19,6 +22,8 @@ use rdkafka::message::{Headers, Message};
 use super::envelope::EventEnvelope;
 use crate::connection::Connections;
 use crate::error::{duplicate_key_message, Component, Error, Result};
+use crate::trace::TraceContext;
+use tracing::Instrument;
 
 /// The collection consumed event ids are recorded in.
 pub const CONSUMED_COLLECTION: &str = "caas_consumed_events";
@@ -52,6 +57,45 @@ pub fn header_value<M: Message>(message: &M, name: &str) -> Option<String> {
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_owned)
+}
+
+/// The trace context a message carries in its `traceparent` header (set by the relay from
+/// the call that recorded the event), if present and valid.
+pub fn trace_context<M: Message>(message: &M) -> Option<TraceContext> {
+    TraceContext::parse(&header_value(message, "traceparent")?).ok()
+}
+
+/// Runs `handler` (the handling of `message`) in the message's trace: inside a
+/// `caas_storage.consume` span (info level, with the message's topic, partition, offset and
+/// event type, and `trace_id`/`span_id`/`parent_span_id`), as the current
+/// [`TraceContext`], a child of the one in its `traceparent` header. Repository calls the
+/// handler makes continue the trace, and the events they record carry it on. A message
+/// without a valid header is handled in a new trace.
+pub async fn handle_traced<M, F>(message: &M, handler: F) -> F::Output
+where
+    M: Message,
+    F: Future,
+{
+    let (ctx, parent) = match trace_context(message) {
+        Some(remote) => (remote.child(), Some(remote.span_id())),
+        None => (TraceContext::new_root(), None),
+    };
+    let event_type = header_value(message, "event_type");
+    let span = tracing::info_span!(
+        target: "caas_storage::consumer",
+        "caas_storage.consume",
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation = "process",
+        messaging.destination.name = message.topic(),
+        messaging.kafka.partition = message.partition(),
+        messaging.kafka.offset = message.offset(),
+        caas.event_type = event_type.as_deref(),
+        trace_id = %ctx.trace_id(),
+        span_id = %ctx.span_id(),
+        parent_span_id = parent.map(tracing::field::display),
+    );
+    ctx.scope(handler.instrument(span)).await
 }
 
 /// Remembers which event ids a consumer group has handled, in `caas_consumed_events` of a

@@ -16,7 +16,8 @@
 //!   twice (except across a relay crash: delivery is at-least-once).
 //! - [`RelayMetrics`], [`OutboxLag`] and [`ReconcileReport`] for health.
 //! - [`Deduplicator`] ([`Storage::deduplicator`](crate::Storage::deduplicator)) and
-//!   [`envelope_from_message`] for consumers.
+//!   [`envelope_from_message`] for consumers; [`handle_traced`] runs a handler in the trace
+//!   the event was recorded in (the `traceparent` header the relay sends).
 //!
 //! The protocol, its guarantees and its limits are described in `docs/outbox.md`.
 
@@ -32,14 +33,17 @@ mod relay;
 mod relay_reads;
 mod store;
 
-pub use consumer::{envelope_from_message, header_value, Deduplicator, CONSUMED_COLLECTION};
+pub use consumer::{
+    envelope_from_message, handle_traced, header_value, trace_context, Deduplicator,
+    CONSUMED_COLLECTION,
+};
 pub use envelope::{payload_from_document, EventEnvelope};
 pub use lease::LEASE_COLLECTION;
 pub use metrics::RelayMetrics;
 pub use record::{
     shard_of, EventState, OutboxLag, OutboxRecord, PendingEvent, ReconcileReport, WriteKind,
     WriteRef, DEFAULT_RECONCILE_AFTER, DEFAULT_SHARD_COUNT, OUTBOX_COLLECTION,
-    PUBLISHED_COLLECTION,
+    PUBLISHED_COLLECTION, TRACEPARENT_FIELD,
 };
 pub(crate) use recording::Verdict;
 pub use relay::{DrainReport, OutboxRelay, RelayArchive, RelayHandle, RelayOptions};

@@ -25,6 +25,10 @@ pub const OUTBOX_COLLECTION: &str = "caas_outbox";
 /// scanning the collection, so a growing tail of published records would slow every pass.
 pub const PUBLISHED_COLLECTION: &str = "caas_outbox_published";
 
+/// The field of a stored record holding the W3C `traceparent` of the call that recorded it
+/// (see [`trace`](crate::trace)); the relay sends it as the Kafka header of the same name.
+pub const TRACEPARENT_FIELD: &str = "traceparent";
+
 /// Default number of shards events are spread over (writers and relays must agree).
 pub const DEFAULT_SHARD_COUNT: u32 = 16;
 

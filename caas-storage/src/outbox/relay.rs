@@ -30,6 +30,7 @@ use super::store::OutboxStore;
 use crate::connection::breaker::Permit;
 use crate::connection::{topics, Connections};
 use crate::error::{Error, Result};
+use crate::telemetry::metrics as telemetry;
 
 /// How long topic creation waits before giving up (and trying again later).
 const TOPIC_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -463,7 +464,10 @@ impl OutboxRelay {
         let mut total = OutboxLag::default();
         for s in &inner.stores {
             match s.lag().await {
-                Ok(l) => total.merge(&l),
+                Ok(l) => {
+                    telemetry::outbox_backlog(s.database(), l.pending, l.oldest_pending_age());
+                    total.merge(&l);
+                }
                 Err(e) => {
                     tracing::warn!(database = s.database(), error = %e, "could not measure outbox lag");
                     return;
@@ -624,10 +628,16 @@ impl OutboxRelay {
                     }
                 };
                 let key = r.envelope.kafka_key();
+                // The trace of the write that recorded the event goes on with it.
+                let trace = d.get_str(super::record::TRACEPARENT_FIELD).ok();
+                let extra: &[(&str, &str)] = match &trace {
+                    Some(t) => &[("traceparent", t)],
+                    None => &[],
+                };
                 let record = FutureRecord::to(&r.topic)
                     .key(key.as_str())
                     .payload(value.as_slice())
-                    .headers(headers(&r.envelope, &[]));
+                    .headers(headers(&r.envelope, extra));
                 match producer.send_result(record) {
                     Ok(delivery) => pending.push((i, r, d, delivery)),
                     Err((e, _)) => {
@@ -672,6 +682,10 @@ impl OutboxRelay {
         }
 
         let published = delivered.len() as u64;
+        let delivered_topics: Vec<String> = delivered
+            .iter()
+            .map(|d| d.get_str("topic").unwrap_or_default().to_owned())
+            .collect();
         let archive = o
             .archive
             .keeps_copies(inner.conn.capabilities().transactions);
@@ -685,6 +699,9 @@ impl OutboxRelay {
         }
         report.published += published;
         Counters::add(&inner.counters.published, published);
+        for (topic, n) in per_topic(delivered_topics) {
+            telemetry::outbox_deliveries(&topic, n, 0, 0);
+        }
         let now = DateTime::now();
 
         if failed.is_empty() {
@@ -714,6 +731,7 @@ impl OutboxRelay {
                     "next_attempt_at": next, "last_error": err.as_str(), "updated_at": now,
                 } },
             ));
+            telemetry::outbox_deliveries(&r.topic, 0, 1, u64::from(park));
             if park {
                 report.parked += 1;
                 Counters::add(&inner.counters.parked, 1);
@@ -901,6 +919,15 @@ fn report_to_breaker(
     for _ in 1..unreachable {
         Permit::Go.failure(breaker);
     }
+}
+
+/// How many of `topics` name each topic.
+fn per_topic(topics: Vec<String>) -> HashMap<String, u64> {
+    let mut n = HashMap::new();
+    for t in topics {
+        *n.entry(t).or_insert(0) += 1;
+    }
+    n
 }
 
 fn headers(e: &EventEnvelope, extra: &[(&str, &str)]) -> OwnedHeaders {

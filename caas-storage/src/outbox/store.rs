@@ -17,7 +17,7 @@ use mongodb::{ClientSession, Collection, Database};
 
 use super::record::{
     aggregate_key, fnv1a, write_key, EventState, PendingEvent, DEFAULT_RECONCILE_AFTER,
-    DEFAULT_SHARD_COUNT, OUTBOX_COLLECTION, PUBLISHED_COLLECTION,
+    DEFAULT_SHARD_COUNT, OUTBOX_COLLECTION, PUBLISHED_COLLECTION, TRACEPARENT_FIELD,
 };
 use crate::capabilities::ServerProduct;
 use crate::connection::Connections;
@@ -231,6 +231,10 @@ impl OutboxStore {
         };
         if let Some(inc) = &e.incarnation {
             record.insert("inc", inc.as_str());
+        }
+        // The recording call's trace, which the relay sends on as the `traceparent` header.
+        if let Some(trace) = crate::trace::TraceContext::current() {
+            record.insert(TRACEPARENT_FIELD, trace.traceparent());
         }
         Ok(record)
     }

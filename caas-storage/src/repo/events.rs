@@ -22,7 +22,9 @@ use crate::outbox::{
 };
 use crate::repo::apply::{self, RawOutcome, RawWrite};
 use crate::repo::pipeline::Pipeline;
+use crate::telemetry::spans;
 use crate::tenant::TenantId;
+use tracing::Instrument;
 
 /// What one document's write carries into its events.
 pub(crate) struct EventSpec<'a> {
@@ -151,6 +153,12 @@ impl Pipeline {
         write: &RawWrite,
         session: Option<&mut ClientSession>,
     ) -> Result<RawOutcome> {
+        let command = match write {
+            RawWrite::Insert(_) => "insert",
+            RawWrite::Update { .. } => "findAndModify",
+            RawWrite::UpdateMany { .. } | RawWrite::Replace { .. } => "update",
+            RawWrite::Delete { .. } | RawWrite::DeleteMany { .. } => "delete",
+        };
         apply::exec(
             self.meta(),
             self.docs(),
@@ -160,6 +168,7 @@ impl Pipeline {
             write,
             session,
         )
+        .instrument(spans::mongodb(command))
         .await
     }
 }

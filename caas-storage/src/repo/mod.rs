@@ -216,6 +216,23 @@ impl<E: Entity> Repository<E> {
     pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
+
+    /// Runs read `f` as one repository call: its span, trace context and metrics (writes get
+    /// theirs from the pipeline).
+    pub(crate) fn observed<'f, T: 'f>(
+        &self,
+        operation: &'static str,
+        tenant: &TenantId,
+        f: impl std::future::Future<Output = Result<T>> + 'f,
+    ) -> impl std::future::Future<Output = Result<T>> + 'f {
+        crate::telemetry::spans::repository_call(
+            E::META,
+            operation,
+            tenant,
+            self.pipeline.consistency(),
+            f,
+        )
+    }
 }
 
 /// The id of `entity` as stored.

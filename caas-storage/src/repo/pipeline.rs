@@ -17,19 +17,21 @@
 //!    write back to this same pipeline to apply.
 //! 5. **Cache**: the entries of what was written are invalidated (or, write-through, replaced)
 //!    before the call returns; a write whose outcome is unknown invalidates too.
-//! 6. **Observe**: one `tracing` span per write, with its outcome and duration.
+//! 6. **Observe** ([`telemetry::spans`](crate::telemetry)): one `caas_storage.repository`
+//!    span per write (info level, OpenTelemetry database fields), run as the call's
+//!    [`TraceContext`](crate::trace::TraceContext) (which the events of step 3 carry to Kafka),
+//!    and the repository metrics with its outcome and duration.
 //!
 //! The pipeline is type-free (documents and the entity's static [`EntityMeta`]): the typed
 //! repository encodes and decodes around it, and the write-behind flusher drives it with the
 //! documents it queued.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::CollectionOptions;
 use mongodb::Collection;
-use tracing::Instrument;
 
 use crate::cache::CacheLayer;
 use crate::connection::Connections;
@@ -44,6 +46,7 @@ use crate::repo::apply::{RawOutcome, RawWrite};
 use crate::repo::events::{self, EventSpec};
 use crate::repo::versions::{self, Claim};
 use crate::schema;
+use crate::telemetry::spans;
 use crate::tenant::TenantId;
 use crate::write_behind::{Op, WriteBehind};
 
@@ -273,18 +276,8 @@ impl Pipeline {
 
     /// The one write function. See the module docs for its steps.
     pub(crate) async fn write(&self, w: Write<'_>) -> Result<Outcome> {
-        let span = tracing::debug_span!(
-            "caas_storage.write",
-            entity = self.meta.name,
-            operation = w.operation,
-            tenant = %w.tenant,
-            consistency = self.consistency.as_str(),
-            outcome = tracing::field::Empty,
-            elapsed_ms = tracing::field::Empty,
-        );
-        async move {
-            let started = Instant::now();
-            let (operation, tenant) = (w.operation, w.tenant);
+        let (operation, tenant) = (w.operation, w.tenant);
+        let steps = async move {
             let queued = self.routes_to_queue(&w);
             let (result, effects) = match self.scope(w) {
                 Err(e) => (Err(e), Vec::new()),
@@ -292,10 +285,24 @@ impl Pipeline {
                 Ok(w) => self.direct(w).await,
             };
             self.after_write(tenant, &result, effects, queued).await;
-            observe(operation, &result, started);
             result
-        }
-        .instrument(span)
+        };
+        // Step 6: the call's span, trace context and metrics around steps 1 to 5.
+        spans::repository_call_classified(
+            self.meta,
+            operation,
+            tenant,
+            self.consistency,
+            steps,
+            |r| match r {
+                Err(e) => Some(e.kind()),
+                // A single insert's refusal is the call's error (`insert` returns it).
+                Ok(Outcome::Inserted(results)) if operation == "insert" => results
+                    .iter()
+                    .find_map(|r| r.as_ref().err().map(Error::kind)),
+                Ok(_) => None,
+            },
+        )
         .await
     }
 
@@ -1396,22 +1403,5 @@ fn invalidate(id: Bson) -> Effect {
         id,
         written: None,
         deleted_at: None,
-    }
-}
-
-/// Step 6: one event per write at debug level (the span carries the fields).
-fn observe(operation: &'static str, result: &Result<Outcome>, started: Instant) {
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let span = tracing::Span::current();
-    span.record("elapsed_ms", elapsed_ms);
-    match result {
-        Ok(_) => {
-            span.record("outcome", "ok");
-            tracing::debug!(operation, elapsed_ms, "write done");
-        }
-        Err(e) => {
-            span.record("outcome", e.kind());
-            tracing::debug!(operation, elapsed_ms, error = %e, "write failed");
-        }
     }
 }

@@ -13,7 +13,9 @@ use crate::repo::filter::{FieldPath, Filter, Sort};
 use crate::repo::page::{Cursor, Page, PageRequest};
 use crate::repo::Repository;
 use crate::schema;
+use crate::telemetry::spans;
 use crate::tenant::TenantId;
+use tracing::Instrument;
 
 /// A query over one tenant's entities of type `E`, built from typed filters and sorts.
 ///
@@ -140,26 +142,50 @@ impl<'r, E: Entity> Query<'r, E> {
         self.repo.scoped(&self.tenant, user)
     }
 
+    /// Runs `f` as the repository call `operation` (see [`Repository::observed`]).
+    fn observed<'f, T: 'f>(
+        repo: &Repository<E>,
+        tenant: TenantId,
+        operation: &'static str,
+        f: impl std::future::Future<Output = Result<T>> + 'f,
+    ) -> impl std::future::Future<Output = Result<T>> + 'f {
+        repo.observed(operation, &tenant, f)
+    }
+
     /// All matches.
     pub async fn fetch(self) -> Result<Vec<E>> {
-        self.stream().await?.try_collect().await
+        let (repo, tenant) = (self.repo, self.tenant.clone());
+        Self::observed(repo, tenant, "find", self.fetch_unobserved()).await
+    }
+
+    async fn fetch_unobserved(self) -> Result<Vec<E>> {
+        self.stream_unobserved().await?.try_collect().await
     }
 
     /// The first match, if any.
     pub async fn first(mut self) -> Result<Option<E>> {
         self.limit = Some(1);
-        let mut all = self.fetch().await?;
-        Ok(if all.is_empty() {
-            None
-        } else {
-            Some(all.swap_remove(0))
+        let (repo, tenant) = (self.repo, self.tenant.clone());
+        Self::observed(repo, tenant, "find_one", async move {
+            let mut all = self.fetch_unobserved().await?;
+            Ok(if all.is_empty() {
+                None
+            } else {
+                Some(all.swap_remove(0))
+            })
         })
+        .await
     }
 
     /// All matches, as a stream (for large result sets). Documents stored at an older schema
     /// version are upgraded as they come (and written back when
     /// `migrations.write_back_on_read` says so, once the stream is done with them).
-    pub async fn stream(mut self) -> Result<BoxStream<'static, Result<E>>> {
+    pub async fn stream(self) -> Result<BoxStream<'static, Result<E>>> {
+        let (repo, tenant) = (self.repo, self.tenant.clone());
+        Self::observed(repo, tenant, "stream", self.stream_unobserved()).await
+    }
+
+    async fn stream_unobserved(mut self) -> Result<BoxStream<'static, Result<E>>> {
         let filter = self.filter_document()?;
         let repo = self.repo;
         let with_secrets = self.with_secrets;
@@ -167,6 +193,7 @@ impl<'r, E: Entity> Query<'r, E> {
         let op = repo.op("find");
         let cursor = repo
             .bounded("find", find)
+            .instrument(spans::mongodb("find"))
             .await?
             .map_err(|e| Error::mongo(op.clone(), e))?;
         let pipeline = repo.pipeline().clone();
@@ -193,7 +220,14 @@ impl<'r, E: Entity> Query<'r, E> {
     /// as stored: documents at an older schema version are not upgraded (the steps need whole
     /// documents), and documents at a newer one are refused
     /// ([`Error::FutureSchemaVersion`]).
-    pub async fn fetch_as<T: DeserializeOwned + Send + Sync + Unpin>(mut self) -> Result<Vec<T>> {
+    pub async fn fetch_as<T: DeserializeOwned + Send + Sync + Unpin>(self) -> Result<Vec<T>> {
+        let (repo, tenant) = (self.repo, self.tenant.clone());
+        Self::observed(repo, tenant, "find", self.fetch_as_unobserved()).await
+    }
+
+    async fn fetch_as_unobserved<T: DeserializeOwned + Send + Sync + Unpin>(
+        mut self,
+    ) -> Result<Vec<T>> {
         let docs = self.fetch_documents(None).await?;
         docs.into_iter()
             .map(|mut d| {
@@ -218,22 +252,31 @@ impl<'r, E: Entity> Query<'r, E> {
         }
         let repo = self.repo;
         let options = self.find_options();
-        let cursor = repo
-            .pipeline()
-            .read_retried("find", || {
-                repo.docs()
-                    .find(filter.clone())
-                    .with_options(options.clone())
-            })
-            .await?
-            .map_err(|e| Error::mongo(repo.op("find"), e))?;
-        repo.bounded("find", cursor.try_collect::<Vec<Document>>())
-            .await?
-            .map_err(|e| Error::mongo(repo.op("find"), e))
+        async {
+            let cursor = repo
+                .pipeline()
+                .read_retried("find", || {
+                    repo.docs()
+                        .find(filter.clone())
+                        .with_options(options.clone())
+                })
+                .await?
+                .map_err(|e| Error::mongo(repo.op("find"), e))?;
+            repo.bounded("find", cursor.try_collect::<Vec<Document>>())
+                .await?
+                .map_err(|e| Error::mongo(repo.op("find"), e))
+        }
+        .instrument(spans::mongodb("find"))
+        .await
     }
 
     /// How many entities match.
-    pub async fn count(mut self) -> Result<u64> {
+    pub async fn count(self) -> Result<u64> {
+        let (repo, tenant) = (self.repo, self.tenant.clone());
+        Self::observed(repo, tenant, "count", self.count_unobserved()).await
+    }
+
+    async fn count_unobserved(mut self) -> Result<u64> {
         let filter = self.filter_document()?;
         let repo = self.repo;
         let (skip, limit) = (self.skip, self.limit);
@@ -248,12 +291,18 @@ impl<'r, E: Entity> Query<'r, E> {
                 }
                 count
             })
+            .instrument(spans::mongodb("count"))
             .await?
             .map_err(|e| Error::mongo(repo.op("count"), e))
     }
 
     /// One page, sorted by this query's sort keys and then the id; see [`Page`].
-    pub async fn page(mut self, request: PageRequest) -> Result<Page<E>> {
+    pub async fn page(self, request: PageRequest) -> Result<Page<E>> {
+        let (repo, tenant) = (self.repo, self.tenant.clone());
+        Self::observed(repo, tenant, "page", self.page_unobserved(request)).await
+    }
+
+    async fn page_unobserved(mut self, request: PageRequest) -> Result<Page<E>> {
         let id_field = E::META.id_field;
         if !self.sort.iter().any(|(f, _)| *f == id_field) {
             self.sort.push((id_field, SortDirection::Asc));

@@ -10,11 +10,19 @@ use crate::entity::Entity;
 use crate::error::{Component, Error, Result};
 use crate::repo::{Filter, Query, Repository};
 use crate::schema;
+use crate::telemetry::spans;
 use crate::tenant::TenantId;
+use tracing::Instrument;
 
 impl<E: Entity> Repository<E> {
     /// The entity with this id in this tenant (secret fields left out), or `None`.
     pub async fn find_by_id(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
+        self.observed("find_by_id", tenant, self.find_by_id_unobserved(tenant, id))
+            .await
+    }
+
+    /// [`find_by_id`](Self::find_by_id) inside another call's span.
+    async fn find_by_id_unobserved(&self, tenant: &TenantId, id: &E::Id) -> Result<Option<E>> {
         if E::META.cache.is_some() {
             let key = document::id_to_bson::<E>(id)?;
             return self
@@ -49,6 +57,7 @@ impl<E: Entity> Repository<E> {
                     None => find,
                 }
             })
+            .instrument(spans::mongodb("find"))
             .await?
             .map_err(|e| Error::mongo(self.op(operation), e))?;
         Ok(found.filter(|d| matches!(d.get(DELETED_AT_FIELD), None | Some(Bson::Null))))
@@ -61,8 +70,12 @@ impl<E: Entity> Repository<E> {
         tenant: &TenantId,
         id: &E::Id,
     ) -> Result<Option<E>> {
-        self.read_one("find_by_id_with_secrets", tenant, id, true)
-            .await
+        self.observed(
+            "find_by_id_with_secrets",
+            tenant,
+            self.read_one("find_by_id_with_secrets", tenant, id, true),
+        )
+        .await
     }
 
     /// One live document from MongoDB (by `_id`, through [`live_document`](Self::live_document)),
@@ -101,11 +114,25 @@ impl<E: Entity> Repository<E> {
         id: &E::Id,
         token: &CausalToken,
     ) -> Result<Option<E>> {
+        self.observed(
+            "find_by_id_after",
+            tenant,
+            self.find_by_id_after_unobserved(tenant, id, token),
+        )
+        .await
+    }
+
+    async fn find_by_id_after_unobserved(
+        &self,
+        tenant: &TenantId,
+        id: &E::Id,
+        token: &CausalToken,
+    ) -> Result<Option<E>> {
         let key = document::id_to_bson::<E>(id)?;
         let Some(required) = token.required_version(tenant, E::META.name, &key) else {
-            return self.find_by_id(tenant, id).await;
+            return self.find_by_id_unobserved(tenant, id).await;
         };
-        if let Some(e) = self.find_by_id(tenant, id).await? {
+        if let Some(e) = self.find_by_id_unobserved(tenant, id).await? {
             if e.version().unwrap_or(0) >= required {
                 return Ok(Some(e));
             }
@@ -157,18 +184,24 @@ impl<E: Entity> Repository<E> {
 
     /// The entity with this id, or [`Error::NotFound`].
     pub async fn get(&self, tenant: &TenantId, id: &E::Id) -> Result<E> {
-        self.find_by_id(tenant, id)
-            .await?
-            .ok_or_else(|| self.not_found(id))
+        self.observed("get", tenant, async {
+            self.find_by_id_unobserved(tenant, id)
+                .await?
+                .ok_or_else(|| self.not_found(id))
+        })
+        .await
     }
 
     /// Whether an entity with this id exists in this tenant.
     pub async fn exists(&self, tenant: &TenantId, id: &E::Id) -> Result<bool> {
         let projection = doc! { "_id": 1, DELETED_AT_FIELD: 1 };
-        Ok(self
-            .live_document("exists", tenant, id, Some(projection))
-            .await?
-            .is_some())
+        self.observed("exists", tenant, async {
+            Ok(self
+                .live_document("exists", tenant, id, Some(projection))
+                .await?
+                .is_some())
+        })
+        .await
     }
 
     /// How many entities of this tenant match `filter`.

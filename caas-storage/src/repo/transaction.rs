@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::outbox::PendingEvent;
 use crate::repo::apply::{RawOutcome, RawWrite};
 use crate::repo::pipeline::Pipeline;
+use crate::telemetry::metrics as telemetry;
 
 /// Attempts of a transaction that fails with a transient error.
 const ATTEMPTS: u32 = 5;
@@ -54,14 +55,14 @@ pub(crate) async fn record_and_apply(
         .await;
         let outcome = match applied {
             Err(e) => {
-                let _ = session.abort_transaction().await;
+                abort(&mut session).await;
                 if attempt < ATTEMPTS && transient(&e) {
                     continue;
                 }
                 return Err(e);
             }
             Ok(RawOutcome::Inserted(results)) if results.iter().any(Result::is_err) => {
-                let _ = session.abort_transaction().await;
+                abort(&mut session).await;
                 let mut keep = Vec::new();
                 for (i, r) in results.into_iter().enumerate() {
                     match r {
@@ -85,7 +86,7 @@ pub(crate) async fn record_and_apply(
         };
         if !outcome.happened(0) {
             // Nothing was written, so no event may be either.
-            let _ = session.abort_transaction().await;
+            abort(&mut session).await;
             return Ok(outcome);
         }
         p.conn().fault(FaultPoint::OutboxAfterWrite)?;
@@ -98,15 +99,28 @@ pub(crate) async fn record_and_apply(
     }
 }
 
+/// Aborts (best effort: an abort that fails leaves the server to time the transaction out).
+async fn abort(session: &mut ClientSession) {
+    let _ = session.abort_transaction().await;
+    telemetry::transaction(false);
+}
+
 /// Commits, again while the outcome is unknown.
 async fn commit(session: &mut ClientSession) -> Result<()> {
     let mut tries = 0;
     loop {
         tries += 1;
         match session.commit_transaction().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                telemetry::transaction(true);
+                return Ok(());
+            }
             Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < ATTEMPTS => {}
-            Err(e) => return Err(Error::mongo("commit transaction", e)),
+            Err(e) => {
+                // Not committed: the server aborts it.
+                telemetry::transaction(false);
+                return Err(Error::mongo("commit transaction", e));
+            }
         }
     }
 }

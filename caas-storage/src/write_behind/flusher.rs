@@ -15,7 +15,12 @@ use crate::tenant::TenantId;
 
 /// Applies the stream `key` until the queue handle is dropped (which aborts the task).
 pub(crate) async fn run(shared: Arc<Shared>, key: String) {
+    let mut sampled: Option<std::time::Instant> = None;
     loop {
+        if sampled.is_none_or(|t| t.elapsed() >= BACKLOG_SAMPLE_INTERVAL) {
+            sampled = Some(std::time::Instant::now());
+            sample_backlog(&shared, &key).await;
+        }
         let pause = match round(&shared, &key).await {
             Ok(n) if n > 0 => Duration::ZERO,
             Ok(_) => shared.settings.flush_interval,
@@ -25,6 +30,27 @@ pub(crate) async fn run(shared: Arc<Shared>, key: String) {
             }
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// How often the flusher samples its queue's length (`caas_write_behind_backlog`).
+const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sets `caas_write_behind_backlog` of the entities queued in stream `key` to its length.
+async fn sample_backlog(shared: &Shared, key: &str) {
+    let entities = shared.entities_of(key);
+    if entities.is_empty() {
+        return;
+    }
+    let Ok(mut conn) = shared.conn() else { return };
+    let mut xlen = redis::cmd("XLEN");
+    xlen.arg(key);
+    let bound = shared.conn.config().redis.response_timeout;
+    let len = tokio::time::timeout(bound, xlen.query_async::<u64>(&mut conn)).await;
+    if let Ok(Ok(len)) = len {
+        for entity in entities {
+            crate::telemetry::metrics::write_behind_backlog(entity, len);
+        }
     }
 }
 

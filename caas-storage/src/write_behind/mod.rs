@@ -189,6 +189,16 @@ impl Shared {
             .clone()
     }
 
+    /// The entities registered for stream `key` (the labels of its backlog).
+    fn entities_of(&self, key: &str) -> Vec<&'static str> {
+        self.appliers
+            .lock()
+            .expect("appliers")
+            .get(key)
+            .map(|by_entity| by_entity.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     fn applier(&self, key: &str, entity: &str) -> Option<Arc<dyn Apply>> {
         self.appliers
             .lock()
