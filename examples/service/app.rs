@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use caas_storage::audit::{AuditLog, AuditOptions, NewAuditEntry};
+use caas_storage::backup::{BackupPlan, RestorePlan};
 use caas_storage::prelude::*;
 use caas_storage::rate_limit::{Decision, RateLimit, RateLimiter};
 use caas_storage::sessions::{SessionOptions, SessionStore};
@@ -72,6 +73,12 @@ impl App {
             )
             .route("/tenants/{tenant}/audit", get(verify_audit))
             .route("/admin/cache", get(cache_stats))
+            .route("/admin/tenants/{tenant}/backup", post(backup_tenant))
+            .route("/admin/tenants/{tenant}/restore", post(restore_tenant))
+            .route(
+                "/admin/tenants/{tenant}",
+                axum::routing::delete(erase_tenant),
+            )
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .with_state(self)
@@ -375,6 +382,52 @@ async fn verify_audit(
     Ok(Json(
         json!({ "checked": v.checked, "intact": v.is_intact() }),
     ))
+}
+
+/// Backs up every entity of one tenant to a file in the temporary directory.
+async fn backup_tenant(
+    State(app): State<App>,
+    Path(t): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = tenant(&t)?;
+    let path = std::env::temp_dir().join(format!("caas-demo-{t}.caasbak"));
+    let file = std::fs::File::create(&path)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let plan = BackupPlan::new().metas(&metas()).tenant(t).without_ledger();
+    let report = app
+        .storage
+        .backup(&plan, std::io::BufWriter::new(file))
+        .await?;
+    Ok(Json(json!({ "archive": path, "report": report })))
+}
+
+#[derive(Deserialize)]
+struct CloneRequest {
+    archive: std::path::PathBuf,
+    into_tenant: String,
+}
+
+/// Restores a tenant's archive as another tenant (a clone), verified before anything is
+/// written.
+async fn restore_tenant(
+    State(app): State<App>,
+    Path(t): Path<String>,
+    Json(body): Json<CloneRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (from, to) = (tenant(&t)?, tenant(&body.into_tenant)?);
+    let plan = RestorePlan::new().into_tenant(from, to).without_ledger();
+    let report = app.storage.restore(&plan, &body.archive).await?;
+    Ok(Json(json!(report)))
+}
+
+/// Erases one tenant's data everywhere the framework put it.
+async fn erase_tenant(
+    State(app): State<App>,
+    Path(t): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = tenant(&t)?;
+    let report = app.storage.erase_tenant(&metas(), &t).await?;
+    Ok(Json(json!(report)))
 }
 
 async fn cache_stats(State(app): State<App>) -> Json<serde_json::Value> {

@@ -315,6 +315,97 @@ pub async fn run(base: &str, storage: &Storage) -> Fallible<()> {
         return Err(format!("wanted an intact chain of login + logout, got {audit}").into());
     }
 
+    step("backup, and a restore into a clone tenant");
+    let clone = format!("acme-clone-{}", &run[20..]);
+    let backup = http
+        .expect(
+            post.clone(),
+            &format!("/admin/tenants/{acme}/backup"),
+            None,
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    let archive = backup["archive"]
+        .as_str()
+        .ok_or("no archive path")?
+        .to_owned();
+    println!(
+        "backed up {} documents of {acme} to {archive}",
+        backup["report"]["documents"]
+    );
+    let restored = http
+        .expect(
+            post.clone(),
+            &format!("/admin/tenants/{acme}/restore"),
+            None,
+            Some(json!({ "archive": archive, "into_tenant": clone })),
+            StatusCode::OK,
+        )
+        .await?;
+    println!("restore state: {}", restored["state"]);
+    let copy = http
+        .expect(
+            get.clone(),
+            &format!("/tenants/{clone}/users/u-ada"),
+            None,
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    if copy["name"] != "Ada" || copy["email"] != "ada@acme.test" {
+        return Err(format!("the clone's u-ada is {copy}").into());
+    }
+    let cloned = http
+        .expect(
+            get.clone(),
+            &format!("/tenants/{clone}/conversations/c-1/messages"),
+            None,
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    if cloned["messages"].as_array().map(Vec::len) != Some(3) {
+        return Err(format!("the clone has {cloned}").into());
+    }
+    // The clone logs in with the same password (the hash was copied), as a tenant of its own.
+    let creds = json!({ "email": "grace@acme.test", "password": "correct horse" });
+    http.expect(
+        post.clone(),
+        &format!("/tenants/{clone}/login"),
+        None,
+        Some(creds),
+        StatusCode::OK,
+    )
+    .await?;
+    let erased = http
+        .expect(
+            Method::DELETE,
+            &format!("/admin/tenants/{clone}"),
+            None,
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    println!("erased the clone: {}", erased["entities"]);
+    http.expect(
+        get.clone(),
+        &format!("/tenants/{clone}/users/u-ada"),
+        None,
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await?;
+    http.expect(
+        get.clone(),
+        &format!("/tenants/{acme}/users/u-ada"),
+        None,
+        None,
+        StatusCode::OK,
+    )
+    .await?;
+    let _ = std::fs::remove_file(&archive);
+
     step("health");
     let (code, _, report) = http.call(get.clone(), "/health", None, None).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
