@@ -727,3 +727,121 @@ async fn audit_verify_passes_an_intact_chain_and_exits_1_on_a_tampered_one() {
         .await
         .unwrap();
 }
+
+/// `backup` of one tenant, `restore --verify-only`, `restore --into-tenant` as a clone the
+/// repository reads, `restore --verify-only` refusing a damaged file (exit 3, nothing written),
+/// and `erase --tenant --yes` leaving nothing of the clone (without `--yes`: exit 2, nothing
+/// deleted).
+#[tokio::test]
+async fn backup_restore_into_a_clone_and_erase_it() {
+    let storage = common::storage().await;
+    let users = CliUserRepository::new(&storage);
+    let (t, clone) = (common::tenant("cli-bak"), common::tenant("cli-bak-clone"));
+    for i in 0..5 {
+        let u = CliUser {
+            user_id: format!("u{i}"),
+            tenant_id: t.to_string(),
+            email: format!("u{i}@example.com"),
+            version: 0,
+        };
+        users.insert(&t, &u).await.unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("caas-cli-bak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = dir.join("t.caasbak");
+    let path = archive.to_str().unwrap();
+    let cli = Cli::new("caas-test").entity::<CliUser>();
+
+    let (exit, json) = run(
+        &cli,
+        &storage,
+        &[
+            "backup",
+            "--out",
+            path,
+            "--tenant",
+            t.as_str(),
+            "--without-ledger",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(exit, Exit::Ok, "{json:#}");
+    assert_eq!(json["documents"], 5, "{json:#}");
+
+    let (exit, json) = run(
+        &cli,
+        &storage,
+        &["restore", "--archive", path, "--verify-only", "--json"],
+    )
+    .await;
+    assert_eq!(exit, Exit::Ok, "{json:#}");
+    assert_eq!(json["documents"], 5, "{json:#}");
+
+    let into = format!("{t}={clone}");
+    let (exit, json) = run(
+        &cli,
+        &storage,
+        &[
+            "restore",
+            "--archive",
+            path,
+            "--into-tenant",
+            &into,
+            "--without-ledger",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(exit, Exit::Ok, "{json:#}");
+    assert_eq!(json["state"], "restored", "{json:#}");
+    let copy = users.get(&clone, &"u3".to_owned()).await.unwrap();
+    assert_eq!(
+        (copy.tenant_id.as_str(), copy.email.as_str()),
+        (clone.as_str(), "u3@example.com")
+    );
+
+    // A damaged archive: refused, exit 3, with the error as JSON.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let bad = dir.join("bad.caasbak");
+    std::fs::write(&bad, bytes).unwrap();
+    let (exit, json) = run(
+        &cli,
+        &storage,
+        &[
+            "restore",
+            "--archive",
+            bad.to_str().unwrap(),
+            "--verify-only",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(exit, Exit::Failed, "{json:#}");
+    assert!(json["error"]["message"].as_str().is_some(), "{json:#}");
+
+    let (exit, _, err) = run_raw(&cli, &storage, &["erase", "--tenant", clone.as_str()]).await;
+    assert_eq!(exit, Exit::Usage, "{err}");
+    assert!(users
+        .find_by_id(&clone, &"u3".to_owned())
+        .await
+        .unwrap()
+        .is_some());
+    let (exit, json) = run(
+        &cli,
+        &storage,
+        &["erase", "--tenant", clone.as_str(), "--yes", "--json"],
+    )
+    .await;
+    assert_eq!(exit, Exit::Ok, "{json:#}");
+    assert_eq!(json["entities"][0]["documents"], 5, "{json:#}");
+    assert_eq!(users.query(&clone).count().await.unwrap(), 0);
+    assert_eq!(
+        users.query(&t).count().await.unwrap(),
+        5,
+        "the source tenant is untouched"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
