@@ -76,7 +76,7 @@ pub enum TenantScope {
 /// What to back up: entities (by their static metadata) and tenants.
 ///
 /// ```no_run
-/// # async fn run(storage: caas_storage::Storage, metas: &[&'static caas_storage::entity::EntityMeta]) -> caas_storage::Result<()> {
+/// # async fn run(storage: caas_storage::Storage, metas: &[&'static caas_storage::entity::EntityMeta]) -> Result<(), Box<dyn std::error::Error>> {
 /// use caas_storage::backup::BackupPlan;
 /// let plan = BackupPlan::new().metas(metas).tenant(caas_storage::TenantId::new("acme")?);
 /// let file = std::fs::File::create("acme.caasbak")?;
