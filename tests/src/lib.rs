@@ -258,6 +258,39 @@ pub fn private_ferretdb() -> Private {
     )
 }
 
+/// A log4j configuration that prints errors only, for private Kafka processes.
+fn write_kafka_log4j(path: &std::path::Path) {
+    std::fs::write(
+        path,
+        "status = error\nappender.console.type = Console\nappender.console.name = STDOUT\n\
+         appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = %m%n\n\
+         rootLogger.level = error\nrootLogger.appenderRef.stdout.ref = STDOUT\n",
+    )
+    .unwrap();
+}
+
+/// Formats the KRaft storage `conf` names, as cluster `cluster_id` (`what` names it in the
+/// panic if that fails).
+fn format_kafka_storage(
+    cp: &str,
+    log4j: &std::path::Path,
+    conf: &std::path::Path,
+    cluster_id: &str,
+    what: &str,
+) {
+    let status = Command::new("java")
+        .arg("-Xmx256m")
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+        .args(["-cp", cp, "kafka.tools.StorageTool", "format"])
+        .args(["-t", cluster_id, "-c"])
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("java is installed");
+    assert!(status.success(), "formatting {what} storage failed");
+}
+
 /// A private single-node Kafka (KRaft) on free ports with its own log directory.
 pub fn private_kafka() -> Private {
     let port = free_port();
@@ -286,25 +319,15 @@ pub fn private_kafka() -> Private {
         ),
     )
     .unwrap();
-    std::fs::write(
-        &log4j,
-        "status = error\nappender.console.type = Console\nappender.console.name = STDOUT\n\
-         appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = %m%n\n\
-         rootLogger.level = error\nrootLogger.appenderRef.stdout.ref = STDOUT\n",
-    )
-    .unwrap();
+    write_kafka_log4j(&log4j);
     let cp = format!("{}/*", libs.display());
-    let status = Command::new("java")
-        .arg("-Xmx256m")
-        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-        .args(["-cp", &cp, "kafka.tools.StorageTool", "format"])
-        .args(["-t", "caasStoragePrivate0001", "-c"])
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("java is installed");
-    assert!(status.success(), "formatting private Kafka storage failed");
+    format_kafka_storage(
+        &cp,
+        &log4j,
+        &conf,
+        "caasStoragePrivate0001",
+        "private Kafka",
+    );
     Private::launch(
         "kafka",
         port,
@@ -499,13 +522,7 @@ pub fn private_kafka_cluster() -> KafkaCluster {
     let libs = services_dir().join("kafka/libs");
     let cp = format!("{}/*", libs.display());
     let log4j = dir.path().join("log4j2.properties");
-    std::fs::write(
-        &log4j,
-        "status = error\nappender.console.type = Console\nappender.console.name = STDOUT\n\
-         appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = %m%n\n\
-         rootLogger.level = error\nrootLogger.appenderRef.stdout.ref = STDOUT\n",
-    )
-    .unwrap();
+    write_kafka_log4j(&log4j);
     let voters = controllers
         .iter()
         .enumerate()
@@ -537,17 +554,8 @@ pub fn private_kafka_cluster() -> KafkaCluster {
             ),
         )
         .unwrap();
-        let status = Command::new("java")
-            .arg("-Xmx256m")
-            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-            .args(["-cp", &cp, "kafka.tools.StorageTool", "format"])
-            .args(["-t", "caasStorageClusterT001", "-c"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("java is installed");
-        assert!(status.success(), "formatting private Kafka node {i} failed");
+        let node = format!("private Kafka node {i}");
+        format_kafka_storage(&cp, &log4j, &conf, "caasStorageClusterT001", &node);
         let (cp, log4j, logs) = (cp.clone(), log4j.clone(), dir.path().join("logs"));
         nodes.push(Private {
             name: "kafka-cluster node",
@@ -591,4 +599,44 @@ pub fn private_kafka_cluster() -> KafkaCluster {
         }
     }
     KafkaCluster { nodes, _dir: dir }
+}
+
+/// A consumer of `topic` on the suite's Kafka (group `group`, nothing committed), assigned
+/// every partition from the beginning once the topic exists; panics if it does not appear
+/// before `deadline`.
+pub async fn reader_from_beginning(
+    topic: &str,
+    group: &str,
+    deadline: Instant,
+) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config().kafka.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let partitions = loop {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("metadata");
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
 }

@@ -15,9 +15,7 @@ use caas_storage::bson::{doc, Document};
 use caas_storage::outbox::{EventEnvelope, RelayOptions};
 use caas_storage::prelude::*;
 use caas_storage::{FaultPoint, HealthStatus};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 const DB: &str = "caas_audit_it";
 
@@ -246,35 +244,9 @@ async fn verify_names_the_first_altered_deleted_or_reordered_entry() {
 
 /// Reads `topic` from the beginning until a checkpoint of `tenant` at `sequence` arrives.
 async fn published_checkpoint(topic: &str, tenant: &TenantId, sequence: u64) -> Checkpoint {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", common::config().kafka.brokers)
-        .set("group.id", unique("audit-test-reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let partitions = loop {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .unwrap();
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len());
-        if n > 0 {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "topic {topic} never appeared");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer =
+        common::reader_from_beginning(topic, &unique("audit-test-reader"), deadline).await;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let m = tokio::time::timeout(left, consumer.recv())

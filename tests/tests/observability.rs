@@ -21,9 +21,7 @@ use caas_storage::prelude::*;
 use caas_storage::telemetry::metrics::names;
 use caas_storage::trace::TraceContext;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -608,38 +606,13 @@ async fn slow_commands_are_logged_with_their_shape_and_never_their_values() {
 
 /// Reads `topic` from the beginning until a message whose envelope names `aggregate_id`.
 async fn message_of(topic: &str, aggregate_id: &str) -> OwnedMessage {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &common::config().kafka.brokers)
-        .set(
-            "group.id",
-            format!("obs-reader-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let partitions = loop {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .expect("metadata");
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len());
-        if n > 0 {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "topic {topic} never appeared");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = common::reader_from_beginning(
+        topic,
+        &format!("obs-reader-{}", uuid::Uuid::now_v7().simple()),
+        deadline,
+    )
+    .await;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let m = tokio::time::timeout(left, consumer.recv())

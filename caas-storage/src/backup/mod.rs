@@ -289,7 +289,7 @@ impl Storage {
     /// Reads and verifies the archive at `path` without writing anything: magic, format
     /// version, framing, every count and checksum against the manifest, truncation.
     pub async fn verify_archive(&self, path: impl AsRef<Path>) -> Result<ArchiveSummary> {
-        restore::verify_path(path.as_ref())
+        restore::verify_off_thread(path.as_ref(), "verify archive").await
     }
 
     /// Restores the archive at `path` as `plan` says: verifies all of it first (a bad archive

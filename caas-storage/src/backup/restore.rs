@@ -122,7 +122,7 @@ fn open(path: &Path) -> Result<ArchiveReader<BufReader<File>>> {
     ArchiveReader::open(BufReader::with_capacity(256 * 1024, file), &name)
 }
 
-pub(super) fn verify_path(path: &Path) -> Result<ArchiveSummary> {
+fn verify_path(path: &Path) -> Result<ArchiveSummary> {
     let mut r = open(path)?;
     verify(&mut r)
 }
@@ -395,18 +395,27 @@ async fn collection_names(storage: &Storage, db: &str) -> Result<BTreeSet<String
         .collect())
 }
 
+/// The verifying pass over the file at `path`, on a blocking thread (it reads and hashes the
+/// whole archive); `operation` names the call in the error if that thread panics.
+pub(super) async fn verify_off_thread(
+    path: &Path,
+    operation: &'static str,
+) -> Result<ArchiveSummary> {
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || verify_path(&owned))
+        .await
+        .map_err(|e| Error::Backup {
+            operation,
+            reason: format!("the verifying pass panicked: {e}"),
+        })?
+}
+
 pub(super) async fn restore(
     storage: &Storage,
     plan: &RestorePlan,
     path: &Path,
 ) -> Result<RestoreReport> {
-    let owned = path.to_owned();
-    let summary = tokio::task::spawn_blocking(move || verify_path(&owned))
-        .await
-        .map_err(|e| Error::Backup {
-            operation: "restore",
-            reason: format!("the verifying pass panicked: {e}"),
-        })??;
+    let summary = verify_off_thread(path, "restore").await?;
     let targets = targets(storage, plan, &summary)?;
     let id = journal_id(plan, &summary.archive_sha256);
     let journals = journal(storage);
@@ -860,13 +869,7 @@ pub(super) async fn rollback(
     plan: &RestorePlan,
     path: &Path,
 ) -> Result<RestoreReport> {
-    let owned = path.to_owned();
-    let summary = tokio::task::spawn_blocking(move || verify_path(&owned))
-        .await
-        .map_err(|e| Error::Backup {
-            operation: "restore rollback",
-            reason: format!("the verifying pass panicked: {e}"),
-        })??;
+    let summary = verify_off_thread(path, "restore rollback").await?;
     let id = journal_id(plan, &summary.archive_sha256);
     let journals = journal(storage);
     let j = journals
