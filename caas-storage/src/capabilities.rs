@@ -22,6 +22,8 @@ pub enum ServerProduct {
     Mongodb,
     /// FerretDB (MongoDB wire protocol over SQLite or PostgreSQL).
     Ferretdb,
+    /// The memory backend of [`Storage::in_memory`](crate::Storage::in_memory).
+    Memory,
 }
 
 /// How the server is deployed, as `hello` reports it.
@@ -72,8 +74,29 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// What the memory backend does: transactions and atomic conditional updates (writes are
+    /// serialized), no TTL indexes or change streams.
+    pub(crate) fn in_memory() -> Self {
+        Capabilities {
+            product: ServerProduct::Memory,
+            version: "7.0".into(),
+            ferretdb_version: None,
+            topology: Topology::Standalone,
+            max_wire_version: 21,
+            transactions: true,
+            ttl_indexes: false,
+            change_streams: false,
+            causal_consistency: false,
+            find_and_modify_projection: false,
+            atomic_conditional_updates: true,
+        }
+    }
+
     /// A short human description, e.g. `FerretDB 1.24.2 (MongoDB 7.0.42 wire)`.
     pub fn server_description(&self) -> String {
+        if self.product == ServerProduct::Memory {
+            return "memory backend (MongoDB 7.0 semantics)".into();
+        }
         match &self.ferretdb_version {
             Some(v) => format!(
                 "FerretDB {} (MongoDB {} wire)",

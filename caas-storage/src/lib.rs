@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+mod backend;
 pub mod backup;
 pub mod cache;
 pub mod capabilities;
@@ -68,6 +69,7 @@ pub mod sessions;
 mod storage;
 pub mod telemetry;
 pub mod tenant;
+pub mod testing;
 pub mod ttl;
 pub mod write_behind;
 

@@ -60,6 +60,8 @@ struct Inner {
     entities: Mutex<BTreeMap<(&'static str, &'static str, &'static str), &'static EntityMeta>>,
     /// The audit logs made on this handle, for health.
     audit_logs: Mutex<Vec<AuditLog>>,
+    /// What tests read and move on this handle: the events already taken, the memory clock.
+    test: crate::testing::TestState,
 }
 
 impl Drop for Inner {
@@ -143,22 +145,36 @@ impl StorageBuilder {
     /// Connects: see [`Storage::connect`].
     pub async fn connect(self) -> Result<Storage> {
         let conn = Connections::connect(self.config, self.options).await?;
-        for meta in &self.entities {
+        Storage::assemble(conn, &self.entities, crate::testing::TestState::default())
+    }
+}
+
+impl Storage {
+    /// Wires the cache, the queue and the background jobs over `conn`. In memory, the jobs
+    /// that need a server (retention, TTL sweeping, Redis `INFO` sampling) are not started.
+    pub(crate) fn assemble(
+        conn: Connections,
+        entities: &[&'static EntityMeta],
+        test: crate::testing::TestState,
+    ) -> Result<Storage> {
+        for meta in entities {
             if let Some(outbox) = &meta.outbox {
                 conn.check_topic(&format!("entity {}", meta.name), outbox.topic)?;
             }
         }
+        let on_server = conn.memory().is_none();
         let retention = Arc::new(Retention::new(conn.clone()));
-        let retention_task = conn
-            .config()
-            .retention
-            .enabled
+        let retention_task = (on_server && conn.config().retention.enabled)
             .then(|| tokio::spawn(retention.clone().run_forever()).abort_handle());
         let cache = Arc::new(CacheLayer::new(conn.clone()));
         let ttl = Arc::new(TtlSweeper::new(conn.clone(), cache.clone()));
-        let ttl_task = (conn.config().ttl.sweeper && !conn.capabilities().ttl_indexes)
+        let ttl_task = (on_server && conn.config().ttl.sweeper && !conn.capabilities().ttl_indexes)
             .then(|| tokio::spawn(ttl.clone().run_forever()).abort_handle());
-        let redis_info_task = redis_info_task(&conn);
+        let redis_info_task = if on_server {
+            redis_info_task(&conn)
+        } else {
+            None
+        };
         Ok(Storage {
             inner: Arc::new(Inner {
                 redis_info_task,
@@ -170,6 +186,7 @@ impl StorageBuilder {
                 ttl_task,
                 entities: Mutex::new(BTreeMap::new()),
                 audit_logs: Mutex::new(Vec::new()),
+                test,
                 conn,
             }),
         })
@@ -235,6 +252,7 @@ impl Storage {
     /// producer. Fails on invalid options or when the Kafka admin client (for topic creation)
     /// cannot be configured.
     pub fn outbox_relay(&self, options: RelayOptions) -> Result<OutboxRelay> {
+        self.on_servers("the outbox relay (in memory, read events with test_events)")?;
         OutboxRelay::new(&self.inner.conn, options)
     }
 
@@ -270,6 +288,7 @@ impl Storage {
     /// (its appends queue behind each other instead of racing); [`health`](Self::health)
     /// reports every log made here.
     pub fn audit_log(&self, options: AuditOptions) -> Result<AuditLog> {
+        self.on_servers("the audit log")?;
         let mut logs = self.inner.audit_logs.lock().expect("audit logs");
         if let Some(log) = logs.iter().find(|l| *l.options() == options) {
             return Ok(log.clone());
@@ -282,6 +301,7 @@ impl Storage {
     /// The session store (see [`sessions`](crate::sessions)) in Redis database
     /// `redis.databases.sessions`.
     pub fn sessions(&self, options: SessionOptions) -> Result<SessionStore> {
+        self.on_servers("login sessions")?;
         let config = self.config();
         let redis = self.inner.conn.redis(config.redis.databases.sessions)?;
         SessionStore::new(redis, config, options)
@@ -290,6 +310,7 @@ impl Storage {
     /// A rate limiter named `name` enforcing `rate` per tenant and key (see
     /// [`rate_limit`](crate::rate_limit)), in Redis database `redis.databases.rate_limiting`.
     pub fn rate_limiter(&self, name: &str, rate: RateLimit) -> Result<RateLimiter> {
+        self.on_servers("rate limiting")?;
         let config = self.config();
         let redis = self
             .inner
@@ -307,6 +328,7 @@ impl Storage {
     /// Applies the retention (see [`retention`](crate::retention)) now, whichever instance
     /// holds its lease; it also runs every `retention.interval` on its own.
     pub async fn run_retention(&self) -> Result<RetentionReport> {
+        self.on_servers("retention")?;
         self.inner.retention.run().await
     }
 
@@ -315,6 +337,7 @@ impl Storage {
     /// where the server lacks TTL indexes it also runs every `ttl.interval` on its own. Does
     /// nothing where the server has TTL indexes: they expire documents themselves.
     pub async fn run_ttl_sweep(&self) -> Result<TtlReport> {
+        self.on_servers("the TTL sweeper")?;
         self.inner.ttl.run().await
     }
 
@@ -340,6 +363,16 @@ impl Storage {
         meta: &EntityMeta,
         options: SyncOptions,
     ) -> Result<IndexPlan> {
+        if let Some(memory) = self.inner.conn.memory() {
+            // In memory the declared unique indexes are enforced from the first repository
+            // on; there is nothing to build.
+            memory.declare_indexes(meta);
+            return Ok(IndexPlan {
+                entity: meta.name.to_owned(),
+                namespace: format!("{}.{}", meta.database, meta.collection),
+                changes: Vec::new(),
+            });
+        }
         let db = self.inner.conn.database(meta.database);
         crate::index::sync_indexes(&db, self.capabilities(), meta.index_target(), options).await
     }
@@ -428,6 +461,34 @@ impl Storage {
         self.inner.cache.clone()
     }
 
+    /// `Ok` on servers; in memory, [`Error::Unsupported`](crate::Error::Unsupported) naming
+    /// `feature`: the features the memory backend does not model refuse to start rather than
+    /// fail later against no server.
+    pub(crate) fn on_servers(&self, feature: &'static str) -> Result<()> {
+        match self.inner.conn.memory() {
+            None => Ok(()),
+            Some(_) => Err(crate::Error::Unsupported {
+                feature,
+                server: self.capabilities().server_description(),
+            }),
+        }
+    }
+
+    pub(crate) fn test_state(&self) -> &crate::testing::TestState {
+        &self.inner.test
+    }
+
+    /// The entities repositories were made for on this handle.
+    pub(crate) fn registered(&self) -> Vec<&'static EntityMeta> {
+        self.inner
+            .entities
+            .lock()
+            .expect("entities")
+            .values()
+            .copied()
+            .collect()
+    }
+
     pub(crate) fn queue_handle(&self) -> Arc<WriteBehind> {
         self.inner.queue.clone()
     }
@@ -480,6 +541,22 @@ pub struct RawClients<'s> {
 }
 
 impl<'s> RawClients<'s> {
+    /// The documents of `database.collection` that `filter` matches, as stored (framework
+    /// fields such as `_deleted_at` included), on either backend: for tests and diagnostics
+    /// that look below the repository. (The driver handles below reach no server in memory.)
+    pub async fn documents(
+        self,
+        database: &str,
+        collection: &str,
+        filter: mongodb::bson::Document,
+    ) -> Result<Vec<mongodb::bson::Document>> {
+        self.conn
+            .collection(database, collection, Default::default())
+            .find_all(filter, Default::default())
+            .await
+            .map_err(|e| crate::Error::mongo(format!("find {database}.{collection}"), e))
+    }
+
     /// The MongoDB client (its pool is the one repositories use).
     pub fn mongo(self) -> &'s mongodb::Client {
         self.conn.mongo()

@@ -383,6 +383,12 @@ pub async fn capability_sets_with(config: StorageConfig) -> Vec<(String, Storage
             ));
         }
     }
+    sets.push((
+        "memory backend".to_owned(),
+        Storage::in_memory_with(config)
+            .await
+            .expect("the suite's configuration is valid"),
+    ));
     sets
 }
 

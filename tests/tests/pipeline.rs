@@ -10,7 +10,6 @@ use std::time::Duration;
 use caas_storage::bson::{doc, Document};
 use caas_storage::prelude::*;
 use caas_storage::repo::Upserted;
-use futures::TryStreamExt;
 
 const DB: &str = "caas_pipeline_it";
 
@@ -38,24 +37,19 @@ fn order(t: &TenantId, id: &str) -> Order {
 }
 
 /// (aggregate id, event type, revision) of every event recorded for `t` that its write
-/// committed (`ready`; no relay runs here), sorted.
+/// committed (no relay runs here), sorted: read with `test_events`, on either backend.
 async fn events(storage: &Storage, t: &TenantId) -> Vec<(String, String, i64)> {
-    let docs: Vec<Document> = storage
-        .outbox(DB)
-        .collection()
-        .find(doc! { "tenant": t.as_str(), "state": "ready" })
+    let mut out: Vec<(String, String, i64)> = storage
+        .test_events()
         .await
         .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    let mut out: Vec<(String, String, i64)> = docs
-        .iter()
-        .map(|d| {
+        .into_iter()
+        .filter(|r| r.envelope.tenant == t.as_str())
+        .map(|r| {
             (
-                d.get_str("aggregate_id").unwrap().to_owned(),
-                d.get_str("event_type").unwrap().to_owned(),
-                d.get_i64("revision").unwrap(),
+                r.envelope.aggregate_id,
+                r.envelope.event_type,
+                i64::try_from(r.envelope.revision).unwrap(),
             )
         })
         .collect();
@@ -233,11 +227,15 @@ fn entry(t: &TenantId, id: &str, amount: i64) -> Entry {
 async fn stored(storage: &Storage, t: &TenantId, id: &str) -> Option<Document> {
     storage
         .raw()
-        .database(DB)
-        .collection::<Document>("ledger")
-        .find_one(doc! { "tenant_id": t.as_str(), "entry_id": id })
+        .documents(
+            DB,
+            "ledger",
+            doc! { "tenant_id": t.as_str(), "entry_id": id },
+        )
         .await
         .unwrap()
+        .into_iter()
+        .next()
 }
 
 #[tokio::test]

@@ -568,12 +568,14 @@ async fn soft_delete_hides_keeps_and_purges() {
         // Still stored, marked.
         let raw = storage
             .raw()
-            .database("caas_messaging")
-            .collection::<caas_storage::bson::Document>("test_notes")
-            .find_one(caas_storage::bson::doc! { "tenant_id": t.as_str(), "note_id": "n1" })
+            .documents(
+                "caas_messaging",
+                "test_notes",
+                caas_storage::bson::doc! { "tenant_id": t.as_str(), "note_id": "n1" },
+            )
             .await
             .unwrap()
-            .unwrap();
+            .remove(0);
         assert!(raw.get_datetime("_deleted_at").is_ok());
         assert_eq!(raw.get_i64("_schema_version").unwrap(), 1);
         assert!(notes.purge(&t, &note.note_id).await.unwrap());

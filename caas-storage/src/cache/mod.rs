@@ -28,7 +28,7 @@ mod keys;
 mod listener;
 mod local;
 mod metrics;
-mod scripts;
+pub(crate) mod scripts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -223,7 +223,8 @@ impl CacheLayer {
         let l = spec.local.as_ref()?;
         let tier = self.local.tier::<E>(identity, l);
         let mut listener = self.listener.lock().expect("listener lock");
-        if listener.is_none() {
+        // In memory there is one process: no other instance's tier to hear from.
+        if listener.is_none() && self.conn.memory().is_none() {
             *listener = Some(listener::spawn(
                 self.conn.redis_pubsub().clone(),
                 self.settings.invalidation_channel.clone(),

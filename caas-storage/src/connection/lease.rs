@@ -9,7 +9,7 @@ use super::{Connections, RedisConnection};
 
 /// Takes `key` for `token`, or renews it if `token` holds it already. KEYS: the lease. ARGV:
 /// token, ttl in ms.
-static HOLD: LazyLock<redis::Script> = LazyLock::new(|| {
+pub(crate) static HOLD: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
@@ -23,7 +23,7 @@ return 0
 });
 
 /// Deletes `key` if `token` still holds it. KEYS: the lease. ARGV: token.
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+pub(crate) static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

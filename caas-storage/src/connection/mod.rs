@@ -61,6 +61,17 @@ struct Inner {
     faults: faults::Faults,
     /// The server's clock minus this process's, measured at connect.
     clock_offset_ms: i64,
+    /// Where entity documents live: the MongoDB client above, or this process.
+    documents: Documents,
+}
+
+/// Where the executor's documents live.
+#[derive(Clone)]
+pub(crate) enum Documents {
+    /// On the MongoDB-wire server of [`Connections::mongo`].
+    Mongo,
+    /// In this process ([`Storage::in_memory`](crate::Storage::in_memory)).
+    Memory(crate::backend::memory::MemoryStore),
 }
 
 impl std::fmt::Debug for Connections {
@@ -127,6 +138,58 @@ impl Connections {
                 topics,
                 faults: faults::Faults::default(),
                 clock_offset_ms,
+                documents: Documents::Mongo,
+            }),
+        })
+    }
+
+    /// Connections for [`Storage::in_memory`](crate::Storage::in_memory): documents and the
+    /// Redis tier in this process, no Kafka (events stay in the outbox, where tests read
+    /// them). The MongoDB client is never connected (it points at a closed port, and fails
+    /// fast): the features that need a server refuse to run in memory instead.
+    pub(crate) fn in_memory(
+        mut config: StorageConfig,
+        clock: crate::backend::memory::clock::MemoryClock,
+    ) -> Result<Self> {
+        config.check()?;
+        // No broker: the producer and the admin client are built but never reach one.
+        config.kafka.brokers = String::new();
+        config.kafka.properties.clear();
+        let options = mongodb::options::ClientOptions::builder()
+            .hosts(vec![mongodb::options::ServerAddress::Tcp {
+                host: "127.0.0.1".into(),
+                port: Some(9),
+            }])
+            .server_selection_timeout(std::time::Duration::from_millis(1))
+            .heartbeat_freq(std::time::Duration::from_secs(24 * 3600))
+            .build();
+        let mongo = mongodb::Client::with_options(options)
+            .map_err(|e| Error::mongo("in-memory client", e))?;
+        let redis_memory = crate::backend::memory::redis::MemoryRedis::new(clock);
+        let redis = config
+            .redis
+            .databases
+            .purposes()
+            .into_keys()
+            .map(|db| (db, RedisConnection::memory(redis_memory.clone())))
+            .collect();
+        let pubsub = ::redis::Client::open("redis://127.0.0.1:9")
+            .map_err(|e| Error::config("redis.url", e.to_string()))?;
+        let (kafka, kafka_state) = kafka::producer(&config)?;
+        let topics = topics::TopicAdmin::new(&config)?;
+        Ok(Connections {
+            inner: Arc::new(Inner {
+                config,
+                mongo,
+                capabilities: Capabilities::in_memory(),
+                redis,
+                pubsub,
+                kafka,
+                kafka_state,
+                topics,
+                faults: faults::Faults::default(),
+                clock_offset_ms: 0,
+                documents: Documents::Memory(crate::backend::memory::MemoryStore::default()),
             }),
         })
     }
@@ -149,6 +212,50 @@ impl Connections {
     /// A MongoDB database by name, from the shared pool.
     pub(crate) fn database(&self, name: &str) -> mongodb::Database {
         self.inner.mongo.database(name)
+    }
+
+    /// Collection `database.name` on the document backend, with `options` (read and write
+    /// concerns, read preference: MongoDB only).
+    pub(crate) fn collection(
+        &self,
+        database: &str,
+        name: &str,
+        options: mongodb::options::CollectionOptions,
+    ) -> crate::backend::Coll {
+        use crate::backend::{memory, mongo, Coll};
+        match &self.inner.documents {
+            Documents::Mongo => Coll::new(Arc::new(mongo::MongoCollection::new(
+                self.inner
+                    .mongo
+                    .database(database)
+                    .collection_with_options(name, options),
+            ))),
+            Documents::Memory(store) => Coll::new(Arc::new(memory::MemoryStore::collection(
+                store, database, name,
+            ))),
+        }
+    }
+
+    /// A session for one transaction at a time on the document backend.
+    pub(crate) async fn start_session(&self) -> Result<crate::backend::Session> {
+        match &self.inner.documents {
+            Documents::Mongo => self
+                .inner
+                .mongo
+                .start_session()
+                .await
+                .map(|s| crate::backend::Session::Mongo(Box::new(s)))
+                .map_err(|e| Error::mongo("start session", e)),
+            Documents::Memory(store) => Ok(crate::backend::Session::Memory(store.session())),
+        }
+    }
+
+    /// The in-process document store, when documents live in this process.
+    pub(crate) fn memory(&self) -> Option<&crate::backend::memory::MemoryStore> {
+        match &self.inner.documents {
+            Documents::Mongo => None,
+            Documents::Memory(store) => Some(store),
+        }
     }
 
     /// The connection to Redis logical database `db`, which the configuration must allocate.

@@ -32,6 +32,8 @@ pub struct RedisConnection(Inner);
 enum Inner {
     Single(ConnectionManager),
     Cluster(Arc<Cluster>),
+    /// In this process ([`Storage::in_memory`](crate::Storage::in_memory)).
+    Memory(crate::backend::memory::redis::MemoryRedis),
 }
 
 struct Cluster {
@@ -44,6 +46,7 @@ impl std::fmt::Debug for RedisConnection {
         match &self.0 {
             Inner::Single(_) => f.write_str("RedisConnection(single)"),
             Inner::Cluster(_) => f.write_str("RedisConnection(cluster)"),
+            Inner::Memory(_) => f.write_str("RedisConnection(memory)"),
         }
     }
 }
@@ -60,6 +63,11 @@ impl RedisConnection {
             client,
             conn: OnceCell::new(),
         })))
+    }
+
+    /// A connection to the in-process Redis of the memory backend.
+    pub(crate) fn memory(redis: crate::backend::memory::redis::MemoryRedis) -> Self {
+        RedisConnection(Inner::Memory(redis))
     }
 
     /// Whether this is a cluster connection.
@@ -118,8 +126,8 @@ impl RedisConnection {
             c
         }
         match &self.0 {
-            Inner::Single(m) => {
-                let mut m = m.clone();
+            Inner::Single(_) | Inner::Memory(_) => {
+                let mut m = self.clone();
                 let mut cursor = 0_u64;
                 loop {
                     let (next, keys): (u64, Vec<String>) = scan_cmd(cursor, pattern, key_type)
@@ -173,8 +181,8 @@ impl RedisConnection {
         single: &str,
     ) -> RedisResult<Vec<(String, String)>> {
         match &self.0 {
-            Inner::Single(m) => {
-                let mut m = m.clone();
+            Inner::Single(_) | Inner::Memory(_) => {
+                let mut m = self.clone();
                 let info: String = redis::cmd("INFO").arg(section).query_async(&mut m).await?;
                 Ok(vec![(single.to_owned(), info)])
             }
@@ -221,6 +229,10 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             Inner::Single(m) => m.req_packed_command(cmd),
+            Inner::Memory(r) => {
+                let r = r.run(cmd);
+                Box::pin(async move { r })
+            }
             Inner::Cluster(cluster) => Box::pin(async move {
                 let mut c = Self::cluster_conn(cluster).await?;
                 c.req_packed_command(cmd).await
@@ -236,6 +248,18 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
             Inner::Single(m) => m.req_packed_commands(pipeline, offset, count),
+            Inner::Memory(r) => {
+                // All under one lock: nothing runs between them, as in a `MULTI` block.
+                let mut values = r.run_all(pipeline.cmd_iter());
+                if pipeline.is_transaction() {
+                    let results: RedisResult<Vec<Value>> = values.drain(..).collect();
+                    let r = results.map(|v| vec![Value::Array(v)]);
+                    return Box::pin(async move { r });
+                }
+                let r: RedisResult<Vec<Value>> =
+                    values.into_iter().skip(offset).take(count).collect();
+                Box::pin(async move { r })
+            }
             Inner::Cluster(cluster) => Box::pin(async move {
                 let mut c = Self::cluster_conn(cluster).await?;
                 c.req_packed_commands(pipeline, offset, count).await
@@ -246,7 +270,7 @@ impl ConnectionLike for RedisConnection {
     fn get_db(&self) -> i64 {
         match &self.0 {
             Inner::Single(m) => m.get_db(),
-            Inner::Cluster(_) => 0,
+            Inner::Cluster(_) | Inner::Memory(_) => 0,
         }
     }
 }

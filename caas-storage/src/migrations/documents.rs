@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
 use crate::consistency::Consistency;
@@ -42,29 +42,41 @@ pub(crate) fn step_name(meta: &EntityMeta, from: u32) -> String {
 
 /// Stored documents of `meta` per schema version (unstamped ones as 1).
 pub(crate) async fn count_by_version(pipeline: &Pipeline) -> Result<BTreeMap<u32, u64>> {
-    let group =
-        vec![doc! { "$group": { "_id": format!("${SCHEMA_VERSION_FIELD}"), "n": { "$sum": 1 } } }];
-    let docs: Vec<Document> = pipeline
-        .bounded("count documents per schema version", async {
-            pipeline.docs().aggregate(group).await?.try_collect().await
-        })
+    // The distinct stamps, then one count each (a handful of versions at most): every backend
+    // answers these, where a `$group` needs the aggregation framework.
+    let op = "count documents per schema version";
+    let docs = pipeline.docs();
+    let fail = |e| Error::mongo(pipeline.op(op), e);
+    let stamps = pipeline
+        .bounded(op, docs.distinct(SCHEMA_VERSION_FIELD, Document::new()))
         .await?
-        .map_err(|e| Error::mongo(pipeline.op("count documents per schema version"), e))?;
+        .map_err(fail)?;
     let mut counts = BTreeMap::new();
-    for d in docs {
-        let version = match d.get("_id") {
-            None | Some(Bson::Null) => UNSTAMPED,
-            Some(Bson::Int32(v)) => u32::try_from(*v).unwrap_or(0),
-            Some(Bson::Int64(v)) => u32::try_from(*v).unwrap_or(0),
-            Some(Bson::Double(v)) => *v as u32,
-            Some(_) => 0,
-        };
-        let n = match d.get("n") {
-            Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
-            Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
-            Some(Bson::Double(n)) => *n as u64,
+    let unstamped = pipeline
+        .bounded(
+            op,
+            docs.count(doc! { SCHEMA_VERSION_FIELD: Bson::Null }, None, None),
+        )
+        .await?
+        .map_err(fail)?;
+    if unstamped > 0 {
+        counts.insert(UNSTAMPED, unstamped);
+    }
+    for stamp in stamps {
+        let version = match &stamp {
+            Bson::Null => continue,
+            Bson::Int32(v) => u32::try_from(*v).unwrap_or(0),
+            Bson::Int64(v) => u32::try_from(*v).unwrap_or(0),
+            Bson::Double(v) => *v as u32,
             _ => 0,
         };
+        let n = pipeline
+            .bounded(
+                op,
+                docs.count(doc! { SCHEMA_VERSION_FIELD: stamp }, None, None),
+            )
+            .await?
+            .map_err(fail)?;
         *counts.entry(version).or_insert(0) += n;
     }
     Ok(counts)
@@ -170,15 +182,15 @@ pub(crate) async fn migrate_entity(
     loop {
         lock.ensure().await?;
         let found: Vec<Document> = pipeline
-            .bounded("read documents to migrate", async {
-                pipeline
-                    .docs()
-                    .find(filter.clone())
-                    .limit(i64::try_from(batch).unwrap_or(i64::MAX))
-                    .await?
-                    .try_collect()
-                    .await
-            })
+            .bounded(
+                "read documents to migrate",
+                pipeline.docs().find_all(
+                    filter.clone(),
+                    mongodb::options::FindOptions::builder()
+                        .limit(i64::try_from(batch).unwrap_or(i64::MAX))
+                        .build(),
+                ),
+            )
             .await?
             .map_err(|e| Error::mongo(pipeline.op("read documents to migrate"), e))?;
         if found.is_empty() {

@@ -3,13 +3,47 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, Bson, DateTime};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 
 use super::record::{millis, record_from_doc, EventState, OutboxLag, OutboxRecord};
 use super::store::{cutoff, OutboxStore};
 use crate::error::{Error, Result};
 
 impl OutboxStore {
+    /// Every event recorded for a write that happened (`ready`, `published` or `parked`, the
+    /// published archive included), oldest first: what a test asserts a call published
+    /// ([`Storage::test_events`](crate::Storage::test_events)). Events of writes that did not
+    /// happen (`abandoned`) or are not yet known to have (`prepared`) are left out.
+    pub async fn recorded_events(&self) -> Result<Vec<OutboxRecord>> {
+        let states =
+            [EventState::Ready, EventState::Published, EventState::Parked].map(EventState::as_str);
+        let sort = doc! { "created_at": 1, "_id": 1 };
+        let mut docs = self
+            .find_docs(
+                "read recorded events",
+                doc! { "state": { "$in": states.to_vec() } },
+                Some(sort.clone()),
+                None,
+                None,
+            )
+            .await?;
+        let options = mongodb::options::FindOptions::builder().sort(sort).build();
+        docs.extend(
+            self.retrying("read published events", || {
+                self.archive.find_all(Document::new(), options.clone())
+            })
+            .await?,
+        );
+        let mut records = docs
+            .iter()
+            .map(record_from_doc)
+            .collect::<Result<Vec<_>>>()?;
+        records.sort_by(|a, b| {
+            (a.created_at, &a.envelope.event_id).cmp(&(b.created_at, &b.envelope.event_id))
+        });
+        Ok(records)
+    }
+
     /// One record by event id, pending or published.
     pub async fn get(&self, event_id: &str) -> Result<Option<OutboxRecord>> {
         let found = self

@@ -9,8 +9,8 @@
 //! it ([`OutboxStore::settle`] picks by [`Verdict`]); what a crash leaves `prepared` is decided
 //! by reconciliation.
 
+use crate::backend::Session;
 use mongodb::bson::{doc, Bson, DateTime};
-use mongodb::ClientSession;
 
 use super::record::{EventState, PendingEvent};
 use super::store::OutboxStore;
@@ -60,10 +60,10 @@ impl OutboxStore {
     /// the entity write.
     pub async fn insert_ready_in(
         &self,
-        session: &mut ClientSession,
+        session: &mut mongodb::ClientSession,
         records: &[PendingEvent],
     ) -> Result<()> {
-        self.insert(records, EventState::Ready, Some(session)).await
+        self.insert_in_driver_session(records, session).await
     }
 
     /// Inserts records directly as `ready`, outside any transaction: for events that belong
@@ -80,7 +80,7 @@ impl OutboxStore {
     pub(crate) async fn record(
         &self,
         records: &[PendingEvent],
-        session: Option<&mut ClientSession>,
+        session: Option<&mut Session>,
     ) -> Result<()> {
         match session {
             Some(session) => self.insert(records, EventState::Ready, Some(session)).await,
@@ -128,8 +128,8 @@ impl OutboxStore {
             (&e.tenant, &e.aggregate_type, &e.aggregate_id);
         let revision = i64::try_from(e.revision).unwrap_or(i64::MAX);
         let r = self
-            .coll
-            .update_many(
+            .records
+            .update(
                 doc! {
                     "tenant": tenant,
                     "aggregate_type": aggregate_type,
@@ -143,11 +143,14 @@ impl OutboxStore {
                     "state": EventState::Abandoned.as_str(),
                     "updated_at": DateTime::now(),
                 } },
+                true,
+                false,
+                None,
             )
             .await;
         match r {
-            Ok(r) if r.modified_count > 0 => tracing::info!(
-                aggregate = %aggregate_id, revision, abandoned = r.modified_count,
+            Ok(r) if r.modified > 0 => tracing::info!(
+                aggregate = %aggregate_id, revision, abandoned = r.modified,
                 "abandoned outbox events of a writer that stopped before its write"
             ),
             Ok(_) => {}

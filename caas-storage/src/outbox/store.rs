@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use mongodb::bson::{self, doc, Bson, DateTime, Document};
-use mongodb::{ClientSession, Collection, Database};
+use mongodb::{Collection, Database};
+
+use crate::backend::{Coll, Session};
 
 use super::record::{
     aggregate_key, fnv1a, write_key, EventState, PendingEvent, DEFAULT_RECONCILE_AFTER,
@@ -43,6 +44,11 @@ pub struct OutboxStore {
     pub(super) database: String,
     pub(super) db: Database,
     pub(super) coll: Collection<Document>,
+    /// The same collection on the document backend: what writers record and settle with
+    /// (in memory too).
+    pub(super) records: Coll,
+    /// The published archive on the document backend.
+    pub(super) archive: Coll,
     pub(super) published: Collection<Document>,
     shard_count: u32,
     pub(super) reconcile_after: Duration,
@@ -58,6 +64,8 @@ impl OutboxStore {
         OutboxStore {
             database: database.to_owned(),
             coll: db.collection(OUTBOX_COLLECTION),
+            records: conn.collection(database, OUTBOX_COLLECTION, Default::default()),
+            archive: conn.collection(database, PUBLISHED_COLLECTION, Default::default()),
             published: db.collection(PUBLISHED_COLLECTION),
             db,
             shard_count: DEFAULT_SHARD_COUNT,
@@ -143,34 +151,23 @@ impl OutboxStore {
         &self,
         records: &[PendingEvent],
         state: EventState,
-        session: Option<&mut ClientSession>,
+        session: Option<&mut Session>,
     ) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let now = DateTime::now();
-        // Events of one write share an op id: the id of the first of them in this call.
-        let mut ops: HashMap<String, String> = HashMap::new();
-        let mut docs = Vec::with_capacity(records.len());
-        for r in records {
-            let key = write_key(&r.write);
-            let op = ops
-                .entry(key)
-                .or_insert_with(|| r.envelope.event_id.clone())
-                .clone();
-            docs.push(self.record_doc(r, state, &op, now)?);
-        }
+        let docs = self.record_docs(records, state)?;
         let result = match session {
             Some(s) => {
                 self.bounded(
                     "insert outbox records",
-                    self.coll.insert_many(docs).session(s),
+                    self.records.insert_many(&docs, true, Some(s)),
                 )
                 .await
             }
             None => {
                 self.retrying("insert outbox records", || {
-                    self.coll.insert_many(docs.iter()).ordered(false)
+                    self.records.insert_many(&docs, false, None)
                 })
                 .await
             }
@@ -181,6 +178,41 @@ impl OutboxStore {
             Err(Error::Mongo { source, .. }) if only_duplicates(&source) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Inserts `records` as `ready` inside the caller's own driver session (MongoDB only).
+    pub(super) async fn insert_in_driver_session(
+        &self,
+        records: &[PendingEvent],
+        session: &mut mongodb::ClientSession,
+    ) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let docs = self.record_docs(records, EventState::Ready)?;
+        self.bounded(
+            "insert outbox records",
+            self.coll.insert_many(docs).session(session),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The documents of `records` in `state`. Events of one write share an op id: the id of
+    /// the first of them in this call.
+    fn record_docs(&self, records: &[PendingEvent], state: EventState) -> Result<Vec<Document>> {
+        let now = DateTime::now();
+        let mut ops: HashMap<String, String> = HashMap::new();
+        let mut docs = Vec::with_capacity(records.len());
+        for r in records {
+            let key = write_key(&r.write);
+            let op = ops
+                .entry(key)
+                .or_insert_with(|| r.envelope.event_id.clone())
+                .clone();
+            docs.push(self.record_doc(r, state, &op, now)?);
+        }
+        Ok(docs)
     }
 
     fn record_doc(
@@ -262,13 +294,16 @@ impl OutboxStore {
             // One command; the state equality narrows what the server scans.
             _ => self
                 .retrying("update outbox state", || {
-                    self.coll.update_many(
+                    self.records.update(
                         doc! { "state": from.as_str(), "_id": { "$in": ids } },
                         set.clone(),
+                        true,
+                        false,
+                        None,
                     )
                 })
                 .await
-                .map(|r| r.matched_count),
+                .map(|r| r.matched),
         }
     }
 
@@ -280,10 +315,11 @@ impl OutboxStore {
         update: Document,
     ) -> Result<u64> {
         self.retrying(operation, || {
-            self.coll.update_one(filter.clone(), update.clone())
+            self.records
+                .update(filter.clone(), update.clone(), false, false, None)
         })
         .await
-        .map(|r| r.matched_count)
+        .map(|r| r.matched)
     }
 
     /// The outbox records matching `filter`, optionally sorted, limited and projected.
@@ -297,22 +333,13 @@ impl OutboxStore {
     ) -> Result<Vec<Document>> {
         // A read is safe to repeat: retried after a connection-level failure (a pool the
         // driver cleared, say).
+        let options = mongodb::options::FindOptions::builder()
+            .sort(sort)
+            .limit(limit)
+            .projection(projection)
+            .build();
         self.retrying(operation, || {
-            let coll = &self.coll;
-            let (filter, sort, projection) = (filter.clone(), sort.clone(), projection.clone());
-            async move {
-                let mut find = coll.find(filter);
-                if let Some(s) = sort {
-                    find = find.sort(s);
-                }
-                if let Some(l) = limit {
-                    find = find.limit(l);
-                }
-                if let Some(p) = projection {
-                    find = find.projection(p);
-                }
-                find.await?.try_collect::<Vec<Document>>().await
-            }
+            self.records.find_all(filter.clone(), options.clone())
         })
         .await
     }

@@ -24,26 +24,20 @@ pub struct UnscopedAdmin<'r, E: Entity> {
 impl<E: Entity> UnscopedAdmin<'_, E> {
     /// Entities of every tenant matching `filter` (secret fields left out).
     pub async fn find(&self, filter: Filter<E>) -> Result<Vec<E>> {
-        use futures::TryStreamExt;
         let mut f = filter.into_document()?;
         if E::META.soft_delete {
             f.insert(DELETED_AT_FIELD, Bson::Null);
         }
         let r = self.repo;
-        let mut find = r.raw().find(f);
-        if let Some(p) = document::projection(E::META, false) {
-            find = find.projection(p);
-        }
-        let cursor = r
-            .bounded("unscoped find", find)
+        let options = mongodb::options::FindOptions::builder()
+            .projection(document::projection(E::META, false))
+            .build();
+        let docs = r
+            .bounded("unscoped find", r.docs().find_all(f, options))
             .await?
             .map_err(|e| Error::mongo(r.op("unscoped find"), e))?;
-        let raws: Vec<mongodb::bson::RawDocumentBuf> = r
-            .bounded("unscoped find", cursor.try_collect())
-            .await?
-            .map_err(|e| Error::mongo(r.op("unscoped find"), e))?;
-        raws.iter()
-            .map(|raw| crate::schema::decode_raw::<E>(raw, false).map(|read| read.entity))
+        docs.into_iter()
+            .map(|d| crate::schema::decode_doc::<E>(d, false).map(|read| read.entity))
             .collect()
     }
 
@@ -55,7 +49,7 @@ impl<E: Entity> UnscopedAdmin<'_, E> {
         } else {
             Document::new()
         };
-        r.bounded("unscoped count", r.docs().count_documents(f))
+        r.bounded("unscoped count", r.docs().count(f, None, None))
             .await?
             .map_err(|e| Error::mongo(r.op("unscoped count"), e))
     }

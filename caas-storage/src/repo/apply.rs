@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use mongodb::bson::Document;
-use mongodb::options::ReturnDocument;
-use mongodb::{ClientSession, Collection};
 
+use crate::backend::{Coll, Session};
 use crate::config::RetryConfig;
 use crate::connection::retry::Retry;
 use crate::document::OP_FIELD;
@@ -102,12 +101,12 @@ impl RawWrite {
 /// Runs `write` on `docs`, bounded by `bound`, in `session`'s transaction when given.
 pub(crate) async fn exec(
     meta: &'static EntityMeta,
-    docs: &Collection<Document>,
+    docs: &Coll,
     operation: &'static str,
     bound: Duration,
     retry: &RetryConfig,
     write: &RawWrite,
-    session: Option<&mut ClientSession>,
+    session: Option<&mut Session>,
 ) -> Result<RawOutcome> {
     let what = || format!("{operation} {}.{}", meta.database, meta.collection);
     let classify = |e| classify_write(meta.name, what(), e);
@@ -119,43 +118,51 @@ pub(crate) async fn exec(
     // Outside a transaction a write is sent again when the driver proves it never left
     // (`connection/retry.rs`); inside one, the transaction is the unit that is retried.
     macro_rules! run {
-        ($action:expr) => {
+        (|$s:ident| $action:expr) => {
             match session {
                 None => {
                     retry
-                        .run(Retry::Unsent, operation, bound, || $action)
+                        .run(Retry::Unsent, operation, bound, || {
+                            let $s: Option<&mut Session> = None;
+                            $action
+                        })
                         .await?
                 }
-                Some(s) => tokio::time::timeout(bound, $action.session(s))
-                    .await
-                    .map_err(timeout)?,
+                Some(s) => {
+                    let $s = Some(s);
+                    tokio::time::timeout(bound, $action)
+                        .await
+                        .map_err(timeout)?
+                }
             }
         };
     }
     match write {
-        RawWrite::Insert(batch) if batch.len() == 1 => match run!(docs.insert_one(&batch[0])) {
-            Ok(_) => Ok(RawOutcome::Inserted(vec![Ok(())])),
-            Err(e) => match classify(e) {
-                e @ Error::DuplicateKey { .. } => Ok(RawOutcome::Inserted(vec![Err(e)])),
-                e => Err(e),
-            },
-        },
+        RawWrite::Insert(batch) if batch.len() == 1 => {
+            match run!(|s| docs.insert_one(&batch[0], s)) {
+                Ok(()) => Ok(RawOutcome::Inserted(vec![Ok(())])),
+                Err(e) => match classify(e) {
+                    e @ Error::DuplicateKey { .. } => Ok(RawOutcome::Inserted(vec![Err(e)])),
+                    e => Err(e),
+                },
+            }
+        }
         RawWrite::Insert(batch) => {
             let n = batch.len();
-            match run!(docs.insert_many(batch).ordered(false)) {
-                Ok(_) => Ok(RawOutcome::Inserted((0..n).map(|_| Ok(())).collect())),
+            match run!(|s| docs.insert_many(batch, false, s)) {
+                Ok(()) => Ok(RawOutcome::Inserted((0..n).map(|_| Ok(())).collect())),
                 Err(e) => insert_many_report(meta, n, e),
             }
         }
-        RawWrite::Update { filter, update } => run!(docs
-            .find_one_and_update(filter.clone(), update.clone())
-            .return_document(ReturnDocument::After))
-        .map(RawOutcome::Updated)
-        .map_err(classify),
+        RawWrite::Update { filter, update } => {
+            run!(|s| docs.find_one_and_update(filter.clone(), update.clone(), true, s))
+                .map(RawOutcome::Updated)
+                .map_err(classify)
+        }
         RawWrite::UpdateMany { filter, update } => {
-            run!(docs.update_many(filter.clone(), update.clone()))
+            run!(|s| docs.update(filter.clone(), update.clone(), true, false, s))
                 .map(|r| RawOutcome::Matched {
-                    count: r.modified_count,
+                    count: r.modified,
                     upserted: false,
                 })
                 .map_err(classify)
@@ -164,21 +171,21 @@ pub(crate) async fn exec(
             filter,
             doc,
             upsert,
-        } => run!(docs.replace_one(filter.clone(), doc).upsert(*upsert))
+        } => run!(|s| docs.replace(filter.clone(), doc, *upsert, s))
             .map(|r| RawOutcome::Matched {
-                count: r.matched_count,
+                count: r.matched,
                 upserted: r.upserted_id.is_some(),
             })
             .map_err(classify),
-        RawWrite::Delete { filter } => run!(docs.delete_one(filter.clone()))
+        RawWrite::Delete { filter } => run!(|s| docs.delete(filter.clone(), false, s))
             .map(|r| RawOutcome::Matched {
-                count: r.deleted_count,
+                count: r,
                 upserted: false,
             })
             .map_err(classify),
-        RawWrite::DeleteMany { filter } => run!(docs.delete_many(filter.clone()))
+        RawWrite::DeleteMany { filter } => run!(|s| docs.delete(filter.clone(), true, s))
             .map(|r| RawOutcome::Matched {
-                count: r.deleted_count,
+                count: r,
                 upserted: false,
             })
             .map_err(classify),

@@ -10,8 +10,8 @@
 //! the apply step; they differ in what decides the events: the commit of the transaction
 //! ([`transaction`](super::transaction)), or the settle step here.
 
+use crate::backend::Session;
 use mongodb::bson::{Bson, Document};
-use mongodb::ClientSession;
 
 use crate::connection::FaultPoint;
 use crate::document;
@@ -151,7 +151,7 @@ impl Pipeline {
         &self,
         operation: &'static str,
         write: &RawWrite,
-        session: Option<&mut ClientSession>,
+        session: Option<&mut Session>,
     ) -> Result<RawOutcome> {
         let command = match write {
             RawWrite::Insert(_) => "insert",

@@ -28,8 +28,7 @@ mod writes;
 
 use std::marker::PhantomData;
 
-use mongodb::bson::{Bson, Document, RawDocumentBuf};
-use mongodb::Collection;
+use mongodb::bson::{Bson, Document};
 
 use crate::consistency::Consistency;
 use crate::document;
@@ -55,8 +54,6 @@ use pipeline::Pipeline;
 pub struct Repository<E: Entity> {
     storage: Storage,
     pipeline: Pipeline,
-    /// The collection read as raw documents: reads check the schema version before decoding.
-    raw: Collection<RawDocumentBuf>,
     _entity: PhantomData<fn() -> E>,
 }
 
@@ -65,7 +62,6 @@ impl<E: Entity> Clone for Repository<E> {
         Repository {
             storage: self.storage.clone(),
             pipeline: self.pipeline.clone(),
-            raw: self.raw.clone(),
             _entity: PhantomData,
         }
     }
@@ -117,11 +113,9 @@ impl<E: Entity> Repository<E> {
     }
 
     fn from_pipeline(storage: Storage, pipeline: Pipeline) -> Self {
-        let raw = pipeline.docs().clone_with_type();
         Repository {
             storage,
             pipeline,
-            raw,
             _entity: PhantomData,
         }
     }
@@ -153,12 +147,8 @@ impl<E: Entity> Repository<E> {
 
     // ---- shared pieces -------------------------------------------------------------------
 
-    pub(crate) fn docs(&self) -> &Collection<Document> {
+    pub(crate) fn docs(&self) -> &crate::backend::Coll {
         self.pipeline.docs()
-    }
-
-    pub(crate) fn raw(&self) -> &Collection<RawDocumentBuf> {
-        &self.raw
     }
 
     /// `{tenant: t, [_deleted_at: null]}`: the scope every call starts from.

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::CollectionOptions;
-use mongodb::Collection;
 
+use crate::backend::Coll;
 use crate::cache::CacheLayer;
 use crate::connection::Connections;
 use crate::consistency::Consistency;
@@ -179,7 +179,7 @@ pub(crate) struct Pipeline {
     meta: &'static EntityMeta,
     consistency: Consistency,
     conn: Connections,
-    docs: Collection<Document>,
+    docs: Coll,
     cache: Arc<CacheLayer>,
     /// The write-behind queue; `None` in the pipeline the flusher applies queued writes with.
     queue: Option<Arc<WriteBehind>>,
@@ -209,9 +209,10 @@ impl Pipeline {
             .read_concern(consistency.read_concern())
             .selection_criteria(consistency.read_preference())
             .build();
-        let docs = conn
-            .database(meta.database)
-            .collection_with_options(meta.collection, options);
+        let docs = conn.collection(meta.database, meta.collection, options);
+        if let Some(memory) = conn.memory() {
+            memory.declare_indexes(meta);
+        }
         Pipeline {
             meta,
             consistency,
@@ -260,7 +261,7 @@ impl Pipeline {
         &self.cache
     }
 
-    pub(crate) fn docs(&self) -> &Collection<Document> {
+    pub(crate) fn docs(&self) -> &Coll {
         &self.docs
     }
 
@@ -1054,8 +1055,7 @@ impl Pipeline {
             .bounded(
                 "read secret fields",
                 self.docs
-                    .find_one(self.id_filter(tenant, id, true))
-                    .projection(projection),
+                    .find_one(self.id_filter(tenant, id, true), Some(projection)),
             )
             .await?
             .map_err(|e| Error::mongo(self.op("read secret fields"), e))?;
@@ -1120,19 +1120,12 @@ impl Pipeline {
     }
 
     async fn ids_matching(&self, filter: Document) -> Result<Vec<Bson>> {
-        use futures::TryStreamExt;
         let id_field = self.meta.id_field;
-        let cursor = self
-            .bounded(
-                "delete many (ids)",
-                self.docs
-                    .find(filter)
-                    .projection(doc! { "_id": 0, id_field: 1 }),
-            )
-            .await?
-            .map_err(|e| Error::mongo(self.op("delete many"), e))?;
+        let options = mongodb::options::FindOptions::builder()
+            .projection(doc! { "_id": 0, id_field: 1 })
+            .build();
         let docs: Vec<Document> = self
-            .bounded("delete many (ids)", cursor.try_collect())
+            .bounded("delete many (ids)", self.docs.find_all(filter, options))
             .await?
             .map_err(|e| Error::mongo(self.op("delete many"), e))?;
         Ok(docs

@@ -189,7 +189,7 @@ impl<'r, E: Entity> Query<'r, E> {
         let filter = self.filter_document()?;
         let repo = self.repo;
         let with_secrets = self.with_secrets;
-        let find = repo.raw().find(filter).with_options(self.find_options());
+        let find = repo.docs().stream_raw(filter, self.find_options());
         let op = repo.op("find");
         let cursor = repo
             .bounded("find", find)
@@ -252,22 +252,13 @@ impl<'r, E: Entity> Query<'r, E> {
         }
         let repo = self.repo;
         let options = self.find_options();
-        async {
-            let cursor = repo
-                .pipeline()
-                .read_retried("find", || {
-                    repo.docs()
-                        .find(filter.clone())
-                        .with_options(options.clone())
-                })
-                .await?
-                .map_err(|e| Error::mongo(repo.op("find"), e))?;
-            repo.bounded("find", cursor.try_collect::<Vec<Document>>())
-                .await?
-                .map_err(|e| Error::mongo(repo.op("find"), e))
-        }
-        .instrument(spans::mongodb("find"))
-        .await
+        repo.pipeline()
+            .read_retried("find", || {
+                repo.docs().find_all(filter.clone(), options.clone())
+            })
+            .instrument(spans::mongodb("find"))
+            .await?
+            .map_err(|e| Error::mongo(repo.op("find"), e))
     }
 
     /// How many entities match.
@@ -282,14 +273,8 @@ impl<'r, E: Entity> Query<'r, E> {
         let (skip, limit) = (self.skip, self.limit);
         repo.pipeline()
             .read_retried("count", || {
-                let mut count = repo.docs().count_documents(filter.clone());
-                if let Some(n) = skip {
-                    count = count.skip(n);
-                }
-                if let Some(n) = limit {
-                    count = count.limit(n.unsigned_abs());
-                }
-                count
+                repo.docs()
+                    .count(filter.clone(), skip, limit.map(i64::unsigned_abs))
             })
             .instrument(spans::mongodb("count"))
             .await?

@@ -190,8 +190,7 @@ impl QueueApplier {
             .read_retried("read back a queued insert", || {
                 self.pipeline
                     .docs()
-                    .find_one(filter.clone())
-                    .projection(doc! { QUEUE_POSITION_FIELD: 1 })
+                    .find_one(filter.clone(), Some(doc! { QUEUE_POSITION_FIELD: 1 }))
             })
             .await?
             .map_err(|e| Error::mongo(self.pipeline.op("read back a queued insert"), e))?;

@@ -51,11 +51,7 @@ impl<E: Entity> Repository<E> {
         let found = self
             .pipeline()
             .read_retried(operation, || {
-                let find = self.docs().find_one(filter.clone());
-                match &projection {
-                    Some(p) => find.projection(p.clone()),
-                    None => find,
-                }
+                self.docs().find_one(filter.clone(), projection.clone())
             })
             .instrument(spans::mongodb("find"))
             .await?

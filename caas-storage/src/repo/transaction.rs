@@ -9,8 +9,8 @@
 //! the transaction is run again without them: a batch reports per document on both branches.
 
 use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
-use mongodb::ClientSession;
 
+use crate::backend::Session;
 use crate::connection::FaultPoint;
 use crate::error::{Error, Result};
 use crate::outbox::PendingEvent;
@@ -29,12 +29,7 @@ pub(crate) async fn record_and_apply(
     mut write: RawWrite,
 ) -> Result<RawOutcome> {
     let outbox = p.outbox()?;
-    let mut session = p
-        .conn()
-        .mongo()
-        .start_session()
-        .await
-        .map_err(|e| Error::mongo("start session", e))?;
+    let mut session = p.conn().start_session().await?;
     // Where each remaining document of an insert batch was in the caller's batch.
     let mut positions: Vec<usize> = (0..groups.len()).collect();
     let mut refused: Vec<(usize, Error)> = Vec::new();
@@ -42,8 +37,7 @@ pub(crate) async fn record_and_apply(
     loop {
         attempt += 1;
         session
-            .start_transaction()
-            .write_concern(p.consistency().write_concern())
+            .start_transaction(Some(p.consistency().write_concern()))
             .await
             .map_err(|e| Error::mongo("start transaction", e))?;
         let all: Vec<PendingEvent> = groups.iter().flatten().cloned().collect();
@@ -100,13 +94,13 @@ pub(crate) async fn record_and_apply(
 }
 
 /// Aborts (best effort: an abort that fails leaves the server to time the transaction out).
-async fn abort(session: &mut ClientSession) {
+async fn abort(session: &mut Session) {
     let _ = session.abort_transaction().await;
     telemetry::transaction(false);
 }
 
 /// Commits, again while the outcome is unknown.
-async fn commit(session: &mut ClientSession) -> Result<()> {
+async fn commit(session: &mut Session) -> Result<()> {
     let mut tries = 0;
     loop {
         tries += 1;

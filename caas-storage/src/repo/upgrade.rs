@@ -123,7 +123,7 @@ impl Pipeline {
             let now = self
                 .bounded(
                     "read for a schema rewrite",
-                    self.docs().find_one(doc! { "_id": &key }),
+                    self.docs().find_one(doc! { "_id": &key }, None),
                 )
                 .await?
                 .map_err(|e| Error::mongo(self.op("read for a schema rewrite"), e))?;
@@ -193,7 +193,7 @@ impl Pipeline {
         let stored = self
             .bounded(
                 "read for a schema rewrite",
-                self.docs().find_one(doc! { "_id": key }),
+                self.docs().find_one(doc! { "_id": key }, None),
             )
             .await?
             .map_err(|e| Error::mongo(self.op("read for a schema rewrite"), e))?;
@@ -235,8 +235,7 @@ impl Pipeline {
             .bounded(
                 "read schema version",
                 self.docs()
-                    .find_one(filter)
-                    .projection(doc! { "_id": 1, SCHEMA_VERSION_FIELD: 1 }),
+                    .find_one(filter, Some(doc! { "_id": 1, SCHEMA_VERSION_FIELD: 1 })),
             )
             .await?
             .map_err(|e| Error::mongo(self.op("read schema version"), e))?;

@@ -15,7 +15,8 @@
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::Collection;
+
+use crate::backend::Coll;
 
 pub use crate::document::CLAIM_LEASE;
 use crate::document::{self, DELETED_AT_FIELD, INCARNATION_FIELD, QUEUE_POSITION_FIELD};
@@ -61,8 +62,7 @@ impl Pipeline {
         let found = self
             .read_retried("read version", || {
                 self.docs()
-                    .find_one(filter.clone())
-                    .projection(projection.clone())
+                    .find_one(filter.clone(), Some(projection.clone()))
             })
             .await?
             .map_err(|e| Error::mongo(self.op("read version"), e))?;
@@ -118,10 +118,11 @@ impl Pipeline {
             return Ok(None);
         }
         let meta = self.meta();
-        let coll = self
-            .conn()
-            .database(meta.database)
-            .collection::<Document>(&document::claims_collection(meta));
+        let coll = self.conn().collection(
+            meta.database,
+            &document::claims_collection(meta),
+            Default::default(),
+        );
         // Per incarnation: a claim kept by a writer of a deleted document does not hold up
         // the document created again under its id.
         let base = format!(
@@ -147,7 +148,7 @@ impl Pipeline {
                 "at": self.conn().server_now(),
             };
             match self
-                .bounded("claim version", coll.insert_one(claim))
+                .bounded("claim version", coll.insert_one(&claim, None))
                 .await?
             {
                 Ok(_) => {
@@ -160,7 +161,7 @@ impl Pipeline {
                 }
                 Err(e) if duplicate_key_message(&e).is_some() => {
                     let held = self
-                        .bounded("read claim", coll.find_one(doc! { "_id": &key }))
+                        .bounded("read claim", coll.find_one(doc! { "_id": &key }, None))
                         .await?
                         .map_err(|e| Error::mongo(self.op("read version claim"), e))?;
                     let Some(held) = held else {
@@ -191,7 +192,7 @@ impl Pipeline {
 /// The exclusive right to move one document from one version to the next.
 #[derive(Debug)]
 pub(crate) struct Claim {
-    coll: Collection<Document>,
+    coll: Coll,
     base: String,
     generation: u32,
     key: String,
@@ -206,7 +207,11 @@ impl Claim {
         // which would be a writer that took over from this one.
         let r = self
             .coll
-            .delete_many(doc! { "base": &self.base, "gen": { "$lte": i64::from(self.generation) } })
+            .delete(
+                doc! { "base": &self.base, "gen": { "$lte": i64::from(self.generation) } },
+                true,
+                None,
+            )
             .await;
         if let Err(e) = r {
             tracing::warn!(claim = %self.key, error = %e, "could not release a version claim; it expires by itself");

@@ -331,7 +331,7 @@ async fn dead_letter(
 /// Deletes applied entries if the caller still holds the stream's lease; -1 if it does not.
 ///
 /// KEYS: the stream, its lease. ARGV: the holder's token, then the entry ids.
-static ACK: LazyLock<redis::Script> = LazyLock::new(|| {
+pub(crate) static ACK: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end

@@ -21,7 +21,7 @@
 //! error, as is an entry that is not one this framework wrote.
 
 mod entry;
-mod flusher;
+pub(crate) mod flusher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -144,7 +144,7 @@ impl Drop for WriteBehind {
 /// minus the current length).
 ///
 /// KEYS: the stream. ARGV: the bound, then one encoded entry per write.
-static APPEND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+pub(crate) static APPEND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
 local len = redis.call('XLEN', KEYS[1])

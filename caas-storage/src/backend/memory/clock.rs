@@ -1,0 +1,26 @@
+//! The memory backend's clock: real time plus an offset a test moves forward
+//! ([`TestClock::advance`](crate::testing::TestClock::advance)), so expiry (cache TTLs, the
+//! generation fences' lifetimes) can be tested without waiting.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch, plus what tests advanced. Cheap to clone (shared).
+#[derive(Clone, Default, Debug)]
+pub(crate) struct MemoryClock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl MemoryClock {
+    /// Now, in milliseconds since the Unix epoch, as this clock says.
+    pub(crate) fn now_ms(&self) -> i64 {
+        mongodb::bson::DateTime::now().timestamp_millis() + self.offset_ms.load(Ordering::SeqCst)
+    }
+
+    /// Moves this clock forward by `by`.
+    pub(crate) fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
+        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}

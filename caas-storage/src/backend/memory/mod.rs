@@ -1,0 +1,652 @@
+//! The memory backend: documents kept in this process, for users' unit tests
+//! ([`Storage::in_memory`](crate::Storage::in_memory)).
+//!
+//! It answers what the executor sends with MongoDB's semantics (`eval/`: filters with BSON
+//! type ordering and array rules, update operators, sorts, projections), enforces `_id` and
+//! the declared unique indexes with the same duplicate-key error, and runs transactions with
+//! real atomicity: a transaction works on its own copy of the collections it touches and
+//! commits them as a whole, and writes are serialized (one transaction or one write at a time),
+//! so a commit never has to detect a conflict.
+//!
+//! Not modelled: durability, replication and read preferences, server limits (document size,
+//! index key size), collation, `$regex`, aggregation.
+
+pub(crate) mod clock;
+pub(crate) mod eval;
+pub(crate) mod redis;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::FindOptions;
+use tokio::sync::OwnedMutexGuard;
+
+use super::{CollectionBackend, DriverResult, Session, Updated};
+use crate::entity::EntityMeta;
+use eval::error::EvalError;
+
+/// MongoDB's duplicate key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Every database of one in-memory storage. Cheap to clone (one `Arc`).
+#[derive(Clone, Default)]
+pub(crate) struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    /// Held by each write, and by a transaction from start to commit or abort.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Namespace = (String, String);
+
+#[derive(Clone, Default)]
+struct State {
+    colls: HashMap<Namespace, CollState>,
+}
+
+/// One collection: documents in insertion order, their `_id`s, its unique indexes.
+#[derive(Clone, Default)]
+struct CollState {
+    docs: BTreeMap<u64, Document>,
+    ids: HashMap<String, u64>,
+    next: u64,
+    unique: Vec<UniqueIndex>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct UniqueIndex {
+    name: String,
+    keys: Vec<String>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The collection `database.collection` of this store.
+    pub(crate) fn collection(&self, database: &str, collection: &str) -> MemoryCollection {
+        MemoryCollection {
+            store: self.clone(),
+            ns: (database.to_owned(), collection.to_owned()),
+        }
+    }
+
+    /// Enforces `meta`'s unique indexes from now on (as `sync_indexes` does on a server).
+    pub(crate) fn declare_indexes(&self, meta: &EntityMeta) {
+        let mut state = self.state();
+        let coll = state
+            .colls
+            .entry((meta.database.to_owned(), meta.collection.to_owned()))
+            .or_default();
+        for spec in meta.indexes.iter().filter(|s| s.unique) {
+            let index = UniqueIndex {
+                name: spec.name.to_owned(),
+                keys: spec.keys.iter().map(|k| k.field.to_owned()).collect(),
+            };
+            if !coll.unique.contains(&index) {
+                coll.unique.push(index);
+            }
+        }
+    }
+
+    /// A new transaction handle (not started).
+    pub(crate) fn session(&self) -> Transaction {
+        Transaction {
+            store: self.clone(),
+            guard: None,
+            work: HashMap::new(),
+        }
+    }
+}
+
+/// A transaction on the memory backend: its own copy of each collection it writes, committed
+/// as a whole. Writes of everyone else wait until it commits or aborts.
+pub(crate) struct Transaction {
+    store: MemoryStore,
+    guard: Option<OwnedMutexGuard<()>>,
+    work: HashMap<Namespace, CollState>,
+}
+
+impl Transaction {
+    pub(crate) async fn start(&mut self) -> DriverResult<()> {
+        if self.guard.is_some() {
+            return Err(command_error(
+                256,
+                "TransactionInProgress",
+                "Transaction already in progress",
+            ));
+        }
+        self.guard = Some(self.store.inner.writer.clone().lock_owned().await);
+        self.work.clear();
+        Ok(())
+    }
+
+    pub(crate) fn commit(&mut self) -> DriverResult<()> {
+        if self.guard.is_none() {
+            return Err(command_error(
+                251,
+                "NoSuchTransaction",
+                "no transaction started",
+            ));
+        }
+        let mut state = self.store.state();
+        for (ns, coll) in self.work.drain() {
+            state.colls.insert(ns, coll);
+        }
+        drop(state);
+        self.guard = None;
+        Ok(())
+    }
+
+    pub(crate) fn abort(&mut self) {
+        self.work.clear();
+        self.guard = None;
+    }
+}
+
+/// One collection of a [`MemoryStore`].
+pub(crate) struct MemoryCollection {
+    store: MemoryStore,
+    ns: Namespace,
+}
+
+impl MemoryCollection {
+    /// Runs `f` on the live collection (serialized with transactions), or on the copy of the
+    /// transaction `session` when given.
+    async fn write<T>(
+        &self,
+        session: Option<&mut Session>,
+        f: impl FnOnce(&mut CollState, &Namespace) -> DriverResult<T>,
+    ) -> DriverResult<T> {
+        match session {
+            Some(Session::Memory(t)) => {
+                if t.guard.is_none() {
+                    return Err(command_error(
+                        251,
+                        "NoSuchTransaction",
+                        "no transaction started",
+                    ));
+                }
+                let coll = match t.work.entry(self.ns.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let live = self.store.state().colls.get(&self.ns).cloned();
+                        e.insert(live.unwrap_or_default())
+                    }
+                };
+                f(coll, &self.ns)
+            }
+            Some(Session::Mongo(_)) => Err(mongodb::error::Error::custom(
+                "a MongoDB session was passed to a memory-backend collection",
+            )),
+            None => {
+                let _writer = self.store.inner.writer.lock().await;
+                let mut state = self.store.state();
+                let coll = state.colls.entry(self.ns.clone()).or_default();
+                f(coll, &self.ns)
+            }
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&CollState) -> DriverResult<T>) -> DriverResult<T> {
+        let state = self.store.state();
+        match state.colls.get(&self.ns) {
+            Some(c) => f(c),
+            None => f(&CollState::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl CollectionBackend for MemoryCollection {
+    async fn find(&self, filter: Document, options: FindOptions) -> DriverResult<Vec<Document>> {
+        self.read(|c| c.find(&filter, &options))
+    }
+
+    async fn stream_raw(
+        &self,
+        filter: Document,
+        options: FindOptions,
+    ) -> DriverResult<BoxStream<'static, DriverResult<RawDocumentBuf>>> {
+        let docs = self.read(|c| c.find(&filter, &options))?;
+        let raws: Vec<DriverResult<RawDocumentBuf>> = docs
+            .iter()
+            .map(|d| RawDocumentBuf::from_document(d).map_err(mongodb::error::Error::custom))
+            .collect();
+        Ok(stream::iter(raws).boxed())
+    }
+
+    async fn count(
+        &self,
+        filter: Document,
+        skip: Option<u64>,
+        limit: Option<u64>,
+    ) -> DriverResult<u64> {
+        self.read(|c| {
+            let n = c.matching(&filter)?.len() as u64;
+            let n = n.saturating_sub(skip.unwrap_or(0));
+            Ok(match limit {
+                Some(l) if l > 0 => n.min(l),
+                _ => n,
+            })
+        })
+    }
+
+    async fn distinct(&self, field: &str, filter: Document) -> DriverResult<Vec<Bson>> {
+        self.read(|c| {
+            let mut out: Vec<Bson> = Vec::new();
+            for seq in c.matching(&filter)? {
+                for v in eval::path::get_path(&c.docs[&seq], field) {
+                    let values: Vec<&Bson> = match v {
+                        Bson::Array(a) => a.iter().collect(),
+                        v => vec![v],
+                    };
+                    for v in values {
+                        if !out.iter().any(|o| eval::compare::values_equal(o, v)) {
+                            out.push(v.clone());
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn insert_one(&self, doc: &Document, session: Option<&mut Session>) -> DriverResult<()> {
+        self.write(session, |c, ns| {
+            c.insert(doc.clone(), ns).map_err(write_error)
+        })
+        .await
+    }
+
+    async fn insert_many(
+        &self,
+        docs: &[Document],
+        ordered: bool,
+        session: Option<&mut Session>,
+    ) -> DriverResult<()> {
+        self.write(session, |c, ns| {
+            let mut errors = Vec::new();
+            for (i, d) in docs.iter().enumerate() {
+                if let Err((code, name, message)) = c.insert(d.clone(), ns) {
+                    errors.push(doc! { "index": i as i64, "code": code, "codeName": name, "errmsg": message });
+                    if ordered {
+                        break;
+                    }
+                }
+            }
+            if errors.is_empty() {
+                return Ok(());
+            }
+            let report: mongodb::error::InsertManyError =
+                mongodb::bson::from_document(doc! { "writeErrors": errors })
+                    .map_err(mongodb::error::Error::custom)?;
+            Err(ErrorKind::InsertMany(report).into())
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        filter: Document,
+        update: Document,
+        multi: bool,
+        upsert: bool,
+        session: Option<&mut Session>,
+    ) -> DriverResult<Updated> {
+        self.write(session, |c, ns| {
+            let mut seqs = c.matching(&filter)?;
+            if !multi {
+                seqs.truncate(1);
+            }
+            let mut result = Updated {
+                matched: seqs.len() as u64,
+                ..Updated::default()
+            };
+            for seq in seqs {
+                let mut next = c.docs[&seq].clone();
+                if eval::update::apply_update(&mut next, &update, false).map_err(bad_value)? {
+                    c.put(seq, next, ns).map_err(write_error)?;
+                    result.modified += 1;
+                }
+            }
+            if result.matched == 0 && upsert {
+                let mut seed = eval::update::upsert_seed(&filter);
+                eval::update::apply_update(&mut seed, &update, true).map_err(bad_value)?;
+                let id = ensure_id(&mut seed);
+                c.insert(seed, ns).map_err(write_error)?;
+                result.upserted_id = Some(id);
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn replace(
+        &self,
+        filter: Document,
+        doc: &Document,
+        upsert: bool,
+        session: Option<&mut Session>,
+    ) -> DriverResult<Updated> {
+        if doc.keys().any(|k| k.starts_with('$')) {
+            return Err(bad_value(EvalError::BadValue(
+                "the replacement document must not contain update operators".into(),
+            )));
+        }
+        self.write(session, |c, ns| {
+            let Some(seq) = c.matching(&filter)?.first().copied() else {
+                if !upsert {
+                    return Ok(Updated::default());
+                }
+                let mut new = eval::update::upsert_seed(&filter);
+                for (k, v) in doc {
+                    new.insert(k.clone(), v.clone());
+                }
+                let id = ensure_id(&mut new);
+                c.insert(new, ns).map_err(write_error)?;
+                return Ok(Updated {
+                    upserted_id: Some(id),
+                    ..Updated::default()
+                });
+            };
+            let old_id = c.docs[&seq].get("_id").cloned().unwrap_or(Bson::Null);
+            if let Some(new_id) = doc.get("_id") {
+                if !eval::compare::values_equal(new_id, &old_id) {
+                    return Err(command_error(
+                        66,
+                        "ImmutableField",
+                        "After applying the update, the (immutable) field '_id' was found to have been altered",
+                    ));
+                }
+            }
+            let mut new = Document::new();
+            new.insert("_id", old_id);
+            for (k, v) in doc.iter().filter(|(k, _)| *k != "_id") {
+                new.insert(k.clone(), v.clone());
+            }
+            let modified = u64::from(new != c.docs[&seq]);
+            c.put(seq, new, ns).map_err(write_error)?;
+            Ok(Updated {
+                matched: 1,
+                modified,
+                upserted_id: None,
+            })
+        })
+        .await
+    }
+
+    async fn find_one_and_update(
+        &self,
+        filter: Document,
+        update: Document,
+        after: bool,
+        session: Option<&mut Session>,
+    ) -> DriverResult<Option<Document>> {
+        self.write(session, |c, ns| {
+            let Some(seq) = c.matching(&filter)?.first().copied() else {
+                return Ok(None);
+            };
+            let before = c.docs[&seq].clone();
+            let mut next = before.clone();
+            if eval::update::apply_update(&mut next, &update, false).map_err(bad_value)? {
+                c.put(seq, next.clone(), ns).map_err(write_error)?;
+            }
+            Ok(Some(if after { next } else { before }))
+        })
+        .await
+    }
+
+    async fn create_index(&self, model: mongodb::IndexModel) -> DriverResult<()> {
+        if model
+            .options
+            .as_ref()
+            .is_none_or(|o| o.unique != Some(true))
+        {
+            return Ok(());
+        }
+        let keys: Vec<String> = model.keys.keys().cloned().collect();
+        let name = model
+            .options
+            .as_ref()
+            .and_then(|o| o.name.clone())
+            .unwrap_or_else(|| {
+                keys.iter()
+                    .map(|k| format!("{k}_1"))
+                    .collect::<Vec<_>>()
+                    .join("_")
+            });
+        self.write(None, |c, _| {
+            let index = UniqueIndex { name, keys };
+            if !c.unique.contains(&index) {
+                c.unique.push(index);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        filter: Document,
+        multi: bool,
+        session: Option<&mut Session>,
+    ) -> DriverResult<u64> {
+        self.write(session, |c, _| {
+            let mut seqs = c.matching(&filter)?;
+            if !multi {
+                seqs.truncate(1);
+            }
+            for seq in &seqs {
+                if let Some(d) = c.docs.remove(seq) {
+                    c.ids.remove(&id_key(d.get("_id").unwrap_or(&Bson::Null)));
+                }
+            }
+            Ok(seqs.len() as u64)
+        })
+        .await
+    }
+}
+
+/// A refused write: code, code name, message.
+type Refusal = (i32, &'static str, String);
+
+impl CollState {
+    /// The positions of the matching documents, in insertion order. A filter on `_id` alone
+    /// is answered from the `_id` map.
+    fn matching(&self, filter: &Document) -> DriverResult<Vec<u64>> {
+        if filter.len() == 1 {
+            if let Some(id) = filter.get("_id").filter(|v| !is_operator_doc(v)) {
+                return Ok(self.ids.get(&id_key(id)).copied().into_iter().collect());
+            }
+        }
+        let compiled = eval::filter::Filter::new(filter).map_err(bad_value)?;
+        Ok(self
+            .docs
+            .iter()
+            .filter(|(_, d)| compiled.matches(d))
+            .map(|(seq, _)| *seq)
+            .collect())
+    }
+
+    fn find(&self, filter: &Document, options: &FindOptions) -> DriverResult<Vec<Document>> {
+        let mut docs: Vec<Document> = self
+            .matching(filter)?
+            .into_iter()
+            .map(|s| self.docs[&s].clone())
+            .collect();
+        if let Some(sort) = &options.sort {
+            eval::sort::sort_docs(&mut docs, sort).map_err(bad_value)?;
+        }
+        let skip = usize::try_from(options.skip.unwrap_or(0)).unwrap_or(usize::MAX);
+        let mut docs: Vec<Document> = docs.into_iter().skip(skip).collect();
+        if let Some(limit) = options.limit.filter(|l| *l != 0) {
+            docs.truncate(usize::try_from(limit.unsigned_abs()).unwrap_or(usize::MAX));
+        }
+        if let Some(p) = &options.projection {
+            docs = docs
+                .iter()
+                .map(|d| eval::project::project(d, p))
+                .collect::<Result<_, _>>()
+                .map_err(bad_value)?;
+        }
+        Ok(docs)
+    }
+
+    /// Inserts `doc` (with an `_id` generated when it has none) unless it breaks `_id` or a
+    /// unique index.
+    fn insert(&mut self, mut doc: Document, ns: &Namespace) -> Result<(), Refusal> {
+        let id = ensure_id(&mut doc);
+        let key = id_key(&id);
+        if self.ids.contains_key(&key) {
+            return Err(duplicate(ns, "_id_", &doc! { "_id": id }));
+        }
+        self.check_unique(&doc, None, ns)?;
+        let seq = self.next;
+        self.next += 1;
+        self.ids.insert(key, seq);
+        self.docs.insert(seq, doc);
+        Ok(())
+    }
+
+    /// Replaces the document at `seq` (same `_id`) unless it breaks a unique index.
+    fn put(&mut self, seq: u64, doc: Document, ns: &Namespace) -> Result<(), Refusal> {
+        let old = self.docs.get(&seq).and_then(|d| d.get("_id"));
+        if let (Some(old), Some(new)) = (old, doc.get("_id")) {
+            if !eval::compare::values_equal(old, new) {
+                return Err((
+                    66,
+                    "ImmutableField",
+                    "Performing an update on the path '_id' would modify the immutable field '_id'"
+                        .into(),
+                ));
+            }
+        }
+        self.check_unique(&doc, Some(seq), ns)?;
+        self.docs.insert(seq, doc);
+        Ok(())
+    }
+
+    fn check_unique(
+        &self,
+        doc: &Document,
+        except: Option<u64>,
+        ns: &Namespace,
+    ) -> Result<(), Refusal> {
+        for index in &self.unique {
+            let key = index_key(doc, &index.keys);
+            let clash = self
+                .docs
+                .iter()
+                .filter(|(s, _)| Some(**s) != except)
+                .any(|(_, other)| {
+                    index_key(other, &index.keys)
+                        .iter()
+                        .zip(&key)
+                        .all(|(a, b)| eval::compare::values_equal(a, b))
+                });
+            if clash {
+                let shown: Document = index
+                    .keys
+                    .iter()
+                    .cloned()
+                    .zip(key.iter().cloned())
+                    .collect();
+                return Err(duplicate(ns, &index.name, &shown));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values of `keys` in `doc` (missing: null, as a unique index stores them).
+fn index_key(doc: &Document, keys: &[String]) -> Vec<Bson> {
+    keys.iter()
+        .map(|k| {
+            eval::path::get_path_exact(doc, k)
+                .cloned()
+                .unwrap_or(Bson::Null)
+        })
+        .collect()
+}
+
+fn duplicate(ns: &Namespace, index: &str, key: &Document) -> Refusal {
+    (
+        DUPLICATE_KEY,
+        "DuplicateKey",
+        format!(
+            "E11000 duplicate key error collection: {}.{} index: {index} dup key: {key}",
+            ns.0, ns.1
+        ),
+    )
+}
+
+fn is_operator_doc(v: &Bson) -> bool {
+    matches!(v, Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')))
+}
+
+/// The `_id` of `doc`, generated (an ObjectId, first) when it has none.
+fn ensure_id(doc: &mut Document) -> Bson {
+    if let Some(id) = doc.get("_id") {
+        return id.clone();
+    }
+    let id = Bson::ObjectId(ObjectId::new());
+    let mut with_id = Document::new();
+    with_id.insert("_id", id.clone());
+    with_id.extend(std::mem::take(doc));
+    *doc = with_id;
+    id
+}
+
+/// The `_id` map's key: numbers that compare equal share one key, as in MongoDB.
+fn id_key(id: &Bson) -> String {
+    match id {
+        Bson::String(s) => format!("s:{s}"),
+        Bson::Int32(n) => format!("n:{}", f64::from(*n)),
+        Bson::Int64(n) => format!("n:{}", *n as f64),
+        Bson::Double(n) => format!("n:{n}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A write error, as the driver reports a refused single write.
+fn write_error((code, name, message): Refusal) -> mongodb::error::Error {
+    match mongodb::bson::from_document::<mongodb::error::WriteError>(
+        doc! { "code": code, "codeName": name, "errmsg": message.clone() },
+    ) {
+        Ok(w) => ErrorKind::Write(WriteFailure::WriteError(w)).into(),
+        Err(_) => mongodb::error::Error::custom(message),
+    }
+}
+
+/// A command error, as the server reports a refused command.
+fn command_error(code: i32, name: &str, message: &str) -> mongodb::error::Error {
+    match mongodb::bson::from_document::<mongodb::error::CommandError>(
+        doc! { "code": code, "codeName": name, "errmsg": message },
+    ) {
+        Ok(c) => ErrorKind::Command(c).into(),
+        Err(_) => mongodb::error::Error::custom(message.to_owned()),
+    }
+}
+
+/// A filter, update, sort or projection the memory backend refuses, as the server's
+/// `BadValue` (code 2).
+fn bad_value(e: EvalError) -> mongodb::error::Error {
+    command_error(2, "BadValue", &e.to_string())
+}

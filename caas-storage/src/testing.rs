@@ -1,0 +1,133 @@
+//! Testing a service without servers: [`Storage::in_memory`], the events a call recorded
+//! ([`Storage::test_events`]), and a clock tests move ([`TestClock`]).
+//!
+//! The memory backend sits below the repository pipeline (`backend/memory`): tenancy,
+//! versions, events, consistency and the cache rules are the same code on both backends, and
+//! only where documents and cache entries live differs. `docs/testing.md` says what it does
+//! not model.
+//!
+//! ```
+//! # async fn demo() -> caas_storage::Result<()> {
+//! use caas_storage::Storage;
+//! let storage = Storage::in_memory().await;
+//! assert!(storage.is_in_memory());
+//! assert!(storage.test_events().await?.is_empty());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::backend::memory::clock::MemoryClock;
+use crate::config::StorageConfig;
+use crate::connection::Connections;
+use crate::error::Result;
+use crate::outbox::{OutboxRecord, OutboxStore};
+use crate::storage::Storage;
+
+/// What a [`Storage`] keeps for tests.
+#[derive(Debug, Default)]
+pub(crate) struct TestState {
+    /// Event ids already returned by [`Storage::take_test_events`].
+    taken: Mutex<HashSet<String>>,
+    /// The memory backend's clock, in memory.
+    clock: Option<MemoryClock>,
+}
+
+/// The clock of an in-memory [`Storage`]: real time plus what the test advanced. Expiry in the
+/// memory backend's Redis tier (cache entries, generation fences) follows it, so a test sees
+/// an entry expire without waiting. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TestClock(MemoryClock);
+
+impl TestClock {
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.0.advance(by);
+    }
+}
+
+impl Storage {
+    /// A storage whose documents and cache live in this process, with the default
+    /// configuration (which declares the seed's Kafka topics; use
+    /// [`in_memory_with`](Self::in_memory_with) to declare yours). Cheap to clone, and the
+    /// same type as a connected storage, so it goes into app state as is.
+    ///
+    /// Repositories behave as on the servers: tenant scope, versions, unique indexes, soft
+    /// deletes, transactions, cache fences and invalidation, outbox events (read them with
+    /// [`test_events`](Self::test_events); nothing is sent to Kafka). Features that need a
+    /// server (the outbox relay, the audit log, migrations' ledger, backups, retention)
+    /// return [`Error::Unsupported`](crate::Error::Unsupported).
+    pub async fn in_memory() -> Storage {
+        Self::in_memory_with(StorageConfig::default())
+            .await
+            .expect("the default configuration is valid")
+    }
+
+    /// [`in_memory`](Self::in_memory) with `config` (its MongoDB, Redis and Kafka addresses
+    /// are not used; everything else applies: topics, cache and consistency settings).
+    pub async fn in_memory_with(config: StorageConfig) -> Result<Storage> {
+        let clock = MemoryClock::default();
+        let conn = Connections::in_memory(config, clock.clone())?;
+        Storage::assemble(
+            conn,
+            &[],
+            TestState {
+                clock: Some(clock),
+                ..TestState::default()
+            },
+        )
+    }
+
+    /// Whether this storage is in memory ([`in_memory`](Self::in_memory)).
+    pub fn is_in_memory(&self) -> bool {
+        self.connections().memory().is_some()
+    }
+
+    /// The clock of an in-memory storage; `None` on servers, whose clocks tests do not move.
+    pub fn test_clock(&self) -> Option<TestClock> {
+        self.test_state().clock.clone().map(TestClock)
+    }
+
+    /// Every event recorded for writes that happened, on every database a repository of this
+    /// handle writes to, oldest first (see [`OutboxStore::recorded_events`]). On servers too:
+    /// the records are read from the outbox collections.
+    pub async fn test_events(&self) -> Result<Vec<OutboxRecord>> {
+        let mut databases: Vec<&str> = self
+            .registered()
+            .into_iter()
+            .filter(|m| m.outbox.is_some())
+            .map(|m| m.database)
+            .collect();
+        databases.sort_unstable();
+        databases.dedup();
+        let mut all = Vec::new();
+        for db in databases {
+            all.extend(
+                OutboxStore::new(self.connections(), db)
+                    .recorded_events()
+                    .await?,
+            );
+        }
+        all.sort_by(|a, b| {
+            (a.created_at, &a.envelope.event_id).cmp(&(b.created_at, &b.envelope.event_id))
+        });
+        Ok(all)
+    }
+
+    /// The events recorded since the last call (see [`test_events`](Self::test_events)):
+    /// what the calls in between published.
+    pub async fn take_test_events(&self) -> Result<Vec<OutboxRecord>> {
+        let all = self.test_events().await?;
+        let mut taken = self
+            .test_state()
+            .taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(all
+            .into_iter()
+            .filter(|r| taken.insert(r.envelope.event_id.clone()))
+            .collect())
+    }
+}
