@@ -61,7 +61,7 @@ struct Inner {
     /// The audit logs made on this handle, for health.
     audit_logs: Mutex<Vec<AuditLog>>,
     /// What tests read and move on this handle: the events already taken, the memory clock.
-    test: crate::testing::TestState,
+    test: TestState,
 }
 
 impl Drop for Inner {
@@ -145,7 +145,7 @@ impl StorageBuilder {
     /// Connects: see [`Storage::connect`].
     pub async fn connect(self) -> Result<Storage> {
         let conn = Connections::connect(self.config, self.options).await?;
-        Storage::assemble(conn, &self.entities, crate::testing::TestState::default())
+        Storage::assemble(conn, &self.entities, TestState::default())
     }
 }
 
@@ -155,7 +155,7 @@ impl Storage {
     pub(crate) fn assemble(
         conn: Connections,
         entities: &[&'static EntityMeta],
-        test: crate::testing::TestState,
+        test: TestState,
     ) -> Result<Storage> {
         for meta in entities {
             if let Some(outbox) = &meta.outbox {
@@ -474,7 +474,7 @@ impl Storage {
         }
     }
 
-    pub(crate) fn test_state(&self) -> &crate::testing::TestState {
+    pub(crate) fn test_state(&self) -> &TestState {
         &self.inner.test
     }
 
@@ -504,6 +504,16 @@ impl Storage {
         self.inner.retention.watch_entity(meta);
         self.inner.ttl.watch_entity(meta);
     }
+}
+
+/// What a [`Storage`] keeps for tests (`testing/`): the events already taken, the memory
+/// clock.
+#[derive(Debug, Default)]
+pub(crate) struct TestState {
+    /// Event ids already returned by `Storage::take_test_events`.
+    pub(crate) taken: Mutex<std::collections::HashSet<String>>,
+    /// The memory backend's clock, in memory.
+    pub(crate) clock: Option<crate::backend::memory::clock::MemoryClock>,
 }
 
 /// Starts the Redis `INFO` sampler (`metrics.redis_info_interval`; `0s`: none).

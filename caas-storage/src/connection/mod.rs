@@ -37,6 +37,7 @@ use crate::capabilities::Capabilities;
 use crate::config::StorageConfig;
 use crate::error::{Component, Error, Result};
 
+pub(crate) use self::redis::LocalRedis;
 pub use self::redis::RedisConnection;
 pub use faults::FaultPoint;
 pub use kafka::KafkaContext;
@@ -149,7 +150,7 @@ impl Connections {
     /// fast): the features that need a server refuse to run in memory instead.
     pub(crate) fn in_memory(
         mut config: StorageConfig,
-        clock: crate::backend::memory::clock::MemoryClock,
+        redis_memory: RedisConnection,
     ) -> Result<Self> {
         config.check()?;
         // No broker: the producer and the admin client are built but never reach one.
@@ -165,13 +166,12 @@ impl Connections {
             .build();
         let mongo = mongodb::Client::with_options(options)
             .map_err(|e| Error::mongo("in-memory client", e))?;
-        let redis_memory = crate::backend::memory::redis::MemoryRedis::new(clock);
         let redis = config
             .redis
             .databases
             .purposes()
             .into_keys()
-            .map(|db| (db, RedisConnection::memory(redis_memory.clone())))
+            .map(|db| (db, redis_memory.clone()))
             .collect();
         let pubsub = ::redis::Client::open("redis://127.0.0.1:9")
             .map_err(|e| Error::config("redis.url", e.to_string()))?;

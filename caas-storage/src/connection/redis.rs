@@ -33,7 +33,14 @@ enum Inner {
     Single(ConnectionManager),
     Cluster(Arc<Cluster>),
     /// In this process ([`Storage::in_memory`](crate::Storage::in_memory)).
-    Memory(crate::backend::memory::redis::MemoryRedis),
+    Memory(Arc<dyn LocalRedis>),
+}
+
+/// A Redis in this process (the memory backend's, `testing/redis.rs`): runs commands one
+/// after the other with nothing in between.
+pub(crate) trait LocalRedis: Send + Sync {
+    /// Runs `cmds` in order, as one `MULTI` block would.
+    fn run_all(&self, cmds: &mut dyn Iterator<Item = &Cmd>) -> Vec<RedisResult<Value>>;
 }
 
 struct Cluster {
@@ -66,7 +73,7 @@ impl RedisConnection {
     }
 
     /// A connection to the in-process Redis of the memory backend.
-    pub(crate) fn memory(redis: crate::backend::memory::redis::MemoryRedis) -> Self {
+    pub(crate) fn memory(redis: Arc<dyn LocalRedis>) -> Self {
         RedisConnection(Inner::Memory(redis))
     }
 
@@ -230,7 +237,7 @@ impl ConnectionLike for RedisConnection {
         match &mut self.0 {
             Inner::Single(m) => m.req_packed_command(cmd),
             Inner::Memory(r) => {
-                let r = r.run(cmd);
+                let r = r.run_all(&mut std::iter::once(cmd)).remove(0);
                 Box::pin(async move { r })
             }
             Inner::Cluster(cluster) => Box::pin(async move {
@@ -250,7 +257,7 @@ impl ConnectionLike for RedisConnection {
             Inner::Single(m) => m.req_packed_commands(pipeline, offset, count),
             Inner::Memory(r) => {
                 // All under one lock: nothing runs between them, as in a `MULTI` block.
-                let mut values = r.run_all(pipeline.cmd_iter());
+                let mut values = r.run_all(&mut pipeline.cmd_iter());
                 if pipeline.is_transaction() {
                     let results: RedisResult<Vec<Value>> = values.drain(..).collect();
                     let r = results.map(|v| vec![Value::Array(v)]);

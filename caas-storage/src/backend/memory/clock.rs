@@ -1,6 +1,6 @@
-//! The memory backend's clock: real time plus an offset a test moves forward
-//! ([`TestClock::advance`](crate::testing::TestClock::advance)), so expiry (cache TTLs, the
-//! generation fences' lifetimes) can be tested without waiting.
+//! The memory backend's clock: real time plus an offset a test moves forward (through
+//! `caas_storage::testing::TestClock`), so expiry (cache TTLs, the generation fences'
+//! lifetimes) can be tested without waiting.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -13,7 +13,6 @@
 
 pub(crate) mod clock;
 pub(crate) mod eval;
-pub(crate) mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -15,25 +15,17 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+mod redis;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::memory::clock::MemoryClock;
 use crate::config::StorageConfig;
-use crate::connection::Connections;
+use crate::connection::{Connections, RedisConnection};
 use crate::error::Result;
 use crate::outbox::{OutboxRecord, OutboxStore};
-use crate::storage::Storage;
-
-/// What a [`Storage`] keeps for tests.
-#[derive(Debug, Default)]
-pub(crate) struct TestState {
-    /// Event ids already returned by [`Storage::take_test_events`].
-    taken: Mutex<HashSet<String>>,
-    /// The memory backend's clock, in memory.
-    clock: Option<MemoryClock>,
-}
+use crate::storage::{Storage, TestState};
 
 /// The clock of an in-memory [`Storage`]: real time plus what the test advanced. Expiry in the
 /// memory backend's Redis tier (cache entries, generation fences) follows it, so a test sees
@@ -69,7 +61,8 @@ impl Storage {
     /// are not used; everything else applies: topics, cache and consistency settings).
     pub async fn in_memory_with(config: StorageConfig) -> Result<Storage> {
         let clock = MemoryClock::default();
-        let conn = Connections::in_memory(config, clock.clone())?;
+        let redis = RedisConnection::memory(Arc::new(redis::MemoryRedis::new(clock.clone())));
+        let conn = Connections::in_memory(config, redis)?;
         Storage::assemble(
             conn,
             &[],

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis::{Arg, Cmd, ErrorKind, RedisError, RedisResult, Value};
 
-use super::clock::MemoryClock;
+use crate::backend::memory::clock::MemoryClock;
+use crate::connection::LocalRedis;
 
 /// One in-process Redis (every logical database shares it, as on a cluster). Cheap to clone.
 #[derive(Clone)]
@@ -114,30 +115,28 @@ impl MemoryRedis {
     }
 
     /// Runs one command.
-    pub(crate) fn run(&self, cmd: &Cmd) -> RedisResult<Value> {
-        self.run_all([cmd]).remove(0)
+    #[cfg(test)]
+    fn run(&self, cmd: &Cmd) -> RedisResult<Value> {
+        self.run_all(&mut std::iter::once(cmd)).remove(0)
     }
+}
 
-    /// Runs commands one after the other with nothing in between (a `MULTI` block).
-    pub(crate) fn run_all<'c>(
-        &self,
-        cmds: impl IntoIterator<Item = &'c Cmd>,
-    ) -> Vec<RedisResult<Value>> {
+impl LocalRedis for MemoryRedis {
+    fn run_all(&self, cmds: &mut dyn Iterator<Item = &Cmd>) -> Vec<RedisResult<Value>> {
         let now = self.clock.now_ms();
         let mut keys = self.keys();
         keys.expire(now);
-        cmds.into_iter()
-            .map(|cmd| {
-                let args: Vec<Vec<u8>> = cmd
-                    .args_iter()
-                    .filter_map(|a| match a {
-                        Arg::Simple(b) => Some(b.to_vec()),
-                        _ => None,
-                    })
-                    .collect();
-                keys.exec(now, &args)
-            })
-            .collect()
+        cmds.map(|cmd| {
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .filter_map(|a| match a {
+                    Arg::Simple(b) => Some(b.to_vec()),
+                    _ => None,
+                })
+                .collect();
+            keys.exec(now, &args)
+        })
+        .collect()
     }
 }
 
