@@ -366,7 +366,7 @@ impl Storage {
         if let Some(memory) = self.inner.conn.memory() {
             // In memory the declared unique indexes are enforced from the first repository
             // on; there is nothing to build.
-            memory.declare_indexes(meta);
+            memory.declare_indexes(&self.inner.conn.database_name(meta.database), meta);
             return Ok(IndexPlan {
                 entity: meta.name.to_owned(),
                 namespace: format!("{}.{}", meta.database, meta.collection),
@@ -572,7 +572,8 @@ impl<'s> RawClients<'s> {
         self.conn.mongo()
     }
 
-    /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...), from the shared pool.
+    /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...; `mongodb.database_suffix`
+    /// is appended), from the shared pool.
     pub fn database(self, name: &str) -> mongodb::Database {
         self.conn.database(name)
     }

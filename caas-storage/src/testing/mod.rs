@@ -15,7 +15,10 @@
 //! # Ok(()) }
 //! ```
 
+mod harness;
 mod redis;
+
+pub use harness::{run_test, TestOutcome, TEST_BACKEND_VAR};
 
 use std::sync::Arc;
 use std::time::Duration;
