@@ -301,7 +301,6 @@ impl Storage {
     /// The session store (see [`sessions`](crate::sessions)) in Redis database
     /// `redis.databases.sessions`.
     pub fn sessions(&self, options: SessionOptions) -> Result<SessionStore> {
-        self.on_servers("login sessions")?;
         let config = self.config();
         let redis = self.inner.conn.redis(config.redis.databases.sessions)?;
         SessionStore::new(redis, config, options)
@@ -310,7 +309,6 @@ impl Storage {
     /// A rate limiter named `name` enforcing `rate` per tenant and key (see
     /// [`rate_limit`](crate::rate_limit)), in Redis database `redis.databases.rate_limiting`.
     pub fn rate_limiter(&self, name: &str, rate: RateLimit) -> Result<RateLimiter> {
-        self.on_servers("rate limiting")?;
         let config = self.config();
         let redis = self
             .inner
