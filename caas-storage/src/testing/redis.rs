@@ -380,6 +380,40 @@ impl Keys {
                     },
                 ))
             }
+            "HGET" => {
+                need(2)?;
+                Ok(hash_of(self, &a[0])
+                    .and_then(|h| h.get(&a[1]))
+                    .map_or(Value::Nil, |v| Value::BulkString(v.clone())))
+            }
+            "HMGET" => {
+                need(2)?;
+                let h = hash_of(self, &a[0]);
+                Ok(Value::Array(
+                    a[1..]
+                        .iter()
+                        .map(|f| {
+                            h.and_then(|h| h.get(f))
+                                .map_or(Value::Nil, |v| Value::BulkString(v.clone()))
+                        })
+                        .collect(),
+                ))
+            }
+            "HSET" => {
+                need(3)?;
+                let entry = self.map.entry(a[0].clone()).or_insert(Entry {
+                    value: Stored::Hash(BTreeMap::new()),
+                    expires_at: None,
+                });
+                let Stored::Hash(h) = &mut entry.value else {
+                    return Err(err("WRONGTYPE".into()));
+                };
+                let added = a[1..]
+                    .chunks(2)
+                    .filter(|kv| kv.len() == 2 && h.insert(kv[0].clone(), kv[1].clone()).is_none())
+                    .count();
+                Ok(Value::Int(added as i64))
+            }
             "TIME" => {
                 let us = now * 1000;
                 Ok(Value::Array(vec![
