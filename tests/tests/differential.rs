@@ -1243,3 +1243,35 @@ fn memory_backend_matches_the_server() {
         Err(TestError::Abort(why)) => panic!("aborted: {why}"),
     }
 }
+
+/// Replays one fixed sequence on both backends (the regression tests below).
+fn replay(ops: Vec<Op>) {
+    let rt = runtime();
+    let env = rt.block_on(Env::new());
+    if let Err(why) = rt.block_on(env.case(&ops)) {
+        panic!("{why}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regression tests: the minimal sequences of the divergences found, replayed on both backends.
+// ---------------------------------------------------------------------------------------------
+
+fn note0() -> NoteSpec {
+    NoteSpec {
+        id: 0,
+        slug: 0,
+        n: 0,
+        extra: None,
+        tags: vec![],
+    }
+}
+
+/// Diverged: an upsert of a new soft-deleting entity stored `_deleted_at: null` in memory.
+/// Its filter is `{_id, _deleted_at: null}`, and the memory backend seeded the inserted
+/// document with the filter's equalities, as an update-style upsert does. A replacement-style
+/// upsert (`replaceOne`) takes only the `_id` from the filter, on FerretDB and MongoDB alike.
+#[test]
+fn a_replacing_upsert_takes_only_the_id_from_its_filter() {
+    replay(vec![Op::NoteUpsert(0, note0())]);
+}

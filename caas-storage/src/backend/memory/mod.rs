@@ -354,8 +354,18 @@ impl CollectionBackend for MemoryCollection {
                 if !upsert {
                     return Ok(Updated::default());
                 }
-                let mut new = eval::update::upsert_seed(&filter);
-                for (k, v) in doc {
+                // A replacement-style upsert inserts the replacement, with the filter's `_id`
+                // equality when the replacement has none: unlike an update, the filter's
+                // other equalities (`_deleted_at: null`, ...) are not copied in.
+                let mut new = Document::new();
+                if let Some(id) = doc
+                    .get("_id")
+                    .cloned()
+                    .or_else(|| eval::update::upsert_seed(&filter).remove("_id"))
+                {
+                    new.insert("_id", id);
+                }
+                for (k, v) in doc.iter().filter(|(k, _)| *k != "_id") {
                     new.insert(k.clone(), v.clone());
                 }
                 let id = ensure_id(&mut new);
