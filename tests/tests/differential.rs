@@ -1275,3 +1275,22 @@ fn note0() -> NoteSpec {
 fn a_replacing_upsert_takes_only_the_id_from_its_filter() {
     replay(vec![Op::NoteUpsert(0, note0())]);
 }
+
+fn item0() -> ItemSpec {
+    ItemSpec {
+        id: 0,
+        code: 0,
+        rank: 0,
+        label: None,
+        score: None,
+        tags: vec![],
+        version: 0,
+    }
+}
+
+/// Diverged: the memory backend kept `_id` where the inserted document had it (the repository
+/// appends it); servers store `_id` as the first field of every document.
+#[test]
+fn an_inserted_document_stores_its_id_first() {
+    replay(vec![Op::Insert(0, item0())]);
+}

@@ -610,12 +610,15 @@ fn is_operator_doc(v: &Bson) -> bool {
     matches!(v, Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')))
 }
 
-/// The `_id` of `doc`, generated (an ObjectId, first) when it has none.
+/// The `_id` of `doc`, generated (an ObjectId) when it has none, and moved to be the first
+/// field, as the server stores it.
 fn ensure_id(doc: &mut Document) -> Bson {
-    if let Some(id) = doc.get("_id") {
-        return id.clone();
+    if doc.keys().next().is_some_and(|k| k == "_id") {
+        return doc.get("_id").cloned().unwrap_or(Bson::Null);
     }
-    let id = Bson::ObjectId(ObjectId::new());
+    let id = doc
+        .remove("_id")
+        .unwrap_or_else(|| Bson::ObjectId(ObjectId::new()));
     let mut with_id = Document::new();
     with_id.insert("_id", id.clone());
     with_id.extend(std::mem::take(doc));
