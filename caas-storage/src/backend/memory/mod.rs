@@ -237,13 +237,19 @@ impl CollectionBackend for MemoryCollection {
         skip: Option<u64>,
         limit: Option<u64>,
     ) -> DriverResult<u64> {
+        // The driver counts with an aggregation whose `$limit` stage refuses 0 (unlike a
+        // find's limit, where 0 means none).
+        if limit == Some(0) {
+            return Err(command_error(
+                15958,
+                "Location15958",
+                "the limit must be positive",
+            ));
+        }
         self.read(|c| {
             let n = c.matching(&filter)?.len() as u64;
             let n = n.saturating_sub(skip.unwrap_or(0));
-            Ok(match limit {
-                Some(l) if l > 0 => n.min(l),
-                _ => n,
-            })
+            Ok(limit.map_or(n, |l| n.min(l)))
         })
     }
 
