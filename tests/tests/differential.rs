@@ -265,6 +265,12 @@ enum Op {
         limit: Option<u8>,
     },
     NoteFindBySlug(u8, u8),
+    /// `queue_upsert`, then a flush of the queue.
+    NoteQueueUpsert(u8, NoteSpec),
+    /// `queue_update`, then a flush of the queue.
+    NoteQueueUpdate(u8, u8, NotePatchSpec),
+    /// `queue_delete`, then a flush of the queue.
+    NoteQueueDelete(u8, u8),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,6 +512,11 @@ fn note_ops() -> impl Strategy<Value = Op> {
         2 => (tenant(), id()).prop_map(|(t, i)| Op::NoteDelete(t, i)),
         1 => (tenant(), id()).prop_map(|(t, i)| Op::NotePurge(t, i)),
         1 => (tenant(), note_cond()).prop_map(|(t, c)| Op::NoteQueryDelete(t, c)),
+        1 => prop_oneof![
+            (tenant(), note_spec()).prop_map(|(t, s)| Op::NoteQueueUpsert(t, s)),
+            (tenant(), id(), note_patch()).prop_map(|(t, i, p)| Op::NoteQueueUpdate(t, i, p)),
+            (tenant(), id()).prop_map(|(t, i)| Op::NoteQueueDelete(t, i)),
+        ],
         2 => prop_oneof![
             (tenant(), id()).prop_map(|(t, i)| Op::NoteFind(t, i)),
             (tenant(), id()).prop_map(|(t, i)| Op::NoteExists(t, i)),
@@ -1021,10 +1032,36 @@ impl Side {
                 }
                 res(q.fetch().await, |v| Res::Notes(norm_notes(v, sorted)))
             }
+            Op::NoteQueueUpsert(t, s) => {
+                let queued = notes.queue_upsert(tn(t), &note(tn(t), s)).await;
+                self.flushed(queued).await
+            }
+            Op::NoteQueueUpdate(t, i, p) => {
+                let queued = notes.queue_update(tn(t), &id_s(*i), note_patch_of(p)).await;
+                self.flushed(queued).await
+            }
+            Op::NoteQueueDelete(t, i) => {
+                let queued = notes.queue_delete(tn(t), &id_s(*i)).await;
+                self.flushed(queued).await
+            }
             Op::NoteFindBySlug(t, s) => {
                 res(notes.find_by_slug(tn(t), format!("s{s}")).await, Res::Note)
             }
         }
+    }
+
+    /// A queued write's result, once the queue is flushed (so it is applied before the next
+    /// call, on both backends alike).
+    async fn flushed(&self, queued: caas_storage::Result<()>) -> Res {
+        if let Err(e) = queued {
+            return Res::Err(kind(&e));
+        }
+        let flushed = self
+            .storage
+            .write_behind()
+            .flush::<Note>(std::time::Duration::from_secs(10))
+            .await;
+        res(flushed, |_| Res::Done)
     }
 
     /// The events recorded since the last call, of the case's tenants: (tenant, aggregate,
@@ -1069,11 +1106,12 @@ impl Side {
 }
 
 /// Framework and timestamp fields whose values legitimately differ between the backends (the
-/// time of a write, random ids); their presence and type are still compared.
-const VOLATILE: [&str; 5] = [
+/// time of a write, random ids, Redis stream ids); their presence and type are still compared.
+const VOLATILE: [&str; 6] = [
     "_deleted_at",
     "_incarnation",
     "_outbox_op",
+    "_queue_pos",
     "created_at",
     "updated_at",
 ];
