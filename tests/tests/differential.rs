@@ -543,13 +543,31 @@ fn note_ops() -> impl Strategy<Value = Op> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => item_writes(),
-        4 => item_reads(),
+        6 => item_reads(),
         3 => note_ops(),
     ]
 }
 
+/// A sequence: up to [`MAX_OPS`] calls, after (in most cases) two batch inserts into one
+/// tenant, so reads and writes meet populated collections. The batches shrink like the rest.
 fn ops() -> impl Strategy<Value = Vec<Op>> {
-    vec(op(), 1..=MAX_OPS)
+    (
+        tenant(),
+        vec(item_spec(), 0..6),
+        vec(note_spec(), 0..4),
+        vec(op(), 1..=MAX_OPS),
+    )
+        .prop_map(|(t, items, notes, ops)| {
+            let mut all = Vec::new();
+            if !items.is_empty() {
+                all.push(Op::InsertMany(t, items));
+            }
+            if !notes.is_empty() {
+                all.push(Op::NoteInsertMany(t, notes));
+            }
+            all.extend(ops);
+            all
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
