@@ -549,15 +549,19 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// A sequence: up to [`MAX_OPS`] calls, after (in most cases) two batch inserts into one
-/// tenant, so reads and writes meet populated collections. The batches shrink like the rest.
+/// tenant, so reads and writes meet populated collections, and then a few
+/// sorted queries of that tenant, which probe filters and sorts against what the calls left.
+/// The batches and probes shrink like the rest.
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     (
         tenant(),
         vec(item_spec(), 0..6),
         vec(note_spec(), 0..4),
         vec(op(), 1..=MAX_OPS),
+        vec((item_cond(), item_sort()), 1..6),
+        vec((note_cond(), note_sort()), 0..3),
     )
-        .prop_map(|(t, items, notes, ops)| {
+        .prop_map(|(t, items, notes, ops, item_probes, note_probes)| {
             let mut all = Vec::new();
             if !items.is_empty() {
                 all.push(Op::InsertMany(t, items));
@@ -566,6 +570,20 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
                 all.push(Op::NoteInsertMany(t, notes));
             }
             all.extend(ops);
+            all.extend(item_probes.into_iter().map(|(cond, sort)| Op::Query {
+                tenant: t,
+                cond,
+                sort,
+                skip: None,
+                limit: None,
+            }));
+            all.extend(note_probes.into_iter().map(|(cond, sort)| Op::NoteQuery {
+                tenant: t,
+                cond,
+                sort,
+                skip: None,
+                limit: None,
+            }));
             all
         })
 }
