@@ -1136,7 +1136,7 @@ impl Side {
             .await
             .unwrap();
         let mut out: Vec<Vec<(String, Bson)>> = docs.into_iter().map(normalize).collect();
-        out.sort_by(|a, b| entity_id(a).cmp(&entity_id(b)));
+        out.sort_by_key(|d| entity_id(d));
         out
     }
 }
