@@ -238,13 +238,19 @@ impl CollectionBackend for MemoryCollection {
         skip: Option<u64>,
         limit: Option<u64>,
     ) -> DriverResult<u64> {
+        // The driver counts with an aggregation whose `$limit` stage refuses 0 (unlike a
+        // find's limit, where 0 means none).
+        if limit == Some(0) {
+            return Err(command_error(
+                15958,
+                "Location15958",
+                "the limit must be positive",
+            ));
+        }
         self.read(|c| {
             let n = c.matching(&filter)?.len() as u64;
             let n = n.saturating_sub(skip.unwrap_or(0));
-            Ok(match limit {
-                Some(l) if l > 0 => n.min(l),
-                _ => n,
-            })
+            Ok(limit.map_or(n, |l| n.min(l)))
         })
     }
 
@@ -355,8 +361,18 @@ impl CollectionBackend for MemoryCollection {
                 if !upsert {
                     return Ok(Updated::default());
                 }
-                let mut new = eval::update::upsert_seed(&filter);
-                for (k, v) in doc {
+                // A replacement-style upsert inserts the replacement, with the filter's `_id`
+                // equality when the replacement has none: unlike an update, the filter's
+                // other equalities (`_deleted_at: null`, ...) are not copied in.
+                let mut new = Document::new();
+                if let Some(id) = doc
+                    .get("_id")
+                    .cloned()
+                    .or_else(|| eval::update::upsert_seed(&filter).remove("_id"))
+                {
+                    new.insert("_id", id);
+                }
+                for (k, v) in doc.iter().filter(|(k, _)| *k != "_id") {
                     new.insert(k.clone(), v.clone());
                 }
                 let id = ensure_id(&mut new);
@@ -681,12 +697,15 @@ fn is_operator_doc(v: &Bson) -> bool {
     matches!(v, Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')))
 }
 
-/// The `_id` of `doc`, generated (an ObjectId, first) when it has none.
+/// The `_id` of `doc`, generated (an ObjectId) when it has none, and moved to be the first
+/// field, as the server stores it.
 fn ensure_id(doc: &mut Document) -> Bson {
-    if let Some(id) = doc.get("_id") {
-        return id.clone();
+    if doc.keys().next().is_some_and(|k| k == "_id") {
+        return doc.get("_id").cloned().unwrap_or(Bson::Null);
     }
-    let id = Bson::ObjectId(ObjectId::new());
+    let id = doc
+        .remove("_id")
+        .unwrap_or_else(|| Bson::ObjectId(ObjectId::new()));
     let mut with_id = Document::new();
     with_id.insert("_id", id.clone());
     with_id.extend(std::mem::take(doc));
