@@ -147,6 +147,26 @@ enum ItemOptional {
     CreatedAt,
 }
 
+/// A field of [`Item`] whose BSON type is asked about.
+#[derive(Debug, Clone, Copy)]
+enum ItemTyped {
+    Rank,
+    Label,
+    Score,
+    Tags,
+}
+
+impl ItemTyped {
+    fn name(self) -> &'static str {
+        match self {
+            ItemTyped::Rank => "rank",
+            ItemTyped::Label => "label",
+            ItemTyped::Score => "score",
+            ItemTyped::Tags => "tags",
+        }
+    }
+}
+
 /// A condition on items.
 #[derive(Debug, Clone)]
 enum ItemCond {
@@ -169,6 +189,18 @@ enum ItemCond {
     TagsSize(u8),
     /// Raw: `{tags: {$all: [...]}}`.
     TagsAll(Vec<u8>),
+    /// Raw: `{rank: {<op>: n / 2}}` with a double: numbers compare across types.
+    RankHalf(Cmp, i8),
+    /// Raw: `{<field>: {$type: <alias>}}`.
+    TypeIs(ItemTyped, &'static str),
+    /// Raw: `{rank: {$not: {$gt: v}}}`.
+    RankNotGt(i64),
+    /// Raw: `{tags: {<op>: "<tag>"}}` (element-wise).
+    TagCmp(Cmp, u8),
+    /// Raw: `{tags: {$elemMatch: {<op>: "<tag>"}}}`.
+    TagElemMatch(Cmp, u8),
+    /// Raw: `{"tags.<i>": "<tag>"}`, or `{"tags.<i>": {$exists: true}}` without a tag.
+    TagAt(u8, Option<u8>),
     /// Raw: `{$nor: [inner]}`.
     Nor(Box<ItemCond>),
     And(Box<ItemCond>, Box<ItemCond>),
@@ -386,6 +418,41 @@ fn item_leaf() -> impl Strategy<Value = ItemCond> {
         (0..3u8).prop_map(ItemCond::TagHas),
         (0..3u8).prop_map(ItemCond::TagsSize),
         vec(0..3u8, 0..3).prop_map(ItemCond::TagsAll),
+        (cmp(), -2..6i8).prop_map(|(c, v)| ItemCond::RankHalf(c, v)),
+        (
+            prop_oneof![
+                Just(ItemTyped::Rank),
+                Just(ItemTyped::Label),
+                Just(ItemTyped::Score),
+                Just(ItemTyped::Tags),
+            ],
+            prop_oneof![
+                Just("null"),
+                Just("string"),
+                Just("long"),
+                Just("int"),
+                Just("double"),
+                Just("number"),
+                Just("array"),
+            ]
+        )
+            .prop_map(|(f, t)| ItemCond::TypeIs(f, t)),
+        (-1..3i64).prop_map(ItemCond::RankNotGt),
+        (cmp(), 0..3u8).prop_map(|(c, v)| ItemCond::TagCmp(c, v)),
+        // No `$ne` inside `$elemMatch`: FerretDB refuses it (NotImplemented, 238, "$elemMatch:
+        // support for $ne not implemented yet") where MongoDB answers, so it is not compared.
+        (
+            prop_oneof![
+                Just(Cmp::Eq),
+                Just(Cmp::Gt),
+                Just(Cmp::Gte),
+                Just(Cmp::Lt),
+                Just(Cmp::Lte),
+            ],
+            0..3u8
+        )
+            .prop_map(|(c, v)| ItemCond::TagElemMatch(c, v)),
+        (0..3u8, option::of(0..3u8)).prop_map(|(i, t)| ItemCond::TagAt(i, t)),
     ]
 }
 
@@ -676,6 +743,19 @@ fn within<E: Entity, T: Serialize>(field: Field<E, T>, not: bool, v: Vec<T>) -> 
     }
 }
 
+/// A raw condition: the value itself for `Eq`, else `{<op>: value}`.
+fn raw_cmp(op: Cmp, v: Bson) -> Bson {
+    let op = match op {
+        Cmp::Eq => return v,
+        Cmp::Ne => "$ne",
+        Cmp::Gt => "$gt",
+        Cmp::Gte => "$gte",
+        Cmp::Lt => "$lt",
+        Cmp::Lte => "$lte",
+    };
+    Bson::Document(doc! { op: v })
+}
+
 fn item_filter(c: &ItemCond) -> Filter<Item> {
     let f = Item::fields();
     match c {
@@ -701,6 +781,28 @@ fn item_filter(c: &ItemCond) -> Filter<Item> {
         ItemCond::TagHas(t) => Filter::raw(doc! { "tags": tag_s(*t) }),
         ItemCond::TagsSize(n) => Filter::raw(doc! { "tags": { "$size": i32::from(*n) } }),
         ItemCond::TagsAll(v) => Filter::raw(doc! { "tags": { "$all": tags_s(v) } }),
+        ItemCond::RankHalf(op, v) => {
+            Filter::raw(doc! { "rank": raw_cmp(*op, Bson::Double(f64::from(*v) / 2.0)) })
+        }
+        ItemCond::TypeIs(f, alias) => Filter::raw(doc! { f.name(): { "$type": *alias } }),
+        ItemCond::RankNotGt(v) => Filter::raw(doc! { "rank": { "$not": { "$gt": *v } } }),
+        ItemCond::TagCmp(op, t) => {
+            Filter::raw(doc! { "tags": raw_cmp(*op, Bson::String(tag_s(*t))) })
+        }
+        ItemCond::TagElemMatch(op, t) => {
+            let inner = match raw_cmp(*op, Bson::String(tag_s(*t))) {
+                Bson::Document(d) => d,
+                eq => doc! { "$eq": eq },
+            };
+            Filter::raw(doc! { "tags": { "$elemMatch": inner } })
+        }
+        ItemCond::TagAt(i, t) => {
+            let path = format!("tags.{i}");
+            match t {
+                Some(t) => Filter::raw(doc! { path: tag_s(*t) }),
+                None => Filter::raw(doc! { path: { "$exists": true } }),
+            }
+        }
         ItemCond::Nor(inner) => match item_filter(inner).to_document() {
             Ok(d) => Filter::raw(doc! { "$nor": [d] }),
             Err(_) => Filter::all(),
