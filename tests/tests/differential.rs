@@ -15,6 +15,7 @@
 
 use caas_storage_tests as common;
 
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -1407,7 +1408,10 @@ fn memory_backend_matches_the_server() {
         rt.block_on(env.case(&ops)).map_err(TestCaseError::fail)
     });
     let (runs, operations) = (runs.into_inner(), operations.into_inner());
-    eprintln!(
+    // Written to the process's stderr itself, which the test harness does not capture: CI
+    // logs show the counts of a passing run too.
+    let _ = writeln!(
+        std::io::stderr(),
         "differential: {runs} cases, {operations} operations, seed {seed:#x}, {:.1}s",
         started.elapsed().as_secs_f64()
     );
