@@ -40,11 +40,13 @@ const DEFAULT_CASES: u32 = 40;
 /// The longest generated sequence.
 const MAX_OPS: usize = 12;
 
-/// A versioned entity with an outbox, a unique index, a non-unique one, timestamps, an
-/// optional field stored as null (`label`), one left out when `None` (`score`) and an array.
+/// A versioned entity with an outbox, a write-through cache (so the memory Redis tier is
+/// compared too), a unique index, a non-unique one, timestamps, an optional field stored as
+/// null (`label`), one left out when `None` (`score`) and an array.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_diff", collection = "test_diff_items", consistency = strong,
-             outbox(topic = "platform.events"))]
+             outbox(topic = "platform.events"),
+             cache(ttl = "1m", strategy = write_through))]
 #[index(keys(code), unique)]
 #[index(keys(rank))]
 struct Item {
