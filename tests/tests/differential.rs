@@ -83,6 +83,17 @@ struct Note {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     extra: Option<String>,
     tags: Vec<String>,
+    /// An embedded document (dotted paths, documents compared and sorted as values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    meta: Option<Meta>,
+}
+
+/// The embedded document of [`Note`]; `flag` is left out when `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Meta {
+    a: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    flag: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -131,6 +142,7 @@ struct NoteSpec {
     n: i64,
     extra: Option<u8>,
     tags: Vec<u8>,
+    meta: Option<(i64, Option<bool>)>,
 }
 
 /// A `NotePatch`.
@@ -139,6 +151,7 @@ struct NotePatchSpec {
     slug: Option<u8>,
     n: Option<i64>,
     extra: Option<Option<u8>>,
+    meta: Option<Option<(i64, Option<bool>)>>,
 }
 
 /// A field of [`Item`] that `exists` is asked about.
@@ -231,6 +244,13 @@ enum NoteCond {
     Extra(Cmp, Option<u8>),
     ExtraExists(bool),
     TagHas(u8),
+    /// Raw: `{"meta.a": {<op>: v}}`.
+    MetaA(Cmp, i64),
+    /// Raw: `{"meta.flag": <bool or null>}`.
+    MetaFlag(Option<bool>),
+    /// Typed: the whole embedded document.
+    Meta(Cmp, Option<(i64, Option<bool>)>),
+    MetaExists(bool),
     And(Box<NoteCond>, Box<NoteCond>),
     Or(Box<NoteCond>, Box<NoteCond>),
 }
@@ -243,6 +263,7 @@ enum NoteKey {
     N,
     Extra,
     Tags,
+    Meta,
 }
 
 /// One repository call. `u8` fields before a spec are the tenant (0 or 1).
@@ -374,16 +395,27 @@ fn item_patch() -> impl Strategy<Value = ItemPatchSpec> {
         })
 }
 
+fn meta() -> impl Strategy<Value = (i64, Option<bool>)> {
+    (0..3i64, option::of(any::<bool>()))
+}
+
 fn note_spec() -> impl Strategy<Value = NoteSpec> {
-    (id(), 0..3u8, -1..3i64, option::of(0..2u8), tags()).prop_map(|(id, slug, n, extra, tags)| {
-        NoteSpec {
+    (
+        id(),
+        0..3u8,
+        -1..3i64,
+        option::of(0..2u8),
+        tags(),
+        option::of(meta()),
+    )
+        .prop_map(|(id, slug, n, extra, tags, meta)| NoteSpec {
             id,
             slug,
             n,
             extra,
             tags,
-        }
-    })
+            meta,
+        })
 }
 
 fn note_patch() -> impl Strategy<Value = NotePatchSpec> {
@@ -391,8 +423,14 @@ fn note_patch() -> impl Strategy<Value = NotePatchSpec> {
         option::of(0..3u8),
         option::of(-1..3i64),
         option::of(option::of(0..2u8)),
+        option::of(option::of(meta())),
     )
-        .prop_map(|(slug, n, extra)| NotePatchSpec { slug, n, extra })
+        .prop_map(|(slug, n, extra, meta)| NotePatchSpec {
+            slug,
+            n,
+            extra,
+            meta,
+        })
 }
 
 fn item_leaf() -> impl Strategy<Value = ItemCond> {
@@ -492,6 +530,10 @@ fn note_cond() -> impl Strategy<Value = NoteCond> {
         (cmp(), option::of(0..2u8)).prop_map(|(c, v)| NoteCond::Extra(c, v)),
         any::<bool>().prop_map(NoteCond::ExtraExists),
         (0..3u8).prop_map(NoteCond::TagHas),
+        (cmp(), 0..3i64).prop_map(|(c, v)| NoteCond::MetaA(c, v)),
+        option::of(any::<bool>()).prop_map(NoteCond::MetaFlag),
+        (cmp(), option::of(meta())).prop_map(|(c, v)| NoteCond::Meta(c, v)),
+        any::<bool>().prop_map(NoteCond::MetaExists),
     ];
     leaf.prop_recursive(2, 6, 2, |inner| {
         prop_oneof![
@@ -509,6 +551,7 @@ fn note_sort() -> impl Strategy<Value = Vec<(NoteKey, bool)>> {
         Just(NoteKey::N),
         Just(NoteKey::Extra),
         Just(NoteKey::Tags),
+        Just(NoteKey::Meta),
     ];
     vec((key, any::<bool>()), 0..3)
 }
@@ -715,6 +758,7 @@ fn note(t: &TenantId, s: &NoteSpec) -> Note {
         n: s.n,
         extra: s.extra.map(|e| format!("x{e}")),
         tags: tags_s(&s.tags),
+        meta: s.meta.map(meta_of),
     }
 }
 
@@ -724,7 +768,12 @@ fn note_patch_of(p: &NotePatchSpec) -> NotePatch {
         n: p.n,
         extra: p.extra.map(|e| e.map(|e| format!("x{e}"))),
         tags: None,
+        meta: p.meta.map(|m| m.map(meta_of)),
     }
+}
+
+fn meta_of((a, flag): (i64, Option<bool>)) -> Meta {
+    Meta { a, flag }
 }
 
 fn compare<E: Entity, T: Serialize>(field: Field<E, T>, op: Cmp, v: T) -> Filter<E> {
@@ -846,6 +895,12 @@ fn note_filter(c: &NoteCond) -> Filter<Note> {
         NoteCond::Extra(op, v) => compare(f.extra(), *op, v.map(|e| format!("x{e}"))),
         NoteCond::ExtraExists(p) => f.extra().exists(*p),
         NoteCond::TagHas(t) => Filter::raw(doc! { "tags": tag_s(*t) }),
+        NoteCond::MetaA(op, v) => Filter::raw(doc! { "meta.a": raw_cmp(*op, Bson::Int64(*v)) }),
+        NoteCond::MetaFlag(v) => {
+            Filter::raw(doc! { "meta.flag": v.map_or(Bson::Null, Bson::Boolean) })
+        }
+        NoteCond::Meta(op, v) => compare(f.meta(), *op, v.map(meta_of)),
+        NoteCond::MetaExists(p) => f.meta().exists(*p),
         NoteCond::And(a, b) => note_filter(a).and(note_filter(b)),
         NoteCond::Or(a, b) => note_filter(a).or(note_filter(b)),
     }
@@ -868,6 +923,7 @@ fn note_sort_key(k: NoteKey, desc: bool) -> Sort<Note> {
         NoteKey::N => dir!(f.n()),
         NoteKey::Extra => dir!(f.extra()),
         NoteKey::Tags => dir!(f.tags()),
+        NoteKey::Meta => dir!(f.meta()),
     }
 }
 
@@ -1468,6 +1524,7 @@ fn note0() -> NoteSpec {
         n: 0,
         extra: None,
         tags: vec![],
+        meta: None,
     }
 }
 
