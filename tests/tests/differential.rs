@@ -1472,7 +1472,9 @@ fn memory_backend_matches_the_server() {
     let config = Config {
         cases,
         failure_persistence: None,
-        max_shrink_iters: 512,
+        // Shrinking replays cases on the server: bounded in count and time.
+        max_shrink_iters: 4096,
+        max_shrink_time: 240_000,
         // Cases are never rejected; the default would also read PROPTEST_* variables.
         max_global_rejects: 0,
         ..Config::default()
