@@ -16,6 +16,7 @@
 
 mod expand;
 mod internals;
+mod test_macro;
 
 use proc_macro::TokenStream;
 use quote::quote;
@@ -34,6 +35,23 @@ pub fn derive_repository(input: TokenStream) -> TokenStream {
 }
 
 /// Parse, check, generate; errors become `compile_error!` next to whatever could be generated.
+/// A test that gets a fresh, isolated `Storage` as its one argument: in memory by default, on
+/// the real servers with `CAAS_TEST_BACKEND=servers` (a database suffix and a Redis key prefix
+/// of its own, dropped afterwards). `#[caas_storage::test(config = my_config)]` builds it from
+/// `my_config()` instead of the default (in memory) or the environment (servers).
+///
+/// ```ignore
+/// #[caas_storage::test]
+/// async fn signing_up_publishes_user_created(storage: Storage) {
+///     UserRepository::new(&storage).insert(&t, &user).await.unwrap();
+///     assert_eq!(storage.take_test_events().await.unwrap().len(), 1);
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
+    test_macro::expand(args.into(), item.into()).into()
+}
+
 fn derive(input: &DeriveInput) -> proc_macro2::TokenStream {
     let cx = Ctxt::new();
     let container = Container::from_ast(&cx, input);

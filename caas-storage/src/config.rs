@@ -17,6 +17,7 @@
 //! | `mongodb.connect_timeout` | `CAAS_MONGODB_CONNECT_TIMEOUT` | `10s` |
 //! | `mongodb.socket_timeout` | `CAAS_MONGODB_SOCKET_TIMEOUT` | `45s` |
 //! | `mongodb.probe_database` | `CAAS_MONGODB_PROBE_DATABASE` | `caas_platform` |
+//! | `mongodb.database_suffix` | `CAAS_MONGODB_DATABASE_SUFFIX` | empty: appended to every database name the runtime uses (`caas_auth` becomes `caas_auth_t1`), so one server can hold isolated copies (the `#[caas_storage::test]` macro's per-test databases) |
 //! | `mongodb.causal_wait` | `CAAS_MONGODB_CAUSAL_WAIT` | `2s` |
 //! | `mongodb.slow_command_threshold` | `CAAS_MONGODB_SLOW_COMMAND_THRESHOLD` | `100ms` (commands at least this slow are logged under target `caas_storage::slow_query`) |
 //! | `redis.url` | `CAAS_REDIS_URL` | `redis://127.0.0.1:6379/` |
@@ -164,6 +165,10 @@ pub struct MongoConfig {
     pub socket_timeout: Duration,
     /// Database used for capability probes at connect (a scratch collection, left empty).
     pub probe_database: String,
+    /// Appended to every database name the runtime uses (entities', outboxes', audit logs'),
+    /// so that isolated copies share one server: `caas_auth` with suffix `_t1` is
+    /// `caas_auth_t1`. Letters, digits, `_` and `-` only. Empty by default.
+    pub database_suffix: String,
     /// How long a read with a [`CausalToken`](crate::consistency::CausalToken) waits for the
     /// version the token requires before it fails with a timeout.
     #[serde(with = "duration_text")]
@@ -187,6 +192,7 @@ impl Default for MongoConfig {
             connect_timeout: Duration::from_secs(10),
             socket_timeout: Duration::from_secs(45),
             probe_database: "caas_platform".into(),
+            database_suffix: String::new(),
             causal_wait: Duration::from_secs(2),
             slow_command_threshold: Duration::from_millis(100),
         }
@@ -849,6 +855,7 @@ impl std::fmt::Debug for MongoConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("socket_timeout", &self.socket_timeout)
             .field("probe_database", &self.probe_database)
+            .field("database_suffix", &self.database_suffix)
             .field("causal_wait", &self.causal_wait)
             .field("slow_command_threshold", &self.slow_command_threshold)
             .finish()
@@ -1045,6 +1052,20 @@ impl StorageConfig {
         }
         if m.max_pool_size == 0 {
             return Err(err("mongodb.max_pool_size", "must be at least 1".into()));
+        }
+        if m.database_suffix.len() > 24
+            || !m
+                .database_suffix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(err(
+                "mongodb.database_suffix",
+                format!(
+                    "{:?}: at most 24 letters, digits, '_' or '-' (it becomes part of database names)",
+                    m.database_suffix
+                ),
+            ));
         }
         if m.min_pool_size > m.max_pool_size {
             return Err(err(

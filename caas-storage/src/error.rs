@@ -484,8 +484,12 @@ pub(crate) fn classify_write(
 pub(crate) fn duplicate_key_message(e: &mongodb::error::Error) -> Option<String> {
     use mongodb::error::{ErrorKind, WriteFailure};
     match e.kind.as_ref() {
-        ErrorKind::Command(c) if c.code == DUPLICATE_KEY => Some(c.message.clone()),
-        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => {
+        ErrorKind::Command(c) if c.code == DUPLICATE_KEY || sqlite_unique(&c.message) => {
+            Some(c.message.clone())
+        }
+        ErrorKind::Write(WriteFailure::WriteError(w))
+            if w.code == DUPLICATE_KEY || sqlite_unique(&w.message) =>
+        {
             Some(w.message.clone())
         }
         ErrorKind::InsertMany(m) => m
@@ -496,6 +500,14 @@ pub(crate) fn duplicate_key_message(e: &mongodb::error::Error) -> Option<String>
             .map(|w| w.message.clone()),
         _ => None,
     }
+}
+
+/// FerretDB on SQLite refuses an update or replace that would duplicate a unique key with
+/// `InternalError` (code 1) and SQLite's own words, where MongoDB (and FerretDB, for inserts)
+/// say 11000. It is the same refusal: the write did not happen. (Found by the memory backend's
+/// differential test, `tests/tests/differential.rs`.)
+fn sqlite_unique(message: &str) -> bool {
+    message.contains("UNIQUE constraint failed")
 }
 
 /// MongoDB says `E11000 duplicate key error collection: db.c index: name dup key: {...}`;

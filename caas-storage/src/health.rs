@@ -123,6 +123,7 @@ pub(crate) async fn report(
     let started = Instant::now();
     let timeout = conn.config().health.timeout;
 
+    let in_memory = conn.memory().is_some();
     let mongo = {
         let client = conn.mongo().clone();
         let details = Details::from([(
@@ -135,6 +136,9 @@ pub(crate) async fn report(
             timeout,
             details,
             async move {
+                if in_memory {
+                    return Ok(Details::new());
+                }
                 client
                     .database("admin")
                     .run_command(doc! { "ping": 1 })
@@ -173,6 +177,10 @@ pub(crate) async fn report(
             timeout,
             details,
             async move {
+                if in_memory {
+                    // Nothing is published in memory: events stay in the outbox.
+                    return Ok(Details::from([("in_memory".to_owned(), true.into())]));
+                }
                 kafka_metadata(producer, timeout)
                     .await
                     .map(|_| Details::new())
@@ -205,6 +213,9 @@ pub(crate) async fn report(
             timeout,
             details,
             async move {
+                if in_memory {
+                    return Ok(Details::new());
+                }
                 let report = conn
                     .topics()
                     .check(conn.config(), false)
@@ -276,6 +287,10 @@ pub(crate) async fn report(
         timeout,
         Details::new(),
         async {
+            if in_memory {
+                // Retention does not run in memory.
+                return Ok(Details::new());
+            }
             let sizes = retention.sizes().await.map_err(|e| e.to_string())?;
             match serde_json::to_value(sizes) {
                 Ok(serde_json::Value::Object(m)) => Ok(m.into_iter().collect()),

@@ -73,7 +73,7 @@ pub mod testing;
 pub mod ttl;
 pub mod write_behind;
 
-pub use caas_storage_derive::Repository;
+pub use caas_storage_derive::{test, Repository};
 pub use capabilities::Capabilities;
 pub use config::StorageConfig;
 #[cfg(feature = "testing")]
@@ -129,6 +129,7 @@ pub mod __private_0_1_0 {
     pub use crate::repo::{Field, Filter, Page, PageRequest, Patch, PatchWriter, Repository, Sort};
     pub use crate::storage::Storage;
     pub use crate::tenant::TenantId;
+    pub use crate::testing::{run_test, TestOutcome};
     pub use core::time::Duration;
     pub use mongodb::bson::DateTime;
     pub use serde;

@@ -93,7 +93,7 @@ impl Decision {
 
 /// GCRA. KEYS[1] the TAT key; ARGV[1] interval µs, ARGV[2] burst, ARGV[3] cost.
 /// Returns {1, remaining} when admitted, {0, retry_after_us} when refused.
-const GCRA: &str = r"
+pub(crate) const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])

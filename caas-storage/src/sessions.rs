@@ -109,7 +109,7 @@ pub struct SessionStore {
 /// Stores the session hash and gives it its idle expiry, then indexes it under its user.
 /// KEYS[1] session, ARGV[1] body JSON, ARGV[2] user, ARGV[3] idle ms, ARGV[4] lifetime ms.
 /// Returns [created_ms, ends_ms].
-const CREATE: &str = r"
+pub(crate) const CREATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ends = now + tonumber(ARGV[4])
@@ -121,7 +121,7 @@ return {now, ends}
 
 /// Reads a session and slides its expiry, never past its end; deletes it past its end.
 /// KEYS[1] session, ARGV[1] idle ms. Returns [body, user, created, ends] or nil.
-const TOUCH: &str = r"
+pub(crate) const TOUCH: &str = r"
 local v = redis.call('HMGET', KEYS[1], 'body', 'user', 'created', 'ends')
 if not v[1] then return false end
 local t = redis.call('TIME')

@@ -301,7 +301,6 @@ impl Storage {
     /// The session store (see [`sessions`](crate::sessions)) in Redis database
     /// `redis.databases.sessions`.
     pub fn sessions(&self, options: SessionOptions) -> Result<SessionStore> {
-        self.on_servers("login sessions")?;
         let config = self.config();
         let redis = self.inner.conn.redis(config.redis.databases.sessions)?;
         SessionStore::new(redis, config, options)
@@ -310,7 +309,6 @@ impl Storage {
     /// A rate limiter named `name` enforcing `rate` per tenant and key (see
     /// [`rate_limit`](crate::rate_limit)), in Redis database `redis.databases.rate_limiting`.
     pub fn rate_limiter(&self, name: &str, rate: RateLimit) -> Result<RateLimiter> {
-        self.on_servers("rate limiting")?;
         let config = self.config();
         let redis = self
             .inner
@@ -366,7 +364,7 @@ impl Storage {
         if let Some(memory) = self.inner.conn.memory() {
             // In memory the declared unique indexes are enforced from the first repository
             // on; there is nothing to build.
-            memory.declare_indexes(meta);
+            memory.declare_indexes(&self.inner.conn.database_name(meta.database), meta);
             return Ok(IndexPlan {
                 entity: meta.name.to_owned(),
                 namespace: format!("{}.{}", meta.database, meta.collection),
@@ -572,7 +570,8 @@ impl<'s> RawClients<'s> {
         self.conn.mongo()
     }
 
-    /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...), from the shared pool.
+    /// A MongoDB database by name (`caas_auth`, `caas_messaging`, ...; `mongodb.database_suffix`
+    /// is appended), from the shared pool.
     pub fn database(self, name: &str) -> mongodb::Database {
         self.conn.database(name)
     }

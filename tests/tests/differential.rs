@@ -5,9 +5,9 @@
 //! the repository and as stored, framework fields included) must be the same.
 //!
 //! FerretDB is the reference, except where it deviates from MongoDB 7 (`docs/ferretdb.md`, and
-//! two deviations this test measured: [`FERRETDB_DUPLICATE`], and `$ne` inside `$elemMatch`,
-//! see `item_leaf`): there the memory backend follows MongoDB and this test does not compare
-//! the behaviour (each exclusion says so where it is made).
+//! `$ne` inside `$elemMatch`, which this test measured, see `item_leaf`): there the memory
+//! backend follows MongoDB and this test does not compare the behaviour (each exclusion says
+//! so where it is made).
 //!
 //! The run is bounded and deterministic: `CAAS_DIFF_CASES` cases (default 40) from the seed
 //! `CAAS_DIFF_SEED` (default [`DEFAULT_SEED`]). A failing case is shrunk to a minimal sequence
@@ -942,17 +942,6 @@ fn dedup_keys<K: Copy + PartialEq>(sort: &[(K, bool)]) -> Vec<(K, bool)> {
 // Results, normalized so the two backends can be compared.
 // ---------------------------------------------------------------------------------------------
 
-/// FerretDB's answer to an update or replace that would duplicate a unique key, where it
-/// deviates from MongoDB 7: InternalError (1), "UNIQUE constraint failed", instead of 11000
-/// (which the repository reports as `Error::DuplicateKey`, and which the memory backend gives,
-/// following MongoDB). Inserts and upsert-inserts get 11000 on FerretDB too. The repository
-/// then takes the write's outcome as unknown, and on FerretDB keeps the version claim of the
-/// write until it expires ([`caas_storage::repo::CLAIM_LEASE`]), so later writes of that
-/// aggregate conflict there and not on MongoDB. The test compares that both refuse the write
-/// with no events and no change, then stops the case: what follows is not comparable.
-/// Measured by `an_update_that_duplicates_a_unique_key_is_refused`.
-const FERRETDB_DUPLICATE: &str = "FerretDB InternalError: UNIQUE constraint failed";
-
 /// An error by kind: the variant (and, for version conflicts, the versions), never the
 /// message, which names server specifics.
 fn kind(e: &Error) -> String {
@@ -960,10 +949,6 @@ fn kind(e: &Error) -> String {
         Error::VersionConflict {
             expected, actual, ..
         } => format!("VersionConflict(expected {expected}, actual {actual:?})"),
-        // FerretDB deviates from MongoDB here: see `FERRETDB_DUPLICATE`.
-        Error::Mongo { source, .. } if source.to_string().contains("UNIQUE constraint failed") => {
-            FERRETDB_DUPLICATE.to_owned()
-        }
         other => {
             let debug = format!("{other:?}");
             debug
@@ -1374,13 +1359,7 @@ impl Env {
         let server = &self.server;
         for (n, op) in ops.iter().enumerate() {
             let (m, s) = (memory.run(op, tenants).await, server.run(op, tenants).await);
-            let deviation = s == Res::Err(FERRETDB_DUPLICATE.to_owned());
-            let same = if deviation {
-                m == Res::Err("DuplicateKey".to_owned())
-            } else {
-                m == s
-            };
-            if !same {
+            if m != s {
                 return Err(format!(
                     "operation {n} {op:?} returned\n  memory: {m:?}\n  server: {s:?}"
                 ));
@@ -1390,10 +1369,6 @@ impl Env {
                 return Err(format!(
                     "operation {n} {op:?} recorded events\n  memory: {m:?}\n  server: {s:?}"
                 ));
-            }
-            if deviation {
-                // See `FERRETDB_DUPLICATE`: the state is compared, the rest of the case is not.
-                break;
             }
         }
         for (i, t) in tenants.iter().enumerate() {
@@ -1571,10 +1546,12 @@ fn a_count_limited_to_zero_is_refused() {
     }]);
 }
 
-/// Not a memory divergence but FerretDB's own (see [`FERRETDB_DUPLICATE`]): an update that
-/// would duplicate a unique key is refused with InternalError (1) on FerretDB and with 11000
-/// (`DuplicateKey`) on MongoDB and in memory. Kept to show both refuse it and leave the
-/// documents as they were.
+/// Not a memory divergence but FerretDB's own: an update that would duplicate a unique key is
+/// refused with InternalError (1) and "UNIQUE constraint failed" on FerretDB, with 11000 on
+/// MongoDB and in memory. The repository took FerretDB's answer for an unknown outcome and kept
+/// the write's version claim, so later writes of the document conflicted there only; it now
+/// reads it as the duplicate key it is (`docs/ferretdb.md`). Both sides refuse the update with
+/// `DuplicateKey`, and the next write of the same document goes through on both.
 #[test]
 fn an_update_that_duplicates_a_unique_key_is_refused() {
     let (mut a, mut b) = (item0(), item0());
@@ -1588,6 +1565,17 @@ fn an_update_that_duplicates_a_unique_key_is_refused() {
             ItemPatchSpec {
                 code: Some(2),
                 rank: None,
+                label: None,
+                score: None,
+                tags: None,
+            },
+        ),
+        Op::Update(
+            1,
+            1,
+            ItemPatchSpec {
+                code: None,
+                rank: Some(7),
                 label: None,
                 score: None,
                 tags: None,

@@ -164,6 +164,20 @@ async fn features_that_need_a_server_refuse_in_memory() {
         "{:?}",
         relay.err()
     );
+    let audit = storage.audit_log(caas_storage::audit::AuditOptions::for_database(
+        "caas_audit",
+    ));
+    assert!(
+        matches!(
+            &audit,
+            Err(Error::Unsupported {
+                feature: "the audit log",
+                ..
+            })
+        ),
+        "{:?}",
+        audit.err()
+    );
     let retention = storage.run_retention().await;
     assert!(
         matches!(
@@ -174,5 +188,106 @@ async fn features_that_need_a_server_refuse_in_memory() {
             })
         ),
         "{retention:?}"
+    );
+}
+
+/// Health in memory: every component answers (no server to ping), the backlogs are read from
+/// the memory outbox and queue.
+#[tokio::test]
+async fn health_is_up_in_memory_with_the_outbox_backlog() {
+    let storage = Storage::in_memory().await;
+    let accounts = AccountRepository::new(&storage);
+    let t = common::tenant("health");
+    accounts
+        .insert(&t, &account(&t, "a1", "h@example.com"))
+        .await
+        .unwrap();
+    let report = storage.health().await;
+    let down: Vec<_> = report
+        .components
+        .iter()
+        .filter(|c| c.status != caas_storage::health::HealthStatus::Up)
+        .map(|c| (&c.name, &c.error))
+        .collect();
+    assert!(down.is_empty(), "{down:?}");
+    let outbox = report.component("outbox").expect("the outbox is reported");
+    assert_eq!(outbox.details["pending"], 1, "{outbox:?}");
+}
+
+/// Rate limits run on the test clock: a limit that is spent comes back as the clock moves,
+/// with no waiting.
+#[tokio::test]
+async fn rate_limits_refill_as_the_test_clock_moves() {
+    use caas_storage::rate_limit::{Decision, RateLimit};
+    let storage = Storage::in_memory().await;
+    let clock = storage.test_clock().unwrap();
+    let limiter = storage
+        .rate_limiter("login", RateLimit::per(3, Duration::from_secs(60)))
+        .unwrap();
+    let t = common::tenant("limit");
+    for n in 0..3 {
+        let d = limiter.check(&t, "a@example.com").await.unwrap();
+        assert!(matches!(d, Decision::Allowed { .. }), "attempt {n}: {d:?}");
+    }
+    let d = limiter.check(&t, "a@example.com").await.unwrap();
+    let Decision::Limited { retry_after } = d else {
+        panic!("the fourth attempt within the minute is limited: {d:?}");
+    };
+    assert!(retry_after <= Duration::from_secs(20), "{retry_after:?}");
+    // Another key is not limited.
+    let other = limiter.check(&t, "b@example.com").await.unwrap();
+    assert!(matches!(other, Decision::Allowed { .. }), "{other:?}");
+    clock.advance(retry_after);
+    let d = limiter.check(&t, "a@example.com").await.unwrap();
+    assert!(
+        matches!(d, Decision::Allowed { .. }),
+        "after {retry_after:?}: {d:?}"
+    );
+}
+
+/// Sessions slide on the test clock and end at their lifetime, however often touched.
+#[tokio::test]
+async fn sessions_slide_and_end_on_the_test_clock() {
+    use caas_storage::sessions::SessionOptions;
+    let storage = Storage::in_memory().await;
+    let clock = storage.test_clock().unwrap();
+    let sessions = storage
+        .sessions(SessionOptions {
+            idle_ttl: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(150),
+            ..SessionOptions::default()
+        })
+        .unwrap();
+    let t = common::tenant("sessions");
+    let (token, _) = sessions.create(&t, "u1", "cart-1").await.unwrap();
+    let token = token.secret().to_owned();
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(50));
+        let s = sessions.touch::<String>(&t, &token).await.unwrap();
+        assert_eq!(
+            s.map(|s| s.data),
+            Some("cart-1".to_owned()),
+            "a touch within the idle time slides it"
+        );
+    }
+    assert_eq!(sessions.count_for_user(&t, "u1").await.unwrap(), 1);
+    clock.advance(Duration::from_secs(51));
+    assert!(
+        sessions
+            .touch::<String>(&t, &token)
+            .await
+            .unwrap()
+            .is_none(),
+        "past its lifetime, the session has ended"
+    );
+    let (second, _) = sessions.create(&t, "u1", "cart-2").await.unwrap();
+    clock.advance(Duration::from_secs(61));
+    assert!(
+        sessions
+            .touch::<String>(&t, second.secret())
+            .await
+            .unwrap()
+            .is_none(),
+        "idle longer than idle_ttl, the session has ended"
     );
 }

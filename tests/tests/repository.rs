@@ -584,3 +584,52 @@ async fn soft_delete_hides_keeps_and_purges() {
     })
     .await;
 }
+
+/// A patch that would take another document's unique value is a `DuplicateKey` on every
+/// server and backend, and leaves nothing held: the next write of the document goes through.
+/// (FerretDB refuses it with `InternalError` and SQLite's "UNIQUE constraint failed", where
+/// MongoDB says 11000; the repository read that as an unknown outcome and kept its version
+/// claim, so the document refused writes until the claim expired. The memory backend's
+/// differential test found it.)
+#[tokio::test]
+async fn a_patch_to_a_taken_unique_value_is_a_duplicate_and_holds_nothing() {
+    common::each_capability_set(async |storage, label| {
+        let repo = users(&storage).await;
+        let t = common::tenant("dup-patch");
+        repo.insert(&t, &user(&t, 1, Status::Active)).await.unwrap();
+        repo.insert(&t, &user(&t, 2, Status::Active)).await.unwrap();
+        let taken = repo
+            .update(
+                &t,
+                &"u2".to_owned(),
+                UserPatch {
+                    email: Some("user1@example.com".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(
+            matches!(taken, Err(Error::DuplicateKey { .. })),
+            "{label}: {taken:?}"
+        );
+        let locked = repo
+            .update(
+                &t,
+                &"u2".to_owned(),
+                UserPatch {
+                    status: Some(Status::Locked),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{label}: the next write goes through: {e}"))
+            .unwrap();
+        assert_eq!(locked.status, Status::Locked, "{label}");
+        assert_eq!(locked.email, "user2@example.com", "{label}");
+        assert_eq!(
+            locked.version, 1,
+            "{label}: the refused patch did not count"
+        );
+    })
+    .await;
+}

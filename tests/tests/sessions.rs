@@ -1,7 +1,8 @@
 //! Sessions and rate limits in Redis (the reference design's DB 4 and DB 5), on one Redis and
 //! on the 3-primary cluster: sessions expire when idle, slide when touched, end at their
 //! lifetime, and are revoked one by one or all for a user, with no token in any key; the rate
-//! limiter admits exactly its rate under 50 concurrent callers and says when to retry.
+//! limiter admits exactly its rate under 50 concurrent callers and says when to retry. Each
+//! test runs on the memory backend too (`Storage::in_memory`), which must behave the same.
 
 use caas_storage_tests as common;
 
@@ -27,6 +28,9 @@ async fn cluster() -> Storage {
 async fn each_redis(body: impl AsyncFn(Storage, &'static str)) {
     body(single().await, "single").await;
     body(cluster().await, "cluster").await;
+    // The memory backend's Redis tier: the same scripts' behaviour, in this process.
+    let memory = Storage::in_memory_with(common::config()).await.unwrap();
+    body(memory, "memory").await;
 }
 
 /// Every key in the store's Redis database (on the cluster: on every primary).

@@ -283,6 +283,7 @@ impl Storage {
         plan: &BackupPlan,
         out: impl std::io::Write + Send,
     ) -> Result<BackupReport> {
+        self.on_servers("backups")?;
         dump::backup(self, plan, out).await
     }
 
@@ -302,6 +303,7 @@ impl Storage {
         plan: &RestorePlan,
         path: impl AsRef<Path>,
     ) -> Result<RestoreReport> {
+        self.on_servers("restores")?;
         restore::restore(self, plan, path.as_ref()).await
     }
 
@@ -313,6 +315,7 @@ impl Storage {
         plan: &RestorePlan,
         path: impl AsRef<Path>,
     ) -> Result<RestoreReport> {
+        self.on_servers("restores")?;
         restore::rollback(self, plan, path.as_ref()).await
     }
 
@@ -324,6 +327,7 @@ impl Storage {
         entities: &[&'static EntityMeta],
         tenant: &TenantId,
     ) -> Result<ErasureReport> {
+        self.on_servers("tenant erasure")?;
         erase::erase(self, entities, tenant).await
     }
 }

@@ -209,9 +209,14 @@ impl Connections {
         &self.inner.mongo
     }
 
-    /// A MongoDB database by name, from the shared pool.
+    /// A MongoDB database by name (with `mongodb.database_suffix`), from the shared pool.
     pub(crate) fn database(&self, name: &str) -> mongodb::Database {
-        self.inner.mongo.database(name)
+        self.inner.mongo.database(&self.database_name(name))
+    }
+
+    /// The stored name of database `name`: with `mongodb.database_suffix` appended.
+    pub(crate) fn database_name(&self, name: &str) -> String {
+        format!("{name}{}", self.inner.config.mongodb.database_suffix)
     }
 
     /// Collection `database.name` on the document backend, with `options` (read and write
@@ -225,13 +230,13 @@ impl Connections {
         use crate::backend::{memory, mongo, Coll};
         match &self.inner.documents {
             Documents::Mongo => Coll::new(Arc::new(mongo::MongoCollection::new(
-                self.inner
-                    .mongo
-                    .database(database)
+                self.database(database)
                     .collection_with_options(name, options),
             ))),
             Documents::Memory(store) => Coll::new(Arc::new(memory::MemoryStore::collection(
-                store, database, name,
+                store,
+                &self.database_name(database),
+                name,
             ))),
         }
     }

@@ -85,6 +85,8 @@ impl Storage {
         options: MigrateOptions,
     ) -> Result<MigrationReport> {
         plan.check()?;
+        // In memory, documents at an older schema version are upgraded as they are read.
+        self.on_servers("the batch migrator (its ledger and lock)")?;
         let conn = self.connections();
         let ledger = ledger::Ledger::new(conn);
         let host = ledger::host();

@@ -49,7 +49,7 @@ impl OutboxStore {
         let found = self
             .bounded(
                 "read outbox record",
-                self.coll.find_one(doc! { "_id": event_id }),
+                self.records.find_one(doc! { "_id": event_id }, None),
             )
             .await?;
         let found = match found {
@@ -57,7 +57,7 @@ impl OutboxStore {
             None => {
                 self.bounded(
                     "read published outbox record",
-                    self.published.find_one(doc! { "_id": event_id }),
+                    self.archive.find_one(doc! { "_id": event_id }, None),
                 )
                 .await?
             }
@@ -70,7 +70,8 @@ impl OutboxStore {
         let count = |state: EventState| {
             self.bounded(
                 "count outbox records",
-                self.coll.count_documents(doc! { "state": state.as_str() }),
+                self.records
+                    .count(doc! { "state": state.as_str() }, None, None),
             )
         };
         let (ready, prepared) =
@@ -88,7 +89,8 @@ impl OutboxStore {
         let count = |state: EventState| {
             self.bounded(
                 "count outbox records",
-                self.coll.count_documents(doc! { "state": state.as_str() }),
+                self.records
+                    .count(doc! { "state": state.as_str() }, None, None),
             )
         };
         let oldest = |state: EventState| async move {

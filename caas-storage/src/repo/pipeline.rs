@@ -211,7 +211,7 @@ impl Pipeline {
             .build();
         let docs = conn.collection(meta.database, meta.collection, options);
         if let Some(memory) = conn.memory() {
-            memory.declare_indexes(meta);
+            memory.declare_indexes(&conn.database_name(meta.database), meta);
         }
         Pipeline {
             meta,

@@ -15,7 +15,10 @@
 //! # Ok(()) }
 //! ```
 
+mod harness;
 mod redis;
+
+pub use harness::{run_test, TestOutcome, TEST_BACKEND_VAR};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,9 +51,12 @@ impl Storage {
     ///
     /// Repositories behave as on the servers: tenant scope, versions, unique indexes, soft
     /// deletes, transactions, cache fences and invalidation, outbox events (read them with
-    /// [`test_events`](Self::test_events); nothing is sent to Kafka). Features that need a
-    /// server (the outbox relay, the audit log, migrations' ledger, backups, retention)
-    /// return [`Error::Unsupported`](crate::Error::Unsupported).
+    /// [`test_events`](Self::test_events); nothing is sent to Kafka), sessions and rate
+    /// limits (on the [`test_clock`](Self::test_clock)). The outbox relay, the audit log,
+    /// the batch migrator, backups, restores, tenant erasure, retention and the TTL sweeper
+    /// need a server and
+    /// return [`Error::Unsupported`](crate::Error::Unsupported); so does anything else that
+    /// would reach MongoDB, as a server-selection error (`docs/testing.md`).
     pub async fn in_memory() -> Storage {
         Self::in_memory_with(StorageConfig::default())
             .await

@@ -37,6 +37,7 @@ struct Entry {
 enum Stored {
     Bytes(Vec<u8>),
     Set(BTreeSet<Vec<u8>>),
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
     Stream(Stream),
 }
 
@@ -77,8 +78,21 @@ impl std::fmt::Debug for MemoryRedis {
 
 type Script = fn(&mut Keys, i64, &[Vec<u8>], &[Vec<u8>]) -> RedisResult<Value>;
 
+/// The hashes of the scripts kept as source text (sessions, rate limits).
+static TEXT_SCRIPTS: std::sync::LazyLock<[(String, Script); 3]> = std::sync::LazyLock::new(|| {
+    let hash = |text: &str| redis::Script::new(text).get_hash().to_owned();
+    [
+        (hash(crate::rate_limit::GCRA), gcra as Script),
+        (hash(crate::sessions::CREATE), create_session as Script),
+        (hash(crate::sessions::TOUCH), touch_session as Script),
+    ]
+});
+
 /// The framework's scripts this Redis runs, by hash.
 fn script_for(sha: &[u8]) -> Option<Script> {
+    if let Some((_, f)) = TEXT_SCRIPTS.iter().find(|(h, _)| h.as_bytes() == sha) {
+        return Some(*f);
+    }
     use crate::cache::scripts as c;
     use crate::connection::lease;
     use crate::write_behind::{flusher, APPEND};
@@ -355,6 +369,58 @@ impl Keys {
                     a[1..].iter().filter(|m| set.insert(m.to_vec())).count() as i64,
                 ))
             }
+            "SREM" => {
+                need(2)?;
+                Ok(Value::Int(
+                    match self.map.get_mut(&a[0]).map(|e| &mut e.value) {
+                        Some(Stored::Set(set)) => {
+                            a[1..].iter().filter(|m| set.remove(m.as_slice())).count() as i64
+                        }
+                        _ => 0,
+                    },
+                ))
+            }
+            "HGET" => {
+                need(2)?;
+                Ok(hash_of(self, &a[0])
+                    .and_then(|h| h.get(&a[1]))
+                    .map_or(Value::Nil, |v| Value::BulkString(v.clone())))
+            }
+            "HMGET" => {
+                need(2)?;
+                let h = hash_of(self, &a[0]);
+                Ok(Value::Array(
+                    a[1..]
+                        .iter()
+                        .map(|f| {
+                            h.and_then(|h| h.get(f))
+                                .map_or(Value::Nil, |v| Value::BulkString(v.clone()))
+                        })
+                        .collect(),
+                ))
+            }
+            "HSET" => {
+                need(3)?;
+                let entry = self.map.entry(a[0].clone()).or_insert(Entry {
+                    value: Stored::Hash(BTreeMap::new()),
+                    expires_at: None,
+                });
+                let Stored::Hash(h) = &mut entry.value else {
+                    return Err(err("WRONGTYPE".into()));
+                };
+                let added = a[1..]
+                    .chunks(2)
+                    .filter(|kv| kv.len() == 2 && h.insert(kv[0].clone(), kv[1].clone()).is_none())
+                    .count();
+                Ok(Value::Int(added as i64))
+            }
+            "TIME" => {
+                let us = now * 1000;
+                Ok(Value::Array(vec![
+                    Value::BulkString((us / 1_000_000).to_string().into_bytes()),
+                    Value::BulkString((us % 1_000_000).to_string().into_bytes()),
+                ]))
+            }
             "SMEMBERS" => {
                 need(1)?;
                 Ok(Value::Array(match self.map.get(&a[0]).map(|e| &e.value) {
@@ -473,6 +539,7 @@ impl Keys {
                     && key_type.as_deref().is_none_or(|t| match e.value {
                         Stored::Bytes(_) => t == "string",
                         Stored::Set(_) => t == "set",
+                        Stored::Hash(_) => t == "hash",
                         Stored::Stream(_) => t == "stream",
                     })
             })
@@ -593,6 +660,94 @@ fn release_lock(k: &mut Keys, _now: i64, keys: &[Vec<u8>], argv: &[Vec<u8>]) -> 
         return Ok(Value::Int(k.del(lock)));
     }
     Ok(Value::Int(0))
+}
+
+// ---- sessions and rate limits (sessions.rs, rate_limit.rs) -------------------------------
+
+/// `rate_limit::GCRA`, on the memory clock. KEYS: limit. ARGV: interval us, burst, cost.
+fn gcra(k: &mut Keys, now_ms: i64, keys: &[Vec<u8>], argv: &[Vec<u8>]) -> RedisResult<Value> {
+    let (Some(key), Some(interval), Some(burst), Some(cost)) =
+        (keys.first(), argv.first(), argv.get(1), argv.get(2))
+    else {
+        return Err(err("GCRA: wrong arguments".into()));
+    };
+    let now = now_ms * 1000;
+    let (interval, burst, cost) = (int(interval)?, int(burst)?, int(cost)?);
+    let tolerance = interval * burst;
+    let tat = match k.get(key) {
+        Some(b) => text(b).parse::<f64>().map_or(now, |v| v as i64),
+        None => now,
+    }
+    .max(now);
+    let new_tat = tat + interval * cost;
+    let allow_at = new_tat - tolerance;
+    if now < allow_at {
+        return Ok(Value::Array(vec![
+            Value::Int(0),
+            Value::Int(allow_at - now),
+        ]));
+    }
+    let ttl_ms = (new_tat - now + 999) / 1000 + 1;
+    k.set(key, new_tat.to_string().as_bytes(), Some(ttl_ms), now_ms);
+    let remaining = (tolerance - (new_tat - now)).div_euclid(interval.max(1));
+    Ok(Value::Array(vec![Value::Int(1), Value::Int(remaining)]))
+}
+
+fn hash_of<'a>(k: &'a Keys, key: &[u8]) -> Option<&'a BTreeMap<Vec<u8>, Vec<u8>>> {
+    match k.map.get(key).map(|e| &e.value) {
+        Some(Stored::Hash(h)) => Some(h),
+        _ => None,
+    }
+}
+
+/// `sessions::CREATE`. KEYS: session. ARGV: body, user, idle ms, lifetime ms.
+fn create_session(
+    k: &mut Keys,
+    now: i64,
+    keys: &[Vec<u8>],
+    argv: &[Vec<u8>],
+) -> RedisResult<Value> {
+    let (Some(key), [body, user, idle, life, ..]) = (keys.first(), argv) else {
+        return Err(err("CREATE: wrong arguments".into()));
+    };
+    let ends = now + int(life)?;
+    let fields: BTreeMap<Vec<u8>, Vec<u8>> = [
+        (b"body".to_vec(), body.clone()),
+        (b"user".to_vec(), user.clone()),
+        (b"created".to_vec(), now.to_string().into_bytes()),
+        (b"ends".to_vec(), ends.to_string().into_bytes()),
+    ]
+    .into_iter()
+    .collect();
+    k.map.insert(
+        key.clone(),
+        Entry {
+            value: Stored::Hash(fields),
+            expires_at: Some(now + int(idle)?.min(int(life)?)),
+        },
+    );
+    Ok(Value::Array(vec![Value::Int(now), Value::Int(ends)]))
+}
+
+/// `sessions::TOUCH`. KEYS: session. ARGV: idle ms. Returns [body, user, created, ends] or nil.
+fn touch_session(k: &mut Keys, now: i64, keys: &[Vec<u8>], argv: &[Vec<u8>]) -> RedisResult<Value> {
+    let (Some(key), Some(idle)) = (keys.first(), argv.first()) else {
+        return Err(err("TOUCH: wrong arguments".into()));
+    };
+    let Some(h) = hash_of(k, key) else {
+        return Ok(Value::Nil);
+    };
+    let field = |f: &str| h.get(f.as_bytes()).cloned().unwrap_or_default();
+    let values = ["body", "user", "created", "ends"].map(field);
+    let left = int(&values[3])? - now;
+    if left <= 0 {
+        k.del(key);
+        return Ok(Value::Nil);
+    }
+    k.pexpire(key, int(idle)?.min(left), now);
+    Ok(Value::Array(
+        values.into_iter().map(Value::BulkString).collect(),
+    ))
 }
 
 // ---- the write-behind queue's and the leases' scripts ---------------------------------------

@@ -61,10 +61,13 @@ struct CollState {
     unique: Vec<UniqueIndex>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// A unique index: its keys, and each indexed key's document (by position), so that a write
+/// is checked in constant time.
+#[derive(Clone, Debug)]
 struct UniqueIndex {
     name: String,
     keys: Vec<String>,
+    entries: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -87,20 +90,18 @@ impl MemoryStore {
     }
 
     /// Enforces `meta`'s unique indexes from now on (as `sync_indexes` does on a server).
-    pub(crate) fn declare_indexes(&self, meta: &EntityMeta) {
+    /// `database` is `meta`'s database as stored (with `mongodb.database_suffix`).
+    pub(crate) fn declare_indexes(&self, database: &str, meta: &EntityMeta) {
         let mut state = self.state();
         let coll = state
             .colls
-            .entry((meta.database.to_owned(), meta.collection.to_owned()))
+            .entry((database.to_owned(), meta.collection.to_owned()))
             .or_default();
         for spec in meta.indexes.iter().filter(|s| s.unique) {
-            let index = UniqueIndex {
-                name: spec.name.to_owned(),
-                keys: spec.keys.iter().map(|k| k.field.to_owned()).collect(),
-            };
-            if !coll.unique.contains(&index) {
-                coll.unique.push(index);
-            }
+            coll.add_unique(
+                spec.name.to_owned(),
+                spec.keys.iter().map(|k| k.field.to_owned()).collect(),
+            );
         }
     }
 
@@ -448,10 +449,7 @@ impl CollectionBackend for MemoryCollection {
                     .join("_")
             });
         self.write(None, |c, _| {
-            let index = UniqueIndex { name, keys };
-            if !c.unique.contains(&index) {
-                c.unique.push(index);
-            }
+            c.add_unique(name, keys);
             Ok(())
         })
         .await
@@ -469,9 +467,7 @@ impl CollectionBackend for MemoryCollection {
                 seqs.truncate(1);
             }
             for seq in &seqs {
-                if let Some(d) = c.docs.remove(seq) {
-                    c.ids.remove(&id_key(d.get("_id").unwrap_or(&Bson::Null)));
-                }
+                c.remove(*seq);
             }
             Ok(seqs.len() as u64)
         })
@@ -492,6 +488,17 @@ impl CollState {
             }
         }
         let compiled = eval::filter::Filter::new(filter).map_err(bad_value)?;
+        // A filter that fixes the `_id` (the pipeline's writes: `_id` and a version) looks
+        // at that one document only.
+        if let Some(id) = id_equality(filter) {
+            return Ok(self
+                .ids
+                .get(&id_key(id))
+                .copied()
+                .filter(|seq| self.docs.get(seq).is_some_and(|d| compiled.matches(d)))
+                .into_iter()
+                .collect());
+        }
         Ok(self
             .docs
             .iter()
@@ -536,8 +543,52 @@ impl CollState {
         let seq = self.next;
         self.next += 1;
         self.ids.insert(key, seq);
+        self.index(seq, &doc);
         self.docs.insert(seq, doc);
         Ok(())
+    }
+
+    /// Removes the document at `seq`, with its `_id` and index entries.
+    fn remove(&mut self, seq: u64) {
+        if let Some(d) = self.docs.remove(&seq) {
+            self.ids
+                .remove(&id_key(d.get("_id").unwrap_or(&Bson::Null)));
+            self.unindex(seq, &d);
+        }
+    }
+
+    /// Adds a unique index (unless one with these keys or this name exists), indexing the
+    /// documents already there.
+    fn add_unique(&mut self, name: String, keys: Vec<String>) {
+        if self.unique.iter().any(|u| u.keys == keys || u.name == name) {
+            return;
+        }
+        let mut entries = HashMap::new();
+        for (seq, d) in &self.docs {
+            entries
+                .entry(key_text(&index_key(d, &keys)))
+                .or_insert(*seq);
+        }
+        self.unique.push(UniqueIndex {
+            name,
+            keys,
+            entries,
+        });
+    }
+
+    fn index(&mut self, seq: u64, doc: &Document) {
+        for u in &mut self.unique {
+            u.entries.insert(key_text(&index_key(doc, &u.keys)), seq);
+        }
+    }
+
+    fn unindex(&mut self, seq: u64, doc: &Document) {
+        for u in &mut self.unique {
+            let k = key_text(&index_key(doc, &u.keys));
+            if u.entries.get(&k) == Some(&seq) {
+                u.entries.remove(&k);
+            }
+        }
     }
 
     /// Replaces the document at `seq` (same `_id`) unless it breaks a unique index.
@@ -554,6 +605,10 @@ impl CollState {
             }
         }
         self.check_unique(&doc, Some(seq), ns)?;
+        if let Some(old) = self.docs.get(&seq).cloned() {
+            self.unindex(seq, &old);
+        }
+        self.index(seq, &doc);
         self.docs.insert(seq, doc);
         Ok(())
     }
@@ -566,16 +621,10 @@ impl CollState {
     ) -> Result<(), Refusal> {
         for index in &self.unique {
             let key = index_key(doc, &index.keys);
-            let clash = self
-                .docs
-                .iter()
-                .filter(|(s, _)| Some(**s) != except)
-                .any(|(_, other)| {
-                    index_key(other, &index.keys)
-                        .iter()
-                        .zip(&key)
-                        .all(|(a, b)| eval::compare::values_equal(a, b))
-                });
+            let clash = index
+                .entries
+                .get(&key_text(&key))
+                .is_some_and(|s| Some(*s) != except);
             if clash {
                 let shown: Document = index
                     .keys
@@ -601,6 +650,24 @@ fn index_key(doc: &Document, keys: &[String]) -> Vec<Bson> {
         .collect()
 }
 
+/// One text per index key, equal for keys a unique index takes as equal (numbers by value,
+/// missing as null).
+fn key_text(values: &[Bson]) -> String {
+    values
+        .iter()
+        .map(|v| match v {
+            Bson::Null | Bson::Undefined => "z".to_owned(),
+            Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => id_key(v),
+            Bson::String(s) => format!("s:{s}"),
+            Bson::Boolean(b) => format!("b:{b}"),
+            Bson::DateTime(d) => format!("d:{}", d.timestamp_millis()),
+            Bson::ObjectId(o) => format!("o:{o}"),
+            other => format!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
 fn duplicate(ns: &Namespace, index: &str, key: &Document) -> Refusal {
     (
         DUPLICATE_KEY,
@@ -610,6 +677,20 @@ fn duplicate(ns: &Namespace, index: &str, key: &Document) -> Refusal {
             ns.0, ns.1
         ),
     )
+}
+
+/// The `_id` a filter requires by plain equality, at its top level or in a top-level `$and`.
+fn id_equality(filter: &Document) -> Option<&Bson> {
+    if let Some(id) = filter.get("_id").filter(|v| !is_operator_doc(v)) {
+        return Some(id);
+    }
+    match filter.get("$and") {
+        Some(Bson::Array(parts)) => parts.iter().find_map(|p| match p {
+            Bson::Document(d) => id_equality(d),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 fn is_operator_doc(v: &Bson) -> bool {
