@@ -1248,12 +1248,15 @@ impl Side {
 
     /// The events recorded since the last call, of the case's tenants: (tenant, aggregate,
     /// event type, revision), sorted (one call can write several aggregates).
-    async fn events(&self, tenants: &[TenantId; 2]) -> Vec<(usize, String, String, u64)> {
+    async fn events(
+        &self,
+        tenants: &[TenantId; 2],
+    ) -> Result<Vec<(usize, String, String, u64)>, String> {
         let mut out: Vec<_> = self
             .storage
             .take_test_events()
             .await
-            .unwrap()
+            .map_err(|e| format!("reading events: {e}"))?
             .into_iter()
             .filter_map(|r| {
                 let t = tenants
@@ -1268,22 +1271,26 @@ impl Side {
             })
             .collect();
         out.sort();
-        out
+        Ok(out)
     }
 
     /// Every stored document of `tenant` in `collection`, as compared: the values of time
     /// stamps and of random ids replaced by their type (their presence must match), sorted by
     /// the entity id, fields in stored order.
-    async fn stored(&self, collection: &str, tenant: &TenantId) -> Vec<Vec<(String, Bson)>> {
+    async fn stored(
+        &self,
+        collection: &str,
+        tenant: &TenantId,
+    ) -> Result<Vec<Vec<(String, Bson)>>, String> {
         let docs = self
             .storage
             .raw()
             .documents(DB, collection, doc! { "tenant_id": tenant.as_str() })
             .await
-            .unwrap();
+            .map_err(|e| format!("reading {collection}: {e}"))?;
         let mut out: Vec<Vec<(String, Bson)>> = docs.into_iter().map(normalize).collect();
         out.sort_by_key(|d| entity_id(d));
-        out
+        Ok(out)
     }
 }
 
@@ -1318,6 +1325,26 @@ fn entity_id(d: &[(String, Bson)]) -> String {
         .unwrap_or_default()
 }
 
+/// Why a case did not pass.
+#[derive(Debug)]
+enum CaseError {
+    /// The backends answered differently: what, where.
+    Diverged(String),
+    /// The server failed outside the compared calls (or is gone): no verdict on the memory
+    /// backend, so the run stops rather than shrink.
+    Server(String),
+}
+
+/// A memory-side failure outside the compared calls is a divergence (the memory backend must
+/// answer); a server-side one is [`CaseError::Server`].
+fn memory_side<T>(r: Result<T, String>) -> Result<T, CaseError> {
+    r.map_err(|e| CaseError::Diverged(format!("memory backend: {e}")))
+}
+
+fn server_side<T>(r: Result<T, String>) -> Result<T, CaseError> {
+    r.map_err(CaseError::Server)
+}
+
 /// The two backends of a run.
 struct Env {
     server: Side,
@@ -1337,7 +1364,7 @@ impl Env {
 
     /// Runs `ops` on a fresh memory storage and on the server with two fresh tenants, and
     /// says where they first differ.
-    async fn case(&self, ops: &[Op]) -> Result<(), String> {
+    async fn case(&self, ops: &[Op]) -> Result<(), CaseError> {
         let memory = Side::new(
             Storage::in_memory_with(self.config.clone())
                 .await
@@ -1345,9 +1372,27 @@ impl Env {
         )
         .await;
         let tenants = [common::tenant("diff-a"), common::tenant("diff-b")];
-        let outcome = self.compare(&memory, ops, &tenants).await;
-        self.clean_server(&tenants).await;
-        outcome
+        let outcome = match self.compare(&memory, ops, &tenants).await {
+            // A server that stopped answering shows as a difference first: tell them apart.
+            Err(CaseError::Diverged(why)) => match self.ping().await {
+                Ok(()) => Err(CaseError::Diverged(why)),
+                Err(down) => Err(CaseError::Server(format!("{down} (after: {why})"))),
+            },
+            other => other,
+        };
+        let cleaned = self.clean_server(&tenants).await;
+        outcome.and(server_side(cleaned))
+    }
+
+    /// Whether the server still answers.
+    async fn ping(&self) -> Result<(), String> {
+        self.server
+            .storage
+            .raw()
+            .documents(DB, ITEMS, doc! { "_id": "ping" })
+            .await
+            .map(drop)
+            .map_err(|e| format!("the server does not answer: {e}"))
     }
 
     async fn compare(
@@ -1355,20 +1400,21 @@ impl Env {
         memory: &Side,
         ops: &[Op],
         tenants: &[TenantId; 2],
-    ) -> Result<(), String> {
+    ) -> Result<(), CaseError> {
         let server = &self.server;
         for (n, op) in ops.iter().enumerate() {
             let (m, s) = (memory.run(op, tenants).await, server.run(op, tenants).await);
             if m != s {
-                return Err(format!(
+                return Err(CaseError::Diverged(format!(
                     "operation {n} {op:?} returned\n  memory: {m:?}\n  server: {s:?}"
-                ));
+                )));
             }
-            let (m, s) = (memory.events(tenants).await, server.events(tenants).await);
+            let m = memory_side(memory.events(tenants).await)?;
+            let s = server_side(server.events(tenants).await)?;
             if m != s {
-                return Err(format!(
+                return Err(CaseError::Diverged(format!(
                     "operation {n} {op:?} recorded events\n  memory: {m:?}\n  server: {s:?}"
-                ));
+                )));
             }
         }
         for (i, t) in tenants.iter().enumerate() {
@@ -1383,16 +1429,17 @@ impl Env {
             };
             let (m, s) = (read(memory).await, read(server).await);
             if m != s {
-                return Err(format!(
+                return Err(CaseError::Diverged(format!(
                     "tenant {i}: the repository reads\n  memory: {m:?}\n  server: {s:?}"
-                ));
+                )));
             }
             for coll in [ITEMS, NOTES] {
-                let (m, s) = (memory.stored(coll, t).await, server.stored(coll, t).await);
+                let m = memory_side(memory.stored(coll, t).await)?;
+                let s = server_side(server.stored(coll, t).await)?;
                 if m != s {
-                    return Err(format!(
+                    return Err(CaseError::Diverged(format!(
                         "tenant {i}: the stored documents of {coll}\n  memory: {m:?}\n  server: {s:?}"
-                    ));
+                    )));
                 }
             }
         }
@@ -1401,7 +1448,7 @@ impl Env {
 
     /// Removes the case's documents and events from the server, so its collections (which
     /// FerretDB scans for most filters) stay small however many runs it has seen.
-    async fn clean_server(&self, tenants: &[TenantId; 2]) {
+    async fn clean_server(&self, tenants: &[TenantId; 2]) -> Result<(), String> {
         let names: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
         let db = self.server.storage.raw().database(DB);
         for (coll, field) in [
@@ -1413,8 +1460,9 @@ impl Env {
             db.collection::<Document>(coll)
                 .delete_many(doc! { field: { "$in": names.clone() } })
                 .await
-                .unwrap();
+                .map_err(|e| format!("cleaning {coll}: {e}"))?;
         }
+        Ok(())
     }
 }
 
@@ -1450,7 +1498,8 @@ fn memory_backend_matches_the_server() {
         // Shrinking replays cases on the server: bounded in count and time.
         max_shrink_iters: 4096,
         max_shrink_time: 240_000,
-        // Cases are never rejected; the default would also read PROPTEST_* variables.
+        // A case is rejected only when the server fails (`CaseError::Server`): the first
+        // rejection aborts the run. (The default would also read PROPTEST_* variables.)
         max_global_rejects: 0,
         ..Config::default()
     };
@@ -1461,23 +1510,46 @@ fn memory_backend_matches_the_server() {
     let rt = runtime();
     let env = rt.block_on(Env::new());
     let (runs, operations) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let server_failure = std::sync::Mutex::new(None::<String>);
     let started = Instant::now();
     let outcome = runner.run(&ops(), |ops| {
         runs.fetch_add(1, Ordering::Relaxed);
         operations.fetch_add(ops.len(), Ordering::Relaxed);
-        rt.block_on(env.case(&ops)).map_err(TestCaseError::fail)
+        match rt.block_on(env.case(&ops)) {
+            Ok(()) => Ok(()),
+            Err(CaseError::Diverged(why)) => Err(TestCaseError::fail(why)),
+            Err(CaseError::Server(why)) => {
+                *server_failure.lock().unwrap() = Some(why.clone());
+                Err(TestCaseError::reject(why))
+            }
+        }
     });
+    let server_failure = server_failure.into_inner().unwrap();
     let (runs, operations) = (runs.into_inner(), operations.into_inner());
     eprintln!(
         "differential: {runs} cases, {operations} operations, seed {seed:#x}, {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    match outcome {
-        Ok(()) => {}
-        Err(TestError::Fail(why, minimal)) => {
-            panic!("the backends diverge (seed {seed:#x}); minimal sequence:\n{minimal:#?}\n{why}")
+    match (outcome, server_failure) {
+        (Ok(()), None) => {}
+        (Err(TestError::Fail(why, minimal)), failure) => {
+            // While shrinking, a rejected case counts as passing, so a server failure then
+            // leaves the sequence less than minimal.
+            let note = failure
+                .map(|f| {
+                    format!(
+                        "\n(the server failed while shrinking, so this may not be minimal: {f})"
+                    )
+                })
+                .unwrap_or_default();
+            panic!("the backends diverge (seed {seed:#x}); minimal sequence:\n{minimal:#?}\n{why}{note}")
         }
-        Err(TestError::Abort(why)) => panic!("aborted: {why}"),
+        (_, Some(why)) => {
+            panic!(
+                "the server failed, so the run stopped (no verdict on the memory backend): {why}"
+            )
+        }
+        (Err(TestError::Abort(why)), None) => panic!("aborted: {why}"),
     }
 }
 
@@ -1485,8 +1557,10 @@ fn memory_backend_matches_the_server() {
 fn replay(ops: Vec<Op>) {
     let rt = runtime();
     let env = rt.block_on(Env::new());
-    if let Err(why) = rt.block_on(env.case(&ops)) {
-        panic!("{why}");
+    match rt.block_on(env.case(&ops)) {
+        Ok(()) => {}
+        Err(CaseError::Diverged(why)) => panic!("the backends diverge: {why}"),
+        Err(CaseError::Server(why)) => panic!("the server failed: {why}"),
     }
 }
 
