@@ -4,9 +4,10 @@
 //! operation's result, the events each operation recorded, and the final state (read through
 //! the repository and as stored, framework fields included) must be the same.
 //!
-//! FerretDB is the reference, except where it deviates from MongoDB 7 (`docs/ferretdb.md`):
-//! there the memory backend follows MongoDB and this test does not compare the behaviour (each
-//! such exclusion says so where it is made).
+//! FerretDB is the reference, except where it deviates from MongoDB 7 (`docs/ferretdb.md`, and
+//! `$ne` inside `$elemMatch`, which this test measured, see `item_leaf`): there the memory
+//! backend follows MongoDB and this test does not compare the behaviour (each exclusion says
+//! so where it is made).
 //!
 //! The run is bounded and deterministic: `CAAS_DIFF_CASES` cases (default 40) from the seed
 //! `CAAS_DIFF_SEED` (default [`DEFAULT_SEED`]). A failing case is shrunk to a minimal sequence
@@ -40,11 +41,13 @@ const DEFAULT_CASES: u32 = 40;
 /// The longest generated sequence.
 const MAX_OPS: usize = 12;
 
-/// A versioned entity with an outbox, a unique index, a non-unique one, timestamps, an
-/// optional field stored as null (`label`), one left out when `None` (`score`) and an array.
+/// A versioned entity with an outbox, a write-through cache (so the memory Redis tier is
+/// compared too), a unique index, a non-unique one, timestamps, an optional field stored as
+/// null (`label`), one left out when `None` (`score`) and an array.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_diff", collection = "test_diff_items", consistency = strong,
-             outbox(topic = "platform.events"))]
+             outbox(topic = "platform.events"),
+             cache(ttl = "1m", strategy = write_through))]
 #[index(keys(code), unique)]
 #[index(keys(rank))]
 struct Item {
@@ -81,6 +84,17 @@ struct Note {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     extra: Option<String>,
     tags: Vec<String>,
+    /// An embedded document (dotted paths, documents compared and sorted as values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    meta: Option<Meta>,
+}
+
+/// The embedded document of [`Note`]; `flag` is left out when `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Meta {
+    a: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    flag: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -129,6 +143,7 @@ struct NoteSpec {
     n: i64,
     extra: Option<u8>,
     tags: Vec<u8>,
+    meta: Option<(i64, Option<bool>)>,
 }
 
 /// A `NotePatch`.
@@ -137,6 +152,7 @@ struct NotePatchSpec {
     slug: Option<u8>,
     n: Option<i64>,
     extra: Option<Option<u8>>,
+    meta: Option<Option<(i64, Option<bool>)>>,
 }
 
 /// A field of [`Item`] that `exists` is asked about.
@@ -229,6 +245,13 @@ enum NoteCond {
     Extra(Cmp, Option<u8>),
     ExtraExists(bool),
     TagHas(u8),
+    /// Raw: `{"meta.a": {<op>: v}}`.
+    MetaA(Cmp, i64),
+    /// Raw: `{"meta.flag": <bool or null>}`.
+    MetaFlag(Option<bool>),
+    /// Typed: the whole embedded document.
+    Meta(Cmp, Option<(i64, Option<bool>)>),
+    MetaExists(bool),
     And(Box<NoteCond>, Box<NoteCond>),
     Or(Box<NoteCond>, Box<NoteCond>),
 }
@@ -241,6 +264,7 @@ enum NoteKey {
     N,
     Extra,
     Tags,
+    Meta,
 }
 
 /// One repository call. `u8` fields before a spec are the tenant (0 or 1).
@@ -372,16 +396,27 @@ fn item_patch() -> impl Strategy<Value = ItemPatchSpec> {
         })
 }
 
+fn meta() -> impl Strategy<Value = (i64, Option<bool>)> {
+    (0..3i64, option::of(any::<bool>()))
+}
+
 fn note_spec() -> impl Strategy<Value = NoteSpec> {
-    (id(), 0..3u8, -1..3i64, option::of(0..2u8), tags()).prop_map(|(id, slug, n, extra, tags)| {
-        NoteSpec {
+    (
+        id(),
+        0..3u8,
+        -1..3i64,
+        option::of(0..2u8),
+        tags(),
+        option::of(meta()),
+    )
+        .prop_map(|(id, slug, n, extra, tags, meta)| NoteSpec {
             id,
             slug,
             n,
             extra,
             tags,
-        }
-    })
+            meta,
+        })
 }
 
 fn note_patch() -> impl Strategy<Value = NotePatchSpec> {
@@ -389,8 +424,14 @@ fn note_patch() -> impl Strategy<Value = NotePatchSpec> {
         option::of(0..3u8),
         option::of(-1..3i64),
         option::of(option::of(0..2u8)),
+        option::of(option::of(meta())),
     )
-        .prop_map(|(slug, n, extra)| NotePatchSpec { slug, n, extra })
+        .prop_map(|(slug, n, extra, meta)| NotePatchSpec {
+            slug,
+            n,
+            extra,
+            meta,
+        })
 }
 
 fn item_leaf() -> impl Strategy<Value = ItemCond> {
@@ -490,6 +531,10 @@ fn note_cond() -> impl Strategy<Value = NoteCond> {
         (cmp(), option::of(0..2u8)).prop_map(|(c, v)| NoteCond::Extra(c, v)),
         any::<bool>().prop_map(NoteCond::ExtraExists),
         (0..3u8).prop_map(NoteCond::TagHas),
+        (cmp(), 0..3i64).prop_map(|(c, v)| NoteCond::MetaA(c, v)),
+        option::of(any::<bool>()).prop_map(NoteCond::MetaFlag),
+        (cmp(), option::of(meta())).prop_map(|(c, v)| NoteCond::Meta(c, v)),
+        any::<bool>().prop_map(NoteCond::MetaExists),
     ];
     leaf.prop_recursive(2, 6, 2, |inner| {
         prop_oneof![
@@ -507,6 +552,7 @@ fn note_sort() -> impl Strategy<Value = Vec<(NoteKey, bool)>> {
         Just(NoteKey::N),
         Just(NoteKey::Extra),
         Just(NoteKey::Tags),
+        Just(NoteKey::Meta),
     ];
     vec((key, any::<bool>()), 0..3)
 }
@@ -713,6 +759,7 @@ fn note(t: &TenantId, s: &NoteSpec) -> Note {
         n: s.n,
         extra: s.extra.map(|e| format!("x{e}")),
         tags: tags_s(&s.tags),
+        meta: s.meta.map(meta_of),
     }
 }
 
@@ -722,7 +769,12 @@ fn note_patch_of(p: &NotePatchSpec) -> NotePatch {
         n: p.n,
         extra: p.extra.map(|e| e.map(|e| format!("x{e}"))),
         tags: None,
+        meta: p.meta.map(|m| m.map(meta_of)),
     }
+}
+
+fn meta_of((a, flag): (i64, Option<bool>)) -> Meta {
+    Meta { a, flag }
 }
 
 fn compare<E: Entity, T: Serialize>(field: Field<E, T>, op: Cmp, v: T) -> Filter<E> {
@@ -844,6 +896,12 @@ fn note_filter(c: &NoteCond) -> Filter<Note> {
         NoteCond::Extra(op, v) => compare(f.extra(), *op, v.map(|e| format!("x{e}"))),
         NoteCond::ExtraExists(p) => f.extra().exists(*p),
         NoteCond::TagHas(t) => Filter::raw(doc! { "tags": tag_s(*t) }),
+        NoteCond::MetaA(op, v) => Filter::raw(doc! { "meta.a": raw_cmp(*op, Bson::Int64(*v)) }),
+        NoteCond::MetaFlag(v) => {
+            Filter::raw(doc! { "meta.flag": v.map_or(Bson::Null, Bson::Boolean) })
+        }
+        NoteCond::Meta(op, v) => compare(f.meta(), *op, v.map(meta_of)),
+        NoteCond::MetaExists(p) => f.meta().exists(*p),
         NoteCond::And(a, b) => note_filter(a).and(note_filter(b)),
         NoteCond::Or(a, b) => note_filter(a).or(note_filter(b)),
     }
@@ -866,6 +924,7 @@ fn note_sort_key(k: NoteKey, desc: bool) -> Sort<Note> {
         NoteKey::N => dir!(f.n()),
         NoteKey::Extra => dir!(f.extra()),
         NoteKey::Tags => dir!(f.tags()),
+        NoteKey::Meta => dir!(f.meta()),
     }
 }
 
@@ -1190,12 +1249,15 @@ impl Side {
 
     /// The events recorded since the last call, of the case's tenants: (tenant, aggregate,
     /// event type, revision), sorted (one call can write several aggregates).
-    async fn events(&self, tenants: &[TenantId; 2]) -> Vec<(usize, String, String, u64)> {
+    async fn events(
+        &self,
+        tenants: &[TenantId; 2],
+    ) -> Result<Vec<(usize, String, String, u64)>, String> {
         let mut out: Vec<_> = self
             .storage
             .take_test_events()
             .await
-            .unwrap()
+            .map_err(|e| format!("reading events: {e}"))?
             .into_iter()
             .filter_map(|r| {
                 let t = tenants
@@ -1210,22 +1272,26 @@ impl Side {
             })
             .collect();
         out.sort();
-        out
+        Ok(out)
     }
 
     /// Every stored document of `tenant` in `collection`, as compared: the values of time
     /// stamps and of random ids replaced by their type (their presence must match), sorted by
     /// the entity id, fields in stored order.
-    async fn stored(&self, collection: &str, tenant: &TenantId) -> Vec<Vec<(String, Bson)>> {
+    async fn stored(
+        &self,
+        collection: &str,
+        tenant: &TenantId,
+    ) -> Result<Vec<Vec<(String, Bson)>>, String> {
         let docs = self
             .storage
             .raw()
             .documents(DB, collection, doc! { "tenant_id": tenant.as_str() })
             .await
-            .unwrap();
+            .map_err(|e| format!("reading {collection}: {e}"))?;
         let mut out: Vec<Vec<(String, Bson)>> = docs.into_iter().map(normalize).collect();
         out.sort_by_key(|d| entity_id(d));
-        out
+        Ok(out)
     }
 }
 
@@ -1260,6 +1326,26 @@ fn entity_id(d: &[(String, Bson)]) -> String {
         .unwrap_or_default()
 }
 
+/// Why a case did not pass.
+#[derive(Debug)]
+enum CaseError {
+    /// The backends answered differently: what, where.
+    Diverged(String),
+    /// The server failed outside the compared calls (or is gone): no verdict on the memory
+    /// backend, so the run stops rather than shrink.
+    Server(String),
+}
+
+/// A memory-side failure outside the compared calls is a divergence (the memory backend must
+/// answer); a server-side one is [`CaseError::Server`].
+fn memory_side<T>(r: Result<T, String>) -> Result<T, CaseError> {
+    r.map_err(|e| CaseError::Diverged(format!("memory backend: {e}")))
+}
+
+fn server_side<T>(r: Result<T, String>) -> Result<T, CaseError> {
+    r.map_err(CaseError::Server)
+}
+
 /// The two backends of a run.
 struct Env {
     server: Side,
@@ -1279,7 +1365,7 @@ impl Env {
 
     /// Runs `ops` on a fresh memory storage and on the server with two fresh tenants, and
     /// says where they first differ.
-    async fn case(&self, ops: &[Op]) -> Result<(), String> {
+    async fn case(&self, ops: &[Op]) -> Result<(), CaseError> {
         let memory = Side::new(
             Storage::in_memory_with(self.config.clone())
                 .await
@@ -1287,9 +1373,27 @@ impl Env {
         )
         .await;
         let tenants = [common::tenant("diff-a"), common::tenant("diff-b")];
-        let outcome = self.compare(&memory, ops, &tenants).await;
-        self.clean_server(&tenants).await;
-        outcome
+        let outcome = match self.compare(&memory, ops, &tenants).await {
+            // A server that stopped answering shows as a difference first: tell them apart.
+            Err(CaseError::Diverged(why)) => match self.ping().await {
+                Ok(()) => Err(CaseError::Diverged(why)),
+                Err(down) => Err(CaseError::Server(format!("{down} (after: {why})"))),
+            },
+            other => other,
+        };
+        let cleaned = self.clean_server(&tenants).await;
+        outcome.and(server_side(cleaned))
+    }
+
+    /// Whether the server still answers.
+    async fn ping(&self) -> Result<(), String> {
+        self.server
+            .storage
+            .raw()
+            .documents(DB, ITEMS, doc! { "_id": "ping" })
+            .await
+            .map(drop)
+            .map_err(|e| format!("the server does not answer: {e}"))
     }
 
     async fn compare(
@@ -1297,20 +1401,21 @@ impl Env {
         memory: &Side,
         ops: &[Op],
         tenants: &[TenantId; 2],
-    ) -> Result<(), String> {
+    ) -> Result<(), CaseError> {
         let server = &self.server;
         for (n, op) in ops.iter().enumerate() {
             let (m, s) = (memory.run(op, tenants).await, server.run(op, tenants).await);
             if m != s {
-                return Err(format!(
+                return Err(CaseError::Diverged(format!(
                     "operation {n} {op:?} returned\n  memory: {m:?}\n  server: {s:?}"
-                ));
+                )));
             }
-            let (m, s) = (memory.events(tenants).await, server.events(tenants).await);
+            let m = memory_side(memory.events(tenants).await)?;
+            let s = server_side(server.events(tenants).await)?;
             if m != s {
-                return Err(format!(
+                return Err(CaseError::Diverged(format!(
                     "operation {n} {op:?} recorded events\n  memory: {m:?}\n  server: {s:?}"
-                ));
+                )));
             }
         }
         for (i, t) in tenants.iter().enumerate() {
@@ -1325,16 +1430,17 @@ impl Env {
             };
             let (m, s) = (read(memory).await, read(server).await);
             if m != s {
-                return Err(format!(
+                return Err(CaseError::Diverged(format!(
                     "tenant {i}: the repository reads\n  memory: {m:?}\n  server: {s:?}"
-                ));
+                )));
             }
             for coll in [ITEMS, NOTES] {
-                let (m, s) = (memory.stored(coll, t).await, server.stored(coll, t).await);
+                let m = memory_side(memory.stored(coll, t).await)?;
+                let s = server_side(server.stored(coll, t).await)?;
                 if m != s {
-                    return Err(format!(
+                    return Err(CaseError::Diverged(format!(
                         "tenant {i}: the stored documents of {coll}\n  memory: {m:?}\n  server: {s:?}"
-                    ));
+                    )));
                 }
             }
         }
@@ -1343,7 +1449,7 @@ impl Env {
 
     /// Removes the case's documents and events from the server, so its collections (which
     /// FerretDB scans for most filters) stay small however many runs it has seen.
-    async fn clean_server(&self, tenants: &[TenantId; 2]) {
+    async fn clean_server(&self, tenants: &[TenantId; 2]) -> Result<(), String> {
         let names: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
         let db = self.server.storage.raw().database(DB);
         for (coll, field) in [
@@ -1355,8 +1461,9 @@ impl Env {
             db.collection::<Document>(coll)
                 .delete_many(doc! { field: { "$in": names.clone() } })
                 .await
-                .unwrap();
+                .map_err(|e| format!("cleaning {coll}: {e}"))?;
         }
+        Ok(())
     }
 }
 
@@ -1389,8 +1496,11 @@ fn memory_backend_matches_the_server() {
     let config = Config {
         cases,
         failure_persistence: None,
-        max_shrink_iters: 512,
-        // Cases are never rejected; the default would also read PROPTEST_* variables.
+        // Shrinking replays cases on the server: bounded in count and time.
+        max_shrink_iters: 4096,
+        max_shrink_time: 240_000,
+        // A case is rejected only when the server fails (`CaseError::Server`): the first
+        // rejection aborts the run. (The default would also read PROPTEST_* variables.)
         max_global_rejects: 0,
         ..Config::default()
     };
@@ -1401,12 +1511,21 @@ fn memory_backend_matches_the_server() {
     let rt = runtime();
     let env = rt.block_on(Env::new());
     let (runs, operations) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let server_failure = std::sync::Mutex::new(None::<String>);
     let started = Instant::now();
     let outcome = runner.run(&ops(), |ops| {
         runs.fetch_add(1, Ordering::Relaxed);
         operations.fetch_add(ops.len(), Ordering::Relaxed);
-        rt.block_on(env.case(&ops)).map_err(TestCaseError::fail)
+        match rt.block_on(env.case(&ops)) {
+            Ok(()) => Ok(()),
+            Err(CaseError::Diverged(why)) => Err(TestCaseError::fail(why)),
+            Err(CaseError::Server(why)) => {
+                *server_failure.lock().unwrap() = Some(why.clone());
+                Err(TestCaseError::reject(why))
+            }
+        }
     });
+    let server_failure = server_failure.into_inner().unwrap();
     let (runs, operations) = (runs.into_inner(), operations.into_inner());
     // Written to the process's stderr itself, which the test harness does not capture: CI
     // logs show the counts of a passing run too.
@@ -1415,12 +1534,26 @@ fn memory_backend_matches_the_server() {
         "differential: {runs} cases, {operations} operations, seed {seed:#x}, {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    match outcome {
-        Ok(()) => {}
-        Err(TestError::Fail(why, minimal)) => {
-            panic!("the backends diverge (seed {seed:#x}); minimal sequence:\n{minimal:#?}\n{why}")
+    match (outcome, server_failure) {
+        (Ok(()), None) => {}
+        (Err(TestError::Fail(why, minimal)), failure) => {
+            // While shrinking, a rejected case counts as passing, so a server failure then
+            // leaves the sequence less than minimal.
+            let note = failure
+                .map(|f| {
+                    format!(
+                        "\n(the server failed while shrinking, so this may not be minimal: {f})"
+                    )
+                })
+                .unwrap_or_default();
+            panic!("the backends diverge (seed {seed:#x}); minimal sequence:\n{minimal:#?}\n{why}{note}")
         }
-        Err(TestError::Abort(why)) => panic!("aborted: {why}"),
+        (_, Some(why)) => {
+            panic!(
+                "the server failed, so the run stopped (no verdict on the memory backend): {why}"
+            )
+        }
+        (Err(TestError::Abort(why)), None) => panic!("aborted: {why}"),
     }
 }
 
@@ -1428,8 +1561,10 @@ fn memory_backend_matches_the_server() {
 fn replay(ops: Vec<Op>) {
     let rt = runtime();
     let env = rt.block_on(Env::new());
-    if let Err(why) = rt.block_on(env.case(&ops)) {
-        panic!("{why}");
+    match rt.block_on(env.case(&ops)) {
+        Ok(()) => {}
+        Err(CaseError::Diverged(why)) => panic!("the backends diverge: {why}"),
+        Err(CaseError::Server(why)) => panic!("the server failed: {why}"),
     }
 }
 
@@ -1444,6 +1579,7 @@ fn note0() -> NoteSpec {
         n: 0,
         extra: None,
         tags: vec![],
+        meta: None,
     }
 }
 
