@@ -37,6 +37,7 @@
 //! | `redis.databases.services.NAME` | `CAAS_REDIS_DB_SERVICE_NAME` | auth 1, compliance 2, crypto 3 |
 //! | `kafka.brokers` | `CAAS_KAFKA_BROKERS` | `127.0.0.1:9092` |
 //! | `kafka.client_id` | `CAAS_KAFKA_CLIENT_ID` | `caas-storage` |
+//! | `kafka.topic_suffix` | `CAAS_KAFKA_TOPIC_SUFFIX` | empty: appended to every topic name the runtime sends to Kafka (`platform.events` becomes `platform.events.t1`), so one cluster can hold isolated copies (the `#[caas_storage::test]` macro's per-test topics); declarations, outbox records and reports keep the declared names |
 //! | `kafka.acks` | `CAAS_KAFKA_ACKS` | `all` |
 //! | `kafka.enable_idempotence` | `CAAS_KAFKA_ENABLE_IDEMPOTENCE` | `true` |
 //! | `kafka.message_timeout` | `CAAS_KAFKA_MESSAGE_TIMEOUT` | `30s` |
@@ -349,6 +350,13 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Client id reported to the brokers.
     pub client_id: String,
+    /// Appended to every topic name the runtime sends to Kafka: the relay publishes an
+    /// `outbox(topic = "platform.events")` event to `platform.events<suffix>`, and the declared
+    /// topics are created and checked under those names. Everything else keeps the declared
+    /// name: [`topics`](Self::topics), outbox records, topic reports. Consumers subscribe to
+    /// [`topic_name`](Self::topic_name). Empty by default; the `#[caas_storage::test]` macro
+    /// gives each test on the servers one of its own.
+    pub topic_suffix: String,
     /// Producer acknowledgements: `all`, `1` or `0`. Idempotence requires `all`.
     pub acks: String,
     /// Idempotent producer (no duplicates from producer retries).
@@ -400,6 +408,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             client_id: "caas-storage".into(),
+            topic_suffix: String::new(),
             acks: "all".into(),
             enable_idempotence: true,
             message_timeout: Duration::from_secs(30),
@@ -416,6 +425,18 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The name topic `declared` has on the cluster: `declared` with
+    /// [`topic_suffix`](Self::topic_suffix) appended. Subscribe to this.
+    pub fn topic_name(&self, declared: &str) -> String {
+        format!("{declared}{}", self.topic_suffix)
+    }
+
+    /// The declared name of cluster topic `name` (the inverse of
+    /// [`topic_name`](Self::topic_name)); `None` for a topic without the suffix.
+    pub(crate) fn declared_name<'n>(&self, name: &'n str) -> Option<&'n str> {
+        name.strip_suffix(self.topic_suffix.as_str())
+    }
+
     /// The declaration of topic `name`, if [`topics`](Self::topics) has one.
     pub fn topic(&self, name: &str) -> Option<&TopicSpec> {
         self.topics.iter().find(|t| t.name == name)
@@ -885,6 +906,7 @@ impl std::fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("client_id", &self.client_id)
+            .field("topic_suffix", &self.topic_suffix)
             .field("acks", &self.acks)
             .field("enable_idempotence", &self.enable_idempotence)
             .field("message_timeout", &self.message_timeout)
@@ -1194,6 +1216,20 @@ impl StorageConfig {
                 format!(
                     "{:?} is not a list of host:port separated by commas",
                     k.brokers
+                ),
+            ));
+        }
+        if k.topic_suffix.len() > 40
+            || !k
+                .topic_suffix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(err(
+                "kafka.topic_suffix",
+                format!(
+                    "{:?}: at most 40 letters, digits, '.', '_' or '-' (it becomes part of topic names)",
+                    k.topic_suffix
                 ),
             ));
         }
@@ -1693,6 +1729,16 @@ mod tests {
             ),
             ("[kafka]\nacks = \"1\"", "kafka.acks", "idempotent"),
             (
+                "[kafka]\ntopic_suffix = \"/t1\"",
+                "kafka.topic_suffix",
+                "topic names",
+            ),
+            (
+                "[mongodb]\ndatabase_suffix = \"_t.1\"",
+                "mongodb.database_suffix",
+                "database names",
+            ),
+            (
                 "[kafka]\nbrokers = \"localhost\"",
                 "kafka.brokers",
                 "host:port",
@@ -1709,6 +1755,22 @@ mod tests {
                 other => panic!("{text}: expected a config error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_topic_suffix_renames_topics_on_the_cluster_only() {
+        let c = StorageConfig::from_vars([("CAAS_KAFKA_TOPIC_SUFFIX", ".t7")]).unwrap();
+        assert_eq!(c.kafka.topic_suffix, ".t7");
+        assert_eq!(c.kafka.topic_name("platform.events"), "platform.events.t7");
+        assert_eq!(
+            c.kafka.declared_name("platform.events.t7"),
+            Some("platform.events")
+        );
+        assert_eq!(c.kafka.declared_name("platform.events"), None);
+        // Declarations keep their names.
+        assert!(c.kafka.topic("platform.events").is_some());
+        let plain = StorageConfig::default();
+        assert_eq!(plain.kafka.topic_name("chat.events"), "chat.events");
     }
 
     #[test]

@@ -160,7 +160,6 @@ pub(crate) async fn report(
         },
     ));
     let kafka = async {
-        let producer = conn.kafka().clone();
         let details = Details::from([
             (
                 "brokers".to_owned(),
@@ -181,7 +180,7 @@ pub(crate) async fn report(
                     // Nothing is published in memory: events stay in the outbox.
                     return Ok(Details::from([("in_memory".to_owned(), true.into())]));
                 }
-                kafka_metadata(producer, timeout)
+                kafka_metadata(conn.kafka().clone(), timeout)
                     .await
                     .map(|_| Details::new())
             },

@@ -266,6 +266,7 @@ impl Storage {
     /// when the cluster cannot be reached (at once while the Kafka circuit breaker is open).
     /// The relay does the same when it starts; see `docs/kafka.md`.
     pub async fn ensure_topics(&self) -> Result<TopicReport> {
+        self.on_servers("Kafka topic administration")?;
         let conn = &self.inner.conn;
         let drift = conn.config().kafka.topic_drift;
         let report = conn
@@ -279,6 +280,7 @@ impl Storage {
     /// [`ensure_topics`](Self::ensure_topics) without creating anything and without applying
     /// `kafka.topic_drift`: what exists and how it differs.
     pub async fn check_topics(&self) -> Result<TopicReport> {
+        self.on_servers("Kafka topic administration")?;
         let conn = &self.inner.conn;
         conn.topics().check(conn.config(), false).await
     }
@@ -504,14 +506,11 @@ impl Storage {
     }
 }
 
-/// What a [`Storage`] keeps for tests (`testing/`): the events already taken, the memory
-/// clock.
+/// What a [`Storage`] keeps for tests (`testing/`): the events already taken.
 #[derive(Debug, Default)]
 pub(crate) struct TestState {
     /// Event ids already returned by `Storage::take_test_events`.
     pub(crate) taken: Mutex<std::collections::HashSet<String>>,
-    /// The memory backend's clock, in memory.
-    pub(crate) clock: Option<crate::backend::memory::clock::MemoryClock>,
 }
 
 /// Starts the Redis `INFO` sampler (`metrics.redis_info_interval`; `0s`: none).

@@ -629,3 +629,59 @@ async fn an_undeclared_topic_made_by_the_relay_is_not_given_one_replica_on_three
     relay.release().await;
     assert_eq!(layout(&brokers, topic), Some((3, 3)));
 }
+
+/// `kafka.topic_suffix`: declared topics are created and checked on the cluster under their
+/// suffixed names, while reports keep the declared names; a drifted suffixed topic is found
+/// as drift of its declaration, and the unsuffixed name is never touched.
+#[tokio::test]
+async fn a_topic_suffix_creates_and_checks_the_suffixed_topics() {
+    let brokers = common::config().kafka.brokers;
+    let topic = unique("test.topics.suffixed");
+    let suffix = format!(".t{}", &uuid::Uuid::now_v7().simple().to_string()[22..]);
+    let declared = TopicSpec {
+        partitions: 2,
+        replication_factor: 1,
+        min_insync_replicas: Some(1),
+        retention_ms: Some(3_600_000),
+        ..TopicSpec::named(&topic)
+    };
+    let mut config = config_with(&brokers, vec![declared.clone()]);
+    config.kafka.topic_suffix = suffix.clone();
+    let on_cluster = config.kafka.topic_name(&topic);
+    assert_eq!(on_cluster, format!("{topic}{suffix}"));
+
+    let storage = Storage::connect(config.clone()).await.unwrap();
+    let report = storage.ensure_topics().await.unwrap();
+    assert_eq!(report.created, [topic.clone()], "{report:?}");
+    assert_eq!(layout(&brokers, &on_cluster), Some((2, 1)));
+    assert_eq!(
+        layout(&brokers, &topic),
+        None,
+        "the declared name is not made"
+    );
+    assert_eq!(
+        configs_of(&brokers, &on_cluster).await["retention.ms"],
+        "3600000"
+    );
+
+    // Checked again: it exists as declared.
+    let report = storage.check_topics().await.unwrap();
+    assert!(report.is_clean() && report.created.is_empty(), "{report:?}");
+
+    // Declared otherwise now: the suffixed topic's configs are compared, under the declared name.
+    config.kafka.topics = vec![TopicSpec {
+        retention_ms: Some(7_200_000),
+        ..declared
+    }];
+    let storage = Storage::connect(config).await.unwrap();
+    let report = storage.check_topics().await.unwrap();
+    assert_eq!(report.drift.len(), 1, "{report:?}");
+    assert_eq!(report.drift[0].topic, topic);
+    assert!(
+        report.drift[0]
+            .differences
+            .iter()
+            .any(|d| d.starts_with("retention.ms: \"3600000\"")),
+        "{report:?}"
+    );
+}

@@ -124,6 +124,60 @@ async fn cache_entries_expire_when_the_test_clock_moves() {
     assert!(common::storage().await.test_clock().is_none());
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "test_mem_profiles",
+             consistency = read_your_writes,
+             cache(ttl = "10m", local(ttl = "30s", capacity = 100)))]
+struct Profile {
+    #[repository(id)]
+    profile_id: String,
+    #[repository(tenant)]
+    tenant_id: String,
+    name: String,
+    #[repository(version)]
+    version: u64,
+}
+
+/// The in-process tier expires on the test clock too: at its own TTL the next read goes to
+/// Redis (which still holds the entry), and refills the tier.
+#[tokio::test]
+async fn in_process_entries_expire_when_the_test_clock_moves() {
+    let storage = Storage::in_memory().await;
+    let profiles = ProfileRepository::new(&storage);
+    let t = common::tenant("local");
+    let p = Profile {
+        profile_id: "p1".into(),
+        tenant_id: t.to_string(),
+        name: "Ada".into(),
+        version: 0,
+    };
+    profiles.insert(&t, &p).await.unwrap();
+    let id = "p1".to_owned();
+    let counts = || {
+        let m = storage.cache().metrics_of::<Profile>();
+        (m.local_hits, m.redis_hits, m.db_loads)
+    };
+
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(counts(), (1, 0, 1), "loaded once, then in process");
+
+    let clock = storage.test_clock().unwrap();
+    clock.advance(Duration::from_secs(29));
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(counts(), (2, 0, 1), "still in process at 29s");
+
+    clock.advance(Duration::from_secs(2));
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(
+        counts(),
+        (2, 1, 1),
+        "expired in process after 30s, Redis still has it"
+    );
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(counts(), (3, 1, 1), "refilled from Redis");
+}
+
 /// Two in-memory storages share nothing; clones share everything.
 #[tokio::test]
 async fn in_memory_storages_are_isolated_and_clones_share() {
@@ -188,6 +242,17 @@ async fn features_that_need_a_server_refuse_in_memory() {
             })
         ),
         "{retention:?}"
+    );
+    let topics = storage.ensure_topics().await;
+    assert!(
+        matches!(
+            &topics,
+            Err(Error::Unsupported {
+                feature: "Kafka topic administration",
+                ..
+            })
+        ),
+        "{topics:?}"
     );
 }
 

@@ -2,6 +2,9 @@
 //! short TTL. Writes on this instance drop entries at once; writes on other instances reach it
 //! through Redis pub/sub (see [`listener`](super::listener)).
 //!
+//! Entries expire on the runtime's clock ([`Clock`]), which tests move in memory; moka's own
+//! time-to-live (the same TTL, in real time) frees the memory of entries nobody reads again.
+//!
 //! Fills are fenced as Redis puts are: a reader notes the tier's epoch before it reads Redis or
 //! MongoDB, and its value goes in only if no invalidation happened since. So a slow reader
 //! never puts back a value a write on this instance (or a message from another) dropped.
@@ -10,6 +13,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::connection::Clock;
 use crate::entity::{Entity, LocalCacheSpec};
 
 /// The operations the listener needs without knowing the entity type.
@@ -21,15 +25,23 @@ pub(crate) trait LocalTier: Send + Sync {
 
 /// One entity's tier.
 pub(crate) struct Typed<E: Entity> {
-    cache: moka::sync::Cache<String, Arc<E>>,
+    /// Values with the time (ms on `clock`) they expire.
+    cache: moka::sync::Cache<String, (Arc<E>, i64)>,
+    clock: Clock,
+    ttl_ms: i64,
     /// Invalidations so far; guarded with the fills it fences.
     epoch: Mutex<u64>,
 }
 
 impl<E: Entity> Typed<E> {
-    /// The cached value of `tag`.
+    /// The cached value of `tag`, unless it expired.
     pub(crate) fn get(&self, tag: &str) -> Option<Arc<E>> {
-        self.cache.get(tag)
+        let (value, expires) = self.cache.get(tag)?;
+        if self.clock.now_ms() >= expires {
+            self.cache.invalidate(tag);
+            return None;
+        }
+        Some(value)
     }
 
     /// The epoch to hand back to [`fill`](Self::fill).
@@ -43,7 +55,9 @@ impl<E: Entity> Typed<E> {
         if *epoch != seen {
             return false;
         }
-        self.cache.insert(tag.to_owned(), Arc::new(value));
+        let expires = self.clock.now_ms().saturating_add(self.ttl_ms);
+        self.cache
+            .insert(tag.to_owned(), (Arc::new(value), expires));
         true
     }
 }
@@ -68,12 +82,20 @@ impl<E: Entity> LocalTier for Typed<E> {
 type Tiers = Vec<(TypeId, Arc<dyn LocalTier>)>;
 
 /// Local tiers by cache identity (namespace and entity name) and Rust type.
-#[derive(Default)]
 pub(crate) struct Registry {
     tiers: Mutex<HashMap<String, Tiers>>,
+    clock: Clock,
 }
 
 impl Registry {
+    /// No tiers yet; entries will expire on `clock`.
+    pub(crate) fn new(clock: Clock) -> Self {
+        Registry {
+            tiers: Mutex::default(),
+            clock,
+        }
+    }
+
     /// The tier of `E` under `identity`, created on first use.
     pub(crate) fn tier<E: Entity>(
         &self,
@@ -96,6 +118,8 @@ impl Registry {
                     }
                 })
                 .build(),
+            clock: self.clock.clone(),
+            ttl_ms: i64::try_from(spec.ttl.as_millis()).unwrap_or(i64::MAX),
             epoch: Mutex::new(0),
         });
         of_identity.push((TypeId::of::<E>(), tier.clone()));

@@ -114,7 +114,7 @@ impl CacheLayer {
             settings,
             counters: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashMap::new()),
-            local: Arc::new(local::Registry::default()),
+            local: Arc::new(local::Registry::new(conn.clock().clone())),
             listener: Mutex::new(None),
             load_delay_ms: AtomicU64::new(0),
             put_delay_ms: AtomicU64::new(0),

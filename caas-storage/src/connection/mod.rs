@@ -12,6 +12,7 @@
 //! - [`kafka`]: the shared idempotent producer and its [`KafkaContext`].
 //! - [`topics`]: the declared topics (created when missing, checked for drift) and the Kafka
 //!   circuit breaker.
+//! - [`clock`]: the clock the runtime reads, which tests move in memory.
 //! - [`faults`]: points where a test can stop a write as if the process died there.
 //! - [`lease`]: one holder at a time for a background job, in Redis.
 //! - [`breaker`]: the circuit breaker in front of Redis (the cache) and Kafka (publishing, topic
@@ -20,6 +21,7 @@
 //!   often, how far apart).
 
 pub(crate) mod breaker;
+mod clock;
 mod faults;
 pub(crate) mod kafka;
 pub(crate) mod lease;
@@ -29,7 +31,7 @@ pub(crate) mod retry;
 pub(crate) mod topics;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rdkafka::producer::FutureProducer;
 
@@ -39,6 +41,7 @@ use crate::error::{Component, Error, Result};
 
 pub(crate) use self::redis::LocalRedis;
 pub use self::redis::RedisConnection;
+pub(crate) use clock::Clock;
 pub use faults::FaultPoint;
 pub use kafka::KafkaContext;
 pub(crate) use mongo::CommandLog;
@@ -56,12 +59,16 @@ struct Inner {
     capabilities: Capabilities,
     redis: BTreeMap<u8, RedisConnection>,
     pubsub: ::redis::Client,
-    kafka: FutureProducer<KafkaContext>,
-    kafka_state: Arc<kafka::KafkaState>,
+    /// The producer: made at connect; in memory only if something asks for it (nothing is
+    /// published there).
+    kafka: OnceLock<(FutureProducer<KafkaContext>, Arc<kafka::KafkaState>)>,
     topics: topics::TopicAdmin,
     faults: faults::Faults,
     /// The server's clock minus this process's, measured at connect.
     clock_offset_ms: i64,
+    /// This process's clock as the runtime reads it: moved by tests in memory, never on the
+    /// servers.
+    clock: Clock,
     /// Where entity documents live: the MongoDB client above, or this process.
     documents: Documents,
 }
@@ -125,23 +132,22 @@ impl Connections {
         let clock_offset_ms = mongo::clock_offset_ms(&mongo).await;
         let redis = redis::connect(&config).await?;
         let pubsub = redis::pubsub_client(&config)?;
-        let (kafka, kafka_state) = kafka::producer(&config)?;
+        let producer = OnceLock::new();
+        let _ = producer.set(kafka::producer(&config)?);
         let topics = topics::TopicAdmin::new(&config)?;
-        Ok(Connections {
-            inner: Arc::new(Inner {
-                config,
-                mongo,
-                capabilities,
-                redis,
-                pubsub,
-                kafka,
-                kafka_state,
-                topics,
-                faults: faults::Faults::default(),
-                clock_offset_ms,
-                documents: Documents::Mongo,
-            }),
-        })
+        Ok(Connections::from_parts(Inner {
+            config,
+            mongo,
+            capabilities,
+            redis,
+            pubsub,
+            kafka: producer,
+            topics,
+            faults: faults::Faults::default(),
+            clock_offset_ms,
+            clock: Clock::default(),
+            documents: Documents::Mongo,
+        }))
     }
 
     /// Connections for [`Storage::in_memory`](crate::Storage::in_memory): documents and the
@@ -151,9 +157,10 @@ impl Connections {
     pub(crate) fn in_memory(
         mut config: StorageConfig,
         redis_memory: RedisConnection,
+        clock: Clock,
     ) -> Result<Self> {
         config.check()?;
-        // No broker: the producer and the admin client are built but never reach one.
+        // No broker: no admin client, and a producer only if asked for (it reaches nothing).
         config.kafka.brokers = String::new();
         config.kafka.properties.clear();
         let options = mongodb::options::ClientOptions::builder()
@@ -175,23 +182,25 @@ impl Connections {
             .collect();
         let pubsub = ::redis::Client::open("redis://127.0.0.1:9")
             .map_err(|e| Error::config("redis.url", e.to_string()))?;
-        let (kafka, kafka_state) = kafka::producer(&config)?;
-        let topics = topics::TopicAdmin::new(&config)?;
-        Ok(Connections {
-            inner: Arc::new(Inner {
-                config,
-                mongo,
-                capabilities: Capabilities::in_memory(),
-                redis,
-                pubsub,
-                kafka,
-                kafka_state,
-                topics,
-                faults: faults::Faults::default(),
-                clock_offset_ms: 0,
-                documents: Documents::Memory(crate::backend::memory::MemoryStore::default()),
-            }),
-        })
+        Ok(Connections::from_parts(Inner {
+            topics: topics::TopicAdmin::without_client(&config),
+            config,
+            mongo,
+            capabilities: Capabilities::in_memory(),
+            redis,
+            pubsub,
+            kafka: OnceLock::new(),
+            faults: faults::Faults::default(),
+            clock_offset_ms: 0,
+            clock,
+            documents: Documents::Memory(crate::backend::memory::MemoryStore::default()),
+        }))
+    }
+
+    fn from_parts(inner: Inner) -> Self {
+        Connections {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The configuration the pools were built from.
@@ -293,9 +302,17 @@ impl Connections {
         &self.inner.pubsub
     }
 
-    /// The shared idempotent Kafka producer.
+    /// The shared idempotent Kafka producer (made at connect; in memory, on first use).
     pub(crate) fn kafka(&self) -> &FutureProducer<KafkaContext> {
-        &self.inner.kafka
+        &self
+            .inner
+            .kafka
+            .get_or_init(|| {
+                // Only in memory, where the configuration has no brokers and no properties,
+                // the only settings librdkafka refuses.
+                kafka::producer(&self.inner.config).expect("a Kafka producer without properties")
+            })
+            .0
     }
 
     /// The declared topics' admin and the Kafka circuit breaker.
@@ -312,15 +329,19 @@ impl Connections {
 
     /// The latest error librdkafka reported for the producer (credentials masked).
     pub(crate) fn kafka_last_error(&self) -> Option<String> {
-        self.inner.kafka_state.last_error()
+        self.inner.kafka.get()?.1.last_error()
     }
 
     /// Now by the server's clock (this process's clock corrected by the offset measured at
     /// connect), for times that processes compare with each other (claims).
     pub(crate) fn server_now(&self) -> mongodb::bson::DateTime {
-        mongodb::bson::DateTime::from_millis(
-            mongodb::bson::DateTime::now().timestamp_millis() + self.inner.clock_offset_ms,
-        )
+        mongodb::bson::DateTime::from_millis(self.inner.clock.now_ms() + self.inner.clock_offset_ms)
+    }
+
+    /// This process's clock as the runtime reads it (cache deadlines, the memory backend's
+    /// time): real time, plus what a test advanced in memory.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     /// Consumes an injected fault at `point`, if one is armed: the write stops there.

@@ -115,7 +115,8 @@ struct Existing {
 /// The admin client of the declared topics and the Kafka circuit breaker, shared by the
 /// relay and [`Storage::ensure_topics`](crate::Storage::ensure_topics).
 pub(crate) struct TopicAdmin {
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// `None` in memory, where there is no cluster.
+    admin: Option<Arc<AdminClient<DefaultClientContext>>>,
     breaker: Breaker,
     /// Undeclared topics already warned about (`kafka.undeclared_topics = "warn"`).
     warned: Mutex<HashSet<String>>,
@@ -134,13 +135,29 @@ impl TopicAdmin {
                 )
             })?;
         Ok(TopicAdmin {
-            admin: Arc::new(admin),
+            admin: Some(Arc::new(admin)),
+            ..TopicAdmin::without_client(config)
+        })
+    }
+
+    /// The declaration checks and the breaker without an admin client (in memory): every call
+    /// that needs the cluster fails with [`Error::Unsupported`].
+    pub(crate) fn without_client(config: &StorageConfig) -> Self {
+        TopicAdmin {
+            admin: None,
             breaker: Breaker::new(
                 "kafka",
                 config.kafka.breaker_failures,
                 config.kafka.breaker_cooldown,
             ),
             warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn admin(&self) -> Result<&Arc<AdminClient<DefaultClientContext>>> {
+        self.admin.as_ref().ok_or_else(|| Error::Unsupported {
+            feature: "Kafka topic administration",
+            server: "memory (no Kafka cluster)".into(),
         })
     }
 
@@ -203,6 +220,7 @@ impl TopicAdmin {
     /// Problems are in the report; the caller applies the policies
     /// ([`TopicReport::into_result`]).
     pub(crate) async fn check(&self, config: &StorageConfig, create: bool) -> Result<TopicReport> {
+        self.admin()?;
         let permit = self.breaker.permit();
         if permit.skips() {
             return Err(Error::Timeout {
@@ -251,11 +269,17 @@ impl TopicAdmin {
             }
         };
 
+        // The names on the cluster carry kafka.topic_suffix; the report keeps declared ones.
+        let on_cluster: HashMap<&str, String> = k
+            .topics
+            .iter()
+            .map(|spec| (spec.name.as_str(), k.topic_name(&spec.name)))
+            .collect();
         let mut to_create = Vec::new();
         let mut to_describe = Vec::new();
         for spec in &k.topics {
             let (rf, _) = effective(spec);
-            match existing.get(&spec.name) {
+            match existing.get(&on_cluster[spec.name.as_str()]) {
                 Some(e) => {
                     let mut differences = Vec::new();
                     if e.partitions != spec.partitions as usize {
@@ -304,17 +328,20 @@ impl TopicAdmin {
         if !to_describe.is_empty() {
             let resources: Vec<ResourceSpecifier<'_>> = to_describe
                 .iter()
-                .map(|s| ResourceSpecifier::Topic(&s.name))
+                .map(|s| ResourceSpecifier::Topic(&on_cluster[s.name.as_str()]))
                 .collect();
             let described = self
                 .bounded(
                     "describe topic configs",
-                    self.admin.describe_configs(&resources, &options()),
+                    self.admin()?.describe_configs(&resources, &options()),
                 )
                 .await?;
             let mut found: HashMap<String, BTreeMap<String, String>> = HashMap::new();
             for r in described.into_iter().flatten() {
                 if let OwnedResourceSpecifier::Topic(name) = r.specifier {
+                    let Some(name) = k.declared_name(&name).map(str::to_owned) else {
+                        continue;
+                    };
                     let values = r
                         .entries
                         .into_iter()
@@ -354,7 +381,7 @@ impl TopicAdmin {
                 .iter()
                 .map(|spec| {
                     let (rf, configs) = effective(spec);
-                    (spec.name.clone(), spec.partitions, rf, configs)
+                    (k.topic_name(&spec.name), spec.partitions, rf, configs)
                 })
                 .collect();
             let new: Vec<NewTopic<'_>> = planned
@@ -367,10 +394,17 @@ impl TopicAdmin {
                 })
                 .collect();
             let results = self
-                .bounded("create topics", self.admin.create_topics(&new, &options()))
+                .bounded(
+                    "create topics",
+                    self.admin()?.create_topics(&new, &options()),
+                )
                 .await?;
+            let declared = |name: String| k.declared_name(&name).map(str::to_owned).unwrap_or(name);
             for r in results {
-                match r {
+                match r
+                    .map(declared)
+                    .map_err(|(name, code)| (declared(name), code))
+                {
                     Ok(name) => {
                         let spec = to_create.iter().find(|s| s.name == name);
                         if let Some(spec) = spec.filter(|s| single && s.replication_factor > 1) {
@@ -400,21 +434,27 @@ impl TopicAdmin {
     }
 
     /// Creates an undeclared topic (`kafka.undeclared_topics = "warn"`) with the relay's
-    /// settings; `replication` -1 takes the broker's `default.replication.factor`. Under the
-    /// breaker; true when it exists afterwards.
+    /// settings, under its name on the cluster (`topic` is the declared name); `replication`
+    /// -1 takes the broker's `default.replication.factor`. Under the breaker; true when it
+    /// exists afterwards.
     pub(crate) async fn create_undeclared(
         &self,
+        config: &StorageConfig,
         topic: &str,
         partitions: i32,
         replication: i32,
     ) -> bool {
+        let Ok(admin) = self.admin() else {
+            return false;
+        };
         let permit = self.breaker.permit();
         if permit.skips() {
             return false;
         }
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        let name = config.kafka.topic_name(topic);
+        let new = NewTopic::new(&name, partitions, TopicReplication::Fixed(replication));
         match self
-            .bounded("create topic", self.admin.create_topics([&new], &options()))
+            .bounded("create topic", admin.create_topics([&new], &options()))
             .await
         {
             Ok(results) => {
@@ -435,9 +475,43 @@ impl TopicAdmin {
         }
     }
 
+    /// Deletes every topic on the cluster whose name ends with `suffix` (a
+    /// `#[caas_storage::test]` test's own, after it ran); their names.
+    pub(crate) async fn delete_suffixed(&self, suffix: &str) -> Result<Vec<String>> {
+        let (_, existing) = self.metadata().await?;
+        let doomed: Vec<&str> = existing
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !suffix.is_empty() && name.ends_with(suffix))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let results = self
+            .bounded(
+                "delete topics",
+                self.admin()?.delete_topics(&doomed, &options()),
+            )
+            .await?;
+        let mut deleted = Vec::new();
+        for r in results {
+            match r {
+                Ok(name) => deleted.push(name),
+                Err((name, code)) => {
+                    tracing::warn!(topic = %name, error = %code, "could not delete a topic");
+                    return Err(Error::Kafka {
+                        operation: "delete topics",
+                        source: KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// The live brokers, and the partitions and replication factor of every topic.
     async fn metadata(&self) -> Result<(usize, HashMap<String, Existing>)> {
-        let admin = self.admin.clone();
+        let admin = self.admin()?.clone();
         let fetched = tokio::task::spawn_blocking(move || {
             admin.inner().fetch_metadata(None, ADMIN_TIMEOUT).map(|m| {
                 let topics = m

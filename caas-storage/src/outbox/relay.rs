@@ -634,7 +634,8 @@ impl OutboxRelay {
                     Some(t) => &[("traceparent", t)],
                     None => &[],
                 };
-                let record = FutureRecord::to(&r.topic)
+                let topic = inner.conn.config().kafka.topic_name(&r.topic);
+                let record = FutureRecord::to(&topic)
                     .key(key.as_str())
                     .payload(value.as_slice())
                     .headers(headers(&r.envelope, extra));
@@ -757,7 +758,8 @@ impl OutboxRelay {
         };
         let producer = self.inner.conn.kafka();
         let key = r.envelope.kafka_key();
-        let record = FutureRecord::to(dlq)
+        let topic = self.inner.conn.config().kafka.topic_name(dlq);
+        let record = FutureRecord::to(&topic)
             .key(key.as_str())
             .payload(value.as_slice())
             .headers(headers(
@@ -815,7 +817,12 @@ impl OutboxRelay {
         let o = &self.inner.options;
         let created = conn
             .topics()
-            .create_undeclared(topic, o.topic_partitions, o.topic_replication)
+            .create_undeclared(
+                conn.config(),
+                topic,
+                o.topic_partitions,
+                o.topic_replication,
+            )
             .await;
         self.inner
             .topics

@@ -36,8 +36,8 @@ impl<E: std::fmt::Debug> TestOutcome for std::result::Result<(), E> {
 /// - `CAAS_TEST_BACKEND` unset or `memory`: [`Storage::in_memory_with`] `config()` (default:
 ///   [`StorageConfig::default`]).
 /// - `servers`: [`Storage::connect`] with `config()` (default: [`StorageConfig::from_env`]),
-///   a `mongodb.database_suffix` and a `redis.key_prefix` of this test's own; its databases
-///   and keys are dropped afterwards.
+///   a `mongodb.database_suffix`, a `redis.key_prefix` and a `kafka.topic_suffix` of this
+///   test's own; its databases, keys and topics are dropped afterwards.
 pub fn run_test<F, Fut>(test: &str, config: Option<fn() -> StorageConfig>, body: F)
 where
     F: FnOnce(Storage) -> Fut,
@@ -70,9 +70,11 @@ where
                 let id = &id[id.len() - 10..];
                 config.mongodb.database_suffix = format!("_t{id}");
                 config.redis.key_prefix = format!("{}t{id}:", config.redis.key_prefix);
+                config.kafka.topic_suffix = format!("{}.t{id}", config.kafka.topic_suffix);
                 let isolation = Isolation {
                     suffix: config.mongodb.database_suffix.clone(),
                     prefix: config.redis.key_prefix.clone(),
+                    topic_suffix: config.kafka.topic_suffix.clone(),
                 };
                 let storage = Storage::connect(config).await.unwrap_or_else(|e| {
                     panic!("{test}: {TEST_BACKEND_VAR}=servers but the servers do not answer: {e}")
@@ -94,16 +96,26 @@ where
     });
 }
 
-/// What a test on the servers owns: databases with `suffix`, Redis keys with `prefix`.
+/// What a test on the servers owns: databases with `suffix`, Redis keys with `prefix`, Kafka
+/// topics with `topic_suffix`.
 struct Isolation {
     suffix: String,
     prefix: String,
+    topic_suffix: String,
 }
 
 impl Isolation {
-    /// Drops the test's databases and deletes its keys. Failures are printed, not raised: the
-    /// test's own outcome is what the run reports.
+    /// Drops the test's databases, deletes its keys and its topics. Failures are printed, not
+    /// raised: the test's own outcome is what the run reports.
     async fn drop_all(&self, storage: &Storage) {
+        if let Err(e) = storage
+            .connections()
+            .topics()
+            .delete_suffixed(&self.topic_suffix)
+            .await
+        {
+            eprintln!("caas_storage::test: could not delete the test's Kafka topics: {e}");
+        }
         let client = storage.raw().mongo();
         match client.list_database_names().await {
             Ok(names) => {

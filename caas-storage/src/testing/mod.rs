@@ -23,18 +23,20 @@ pub use harness::{run_test, TestOutcome, TEST_BACKEND_VAR};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::memory::clock::MemoryClock;
 use crate::config::StorageConfig;
+use crate::connection::Clock;
 use crate::connection::{Connections, RedisConnection};
 use crate::error::Result;
 use crate::outbox::{OutboxRecord, OutboxStore};
 use crate::storage::{Storage, TestState};
 
-/// The clock of an in-memory [`Storage`]: real time plus what the test advanced. Expiry in the
-/// memory backend's Redis tier (cache entries, generation fences) follows it, so a test sees
-/// an entry expire without waiting. Cheap to clone.
+/// The clock of an in-memory [`Storage`]: real time plus what the test advanced. Everything
+/// time-based in memory follows it: cache entries and generation fences in the Redis tier,
+/// the in-process tier's entries, session and rate-limit windows, version claims and the
+/// times the runtime stamps on documents. So a test sees an entry expire without waiting.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct TestClock(MemoryClock);
+pub struct TestClock(Clock);
 
 impl TestClock {
     /// Moves the clock forward by `by`.
@@ -53,9 +55,8 @@ impl Storage {
     /// deletes, transactions, cache fences and invalidation, outbox events (read them with
     /// [`test_events`](Self::test_events); nothing is sent to Kafka), sessions and rate
     /// limits (on the [`test_clock`](Self::test_clock)). The outbox relay, the audit log,
-    /// the batch migrator, backups, restores, tenant erasure, retention and the TTL sweeper
-    /// need a server and
-    /// return [`Error::Unsupported`](crate::Error::Unsupported); so does anything else that
+    /// the batch migrator, backups, restores, tenant erasure, retention, the TTL sweeper and
+    /// Kafka topic administration need a server and return [`Error::Unsupported`](crate::Error::Unsupported); so does anything else that
     /// would reach MongoDB, as a server-selection error (`docs/testing.md`).
     pub async fn in_memory() -> Storage {
         Self::in_memory_with(StorageConfig::default())
@@ -66,17 +67,10 @@ impl Storage {
     /// [`in_memory`](Self::in_memory) with `config` (its MongoDB, Redis and Kafka addresses
     /// are not used; everything else applies: topics, cache and consistency settings).
     pub async fn in_memory_with(config: StorageConfig) -> Result<Storage> {
-        let clock = MemoryClock::default();
+        let clock = Clock::default();
         let redis = RedisConnection::memory(Arc::new(redis::MemoryRedis::new(clock.clone())));
-        let conn = Connections::in_memory(config, redis)?;
-        Storage::assemble(
-            conn,
-            &[],
-            TestState {
-                clock: Some(clock),
-                ..TestState::default()
-            },
-        )
+        let conn = Connections::in_memory(config, redis, clock)?;
+        Storage::assemble(conn, &[], TestState::default())
     }
 
     /// Whether this storage is in memory ([`in_memory`](Self::in_memory)).
@@ -86,7 +80,8 @@ impl Storage {
 
     /// The clock of an in-memory storage; `None` on servers, whose clocks tests do not move.
     pub fn test_clock(&self) -> Option<TestClock> {
-        self.test_state().clock.clone().map(TestClock)
+        let conn = self.connections();
+        conn.memory().map(|_| TestClock(conn.clock().clone()))
     }
 
     /// Every event recorded for writes that happened, on every database a repository of this

@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis::{Arg, Cmd, ErrorKind, RedisError, RedisResult, Value};
 
-use crate::backend::memory::clock::MemoryClock;
+use crate::connection::Clock;
 use crate::connection::LocalRedis;
 
 /// One in-process Redis (every logical database shares it, as on a cluster). Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct MemoryRedis {
     inner: Arc<Mutex<Keys>>,
-    clock: MemoryClock,
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -117,7 +117,7 @@ fn err(message: String) -> RedisError {
 }
 
 impl MemoryRedis {
-    pub(crate) fn new(clock: MemoryClock) -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         MemoryRedis {
             inner: Arc::default(),
             clock,
@@ -820,7 +820,7 @@ mod tests {
 
     #[test]
     fn keys_expire_on_the_memory_clock() {
-        let clock = MemoryClock::default();
+        let clock = Clock::default();
         let r = MemoryRedis::new(clock.clone());
         r.run(&cmd(&["SET", "k", "v", "PX", "1000"])).unwrap();
         assert_eq!(
@@ -838,7 +838,7 @@ mod tests {
 
     #[test]
     fn the_put_is_fenced_by_the_generation_a_write_bumped() {
-        let r = MemoryRedis::new(MemoryClock::default());
+        let r = MemoryRedis::new(Clock::default());
         let put = |seen: &str| {
             let mut c = redis::cmd("EVALSHA");
             c.arg(crate::cache::scripts::PUT_IF_UNCHANGED.get_hash())

@@ -11,7 +11,6 @@
 //! Not modelled: durability, replication and read preferences, server limits (document size,
 //! index key size), collation, `$regex`, aggregation.
 
-pub(crate) mod clock;
 pub(crate) mod eval;
 
 use std::collections::{BTreeMap, HashMap};

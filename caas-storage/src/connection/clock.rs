@@ -1,6 +1,7 @@
-//! The memory backend's clock: real time plus an offset a test moves forward (through
-//! `caas_storage::testing::TestClock`), so expiry (cache TTLs, the generation fences'
-//! lifetimes) can be tested without waiting.
+//! The runtime's clock: real time, plus an offset a test moves forward in memory (through
+//! `caas_storage::testing::TestClock`), so expiry (cache TTLs and fences, the in-process
+//! tier, sessions, rate limits, claims) can be tested without waiting. On the servers nothing
+//! moves it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -8,11 +9,11 @@ use std::time::Duration;
 
 /// Milliseconds since the Unix epoch, plus what tests advanced. Cheap to clone (shared).
 #[derive(Clone, Default, Debug)]
-pub(crate) struct MemoryClock {
+pub(crate) struct Clock {
     offset_ms: Arc<AtomicI64>,
 }
 
-impl MemoryClock {
+impl Clock {
     /// Now, in milliseconds since the Unix epoch, as this clock says.
     pub(crate) fn now_ms(&self) -> i64 {
         mongodb::bson::DateTime::now().timestamp_millis() + self.offset_ms.load(Ordering::SeqCst)
