@@ -652,7 +652,7 @@ async fn a_topic_suffix_creates_and_checks_the_suffixed_topics() {
 
     let storage = Storage::connect(config.clone()).await.unwrap();
     let report = storage.ensure_topics().await.unwrap();
-    assert_eq!(report.created, [topic.clone()], "{report:?}");
+    assert_eq!(report.created, vec![topic.clone()], "{report:?}");
     assert_eq!(layout(&brokers, &on_cluster), Some((2, 1)));
     assert_eq!(
         layout(&brokers, &topic),
