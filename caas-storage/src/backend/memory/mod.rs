@@ -4,16 +4,18 @@
 //! It answers what the executor sends with MongoDB's semantics (`eval/`: filters with BSON
 //! type ordering and array rules, update operators, sorts, projections), enforces `_id` and
 //! the declared unique indexes with the same duplicate-key error, and runs transactions with
-//! real atomicity: a transaction works on its own copy of the collections it touches and
-//! commits them as a whole, and writes are serialized (one transaction or one write at a time),
-//! so a commit never has to detect a conflict.
+//! real atomicity. Writes are serialized (one transaction or one write at a time), so a commit
+//! never has to detect a conflict. A transaction writes in place and keeps the version before
+//! it of each document it touches: reads outside it see those (what was committed), an abort
+//! puts them back, a commit forgets them. So a transactional write costs what the document
+//! costs, whatever the size of the collection.
 //!
 //! Not modelled: durability, replication and read preferences, server limits (document size,
 //! index key size), collation, `$regex`, aggregation.
 
 pub(crate) mod eval;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -58,6 +60,19 @@ struct CollState {
     ids: HashMap<String, u64>,
     next: u64,
     unique: Vec<UniqueIndex>,
+    /// While a transaction that wrote here is open: the committed version of each document it
+    /// touched (`None`: it did not exist), which reads outside the transaction see.
+    shadow: BTreeMap<u64, Option<Document>>,
+    /// Whether writes are a transaction's (and fill `shadow`).
+    recording: bool,
+}
+
+/// Which documents a call sees: the latest writes (every write, and the transaction that is
+/// open), or what was committed (reads, which take no session).
+#[derive(Clone, Copy, PartialEq)]
+enum View {
+    Latest,
+    Committed,
 }
 
 /// A unique index: its keys, and each indexed key's document (by position), so that a write
@@ -109,17 +124,18 @@ impl MemoryStore {
         Transaction {
             store: self.clone(),
             guard: None,
-            work: HashMap::new(),
+            touched: HashSet::new(),
         }
     }
 }
 
-/// A transaction on the memory backend: its own copy of each collection it writes, committed
-/// as a whole. Writes of everyone else wait until it commits or aborts.
+/// A transaction on the memory backend. It writes in place; each collection it wrote keeps the
+/// committed version of what it touched until it commits (forgotten) or aborts (put back).
+/// Writes of everyone else wait until then. Dropped while open, it aborts.
 pub(crate) struct Transaction {
     store: MemoryStore,
     guard: Option<OwnedMutexGuard<()>>,
-    work: HashMap<Namespace, CollState>,
+    touched: HashSet<Namespace>,
 }
 
 impl Transaction {
@@ -132,7 +148,7 @@ impl Transaction {
             ));
         }
         self.guard = Some(self.store.inner.writer.clone().lock_owned().await);
-        self.work.clear();
+        self.touched.clear();
         Ok(())
     }
 
@@ -145,8 +161,11 @@ impl Transaction {
             ));
         }
         let mut state = self.store.state();
-        for (ns, coll) in self.work.drain() {
-            state.colls.insert(ns, coll);
+        for ns in self.touched.drain() {
+            if let Some(coll) = state.colls.get_mut(&ns) {
+                coll.shadow.clear();
+                coll.recording = false;
+            }
         }
         drop(state);
         self.guard = None;
@@ -154,8 +173,23 @@ impl Transaction {
     }
 
     pub(crate) fn abort(&mut self) {
-        self.work.clear();
+        if self.guard.is_none() {
+            return;
+        }
+        let mut state = self.store.state();
+        for ns in self.touched.drain() {
+            if let Some(coll) = state.colls.get_mut(&ns) {
+                coll.roll_back();
+            }
+        }
+        drop(state);
         self.guard = None;
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 
@@ -182,13 +216,12 @@ impl MemoryCollection {
                         "no transaction started",
                     ));
                 }
-                let coll = match t.work.entry(self.ns.clone()) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let live = self.store.state().colls.get(&self.ns).cloned();
-                        e.insert(live.unwrap_or_default())
-                    }
-                };
+                if !t.touched.contains(&self.ns) {
+                    t.touched.insert(self.ns.clone());
+                }
+                let mut state = self.store.state();
+                let coll = state.colls.entry(self.ns.clone()).or_default();
+                coll.recording = true;
                 f(coll, &self.ns)
             }
             Some(Session::Mongo(_)) => Err(mongodb::error::Error::custom(
@@ -203,6 +236,7 @@ impl MemoryCollection {
         }
     }
 
+    /// Runs `f` on the collection as committed (see [`View::Committed`]).
     fn read<T>(&self, f: impl FnOnce(&CollState) -> DriverResult<T>) -> DriverResult<T> {
         let state = self.store.state();
         match state.colls.get(&self.ns) {
@@ -215,7 +249,7 @@ impl MemoryCollection {
 #[async_trait]
 impl CollectionBackend for MemoryCollection {
     async fn find(&self, filter: Document, options: FindOptions) -> DriverResult<Vec<Document>> {
-        self.read(|c| c.find(&filter, &options))
+        self.read(|c| c.find(&filter, &options, View::Committed))
     }
 
     async fn stream_raw(
@@ -223,7 +257,7 @@ impl CollectionBackend for MemoryCollection {
         filter: Document,
         options: FindOptions,
     ) -> DriverResult<BoxStream<'static, DriverResult<RawDocumentBuf>>> {
-        let docs = self.read(|c| c.find(&filter, &options))?;
+        let docs = self.read(|c| c.find(&filter, &options, View::Committed))?;
         let raws: Vec<DriverResult<RawDocumentBuf>> = docs
             .iter()
             .map(|d| RawDocumentBuf::from_document(d).map_err(mongodb::error::Error::custom))
@@ -247,7 +281,7 @@ impl CollectionBackend for MemoryCollection {
             ));
         }
         self.read(|c| {
-            let n = c.matching(&filter)?.len() as u64;
+            let n = c.matching(&filter, View::Committed)?.len() as u64;
             let n = n.saturating_sub(skip.unwrap_or(0));
             Ok(limit.map_or(n, |l| n.min(l)))
         })
@@ -256,8 +290,11 @@ impl CollectionBackend for MemoryCollection {
     async fn distinct(&self, field: &str, filter: Document) -> DriverResult<Vec<Bson>> {
         self.read(|c| {
             let mut out: Vec<Bson> = Vec::new();
-            for seq in c.matching(&filter)? {
-                for v in eval::path::get_path(&c.docs[&seq], field) {
+            for seq in c.matching(&filter, View::Committed)? {
+                let Some(doc) = c.doc(seq, View::Committed) else {
+                    continue;
+                };
+                for v in eval::path::get_path(doc, field) {
                     let values: Vec<&Bson> = match v {
                         Bson::Array(a) => a.iter().collect(),
                         v => vec![v],
@@ -275,7 +312,7 @@ impl CollectionBackend for MemoryCollection {
 
     async fn insert_one(&self, doc: &Document, session: Option<&mut Session>) -> DriverResult<()> {
         self.write(session, |c, ns| {
-            c.insert(doc.clone(), ns).map_err(write_error)
+            c.insert(id_first(doc), ns).map_err(write_error)
         })
         .await
     }
@@ -289,7 +326,7 @@ impl CollectionBackend for MemoryCollection {
         self.write(session, |c, ns| {
             let mut errors = Vec::new();
             for (i, d) in docs.iter().enumerate() {
-                if let Err((code, name, message)) = c.insert(d.clone(), ns) {
+                if let Err((code, name, message)) = c.insert(id_first(d), ns) {
                     errors.push(doc! { "index": i as i64, "code": code, "codeName": name, "errmsg": message });
                     if ordered {
                         break;
@@ -316,7 +353,7 @@ impl CollectionBackend for MemoryCollection {
         session: Option<&mut Session>,
     ) -> DriverResult<Updated> {
         self.write(session, |c, ns| {
-            let mut seqs = c.matching(&filter)?;
+            let mut seqs = c.matching(&filter, View::Latest)?;
             if !multi {
                 seqs.truncate(1);
             }
@@ -356,7 +393,7 @@ impl CollectionBackend for MemoryCollection {
             )));
         }
         self.write(session, |c, ns| {
-            let Some(seq) = c.matching(&filter)?.first().copied() else {
+            let Some(seq) = c.matching(&filter, View::Latest)?.first().copied() else {
                 if !upsert {
                     return Ok(Updated::default());
                 }
@@ -415,7 +452,7 @@ impl CollectionBackend for MemoryCollection {
         session: Option<&mut Session>,
     ) -> DriverResult<Option<Document>> {
         self.write(session, |c, ns| {
-            let Some(seq) = c.matching(&filter)?.first().copied() else {
+            let Some(seq) = c.matching(&filter, View::Latest)?.first().copied() else {
                 return Ok(None);
             };
             let before = c.docs[&seq].clone();
@@ -461,7 +498,7 @@ impl CollectionBackend for MemoryCollection {
         session: Option<&mut Session>,
     ) -> DriverResult<u64> {
         self.write(session, |c, _| {
-            let mut seqs = c.matching(&filter)?;
+            let mut seqs = c.matching(&filter, View::Latest)?;
             if !multi {
                 seqs.truncate(1);
             }
@@ -480,37 +517,112 @@ type Refusal = (i32, &'static str, String);
 impl CollState {
     /// The positions of the matching documents, in insertion order. A filter on `_id` alone
     /// is answered from the `_id` map.
-    fn matching(&self, filter: &Document) -> DriverResult<Vec<u64>> {
-        if filter.len() == 1 {
+    fn matching(&self, filter: &Document, view: View) -> DriverResult<Vec<u64>> {
+        let view = if self.shadow.is_empty() {
+            View::Latest
+        } else {
+            view
+        };
+        if view == View::Latest && filter.len() == 1 {
             if let Some(id) = filter.get("_id").filter(|v| !is_operator_doc(v)) {
                 return Ok(self.ids.get(&id_key(id)).copied().into_iter().collect());
             }
         }
         let compiled = eval::filter::Filter::new(filter).map_err(bad_value)?;
         // A filter that fixes the `_id` (the pipeline's writes: `_id` and a version) looks
-        // at that one document only.
+        // at that one document only: the one the `_id` map names, or, as committed, one a
+        // transaction deleted.
         if let Some(id) = id_equality(filter) {
-            return Ok(self
-                .ids
-                .get(&id_key(id))
-                .copied()
-                .filter(|seq| self.docs.get(seq).is_some_and(|d| compiled.matches(d)))
+            let key = id_key(id);
+            let mut seqs: Vec<u64> = self.ids.get(&key).copied().into_iter().collect();
+            if view == View::Committed {
+                seqs.extend(self.shadow.iter().filter_map(|(seq, d)| {
+                    let d = d.as_ref()?;
+                    (id_key(d.get("_id").unwrap_or(&Bson::Null)) == key).then_some(*seq)
+                }));
+                seqs.sort_unstable();
+                seqs.dedup();
+            }
+            return Ok(seqs
                 .into_iter()
+                .filter(|seq| self.doc(*seq, view).is_some_and(|d| compiled.matches(d)))
                 .collect());
         }
         Ok(self
-            .docs
-            .iter()
+            .visible(view)
+            .into_iter()
             .filter(|(_, d)| compiled.matches(d))
-            .map(|(seq, _)| *seq)
+            .map(|(seq, _)| seq)
             .collect())
     }
 
-    fn find(&self, filter: &Document, options: &FindOptions) -> DriverResult<Vec<Document>> {
+    /// The document at `seq` as `view` sees it.
+    fn doc(&self, seq: u64, view: View) -> Option<&Document> {
+        match self.shadow.get(&seq) {
+            Some(before) if view == View::Committed => before.as_ref(),
+            _ => self.docs.get(&seq),
+        }
+    }
+
+    /// Every document `view` sees, in insertion order.
+    fn visible(&self, view: View) -> Vec<(u64, &Document)> {
+        if view == View::Latest || self.shadow.is_empty() {
+            return self.docs.iter().map(|(s, d)| (*s, d)).collect();
+        }
+        let mut out: Vec<(u64, &Document)> = self
+            .docs
+            .keys()
+            .chain(self.shadow.keys().filter(|s| !self.docs.contains_key(s)))
+            .filter_map(|s| Some((*s, self.doc(*s, view)?)))
+            .collect();
+        out.sort_unstable_by_key(|(s, _)| *s);
+        out
+    }
+
+    /// Keeps the committed version of the document at `seq`, the first time an open
+    /// transaction touches it.
+    fn remember(&mut self, seq: u64) {
+        if self.recording && !self.shadow.contains_key(&seq) {
+            let before = self.docs.get(&seq).cloned();
+            self.shadow.insert(seq, before);
+        }
+    }
+
+    /// Undoes the open transaction's writes here: puts the committed versions back.
+    fn roll_back(&mut self) {
+        self.recording = false;
+        let shadow = std::mem::take(&mut self.shadow);
+        for seq in shadow.keys() {
+            self.remove(*seq);
+        }
+        for (seq, before) in shadow {
+            if let Some(doc) = before {
+                let keys = self.unique_keys(&doc);
+                self.place(seq, doc, keys);
+            }
+        }
+    }
+
+    /// Stores `doc` at `seq` with its `_id` and index entries (checked by the caller).
+    fn place(&mut self, seq: u64, doc: Document, keys: Vec<String>) {
+        self.ids
+            .insert(id_key(doc.get("_id").unwrap_or(&Bson::Null)), seq);
+        for (u, k) in self.unique.iter_mut().zip(keys) {
+            u.entries.insert(k, seq);
+        }
+        self.docs.insert(seq, doc);
+    }
+
+    fn find(
+        &self,
+        filter: &Document,
+        options: &FindOptions,
+        view: View,
+    ) -> DriverResult<Vec<Document>> {
         let mut docs: Vec<Document> = self
-            .matching(filter)?
+            .matching(filter, view)?
             .into_iter()
-            .map(|s| self.docs[&s].clone())
+            .filter_map(|s| self.doc(s, view).cloned())
             .collect();
         if let Some(sort) = &options.sort {
             eval::sort::sort_docs(&mut docs, sort).map_err(bad_value)?;
@@ -538,17 +650,22 @@ impl CollState {
         if self.ids.contains_key(&key) {
             return Err(duplicate(ns, "_id_", &doc! { "_id": id }));
         }
-        self.check_unique(&doc, None, ns)?;
+        let keys = self.unique_keys(&doc);
+        self.check_unique(&doc, &keys, None, ns)?;
         let seq = self.next;
         self.next += 1;
+        self.remember(seq);
         self.ids.insert(key, seq);
-        self.index(seq, &doc);
+        for (u, k) in self.unique.iter_mut().zip(keys) {
+            u.entries.insert(k, seq);
+        }
         self.docs.insert(seq, doc);
         Ok(())
     }
 
     /// Removes the document at `seq`, with its `_id` and index entries.
     fn remove(&mut self, seq: u64) {
+        self.remember(seq);
         if let Some(d) = self.docs.remove(&seq) {
             self.ids
                 .remove(&id_key(d.get("_id").unwrap_or(&Bson::Null)));
@@ -575,10 +692,12 @@ impl CollState {
         });
     }
 
-    fn index(&mut self, seq: u64, doc: &Document) {
-        for u in &mut self.unique {
-            u.entries.insert(key_text(&index_key(doc, &u.keys)), seq);
-        }
+    /// `doc`'s key in each unique index, in index order.
+    fn unique_keys(&self, doc: &Document) -> Vec<String> {
+        self.unique
+            .iter()
+            .map(|u| key_text(&index_key(doc, &u.keys)))
+            .collect()
     }
 
     fn unindex(&mut self, seq: u64, doc: &Document) {
@@ -603,28 +722,32 @@ impl CollState {
                 ));
             }
         }
-        self.check_unique(&doc, Some(seq), ns)?;
-        if let Some(old) = self.docs.get(&seq).cloned() {
+        let keys = self.unique_keys(&doc);
+        self.check_unique(&doc, &keys, Some(seq), ns)?;
+        self.remember(seq);
+        if let Some(old) = self.docs.remove(&seq) {
             self.unindex(seq, &old);
         }
-        self.index(seq, &doc);
+        for (u, k) in self.unique.iter_mut().zip(keys) {
+            u.entries.insert(k, seq);
+        }
         self.docs.insert(seq, doc);
         Ok(())
     }
 
+    /// Refuses `doc` (whose keys in the unique indexes are `keys`) when another document than
+    /// `except` holds one of them.
     fn check_unique(
         &self,
         doc: &Document,
+        keys: &[String],
         except: Option<u64>,
         ns: &Namespace,
     ) -> Result<(), Refusal> {
-        for index in &self.unique {
-            let key = index_key(doc, &index.keys);
-            let clash = index
-                .entries
-                .get(&key_text(&key))
-                .is_some_and(|s| Some(*s) != except);
+        for (index, text) in self.unique.iter().zip(keys) {
+            let clash = index.entries.get(text).is_some_and(|s| Some(*s) != except);
             if clash {
+                let key = index_key(doc, &index.keys);
                 let shown: Document = index
                     .keys
                     .iter()
@@ -698,6 +821,21 @@ fn is_operator_doc(v: &Bson) -> bool {
 
 /// The `_id` of `doc`, generated (an ObjectId) when it has none, and moved to be the first
 /// field, as the server stores it.
+/// A copy of `doc` with its `_id` first (as [`ensure_id`] leaves it), made in one pass.
+fn id_first(doc: &Document) -> Document {
+    if doc.keys().next().is_none_or(|k| k == "_id") || !doc.contains_key("_id") {
+        return doc.clone();
+    }
+    let mut out = Document::new();
+    if let Some(id) = doc.get("_id") {
+        out.insert("_id", id.clone());
+    }
+    for (k, v) in doc.iter().filter(|(k, _)| *k != "_id") {
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
 fn ensure_id(doc: &mut Document) -> Bson {
     if doc.keys().next().is_some_and(|k| k == "_id") {
         return doc.get("_id").cloned().unwrap_or(Bson::Null);
@@ -747,4 +885,117 @@ fn command_error(code: i32, name: &str, message: &str) -> mongodb::error::Error 
 /// `BadValue` (code 2).
 fn bad_value(e: EvalError) -> mongodb::error::Error {
     command_error(2, "BadValue", &e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ids(coll: &MemoryCollection) -> Vec<String> {
+        coll.find(doc! {}, FindOptions::default())
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| format!("{}={}", d.get_str("_id").unwrap(), d.get("n").unwrap()))
+            .collect()
+    }
+
+    /// A store with `a=1`, `b=2` committed and a unique index on `n`.
+    async fn seeded() -> (MemoryStore, MemoryCollection) {
+        let store = MemoryStore::default();
+        let coll = store.collection("db", "c");
+        coll.write(None, |c, _| {
+            c.add_unique("n_1".into(), vec!["n".into()]);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let docs = [doc! { "_id": "a", "n": 1 }, doc! { "_id": "b", "n": 2 }];
+        coll.insert_many(&docs, true, None).await.unwrap();
+        (store, coll)
+    }
+
+    async fn transaction(store: &MemoryStore, coll: &MemoryCollection) -> Session {
+        let mut session = Session::Memory(store.session());
+        session.start_transaction(None).await.unwrap();
+        coll.insert_one(&doc! { "_id": "c", "n": 3 }, Some(&mut session))
+            .await
+            .unwrap();
+        coll.update(
+            doc! { "_id": "a" },
+            doc! { "$set": { "n": 10 } },
+            false,
+            false,
+            Some(&mut session),
+        )
+        .await
+        .unwrap();
+        coll.delete(doc! { "_id": "b" }, false, Some(&mut session))
+            .await
+            .unwrap();
+        session
+    }
+
+    /// Reads outside an open transaction see what was committed, by any filter; the commit
+    /// makes its writes visible at once.
+    #[tokio::test]
+    async fn reads_outside_an_open_transaction_see_the_committed_documents() {
+        let (store, coll) = seeded().await;
+        let mut session = transaction(&store, &coll).await;
+        assert_eq!(ids(&coll).await, ["a=1", "b=2"]);
+        let by_id = coll.find(doc! { "_id": "b" }, FindOptions::default()).await;
+        assert_eq!(
+            by_id.unwrap().len(),
+            1,
+            "a deleted document is still committed"
+        );
+        let by_id = coll
+            .find(doc! { "_id": "c", "n": 3 }, FindOptions::default())
+            .await;
+        assert!(by_id.unwrap().is_empty(), "an inserted one is not yet");
+        assert_eq!(
+            coll.count(doc! { "n": { "$gte": 2 } }, None, None)
+                .await
+                .unwrap(),
+            1
+        );
+        session.commit_transaction().await.unwrap();
+        assert_eq!(ids(&coll).await, ["a=10", "c=3"]);
+    }
+
+    /// An abort puts back every document the transaction touched, with its `_id` and unique
+    /// index entries: the old values are taken again, the new ones are free again.
+    #[tokio::test]
+    async fn an_abort_restores_documents_ids_and_unique_entries() {
+        let (store, coll) = seeded().await;
+        let mut session = transaction(&store, &coll).await;
+        session.abort_transaction().await.unwrap();
+        assert_eq!(ids(&coll).await, ["a=1", "b=2"]);
+        let taken = coll.insert_one(&doc! { "_id": "x", "n": 2 }, None).await;
+        assert!(taken.is_err(), "n=2 is b's again");
+        let taken = coll.insert_one(&doc! { "_id": "b", "n": 9 }, None).await;
+        assert!(taken.is_err(), "_id b is taken again");
+        coll.insert_one(&doc! { "_id": "c", "n": 3 }, None)
+            .await
+            .unwrap();
+        coll.insert_one(&doc! { "_id": "d", "n": 10 }, None)
+            .await
+            .unwrap();
+        let found = coll
+            .find(doc! { "_id": "a", "n": 1 }, FindOptions::default())
+            .await;
+        assert_eq!(found.unwrap().len(), 1);
+    }
+
+    /// A transaction dropped while open (its task cancelled) aborts and lets writes go on.
+    #[tokio::test]
+    async fn a_transaction_dropped_while_open_aborts() {
+        let (store, coll) = seeded().await;
+        drop(transaction(&store, &coll).await);
+        assert_eq!(ids(&coll).await, ["a=1", "b=2"]);
+        coll.insert_one(&doc! { "_id": "c", "n": 3 }, None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&coll).await, ["a=1", "b=2", "c=3"]);
+    }
 }
