@@ -178,6 +178,58 @@ async fn in_process_entries_expire_when_the_test_clock_moves() {
     assert_eq!(counts(), (3, 1, 1), "refilled from Redis");
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "test_mem_notes")]
+struct Note {
+    #[repository(id)]
+    note_id: String,
+    #[repository(tenant)]
+    tenant_id: String,
+    text: String,
+    #[repository(version)]
+    version: u64,
+    #[repository(created_at)]
+    created_at: DateTime,
+    #[repository(updated_at)]
+    updated_at: Option<DateTime>,
+}
+
+/// The timestamps the runtime sets are taken from the test clock: a day later by the clock,
+/// an update is stamped a day later, and the creation time stays.
+#[tokio::test]
+async fn declared_timestamps_follow_the_test_clock() {
+    let storage = Storage::in_memory().await;
+    let notes = NoteRepository::new(&storage);
+    let t = common::tenant("stamps");
+    let id = "n1".to_owned();
+    let note = Note {
+        note_id: id.clone(),
+        tenant_id: t.to_string(),
+        text: "first".into(),
+        version: 0,
+        created_at: DateTime::MIN,
+        updated_at: None,
+    };
+    notes.insert(&t, &note).await.unwrap();
+    let created = notes.find_by_id(&t, &id).await.unwrap().unwrap().created_at;
+
+    let day = Duration::from_secs(86_400);
+    storage.test_clock().unwrap().advance(day);
+    let patch = NotePatch {
+        text: Some("second".into()),
+        ..Default::default()
+    };
+    notes.update(&t, &id, patch).await.unwrap().unwrap();
+    let stored = notes.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(stored.created_at, created);
+    let updated = stored.updated_at.expect("an update sets updated_at");
+    let later = updated.timestamp_millis() - created.timestamp_millis();
+    assert!(
+        (86_400_000..86_460_000).contains(&later),
+        "stamped {later} ms after creation"
+    );
+}
+
 /// Two in-memory storages share nothing; clones share everything.
 #[tokio::test]
 async fn in_memory_storages_are_isolated_and_clones_share() {

@@ -116,7 +116,8 @@ pub(crate) struct Write<'a> {
     pub extra_events: &'a [EventEnvelope],
     /// Where it is applied.
     pub route: Route,
-    /// The write's time: what declared timestamps are set to.
+    /// The write's time: what declared timestamps are set to. Set by [`Pipeline::write`] when
+    /// the write starts, from the runtime's clock (which tests move in memory).
     pub at: DateTime,
     /// For a queued write being applied: its queue position ([`document::queue_position`]).
     /// The write then changes only documents at an earlier position, and records its own.
@@ -132,7 +133,7 @@ impl<'a> Write<'a> {
             intent,
             extra_events: &[],
             route: Route::ByModel,
-            at: DateTime::now(),
+            at: DateTime::MIN,
             queued_at: None,
         }
     }
@@ -276,7 +277,8 @@ impl Pipeline {
     }
 
     /// The one write function. See the module docs for its steps.
-    pub(crate) async fn write(&self, w: Write<'_>) -> Result<Outcome> {
+    pub(crate) async fn write(&self, mut w: Write<'_>) -> Result<Outcome> {
+        w.at = DateTime::from_millis(self.conn().clock().now_ms());
         let (operation, tenant) = (w.operation, w.tenant);
         let steps = async move {
             let queued = self.routes_to_queue(&w);
