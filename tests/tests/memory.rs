@@ -217,7 +217,6 @@ async fn declared_timestamps_follow_the_test_clock() {
     storage.test_clock().unwrap().advance(day);
     let patch = NotePatch {
         text: Some("second".into()),
-        ..Default::default()
     };
     notes.update(&t, &id, patch).await.unwrap().unwrap();
     let stored = notes.find_by_id(&t, &id).await.unwrap().unwrap();
