@@ -53,11 +53,15 @@ struct State {
     colls: HashMap<Namespace, CollState>,
 }
 
+/// Keys (`_id`s, unique index keys) to document positions, with a fast hasher: these maps
+/// are consulted on every write and read by `_id`.
+type KeyMap = HashMap<String, u64, foldhash::fast::RandomState>;
+
 /// One collection: documents in insertion order, their `_id`s, its unique indexes.
 #[derive(Clone, Default)]
 struct CollState {
     docs: BTreeMap<u64, Document>,
-    ids: HashMap<String, u64>,
+    ids: KeyMap,
     next: u64,
     unique: Vec<UniqueIndex>,
     /// While a transaction that wrote here is open: the committed version of each document it
@@ -81,7 +85,7 @@ enum View {
 struct UniqueIndex {
     name: String,
     keys: Vec<String>,
-    entries: HashMap<String, u64>,
+    entries: KeyMap,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -679,7 +683,7 @@ impl CollState {
         if self.unique.iter().any(|u| u.keys == keys || u.name == name) {
             return;
         }
-        let mut entries = HashMap::new();
+        let mut entries = KeyMap::default();
         for (seq, d) in &self.docs {
             entries
                 .entry(key_text(&index_key(d, &keys)))
