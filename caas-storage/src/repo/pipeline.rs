@@ -116,8 +116,8 @@ pub(crate) struct Write<'a> {
     pub extra_events: &'a [EventEnvelope],
     /// Where it is applied.
     pub route: Route,
-    /// The write's time: what declared timestamps are set to. Set by [`Pipeline::write`] when
-    /// the write starts, from the runtime's clock (which tests move in memory).
+    /// The write's time: what declared timestamps are set to ([`Pipeline::now`] when the call
+    /// made it).
     pub at: DateTime,
     /// For a queued write being applied: its queue position ([`document::queue_position`]).
     /// The write then changes only documents at an earlier position, and records its own.
@@ -125,15 +125,20 @@ pub(crate) struct Write<'a> {
 }
 
 impl<'a> Write<'a> {
-    /// A write routed by the model, with no extra events, timed now.
-    pub(crate) fn new(operation: &'static str, tenant: &'a TenantId, intent: Intent) -> Self {
+    /// A write routed by the model, with no extra events, timed `at` ([`Pipeline::now`]).
+    pub(crate) fn new(
+        operation: &'static str,
+        tenant: &'a TenantId,
+        intent: Intent,
+        at: DateTime,
+    ) -> Self {
         Write {
             operation,
             tenant,
             intent,
             extra_events: &[],
             route: Route::ByModel,
-            at: DateTime::MIN,
+            at,
             queued_at: None,
         }
     }
@@ -254,6 +259,12 @@ impl Pipeline {
         self.consistency
     }
 
+    /// Now, by the runtime's clock (which tests move in memory): the time writes are stamped
+    /// with.
+    pub(crate) fn now(&self) -> DateTime {
+        DateTime::from_millis(self.conn().clock().now_ms())
+    }
+
     pub(crate) fn conn(&self) -> &Connections {
         &self.conn
     }
@@ -277,8 +288,7 @@ impl Pipeline {
     }
 
     /// The one write function. See the module docs for its steps.
-    pub(crate) async fn write(&self, mut w: Write<'_>) -> Result<Outcome> {
-        w.at = DateTime::from_millis(self.conn().clock().now_ms());
+    pub(crate) async fn write(&self, w: Write<'_>) -> Result<Outcome> {
         let (operation, tenant) = (w.operation, w.tenant);
         let steps = async move {
             let queued = self.routes_to_queue(&w);

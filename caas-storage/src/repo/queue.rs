@@ -77,7 +77,7 @@ impl<E: Queueable> Repository<E> {
         operation: &'static str,
         intent: Intent,
     ) -> Result<()> {
-        let mut w = Write::new(operation, tenant, intent);
+        let mut w = Write::new(operation, tenant, intent, self.pipeline().now());
         w.route = Route::Queue;
         self.pipeline().write(w).await.map(drop)
     }
@@ -119,6 +119,7 @@ impl Apply for QueueApplier {
                 "apply queued insert",
                 tenant,
                 Intent::Insert(docs),
+                self.pipeline.now(),
             ))
             .await?;
         let Outcome::Inserted(results) = outcome else {
@@ -165,7 +166,7 @@ impl Apply for QueueApplier {
             Op::Delete { id } => ("apply queued delete", Intent::Delete { id, purge: false }),
         };
         // A missing document is applied: nothing to update or delete.
-        let mut write = Write::new(operation, tenant, intent);
+        let mut write = Write::new(operation, tenant, intent, self.pipeline.now());
         write.queued_at = Some(position.to_owned());
         self.pipeline.write(write).await.map(drop)
     }

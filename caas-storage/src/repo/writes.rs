@@ -63,7 +63,12 @@ impl<E: Entity> Repository<E> {
         events: &[EventEnvelope],
     ) -> Result<()> {
         let doc = document::encode(tenant, entity)?;
-        let mut w = Write::new("insert", tenant, Intent::Insert(vec![doc]));
+        let mut w = Write::new(
+            "insert",
+            tenant,
+            Intent::Insert(vec![doc]),
+            self.pipeline().now(),
+        );
         w.extra_events = events;
         match self.pipeline().write(w).await? {
             Outcome::Inserted(mut results) => results.pop().unwrap_or(Ok(())),
@@ -88,7 +93,12 @@ impl<E: Entity> Repository<E> {
         let n = docs.len();
         let outcome = self
             .pipeline()
-            .write(Write::new("insert_many", tenant, Intent::Insert(docs)))
+            .write(Write::new(
+                "insert_many",
+                tenant,
+                Intent::Insert(docs),
+                self.pipeline().now(),
+            ))
             .await?;
         let failed: Vec<(usize, Error)> = match outcome {
             Outcome::Inserted(results) => results
@@ -161,7 +171,7 @@ impl<E: Entity> Repository<E> {
         };
         match self
             .pipeline()
-            .write(Write::new(operation, tenant, intent))
+            .write(Write::new(operation, tenant, intent, self.pipeline().now()))
             .await?
         {
             Outcome::Patched(after) => after
@@ -184,7 +194,7 @@ impl<E: Entity> Repository<E> {
             doc: document::encode(tenant, entity)?,
             expected: entity.version(),
         };
-        let w = Write::new("replace", tenant, intent);
+        let w = Write::new("replace", tenant, intent, self.pipeline().now());
         let at = w.at;
         if let Outcome::Replaced(Some(version)) = self.pipeline().write(w).await? {
             entity.set_version(version);
@@ -205,7 +215,7 @@ impl<E: Entity> Repository<E> {
         };
         match self
             .pipeline()
-            .write(Write::new("upsert", tenant, intent))
+            .write(Write::new("upsert", tenant, intent, self.pipeline().now()))
             .await?
         {
             Outcome::Upserted { inserted: true } => Ok(Upserted::Inserted),
@@ -243,7 +253,7 @@ impl<E: Entity> Repository<E> {
         };
         match self
             .pipeline()
-            .write(Write::new(operation, tenant, intent))
+            .write(Write::new(operation, tenant, intent, self.pipeline().now()))
             .await?
         {
             Outcome::Deleted(n) => Ok(n > 0),
@@ -260,6 +270,7 @@ impl<E: Entity> Repository<E> {
                 "delete many",
                 tenant,
                 Intent::DeleteMatching { filter },
+                self.pipeline().now(),
             ))
             .await?
         {
