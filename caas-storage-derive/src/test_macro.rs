@@ -82,11 +82,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             None
         }
     };
-    if !errors.is_empty() {
+    let (true, Some(input)) = (errors.is_empty(), input) else {
         return to_errors(errors, &original);
-    }
-    let Some(input) = input else {
-        return TokenStream::new();
     };
     let private = private_module();
     let name = &sig.ident;

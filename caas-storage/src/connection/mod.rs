@@ -132,22 +132,23 @@ impl Connections {
         let clock_offset_ms = mongo::clock_offset_ms(&mongo).await;
         let redis = redis::connect(&config).await?;
         let pubsub = redis::pubsub_client(&config)?;
-        let producer = OnceLock::new();
-        let _ = producer.set(kafka::producer(&config)?);
+        let kafka = OnceLock::from(kafka::producer(&config)?);
         let topics = topics::TopicAdmin::new(&config)?;
-        Ok(Connections::from_parts(Inner {
-            config,
-            mongo,
-            capabilities,
-            redis,
-            pubsub,
-            kafka: producer,
-            topics,
-            faults: faults::Faults::default(),
-            clock_offset_ms,
-            clock: Clock::default(),
-            documents: Documents::Mongo,
-        }))
+        Ok(Connections {
+            inner: Arc::new(Inner {
+                config,
+                mongo,
+                capabilities,
+                redis,
+                pubsub,
+                kafka,
+                topics,
+                faults: faults::Faults::default(),
+                clock_offset_ms,
+                clock: Clock::default(),
+                documents: Documents::Mongo,
+            }),
+        })
     }
 
     /// Connections for [`Storage::in_memory`](crate::Storage::in_memory): documents and the
@@ -182,25 +183,21 @@ impl Connections {
             .collect();
         let pubsub = ::redis::Client::open("redis://127.0.0.1:9")
             .map_err(|e| Error::config("redis.url", e.to_string()))?;
-        Ok(Connections::from_parts(Inner {
-            topics: topics::TopicAdmin::without_client(&config),
-            config,
-            mongo,
-            capabilities: Capabilities::in_memory(),
-            redis,
-            pubsub,
-            kafka: OnceLock::new(),
-            faults: faults::Faults::default(),
-            clock_offset_ms: 0,
-            clock,
-            documents: Documents::Memory(crate::backend::memory::MemoryStore::default()),
-        }))
-    }
-
-    fn from_parts(inner: Inner) -> Self {
-        Connections {
-            inner: Arc::new(inner),
-        }
+        Ok(Connections {
+            inner: Arc::new(Inner {
+                topics: topics::TopicAdmin::without_client(&config),
+                config,
+                mongo,
+                capabilities: Capabilities::in_memory(),
+                redis,
+                pubsub,
+                kafka: OnceLock::new(),
+                faults: faults::Faults::default(),
+                clock_offset_ms: 0,
+                clock,
+                documents: Documents::Memory(crate::backend::memory::MemoryStore::default()),
+            }),
+        })
     }
 
     /// The configuration the pools were built from.

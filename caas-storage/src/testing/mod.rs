@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::StorageConfig;
-use crate::connection::Clock;
-use crate::connection::{Connections, RedisConnection};
+use crate::connection::{Clock, Connections, RedisConnection};
 use crate::error::Result;
 use crate::outbox::{OutboxRecord, OutboxStore};
 use crate::storage::{Storage, TestState};
@@ -56,8 +55,9 @@ impl Storage {
     /// [`test_events`](Self::test_events); nothing is sent to Kafka), sessions and rate
     /// limits (on the [`test_clock`](Self::test_clock)). The outbox relay, the audit log,
     /// the batch migrator, backups, restores, tenant erasure, retention, the TTL sweeper and
-    /// Kafka topic administration need a server and return [`Error::Unsupported`](crate::Error::Unsupported); so does anything else that
-    /// would reach MongoDB, as a server-selection error (`docs/testing.md`).
+    /// Kafka topic administration need a server and return
+    /// [`Error::Unsupported`](crate::Error::Unsupported); so does anything else that would
+    /// reach MongoDB, as a server-selection error (`docs/testing.md`).
     pub async fn in_memory() -> Storage {
         Self::in_memory_with(StorageConfig::default())
             .await

@@ -552,12 +552,15 @@ impl CollState {
                 .filter(|seq| self.doc(*seq, view).is_some_and(|d| compiled.matches(d)))
                 .collect());
         }
-        Ok(self
-            .visible(view)
-            .into_iter()
-            .filter(|(_, d)| compiled.matches(d))
-            .map(|(seq, _)| seq)
-            .collect())
+        let matches = |(seq, d): (u64, &Document)| compiled.matches(d).then_some(seq);
+        Ok(match view {
+            View::Latest => self
+                .docs
+                .iter()
+                .filter_map(|(s, d)| matches((*s, d)))
+                .collect(),
+            View::Committed => self.committed().into_iter().filter_map(matches).collect(),
+        })
     }
 
     /// The document at `seq` as `view` sees it.
@@ -568,16 +571,13 @@ impl CollState {
         }
     }
 
-    /// Every document `view` sees, in insertion order.
-    fn visible(&self, view: View) -> Vec<(u64, &Document)> {
-        if view == View::Latest || self.shadow.is_empty() {
-            return self.docs.iter().map(|(s, d)| (*s, d)).collect();
-        }
+    /// Every committed document, in insertion order, while a transaction is open here.
+    fn committed(&self) -> Vec<(u64, &Document)> {
         let mut out: Vec<(u64, &Document)> = self
             .docs
             .keys()
             .chain(self.shadow.keys().filter(|s| !self.docs.contains_key(s)))
-            .filter_map(|s| Some((*s, self.doc(*s, view)?)))
+            .filter_map(|s| Some((*s, self.doc(*s, View::Committed)?)))
             .collect();
         out.sort_unstable_by_key(|(s, _)| *s);
         out
@@ -602,15 +602,16 @@ impl CollState {
         for (seq, before) in shadow {
             if let Some(doc) = before {
                 let keys = self.unique_keys(&doc);
+                self.ids
+                    .insert(id_key(doc.get("_id").unwrap_or(&Bson::Null)), seq);
                 self.place(seq, doc, keys);
             }
         }
     }
 
-    /// Stores `doc` at `seq` with its `_id` and index entries (checked by the caller).
+    /// Stores `doc` at `seq` with its unique-index entries `keys` (checked by the caller; the
+    /// `_id` map is the caller's too).
     fn place(&mut self, seq: u64, doc: Document, keys: Vec<String>) {
-        self.ids
-            .insert(id_key(doc.get("_id").unwrap_or(&Bson::Null)), seq);
         for (u, k) in self.unique.iter_mut().zip(keys) {
             u.entries.insert(k, seq);
         }
@@ -660,10 +661,7 @@ impl CollState {
         self.next += 1;
         self.remember(seq);
         self.ids.insert(key, seq);
-        for (u, k) in self.unique.iter_mut().zip(keys) {
-            u.entries.insert(k, seq);
-        }
-        self.docs.insert(seq, doc);
+        self.place(seq, doc, keys);
         Ok(())
     }
 
@@ -732,10 +730,7 @@ impl CollState {
         if let Some(old) = self.docs.remove(&seq) {
             self.unindex(seq, &old);
         }
-        for (u, k) in self.unique.iter_mut().zip(keys) {
-            u.entries.insert(k, seq);
-        }
-        self.docs.insert(seq, doc);
+        self.place(seq, doc, keys);
         Ok(())
     }
 
@@ -823,23 +818,24 @@ fn is_operator_doc(v: &Bson) -> bool {
     matches!(v, Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')))
 }
 
-/// The `_id` of `doc`, generated (an ObjectId) when it has none, and moved to be the first
-/// field, as the server stores it.
 /// A copy of `doc` with its `_id` first (as [`ensure_id`] leaves it), made in one pass.
 fn id_first(doc: &Document) -> Document {
-    if doc.keys().next().is_none_or(|k| k == "_id") || !doc.contains_key("_id") {
+    let Some(id) = doc.get("_id") else {
+        return doc.clone();
+    };
+    if doc.keys().next().is_some_and(|k| k == "_id") {
         return doc.clone();
     }
     let mut out = Document::new();
-    if let Some(id) = doc.get("_id") {
-        out.insert("_id", id.clone());
-    }
+    out.insert("_id", id.clone());
     for (k, v) in doc.iter().filter(|(k, _)| *k != "_id") {
         out.insert(k.clone(), v.clone());
     }
     out
 }
 
+/// The `_id` of `doc`, generated (an ObjectId) when it has none, and moved to be the first
+/// field, as the server stores it.
 fn ensure_id(doc: &mut Document) -> Bson {
     if doc.keys().next().is_some_and(|k| k == "_id") {
         return doc.get("_id").cloned().unwrap_or(Bson::Null);
