@@ -139,6 +139,27 @@ async fn another_test_publishes_the_same_events(storage: Storage) {
     publish_and_read_back(&storage).await;
 }
 
+/// In memory no Kafka client is made: no librdkafka thread (`rdk:*`) runs in the test's
+/// process, where before each storage started a producer and an admin client. (Nothing else
+/// in this file makes a Kafka client in memory; on the servers the storage has its producer.)
+#[cfg(target_os = "linux")]
+#[caas_storage::test]
+async fn in_memory_no_kafka_client_is_made(storage: Storage) {
+    if on_servers() {
+        return;
+    }
+    let repo = SignupRepository::new(&storage);
+    let t = TenantId::new("t1").unwrap();
+    repo.insert(&t, &signup("s1")).await.unwrap();
+    storage.health().await;
+    let kafka_threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("rdk:"))
+        .collect();
+    assert_eq!(kafka_threads, Vec::<String>::new());
+}
+
 fn strict_topics() -> StorageConfig {
     let mut config = if on_servers() {
         StorageConfig::from_env().unwrap()
