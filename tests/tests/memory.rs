@@ -178,6 +178,40 @@ async fn in_process_entries_expire_when_the_test_clock_moves() {
     assert_eq!(counts(), (3, 1, 1), "refilled from Redis");
 }
 
+/// A frozen test clock stands exactly at a TTL: real time passing between the calls does not
+/// move it, so the entry is there 1 ms before its 30 s and gone at 30 s.
+#[tokio::test]
+async fn a_frozen_test_clock_stands_exactly_at_the_ttl() {
+    let storage = Storage::in_memory().await;
+    let clock = storage.test_clock().unwrap();
+    clock.freeze();
+    let profiles = ProfileRepository::new(&storage);
+    let t = common::tenant("frozen");
+    let p = Profile {
+        profile_id: "p1".into(),
+        tenant_id: t.to_string(),
+        name: "Ada".into(),
+        version: 0,
+    };
+    profiles.insert(&t, &p).await.unwrap();
+    let id = "p1".to_owned();
+    let counts = || {
+        let m = storage.cache().metrics_of::<Profile>();
+        (m.local_hits, m.redis_hits, m.db_loads)
+    };
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(counts(), (0, 0, 1), "loaded into both tiers");
+
+    std::thread::sleep(Duration::from_millis(20));
+    clock.advance(Duration::from_millis(29_999));
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(counts(), (1, 0, 1), "still in process 1 ms before 30s");
+
+    clock.advance(Duration::from_millis(1));
+    profiles.find_by_id(&t, &id).await.unwrap().unwrap();
+    assert_eq!(counts(), (1, 1, 1), "gone from the process at 30s");
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_auth", collection = "test_mem_notes")]
 struct Note {

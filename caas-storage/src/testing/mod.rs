@@ -42,6 +42,15 @@ impl TestClock {
     pub fn advance(&self, by: Duration) {
         self.0.advance(by);
     }
+
+    /// Stops real time for this clock: from then on only [`advance`](Self::advance) moves it,
+    /// so a test can stand exactly at an expiry (a cache entry with a 30 s TTL is there at
+    /// 29.999 s and gone at 30 s). While the clock runs, real time also passes between two
+    /// calls, so a test that needs such a boundary freezes first. Freezing twice does nothing;
+    /// the clock stays frozen for the life of its storage.
+    pub fn freeze(&self) {
+        self.0.freeze();
+    }
 }
 
 impl Storage {
