@@ -71,6 +71,12 @@ pub struct Capabilities {
     /// modifies and writes back without a row lock, so two "update where version = n" can both
     /// win; features that need it use unique-index claims instead.
     pub atomic_conditional_updates: bool,
+    /// Whether a unique index on an array field holds each element, as MongoDB's multikey
+    /// indexes do (two documents may not share an element). FerretDB v1 on SQLite indexes the
+    /// whole array as one value: two documents may share elements as long as their arrays
+    /// differ. [`sync_indexes`](crate::Storage::sync_indexes) reports such an index as
+    /// [`IndexChange::Weakened`](crate::index::IndexChange::Weakened) there.
+    pub unique_list_elements: bool,
 }
 
 impl Capabilities {
@@ -89,6 +95,7 @@ impl Capabilities {
             causal_consistency: false,
             find_and_modify_projection: false,
             atomic_conditional_updates: true,
+            unique_list_elements: true,
         }
     }
 
@@ -142,6 +149,7 @@ impl Capabilities {
         let change_streams = probe.change_stream().await;
         let causal_consistency = probe.causal_session().await;
         let find_and_modify_projection = probe.find_and_modify_projection().await;
+        let unique_list_elements = probe.unique_list_elements().await;
         probe.finish().await;
 
         Ok(Capabilities {
@@ -156,6 +164,7 @@ impl Capabilities {
             causal_consistency,
             find_and_modify_projection,
             atomic_conditional_updates: product == ServerProduct::Mongodb,
+            unique_list_elements,
         })
     }
 }
@@ -259,6 +268,32 @@ impl Probe {
                 .await,
             Ok(Some(d)) if !d.contains_key("b")
         )
+    }
+
+    /// Two documents whose arrays share one element, under a unique index on the array: the
+    /// second is refused where each element is unique.
+    async fn unique_list_elements(&self) -> bool {
+        let model = IndexModel::builder()
+            .keys(doc! { "probe_tags": 1 })
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("caas_probe_unique_tags".to_owned())
+                    .build(),
+            )
+            .build();
+        if self.coll.create_index(model).await.is_err() {
+            return false;
+        }
+        let first = self
+            .coll
+            .insert_one(doc! { "probe_tags": ["a", "b"] })
+            .await;
+        let second = self
+            .coll
+            .insert_one(doc! { "probe_tags": ["c", "a"] })
+            .await;
+        first.is_ok() && second.is_err()
     }
 
     async fn finish(self) {

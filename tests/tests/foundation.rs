@@ -58,6 +58,10 @@ async fn capabilities_report_what_ferretdb_supports() {
         !caps.find_and_modify_projection,
         "FerretDB rejects findAndModify `fields`"
     );
+    assert!(
+        !caps.unique_list_elements,
+        "FerretDB's unique index holds a whole array, not each element"
+    );
     assert!(caps.server_description().starts_with("FerretDB 1.24.2"));
 }
 

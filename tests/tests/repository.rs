@@ -633,3 +633,96 @@ async fn a_patch_to_a_taken_unique_value_is_a_duplicate_and_holds_nothing() {
     })
     .await;
 }
+
+/// Aliases: no two documents of a tenant share a handle (a unique index on a list field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
+#[repository(database = "caas_auth", collection = "test_aliases")]
+#[index(keys(handles), unique)]
+struct Alias {
+    #[repository(id)]
+    pub alias_id: String,
+    #[repository(tenant)]
+    pub tenant_id: String,
+    pub handles: Vec<String>,
+}
+
+/// A unique index on a list field holds each element where the server says it does (MongoDB,
+/// the memory backend): a second document with a handle the first holds is a `DuplicateKey`,
+/// one that repeats its own handle is not, and a handle a patch gave up is free again. Where
+/// it does not (FerretDB v1 indexes the whole list), `sync_indexes` says so, and the test pins
+/// what the server does. (The memory backend took the whole list as one key, and let two
+/// documents share an element that MongoDB refuses.)
+#[tokio::test]
+async fn a_unique_index_on_a_list_holds_each_element() {
+    common::each_capability_set(async |storage, label| {
+        let plan = storage.sync_indexes::<Alias>().await.unwrap();
+        let weakened: Vec<&str> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                caas_storage::index::IndexChange::Weakened { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let repo = AliasRepository::new(&storage);
+        if !storage.capabilities().unique_list_elements {
+            assert_eq!(weakened, ["tenant_id_1_handles_1"], "{label}: {plan:?}");
+            let t = common::tenant("multikey-weak");
+            for (id, handles) in [("a1", ["ada", "lovelace"]), ("a2", ["countess", "ada"])] {
+                let alias = Alias {
+                    alias_id: id.into(),
+                    tenant_id: t.to_string(),
+                    handles: handles.map(str::to_owned).to_vec(),
+                };
+                repo.insert(&t, &alias)
+                    .await
+                    .unwrap_or_else(|e| panic!("{label}: the server shares elements: {e}"));
+            }
+            return;
+        }
+        assert!(weakened.is_empty(), "{label}: {plan:?}");
+        let t = common::tenant("multikey");
+        let alias = |id: &str, handles: &[&str]| Alias {
+            alias_id: id.into(),
+            tenant_id: t.to_string(),
+            handles: handles.iter().map(|h| (*h).to_owned()).collect(),
+        };
+        repo.insert(&t, &alias("a1", &["ada", "lovelace"]))
+            .await
+            .unwrap();
+        let shared = repo.insert(&t, &alias("a2", &["countess", "ada"])).await;
+        assert!(
+            matches!(shared, Err(Error::DuplicateKey { .. })),
+            "{label}: {shared:?}"
+        );
+        repo.insert(&t, &alias("a3", &["babbage", "babbage"]))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: a document may repeat its own handle: {e}"));
+        let other = common::tenant("multikey-other");
+        AliasRepository::new(&storage)
+            .insert(
+                &other,
+                &Alias {
+                    alias_id: "a1".into(),
+                    tenant_id: other.to_string(),
+                    handles: vec!["ada".into()],
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{label}: another tenant may hold the handle: {e}"));
+        repo.update(
+            &t,
+            &"a1".to_owned(),
+            AliasPatch {
+                handles: Some(vec!["lovelace".into()]),
+            },
+        )
+        .await
+        .unwrap();
+        repo.insert(&t, &alias("a2", &["countess", "ada"]))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: the handle a1 gave up is free: {e}"));
+        assert_eq!(repo.count(&t, Filter::all()).await.unwrap(), 3, "{label}");
+    })
+    .await;
+}

@@ -148,9 +148,20 @@ fn meta(m: &Model) -> TokenStream {
     let secrets = m.secrets.iter().map(|f| &f.stored_name);
     let indexes = m.indexes.iter().map(|ix| {
         let name = &ix.name;
-        let keys = ix.keys.iter().map(|(field, dir)| match dir {
-            Direction::Asc => quote!(#p::IndexKey::asc(#field)),
-            Direction::Desc => quote!(#p::IndexKey::desc(#field)),
+        let keys = ix.keys.iter().map(|(field, dir)| {
+            let key = match dir {
+                Direction::Asc => quote!(#p::IndexKey::asc(#field)),
+                Direction::Desc => quote!(#p::IndexKey::desc(#field)),
+            };
+            let list = ix
+                .fields
+                .iter()
+                .any(|(f, _)| f.stored_name == *field && crate::internals::check::is_list(f.ty));
+            if list {
+                quote!(#key.list())
+            } else {
+                key
+            }
         });
         let unique = ix.unique;
         let ttl = option(ix.ttl_ms.map(|ms| duration(m, ms)));

@@ -914,6 +914,21 @@ fn struct_index<'a>(
             valid = false;
             continue;
         }
+        if is_list(f.ty) {
+            if let Some((other, _)) = keys.iter().find(|(k, _)| is_list(k.ty)) {
+                // The index stays in the model; the error fails the build.
+                cx.error_spanned_by(
+                    &key.ident,
+                    format!(
+                        "`{}` and `{}` are both lists: an index holds at most one list field \
+                         (MongoDB refuses every document where both are arrays: \
+                         \"cannot index parallel arrays\"); index them separately",
+                        other.name(),
+                        f.name()
+                    ),
+                );
+            }
+        }
         if index.unique.is_written() && f.attrs.secret.is_written() {
             // The index stays in the model (its finder still resolves); the error fails the build.
             cx.error_spanned_by(
@@ -1191,6 +1206,40 @@ fn is_timestamp_type(ty: &Type) -> bool {
     }
 }
 
+/// Whether `ty` is stored as a BSON array: a standard sequence or set (`Vec`, `VecDeque`,
+/// `LinkedList`, `HashSet`, `BTreeSet`, `BinaryHeap`, `IndexSet`), a fixed-size array, or one of
+/// these in an `Option`. Read off the syntax: a type alias for a list is not seen as one.
+pub(crate) fn is_list(ty: &Type) -> bool {
+    const LISTS: [&str; 7] = [
+        "Vec",
+        "VecDeque",
+        "LinkedList",
+        "HashSet",
+        "BTreeSet",
+        "BinaryHeap",
+        "IndexSet",
+    ];
+    match ty {
+        Type::Array(_) => return true,
+        Type::Group(g) => return is_list(&g.elem),
+        Type::Paren(p) => return is_list(&p.elem),
+        _ => {}
+    }
+    let Some(segment) = last_segment(ty) else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &segment.arguments else {
+        return false;
+    };
+    if LISTS.iter().any(|l| segment.ident == l) {
+        return true;
+    }
+    match args.args.first() {
+        Some(syn::GenericArgument::Type(inner)) if segment.ident == "Option" => is_list(inner),
+        _ => false,
+    }
+}
+
 fn is_option(ty: &Type) -> bool {
     last_segment(ty).is_some_and(|s| {
         s.ident == "Option" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
@@ -1221,6 +1270,18 @@ fn type_text(ty: &Type) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_are_recognized_by_their_type() {
+        let list = |ty: Type| is_list(&ty);
+        assert!(list(syn::parse_quote!(Vec<String>)));
+        assert!(list(syn::parse_quote!(std::collections::BTreeSet<u32>)));
+        assert!(list(syn::parse_quote!(Option<HashSet<String>>)));
+        assert!(list(syn::parse_quote!([u8; 4])));
+        assert!(!list(syn::parse_quote!(String)));
+        assert!(!list(syn::parse_quote!(Option<String>)));
+        assert!(!list(syn::parse_quote!(HashMap<String, u64>)));
+    }
 
     #[test]
     fn type_text_reads_naturally() {

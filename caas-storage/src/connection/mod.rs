@@ -183,6 +183,10 @@ impl Connections {
             .collect();
         let pubsub = ::redis::Client::open("redis://127.0.0.1:9")
             .map_err(|e| Error::config("redis.url", e.to_string()))?;
+        let documents = Documents::Memory(crate::backend::memory::MemoryStore::new({
+            let clock = clock.clone();
+            move || clock.now_ms()
+        }));
         Ok(Connections {
             inner: Arc::new(Inner {
                 topics: topics::TopicAdmin::without_client(&config),
@@ -195,7 +199,7 @@ impl Connections {
                 faults: faults::Faults::default(),
                 clock_offset_ms: 0,
                 clock,
-                documents: Documents::Memory(crate::backend::memory::MemoryStore::default()),
+                documents,
             }),
         })
     }

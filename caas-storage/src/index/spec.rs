@@ -30,6 +30,9 @@ pub struct IndexKey {
     pub field: &'static str,
     /// Direction.
     pub direction: SortDirection,
+    /// The field holds a list (stored as an array): the index is multikey, one entry per
+    /// element. The derive sets it from the field's type.
+    pub list: bool,
 }
 
 impl IndexKey {
@@ -38,6 +41,7 @@ impl IndexKey {
         IndexKey {
             field,
             direction: SortDirection::Asc,
+            list: false,
         }
     }
 
@@ -46,7 +50,13 @@ impl IndexKey {
         IndexKey {
             field,
             direction: SortDirection::Desc,
+            list: false,
         }
+    }
+
+    /// This key, marked as holding a list (its `list` field).
+    pub const fn list(self) -> Self {
+        IndexKey { list: true, ..self }
     }
 }
 

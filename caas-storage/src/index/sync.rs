@@ -76,6 +76,15 @@ pub enum IndexChange {
         /// Why, e.g. `TTL indexes are not supported by FerretDB 1.24.2`.
         reason: String,
     },
+    /// Declared and built (another entry says how), but the server enforces less than it
+    /// declares: a unique index on a list field holds the whole list, not each element, where
+    /// [`Capabilities::unique_list_elements`] is false (FerretDB v1).
+    Weakened {
+        /// Index name.
+        name: String,
+        /// What the server does not enforce.
+        reason: String,
+    },
 }
 
 /// The result of [`Storage::sync_indexes`](crate::Storage::sync_indexes).
@@ -110,7 +119,9 @@ impl IndexPlan {
         self.changes.iter().all(|c| {
             matches!(
                 c,
-                IndexChange::Unchanged { .. } | IndexChange::Unsupported { .. }
+                IndexChange::Unchanged { .. }
+                    | IndexChange::Unsupported { .. }
+                    | IndexChange::Weakened { .. }
             )
         })
     }
@@ -123,6 +134,8 @@ struct Desired {
     keys: Document,
     unique: bool,
     ttl: Option<Duration>,
+    /// A key that holds a list, for a unique index (its entries are per element).
+    unique_list_key: Option<&'static str>,
 }
 
 impl Desired {
@@ -178,12 +191,14 @@ fn desired(meta: &IndexTarget<'_>) -> Vec<Desired> {
             .collect(),
         unique: true,
         ttl: None,
+        unique_list_key: None,
     }];
     out.extend(meta.indexes.iter().map(|i| Desired {
         name: i.name.to_owned(),
         keys: i.key_document(),
         unique: i.unique,
         ttl: i.ttl,
+        unique_list_key: i.keys.iter().find(|k| i.unique && k.list).map(|k| k.field),
     }));
     out
 }
@@ -321,6 +336,21 @@ pub(crate) async fn sync_indexes(
                     });
                 }
             }
+        }
+        if let Some(field) = d
+            .unique_list_key
+            .filter(|_| !capabilities.unique_list_elements)
+        {
+            let reason = format!(
+                "{} enforces the unique index on the list field `{field}` on the whole list, \
+                 not on each element: two documents may share an element",
+                capabilities.server_description()
+            );
+            tracing::warn!(index = %d.name, namespace = %ns, "{reason}");
+            changes.push(IndexChange::Weakened {
+                name: d.name.clone(),
+                reason,
+            });
         }
     }
     for m in &existing {

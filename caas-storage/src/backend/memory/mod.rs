@@ -41,6 +41,9 @@ pub(crate) struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
+    /// The storage's clock (milliseconds since the epoch), read by `$currentDate`. Handed in
+    /// by the connection layer, which owns the clock.
+    now_ms: Option<Arc<dyn Fn() -> i64 + Send + Sync>>,
     state: Mutex<State>,
     /// Held by each write, and by a transaction from start to commit or abort.
     writer: Arc<tokio::sync::Mutex<()>>,
@@ -95,6 +98,24 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store whose `$currentDate` reads `now_ms` (milliseconds since the epoch).
+    pub(crate) fn new(now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                now_ms: Some(Arc::new(now_ms)),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Now, as the storage's clock says (real time for a store built without one).
+    fn now(&self) -> mongodb::bson::DateTime {
+        match &self.inner.now_ms {
+            Some(now_ms) => mongodb::bson::DateTime::from_millis(now_ms()),
+            None => mongodb::bson::DateTime::now(),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -356,6 +377,7 @@ impl CollectionBackend for MemoryCollection {
         upsert: bool,
         session: Option<&mut Session>,
     ) -> DriverResult<Updated> {
+        let now = self.store.now();
         self.write(session, |c, ns| {
             let mut seqs = c.matching(&filter, View::Latest)?;
             if !multi {
@@ -367,14 +389,14 @@ impl CollectionBackend for MemoryCollection {
             };
             for seq in seqs {
                 let mut next = c.docs[&seq].clone();
-                if eval::update::apply_update(&mut next, &update, false).map_err(bad_value)? {
+                if eval::update::apply_update(&mut next, &update, false, now).map_err(bad_value)? {
                     c.put(seq, next, ns).map_err(write_error)?;
                     result.modified += 1;
                 }
             }
             if result.matched == 0 && upsert {
                 let mut seed = eval::update::upsert_seed(&filter);
-                eval::update::apply_update(&mut seed, &update, true).map_err(bad_value)?;
+                eval::update::apply_update(&mut seed, &update, true, now).map_err(bad_value)?;
                 let id = ensure_id(&mut seed);
                 c.insert(seed, ns).map_err(write_error)?;
                 result.upserted_id = Some(id);
@@ -455,13 +477,14 @@ impl CollectionBackend for MemoryCollection {
         after: bool,
         session: Option<&mut Session>,
     ) -> DriverResult<Option<Document>> {
+        let now = self.store.now();
         self.write(session, |c, ns| {
             let Some(seq) = c.matching(&filter, View::Latest)?.first().copied() else {
                 return Ok(None);
             };
             let before = c.docs[&seq].clone();
             let mut next = before.clone();
-            if eval::update::apply_update(&mut next, &update, false).map_err(bad_value)? {
+            if eval::update::apply_update(&mut next, &update, false, now).map_err(bad_value)? {
                 c.put(seq, next.clone(), ns).map_err(write_error)?;
             }
             Ok(Some(if after { next } else { before }))
@@ -601,7 +624,8 @@ impl CollState {
         }
         for (seq, before) in shadow {
             if let Some(doc) = before {
-                let keys = self.unique_keys(&doc);
+                // It was stored, so its keys compute.
+                let keys = self.unique_keys(&doc).unwrap_or_default();
                 self.ids
                     .insert(id_key(doc.get("_id").unwrap_or(&Bson::Null)), seq);
                 self.place(seq, doc, keys);
@@ -611,9 +635,11 @@ impl CollState {
 
     /// Stores `doc` at `seq` with its unique-index entries `keys` (checked by the caller; the
     /// `_id` map is the caller's too).
-    fn place(&mut self, seq: u64, doc: Document, keys: Vec<String>) {
-        for (u, k) in self.unique.iter_mut().zip(keys) {
-            u.entries.insert(k, seq);
+    fn place(&mut self, seq: u64, doc: Document, keys: Vec<Vec<String>>) {
+        for (u, ks) in self.unique.iter_mut().zip(keys) {
+            for k in ks {
+                u.entries.insert(k, seq);
+            }
         }
         self.docs.insert(seq, doc);
     }
@@ -655,7 +681,7 @@ impl CollState {
         if self.ids.contains_key(&key) {
             return Err(duplicate(ns, "_id_", &doc! { "_id": id }));
         }
-        let keys = self.unique_keys(&doc);
+        let keys = self.unique_keys(&doc)?;
         self.check_unique(&doc, &keys, None, ns)?;
         let seq = self.next;
         self.next += 1;
@@ -683,9 +709,11 @@ impl CollState {
         }
         let mut entries = KeyMap::default();
         for (seq, d) in &self.docs {
-            entries
-                .entry(key_text(&index_key(d, &keys)))
-                .or_insert(*seq);
+            // A document whose keys do not compute (parallel arrays) is left out, where a
+            // server would refuse to build the index.
+            for k in index_texts(d, &keys).unwrap_or_default() {
+                entries.entry(k).or_insert(*seq);
+            }
         }
         self.unique.push(UniqueIndex {
             name,
@@ -694,19 +722,20 @@ impl CollState {
         });
     }
 
-    /// `doc`'s key in each unique index, in index order.
-    fn unique_keys(&self, doc: &Document) -> Vec<String> {
+    /// `doc`'s keys in each unique index, in index order (see [`index_texts`]).
+    fn unique_keys(&self, doc: &Document) -> Result<Vec<Vec<String>>, Refusal> {
         self.unique
             .iter()
-            .map(|u| key_text(&index_key(doc, &u.keys)))
+            .map(|u| index_texts(doc, &u.keys))
             .collect()
     }
 
     fn unindex(&mut self, seq: u64, doc: &Document) {
         for u in &mut self.unique {
-            let k = key_text(&index_key(doc, &u.keys));
-            if u.entries.get(&k) == Some(&seq) {
-                u.entries.remove(&k);
+            for k in index_texts(doc, &u.keys).unwrap_or_default() {
+                if u.entries.get(&k) == Some(&seq) {
+                    u.entries.remove(&k);
+                }
             }
         }
     }
@@ -724,7 +753,7 @@ impl CollState {
                 ));
             }
         }
-        let keys = self.unique_keys(&doc);
+        let keys = self.unique_keys(&doc)?;
         self.check_unique(&doc, &keys, Some(seq), ns)?;
         self.remember(seq);
         if let Some(old) = self.docs.remove(&seq) {
@@ -739,36 +768,108 @@ impl CollState {
     fn check_unique(
         &self,
         doc: &Document,
-        keys: &[String],
+        keys: &[Vec<String>],
         except: Option<u64>,
         ns: &Namespace,
     ) -> Result<(), Refusal> {
-        for (index, text) in self.unique.iter().zip(keys) {
-            let clash = index.entries.get(text).is_some_and(|s| Some(*s) != except);
-            if clash {
-                let key = index_key(doc, &index.keys);
-                let shown: Document = index
-                    .keys
-                    .iter()
-                    .cloned()
-                    .zip(key.iter().cloned())
-                    .collect();
-                return Err(duplicate(ns, &index.name, &shown));
+        for (index, texts) in self.unique.iter().zip(keys) {
+            for text in texts {
+                let clash = index.entries.get(text).is_some_and(|s| Some(*s) != except);
+                if clash {
+                    // The entry that clashed, as the server shows it.
+                    let key = index_entries(doc, &index.keys)?
+                        .into_iter()
+                        .find(|values| key_text(values) == *text)
+                        .unwrap_or_default();
+                    let shown: Document = index.keys.iter().cloned().zip(key).collect();
+                    return Err(duplicate(ns, &index.name, &shown));
+                }
             }
         }
         Ok(())
     }
 }
 
-/// The values of `keys` in `doc` (missing: null, as a unique index stores them).
-fn index_key(doc: &Document, keys: &[String]) -> Vec<Bson> {
-    keys.iter()
-        .map(|k| {
-            eval::path::get_path_exact(doc, k)
-                .cloned()
-                .unwrap_or(Bson::Null)
-        })
-        .collect()
+/// `doc`'s entries in an index on `keys`: one per value, as MongoDB builds them. A missing
+/// field is null. An array is multikey: one entry per element (an empty array is one
+/// `undefined` entry), and a path through an array of documents reaches into each element.
+/// At most one key of a compound index may hold an array; two are refused as the server
+/// refuses them ("cannot index parallel arrays").
+fn index_entries(doc: &Document, keys: &[String]) -> Result<Vec<Vec<Bson>>, Refusal> {
+    let mut fixed = Vec::with_capacity(keys.len());
+    let mut spread: Option<(usize, Vec<Bson>)> = None;
+    for (i, key) in keys.iter().enumerate() {
+        let parts: Vec<&str> = key.split('.').collect();
+        let (mut values, mut multi) = (Vec::new(), false);
+        key_values(doc.get(parts[0]), &parts[1..], &mut values, &mut multi);
+        if multi {
+            if let Some((j, _)) = &spread {
+                return Err((
+                    171,
+                    "CannotIndexParallelArrays",
+                    format!("cannot index parallel arrays [{}] [{}]", keys[*j], key),
+                ));
+            }
+            spread = Some((i, values));
+            fixed.push(Bson::Null);
+        } else {
+            fixed.push(values.pop().unwrap_or(Bson::Null));
+        }
+    }
+    Ok(match spread {
+        None => vec![fixed],
+        Some((i, values)) => values
+            .into_iter()
+            .map(|v| {
+                let mut entry = fixed.clone();
+                entry[i] = v;
+                entry
+            })
+            .collect(),
+    })
+}
+
+/// The values a path (`value`, then the `rest` of the path under it) gives an index entry;
+/// `multi` is set when an array was crossed.
+fn key_values(value: Option<&Bson>, rest: &[&str], out: &mut Vec<Bson>, multi: &mut bool) {
+    match (value, rest.split_first()) {
+        (None, _) => out.push(Bson::Null),
+        (Some(Bson::Array(items)), None) => {
+            *multi = true;
+            if items.is_empty() {
+                out.push(Bson::Undefined);
+            }
+            out.extend(items.iter().cloned());
+        }
+        (Some(v), None) => out.push(v.clone()),
+        (Some(Bson::Document(d)), Some((next, rest))) => key_values(d.get(*next), rest, out, multi),
+        (Some(Bson::Array(items)), Some((next, rest))) => {
+            *multi = true;
+            if items.is_empty() {
+                out.push(Bson::Null);
+            }
+            for item in items {
+                match item {
+                    Bson::Document(d) => key_values(d.get(*next), rest, out, multi),
+                    _ => out.push(Bson::Null),
+                }
+            }
+        }
+        (Some(_), Some(_)) => out.push(Bson::Null),
+    }
+}
+
+/// The texts of `doc`'s entries in an index on `keys` ([`index_entries`]), each once: the
+/// keys a unique index holds for the document.
+fn index_texts(doc: &Document, keys: &[String]) -> Result<Vec<String>, Refusal> {
+    let mut texts: Vec<String> = Vec::new();
+    for entry in index_entries(doc, keys)? {
+        let text = key_text(&entry);
+        if !texts.contains(&text) {
+            texts.push(text);
+        }
+    }
+    Ok(texts)
 }
 
 /// One text per index key, equal for keys a unique index takes as equal (numbers by value,
@@ -777,7 +878,8 @@ fn key_text(values: &[Bson]) -> String {
     values
         .iter()
         .map(|v| match v {
-            Bson::Null | Bson::Undefined => "z".to_owned(),
+            Bson::Null => "z".to_owned(),
+            Bson::Undefined => "u".to_owned(),
             Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => id_key(v),
             Bson::String(s) => format!("s:{s}"),
             Bson::Boolean(b) => format!("b:{b}"),
@@ -997,5 +1099,113 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ids(&coll).await, ["a=1", "b=2", "c=3"]);
+    }
+
+    /// A collection `db.m` with a unique index on each of `indexes` (each a list of keys).
+    async fn indexed(indexes: &[&[&str]]) -> MemoryCollection {
+        let coll = MemoryStore::default().collection("db", "m");
+        let indexes: Vec<Vec<String>> = indexes
+            .iter()
+            .map(|keys| keys.iter().map(|k| (*k).to_owned()).collect())
+            .collect();
+        coll.write(None, |c, _| {
+            for keys in indexes {
+                c.add_unique(keys.join("_"), keys);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        coll
+    }
+
+    /// The server's error for a refused write: its code and message.
+    async fn refused(coll: &MemoryCollection, doc: Document) -> (i32, String) {
+        let e = coll.insert_one(&doc, None).await.unwrap_err();
+        match *e.kind {
+            ErrorKind::Write(WriteFailure::WriteError(w)) => (w.code, w.message),
+            other => panic!("not a write error: {other:?}"),
+        }
+    }
+
+    /// A unique index on an array field holds each element, as MongoDB's multikey index does:
+    /// two documents may not share an element, a document may repeat its own, an empty array
+    /// is one `undefined` entry (distinct from a missing field's null), and the entries of a
+    /// deleted or updated document are free again.
+    #[tokio::test]
+    async fn a_unique_index_on_an_array_holds_each_element() {
+        let coll = indexed(&[&["tags"]]).await;
+        coll.insert_one(&doc! { "_id": 1, "tags": ["a", "b"] }, None)
+            .await
+            .unwrap();
+        let (code, message) = refused(&coll, doc! { "_id": 2, "tags": ["c", "a"] }).await;
+        assert_eq!(code, DUPLICATE_KEY);
+        assert!(
+            message.ends_with(r#"index: tags dup key: { "tags": "a" }"#),
+            "{message}"
+        );
+        coll.insert_one(&doc! { "_id": 3, "tags": ["c", "c"] }, None)
+            .await
+            .unwrap();
+        coll.insert_one(&doc! { "_id": 4, "tags": [] }, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused(&coll, doc! { "_id": 5, "tags": [] }).await.0,
+            DUPLICATE_KEY
+        );
+        coll.insert_one(&doc! { "_id": 6 }, None).await.unwrap();
+        let scalar = refused(&coll, doc! { "_id": 7, "tags": "b" }).await;
+        assert_eq!(scalar.0, DUPLICATE_KEY, "a scalar clashes with an element");
+
+        coll.update(
+            doc! { "_id": 3 },
+            doc! { "$push": { "tags": "d" } },
+            false,
+            false,
+            None,
+        )
+        .await
+        .unwrap();
+        coll.delete(doc! { "_id": 1 }, false, None).await.unwrap();
+        coll.insert_one(&doc! { "_id": 8, "tags": ["a", "b"] }, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused(&coll, doc! { "_id": 9, "tags": ["d"] }).await.0,
+            DUPLICATE_KEY,
+            "the pushed element is held"
+        );
+    }
+
+    /// A path through an array of documents indexes each element's field; a compound index
+    /// takes one array at most and refuses two, as the server does.
+    #[tokio::test]
+    async fn unique_paths_reach_into_arrays_and_parallel_arrays_are_refused() {
+        let coll = indexed(&[&["items.sku"]]).await;
+        coll.insert_one(
+            &doc! { "_id": 1, "items": [{ "sku": 1 }, { "sku": 2 }] },
+            None,
+        )
+        .await
+        .unwrap();
+        let clash = refused(&coll, doc! { "_id": 2, "items": [{ "sku": 2.0 }] }).await;
+        assert_eq!(clash.0, DUPLICATE_KEY, "{clash:?}");
+
+        let coll = indexed(&[&["tenant", "tags"]]).await;
+        coll.insert_one(&doc! { "_id": 1, "tenant": "t1", "tags": ["a"] }, None)
+            .await
+            .unwrap();
+        coll.insert_one(&doc! { "_id": 2, "tenant": "t2", "tags": ["a"] }, None)
+            .await
+            .unwrap();
+        let clash = refused(&coll, doc! { "_id": 3, "tenant": "t1", "tags": ["b", "a"] }).await;
+        assert_eq!(clash.0, DUPLICATE_KEY, "{clash:?}");
+        let parallel = refused(&coll, doc! { "_id": 4, "tenant": ["t3"], "tags": ["c"] }).await;
+        assert_eq!(parallel.0, 171, "{parallel:?}");
+        assert!(
+            parallel.1.contains("cannot index parallel arrays"),
+            "{parallel:?}"
+        );
     }
 }

@@ -106,6 +106,9 @@ pub(crate) async fn run(ctx: &Context<'_>, command: IndexesCommand) -> Result<Re
                 IndexChange::Unsupported { name, reason } => {
                     format!("skipped   {name}: {reason}")
                 }
+                IndexChange::Weakened { name, reason } => {
+                    format!("weakened  {name}: {reason}")
+                }
             };
             let _ = writeln!(text, "  {line}");
         }
