@@ -212,6 +212,51 @@ async fn a_frozen_test_clock_stands_exactly_at_the_ttl() {
     assert_eq!(counts(), (1, 1, 1), "gone from the process at 30s");
 }
 
+/// An entity's events occurred when the write did, by the test clock: a day on, an insert and
+/// an update publish events stamped a day on, at the clock's time to the millisecond.
+#[tokio::test]
+async fn events_occur_at_the_test_clock_time() {
+    let storage = Storage::in_memory().await;
+    let clock = storage.test_clock().unwrap();
+    clock.freeze();
+    clock.advance(Duration::from_secs(86_400));
+    let accounts = AccountRepository::new(&storage);
+    let t = common::tenant("occurred");
+    let occurred = |events: Vec<caas_storage::outbox::OutboxRecord>| -> Vec<i64> {
+        events
+            .iter()
+            .map(|e| {
+                DateTime::parse_rfc3339_str(&e.envelope.occurred_at)
+                    .unwrap_or_else(|err| panic!("{}: {err}", e.envelope.occurred_at))
+                    .timestamp_millis()
+            })
+            .collect()
+    };
+    accounts
+        .insert(&t, &account(&t, "a1", "o@example.com"))
+        .await
+        .unwrap();
+    let at = clock.now().timestamp_millis();
+    assert_eq!(occurred(storage.take_test_events().await.unwrap()), [at]);
+
+    clock.advance(Duration::from_millis(1_234));
+    accounts
+        .update(
+            &t,
+            &"a1".to_owned(),
+            AccountPatch {
+                email: Some("p@example.com".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        occurred(storage.take_test_events().await.unwrap()),
+        [at + 1_234]
+    );
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_auth", collection = "test_mem_notes")]
 struct Note {

@@ -116,6 +116,13 @@ impl EventEnvelope {
         self
     }
 
+    /// Sets `occurred_at` to `ms` since the Unix epoch (the repositories set their events' to
+    /// the write's time, which an in-memory storage takes from its test clock).
+    pub(crate) fn at_millis(mut self, ms: i64) -> Self {
+        self.occurred_at = rfc3339_millis(ms);
+        self
+    }
+
     /// Sets the aggregate's revision after the write.
     pub fn with_revision(mut self, revision: u64) -> Self {
         self.revision = revision;

@@ -38,6 +38,8 @@ pub(crate) struct EventSpec<'a> {
     pub payload: &'a Document,
     /// Events the caller adds to the same atomic unit.
     pub extra: &'a [EventEnvelope],
+    /// The write's time: the entity's event occurred then (as its `updated_at` says).
+    pub at: mongodb::bson::DateTime,
 }
 
 /// The outbox records of one document's write: none when the entity records no event for this
@@ -79,7 +81,8 @@ pub(crate) fn records(
             )
             .with_schema_version(meta.schema_version)
             .with_revision(spec.revision)
-            .with_incarnation(spec.incarnation.map(str::to_owned)),
+            .with_incarnation(spec.incarnation.map(str::to_owned))
+            .at_millis(spec.at.timestamp_millis()),
         );
     }
     for custom in spec.extra {

@@ -504,22 +504,14 @@ impl Pipeline {
             queued_at: w.queued_at.clone(),
         };
         match w.intent {
-            Intent::Insert(docs) => {
-                self.insert(call.operation, call.tenant, docs, call.extra_events)
-                    .await
-            }
+            Intent::Insert(docs) => self.insert(&call, docs).await,
             Intent::DeleteMatching { filter } => self.delete_matching(&call, filter).await,
             intent => self.single(&call, intent).await,
         }
     }
 
-    async fn insert(
-        &self,
-        operation: &'static str,
-        tenant: &TenantId,
-        docs: Vec<Document>,
-        extra: &[EventEnvelope],
-    ) -> (Result<Outcome>, Vec<Effect>) {
+    async fn insert(&self, call: &Call<'_>, docs: Vec<Document>) -> (Result<Outcome>, Vec<Effect>) {
+        let (operation, tenant, extra) = (call.operation, call.tenant, call.extra_events);
         let m = self.meta;
         let mut docs = docs;
         for d in &mut docs {
@@ -544,6 +536,7 @@ impl Pipeline {
                         incarnation: d.get_str(INCARNATION_FIELD).ok(),
                         payload: d,
                         extra,
+                        at: call.at,
                     },
                 )
             })
@@ -615,6 +608,7 @@ impl Pipeline {
                         incarnation: plan.incarnation.as_deref(),
                         payload,
                         extra: w.extra_events,
+                        at: w.at,
                     },
                 ),
                 None => Vec::new(),

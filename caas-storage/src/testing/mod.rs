@@ -43,6 +43,11 @@ impl TestClock {
         self.0.advance(by);
     }
 
+    /// Now, as this clock says: what an in-memory storage stamps on a write made now.
+    pub fn now(&self) -> crate::bson::DateTime {
+        crate::bson::DateTime::from_millis(self.0.now_ms())
+    }
+
     /// Stops real time for this clock: from then on only [`advance`](Self::advance) moves it,
     /// so a test can stand exactly at an expiry (a cache entry with a 30 s TTL is there at
     /// 29.999 s and gone at 30 s). While the clock runs, real time also passes between two
