@@ -246,7 +246,6 @@ async fn events_occur_at_the_test_clock_time() {
             &"a1".to_owned(),
             AccountPatch {
                 email: Some("p@example.com".into()),
-                ..Default::default()
             },
         )
         .await
