@@ -224,21 +224,27 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    /// Long enough that a busy machine does not end it between two calls that expect the
+    /// breaker still open (a 20-30 ms cool-down could pass while the test thread waited).
+    pub(super) const COOL_DOWN: Duration = Duration::from_millis(300);
+    /// A wait past [`COOL_DOWN`].
+    pub(super) const PAST_COOL_DOWN: Duration = Duration::from_millis(350);
+
     #[test]
     fn opens_after_threshold_and_probes_after_cooldown() {
-        let b = Breaker::new("test", 3, Duration::from_millis(30));
+        let b = Breaker::new("test", 3, COOL_DOWN);
         b.failure();
         b.failure();
         assert!(matches!(b.permit(), Permit::Go));
         b.failure();
         assert!(b.permit().skips());
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(PAST_COOL_DOWN);
         let probe = b.permit();
         assert!(matches!(probe, Permit::Probe(_)));
         assert!(b.permit().skips(), "one probe at a time");
         probe.failure(&b);
         assert!(b.permit().skips(), "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(PAST_COOL_DOWN);
         let probe = b.permit();
         assert!(
             probe.success(&b),
@@ -250,14 +256,14 @@ mod tests {
 
     #[test]
     fn a_probe_dropped_unreported_reopens_instead_of_staying_half_open() {
-        let b = Breaker::new("test", 1, Duration::from_millis(20));
+        let b = Breaker::new("test", 1, COOL_DOWN);
         Permit::Go.failure(&b);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(PAST_COOL_DOWN);
         let probe = b.permit();
         assert!(matches!(probe, Permit::Probe(_)));
         drop(probe); // a cancelled future
         assert!(b.is_open());
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(PAST_COOL_DOWN);
         assert!(
             matches!(b.permit(), Permit::Probe(_)),
             "another probe after the cool-down"
@@ -268,6 +274,7 @@ mod tests {
 #[cfg(test)]
 mod metric_tests {
     //! The breaker's metrics, read back through a recorder of this test's own.
+    use super::tests::{COOL_DOWN, PAST_COOL_DOWN};
     use super::*;
     use metrics::{
         Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder,
@@ -353,7 +360,7 @@ mod metric_tests {
     fn transitions_are_counted_and_the_gauge_follows_the_state() {
         let rec = Recorded::default();
         metrics::with_local_recorder(&rec, || {
-            let b = Breaker::new("kafka", 2, Duration::from_millis(20));
+            let b = Breaker::new("kafka", 2, COOL_DOWN);
             let open = "caas_breaker_open{component=kafka}";
             let to_open = "caas_breaker_transitions_total{component=kafka,to=open}";
             let to_closed = "caas_breaker_transitions_total{component=kafka,to=closed}";
@@ -368,7 +375,7 @@ mod metric_tests {
             assert_eq!(b.state(), BreakerState::Open);
             assert_eq!(rec.gauge(open), Some(1.0));
             assert_eq!(rec.counter(to_open), 1);
-            std::thread::sleep(Duration::from_millis(30));
+            std::thread::sleep(PAST_COOL_DOWN);
             let probe = b.permit();
             assert!(probe.is_probe());
             assert_eq!(b.state(), BreakerState::HalfOpen);
@@ -378,7 +385,7 @@ mod metric_tests {
                 1,
                 "a failed probe is no new transition"
             );
-            std::thread::sleep(Duration::from_millis(30));
+            std::thread::sleep(PAST_COOL_DOWN);
             assert!(b.permit().success(&b));
             assert_eq!(b.state(), BreakerState::Closed);
             assert_eq!(rec.gauge(open), Some(0.0));

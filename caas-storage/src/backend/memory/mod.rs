@@ -799,9 +799,12 @@ fn index_entries(doc: &Document, keys: &[String]) -> Result<Vec<Vec<Bson>>, Refu
     let mut fixed = Vec::with_capacity(keys.len());
     let mut spread: Option<(usize, Vec<Bson>)> = None;
     for (i, key) in keys.iter().enumerate() {
-        let parts: Vec<&str> = key.split('.').collect();
+        let (first, rest) = match key.split_once('.') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (key.as_str(), None),
+        };
         let (mut values, mut multi) = (Vec::new(), false);
-        key_values(doc.get(parts[0]), &parts[1..], &mut values, &mut multi);
+        key_values(doc.get(first), rest, &mut values, &mut multi);
         if multi {
             if let Some((j, _)) = &spread {
                 return Err((
@@ -829,10 +832,14 @@ fn index_entries(doc: &Document, keys: &[String]) -> Result<Vec<Vec<Bson>>, Refu
     })
 }
 
-/// The values a path (`value`, then the `rest` of the path under it) gives an index entry;
-/// `multi` is set when an array was crossed.
-fn key_values(value: Option<&Bson>, rest: &[&str], out: &mut Vec<Bson>, multi: &mut bool) {
-    match (value, rest.split_first()) {
+/// The values a path (`value`, then the `rest` of the dotted path under it) gives an index
+/// entry; `multi` is set when an array was crossed.
+fn key_values(value: Option<&Bson>, rest: Option<&str>, out: &mut Vec<Bson>, multi: &mut bool) {
+    let next = rest.map(|r| match r.split_once('.') {
+        Some((next, rest)) => (next, Some(rest)),
+        None => (r, None),
+    });
+    match (value, next) {
         (None, _) => out.push(Bson::Null),
         (Some(Bson::Array(items)), None) => {
             *multi = true;
@@ -842,7 +849,7 @@ fn key_values(value: Option<&Bson>, rest: &[&str], out: &mut Vec<Bson>, multi: &
             out.extend(items.iter().cloned());
         }
         (Some(v), None) => out.push(v.clone()),
-        (Some(Bson::Document(d)), Some((next, rest))) => key_values(d.get(*next), rest, out, multi),
+        (Some(Bson::Document(d)), Some((next, rest))) => key_values(d.get(next), rest, out, multi),
         (Some(Bson::Array(items)), Some((next, rest))) => {
             *multi = true;
             if items.is_empty() {
@@ -850,7 +857,7 @@ fn key_values(value: Option<&Bson>, rest: &[&str], out: &mut Vec<Bson>, multi: &
             }
             for item in items {
                 match item {
-                    Bson::Document(d) => key_values(d.get(*next), rest, out, multi),
+                    Bson::Document(d) => key_values(d.get(next), rest, out, multi),
                     _ => out.push(Bson::Null),
                 }
             }
