@@ -34,12 +34,15 @@ struct CliUser {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_cli_it", collection = "ix_docs", consistency = strong)]
 #[index(keys(email), unique)]
+#[index(keys(tags), unique)]
 struct IxDoc {
     #[repository(id)]
     doc_id: String,
     #[repository(tenant)]
     tenant_id: String,
     email: String,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 fn name_to_full_name(doc: &mut Document) -> StepResult {
@@ -260,6 +263,22 @@ async fn indexes_plan_lists_the_missing_index_and_apply_creates_it() {
         .await
         .unwrap();
     assert!(names.iter().any(|n| n.contains("email")), "{names:?}");
+
+    // The unique index on the list: built, and called weakened where the server holds the
+    // whole list rather than each element (FerretDB).
+    let (exit, out, _) = run_raw(&cli, &storage, &["indexes", "plan", "--entity", "IxDoc"]).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    assert!(out.contains("ok        tenant_id_1_tags_1"), "{out}");
+    let weakened = out.lines().find(|l| l.trim_start().starts_with("weakened"));
+    if storage.capabilities().unique_list_elements {
+        assert_eq!(weakened, None, "{out}");
+    } else {
+        let line = weakened.unwrap_or_else(|| panic!("no weakened line: {out}"));
+        assert!(
+            line.contains("tenant_id_1_tags_1") && line.contains("not on each element"),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test]
