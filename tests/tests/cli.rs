@@ -34,13 +34,13 @@ struct CliUser {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, caas_storage::Repository)]
 #[repository(database = "caas_cli_it", collection = "ix_docs", consistency = strong)]
 #[index(keys(email), unique)]
-#[index(keys(tags), unique)]
 struct IxDoc {
     #[repository(id)]
     doc_id: String,
     #[repository(tenant)]
     tenant_id: String,
     email: String,
+    #[repository(unique)]
     #[serde(default)]
     tags: Vec<String>,
 }
