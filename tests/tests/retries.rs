@@ -112,7 +112,7 @@ async fn calls_made_while_the_server_restarts_succeed_once_it_is_back() {
         retried.query(&t).count(),
     );
     let waited = started.elapsed();
-    let _ferret = restart.join().unwrap();
+    let ferret = restart.join().unwrap();
     assert_eq!(
         read.unwrap().map(|n| n.text),
         Some("written before the outage".to_owned())
@@ -124,8 +124,31 @@ async fn calls_made_while_the_server_restarts_succeed_once_it_is_back() {
         "the calls waited for the server ({waited:?})"
     );
 
+    // An insert alone on a connection the restart closed under it (the pool still holds it):
+    // the send fails without saying whether it landed, and the insert is sent again until the
+    // server is back. (It failed with `UnexpectedEof` before inserts were sent again.)
+    retried.find_by_id(&t, &before).await.unwrap();
+    let ferret = tokio::task::spawn_blocking(move || {
+        let mut ferret = ferret;
+        ferret.stop();
+        ferret
+    })
+    .await
+    .unwrap();
+    let restart = std::thread::spawn(move || {
+        let mut ferret = ferret;
+        std::thread::sleep(Duration::from_millis(1500));
+        ferret.start();
+        ferret
+    });
+    let stale = retried
+        .insert(&t, &note(&t, "stale", "written on a stale connection"))
+        .await;
+    let _ferret = restart.join().unwrap();
+    stale.unwrap();
+
     // Exactly the documents written while the server was up or by a call that succeeded: the
-    // refused insert left nothing, the retried one is there once.
+    // refused insert left nothing, the retried ones are there once.
     let mut ids: Vec<String> = retried
         .query(&t)
         .fetch()
@@ -135,5 +158,5 @@ async fn calls_made_while_the_server_restarts_succeed_once_it_is_back() {
         .map(|n| n.note_id)
         .collect();
     ids.sort();
-    assert_eq!(ids, ["before", "during"]);
+    assert_eq!(ids, ["before", "during", "stale"]);
 }

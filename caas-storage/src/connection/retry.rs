@@ -11,7 +11,12 @@
 //!   write that fails after it may have been sent (a reset connection, a timeout) is not
 //!   retried here; it is the pipeline's ambiguous case (`docs/outbox.md`), and on a replica set
 //!   the driver's own retryable writes (one retry under the same transaction number, which the
-//!   server de-duplicates) cover it.
+//!   server de-duplicates) cover it;
+//! - **the insert of one document outside a transaction** on any transient fault, even one that
+//!   leaves open whether it landed: its `_id` is unique, so it cannot apply twice, and a
+//!   duplicate `_id` on the resend is read back to tell the first send from another writer's
+//!   document (`repo/apply.rs::insert_one`). A server restart closes pooled connections under
+//!   the next calls; without this, the first insert on each failed.
 //!
 //! Each attempt is bounded by `mongodb.socket_timeout`; a call that timed out is not retried
 //! (it may have been applied, and a second wait of the same length is what an outage costs

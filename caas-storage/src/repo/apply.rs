@@ -138,6 +138,15 @@ pub(crate) async fn exec(
         };
     }
     match write {
+        RawWrite::Insert(batch) if batch.len() == 1 && session.is_none() => {
+            match insert_one(docs, operation, bound, retry, &batch[0]).await? {
+                Ok(()) => Ok(RawOutcome::Inserted(vec![Ok(())])),
+                Err(e) => match classify(e) {
+                    e @ Error::DuplicateKey { .. } => Ok(RawOutcome::Inserted(vec![Err(e)])),
+                    e => Err(e),
+                },
+            }
+        }
         RawWrite::Insert(batch) if batch.len() == 1 => {
             match run!(|s| docs.insert_one(&batch[0], s)) {
                 Ok(()) => Ok(RawOutcome::Inserted(vec![Ok(())])),
@@ -192,6 +201,75 @@ pub(crate) async fn exec(
     }
 }
 
+/// One document's insert outside a transaction. Sent again after any transient fault, even one
+/// that leaves open whether it landed (a connection the server closed while it ran: a stale
+/// pooled connection after a restart): an insert cannot apply twice, because its `_id` is
+/// unique. A duplicate key on the resend then means it landed if the stored document is the
+/// one sent, and the call succeeds; another document under that `_id` (or a clash on another
+/// unique key) is the duplicate it says. Only transaction-free: in a transaction, the
+/// transaction is what is retried.
+async fn insert_one(
+    docs: &Coll,
+    operation: &'static str,
+    bound: Duration,
+    retry: &RetryConfig,
+    doc: &Document,
+) -> Result<mongodb::error::Result<()>> {
+    let first = retry
+        .run(Retry::Unsent, operation, bound, || {
+            docs.insert_one(doc, None)
+        })
+        .await?;
+    let Err(e) = &first else {
+        return Ok(first);
+    };
+    // Faults that prove it never left were sent again above; with retries off
+    // (`retry.max_attempts = 1`) nothing is.
+    if retry.max_attempts < 2 || !Retry::Read.allows(e) || crate::connection::retry::unsent(e) {
+        return Ok(first);
+    }
+    tracing::debug!(
+        target: "caas_storage::retry", operation, error = %e,
+        "an insert may have landed; sending it again"
+    );
+    metrics::counter!("caas_retries_total", "component" => "mongodb").increment(1);
+    let again = retry
+        .run(Retry::Read, operation, bound, || docs.insert_one(doc, None))
+        .await?;
+    resolve_resend(docs, operation, bound, retry, doc, again).await
+}
+
+/// The outcome of an insert sent again after it may have landed (see [`insert_one`]).
+async fn resolve_resend(
+    docs: &Coll,
+    operation: &'static str,
+    bound: Duration,
+    retry: &RetryConfig,
+    doc: &Document,
+    again: mongodb::error::Result<()>,
+) -> Result<mongodb::error::Result<()>> {
+    let Err(e) = &again else {
+        return Ok(again);
+    };
+    let duplicate = matches!(
+        classify_write("", String::new(), e.clone()),
+        Error::DuplicateKey { .. }
+    );
+    let Some(id) = doc.get("_id").filter(|_| duplicate) else {
+        return Ok(again);
+    };
+    let stored = retry
+        .run(Retry::Read, operation, bound, || {
+            docs.find_one(mongodb::bson::doc! { "_id": id.clone() }, None)
+        })
+        .await?;
+    match stored {
+        // The first send landed: this call's document is the one stored.
+        Ok(Some(stored)) if stored == *doc => Ok(Ok(())),
+        _ => Ok(again),
+    }
+}
+
 /// The per-document report of an unordered `insertMany` that some documents failed, or the
 /// error itself when it is not such a report (a fault: nothing can be said per document).
 fn insert_many_report(
@@ -233,4 +311,39 @@ fn insert_many_report(
         }
     }
     Ok(RawOutcome::Inserted(results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryStore;
+    use mongodb::bson::doc;
+    use std::sync::Arc;
+
+    /// An insert sent again after it may have landed: a duplicate `_id` holding the document
+    /// sent is this call's own first send (success); another document there is the duplicate.
+    #[tokio::test]
+    async fn a_resent_insert_that_finds_its_own_document_succeeds() {
+        let docs = Coll::new(Arc::new(MemoryStore::default().collection("db", "c")));
+        let (bound, retry) = (Duration::from_secs(5), RetryConfig::default());
+        let mine = doc! { "_id": "t1:a", "tenant_id": "t1", "id": "a", "text": "mine" };
+        // The first send landed; the resend collides with it.
+        docs.insert_one(&mine, None).await.unwrap();
+        let again = docs.insert_one(&mine, None).await;
+        assert!(again.is_err());
+        let outcome = resolve_resend(&docs, "insert", bound, &retry, &mine, again).await;
+        assert!(matches!(outcome, Ok(Ok(()))), "{outcome:?}");
+
+        // Another caller's document under the same `_id`: the duplicate stands.
+        let theirs = doc! { "_id": "t1:a", "tenant_id": "t1", "id": "a", "text": "theirs" };
+        let again = docs.insert_one(&theirs, None).await;
+        let outcome = resolve_resend(&docs, "insert", bound, &retry, &theirs, again).await;
+        let Ok(Err(e)) = outcome else {
+            panic!("the duplicate stands: {outcome:?}");
+        };
+        assert!(matches!(
+            classify_write("", String::new(), e),
+            Error::DuplicateKey { .. }
+        ));
+    }
 }
