@@ -345,8 +345,13 @@ impl Storage {
     /// for on this handle (bounded by `timeout`), so acknowledged `eventual` writes are in
     /// MongoDB before the process exits. Writes left when it times out are not lost: the next
     /// process that makes a repository of the entity applies them.
+    ///
+    /// The handle's background flushers stop, and it gives up its queues' leases, so the
+    /// other instances' flushers take the queues over at their next tick rather than when the
+    /// leases expire (`write_behind.lease_ttl`). A write queued on this handle afterwards
+    /// starts its queue's flusher again.
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
-        self.write_behind().flush_all(timeout).await
+        self.write_behind().shutdown(timeout).await
     }
 
     /// Brings `E`'s indexes in line with its declaration: creates missing ones and reports

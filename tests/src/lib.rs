@@ -402,8 +402,30 @@ pub async fn each_capability_set(body: impl AsyncFn(Storage, String)) {
 pub async fn each_capability_set_with(config: StorageConfig, body: impl AsyncFn(Storage, String)) {
     for (label, storage) in capability_sets_with(config).await {
         eprintln!("-- capability set: {label}");
-        body(storage, label).await;
+        let started = Instant::now();
+        body(storage, label.clone()).await;
+        record_set_time(&label, started.elapsed());
     }
+}
+
+/// Appends `label`'s time to the file `CAAS_SUITE_TIMES` names, if it is set, one
+/// `label<TAB>microseconds<TAB>test` line per body run: `scripts/suite-time` sums them into the time
+/// of the shared suite on each backend. Nothing happens without the variable.
+fn record_set_time(label: &str, took: Duration) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("CAAS_SUITE_TIMES") else {
+        return;
+    };
+    let test = std::thread::current().name().unwrap_or("-").to_owned();
+    let line = format!("{label}\t{}\t{test}\n", took.as_micros());
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("CAAS_SUITE_TIMES names a writable file");
+    // One write of one short line: O_APPEND keeps concurrent tests' lines whole.
+    file.write_all(line.as_bytes())
+        .expect("CAAS_SUITE_TIMES names a writable file");
 }
 
 /// The servers and credentials of the TLS and credential tests (`tests/tests/credentials.rs`):

@@ -5,7 +5,7 @@
 use caas_storage_tests as common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caas_storage::bson::{doc, Document};
 use caas_storage::prelude::*;
@@ -692,6 +692,103 @@ async fn shutdown_flushes_the_queues() {
     );
     storage.shutdown(Duration::from_secs(20)).await.unwrap();
     assert_eq!(direct.count(&t, Filter::all()).await.unwrap(), 30);
+}
+
+entity!(HandoverDoc, "handover_docs", eventual);
+
+/// An instance that flushed its queue, shut down, or was dropped leaves the queue to the
+/// others at once: it gives the queue's lease up instead of holding it until it expires. With
+/// a lease of 60 s each step below would wait it out (a flush timing out, a write not applied
+/// in 15 s).
+#[tokio::test]
+async fn a_flushed_shut_down_or_dropped_instance_leaves_the_queue_to_the_others() {
+    let mut config = common::config();
+    config.redis.key_prefix = format!("handover{}:", std::process::id());
+    config.write_behind.lease_ttl = Duration::from_secs(60);
+    config.write_behind.start_flusher = false;
+    let t = common::tenant("handover");
+    let doc = |id: &str| HandoverDoc {
+        id: id.into(),
+        tenant_id: t.to_string(),
+        body: String::new(),
+        version: 0,
+    };
+    let flush = async |storage: &Storage| {
+        storage
+            .write_behind()
+            .flush::<HandoverDoc>(Duration::from_secs(15))
+            .await
+    };
+
+    // Explicit flushes on two instances, one after the other.
+    let a = Storage::connect(config.clone()).await.unwrap();
+    let b = Storage::connect(config.clone()).await.unwrap();
+    HandoverDocRepository::new(&a)
+        .insert(&t, &doc("a"))
+        .await
+        .unwrap();
+    flush(&a).await.unwrap();
+    HandoverDocRepository::new(&b)
+        .insert(&t, &doc("b"))
+        .await
+        .unwrap();
+    flush(&b)
+        .await
+        .expect("b's flush takes the queue a flushed");
+
+    // An instance with a background flusher shuts down and goes; the next one's flusher
+    // applies what it queues at its first rounds.
+    let wait_for = async |storage: &Storage, id: &str, what: &str| {
+        let strong = HandoverDocRepository::new(storage).with_consistency(Consistency::Strong);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while strong
+            .find_by_id(&t, &id.to_owned())
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    config.write_behind.start_flusher = true;
+    let c = Storage::connect(config.clone()).await.unwrap();
+    HandoverDocRepository::new(&c)
+        .insert(&t, &doc("c"))
+        .await
+        .unwrap();
+    c.shutdown(Duration::from_secs(15)).await.unwrap();
+    drop(c);
+    let d = Storage::connect(config.clone()).await.unwrap();
+    HandoverDocRepository::new(&d)
+        .insert(&t, &doc("d"))
+        .await
+        .unwrap();
+    wait_for(&d, "d", "d's flusher never took the queue c shut down").await;
+
+    // Instances whose flushers hold the queue are dropped without a shutdown (d, then e);
+    // the next one's flusher takes the queue over each time.
+    drop(d);
+    let e = Storage::connect(config.clone()).await.unwrap();
+    HandoverDocRepository::new(&e)
+        .insert(&t, &doc("e"))
+        .await
+        .unwrap();
+    wait_for(&e, "e", "e's flusher never took the queue of the dropped d").await;
+    drop(e);
+    let f = Storage::connect(config.clone()).await.unwrap();
+    HandoverDocRepository::new(&f)
+        .insert(&t, &doc("f"))
+        .await
+        .unwrap();
+    wait_for(&f, "f", "f's flusher never took the queue of the dropped e").await;
+
+    let all = HandoverDocRepository::new(&f)
+        .with_consistency(Consistency::Strong)
+        .count(&t, Filter::all())
+        .await
+        .unwrap();
+    assert_eq!(all, 6, "every instance's write applied");
 }
 
 /// A queue at its bound refuses more writes, whole batches at once, instead of growing.

@@ -397,6 +397,17 @@ fn owner_key(stream: &str) -> String {
     }
 }
 
+/// Gives up this handle's lease of stream `key`, once no round of this handle runs on it, so
+/// another instance takes the stream at its next tick instead of when the lease expires.
+pub(crate) async fn release(shared: &Shared, key: &str) -> Result<()> {
+    let lock = shared.round_lock(key);
+    let _one_at_a_time = lock.lock().await;
+    let mut conn = shared.conn()?;
+    lease::release(&mut conn, &owner_key(key), &shared.token)
+        .await
+        .map_err(redis_err("write-behind lease release"))
+}
+
 /// Takes or renews the stream's lease: one flusher per stream keeps writes in order.
 async fn hold_lease(
     conn: &mut RedisConnection,

@@ -133,10 +133,34 @@ impl std::fmt::Debug for WriteBehind {
 }
 
 impl Drop for WriteBehind {
+    /// Stops the background flushers, then gives up their streams' leases once their
+    /// aborted rounds are gone, so other instances take the queues over at once instead of
+    /// when the leases expire. Giving up needs a runtime to run on; without one the leases
+    /// expire after `lease_ttl`, as they do when a process dies.
     fn drop(&mut self) {
-        for (_, h) in self.shared.flushers.lock().expect("flushers").drain() {
-            h.abort();
+        let running: Vec<(String, tokio::task::AbortHandle)> = self
+            .shared
+            .flushers
+            .lock()
+            .expect("flushers")
+            .drain()
+            .collect();
+        for (_, task) in &running {
+            task.abort();
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if running.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        runtime.spawn(async move {
+            for (key, _) in running {
+                // Waits for the aborted round's lock: no round of this handle runs after.
+                let _ = flusher::release(&shared, &key).await;
+            }
+        });
     }
 }
 
@@ -177,6 +201,15 @@ impl Shared {
         }
         let task = tokio::spawn(flusher::run(self.clone(), key.clone()));
         flushers.insert(key, task.abort_handle());
+    }
+
+    /// Whether this handle's background flusher of stream `key` runs.
+    fn flusher_runs(&self, key: &str) -> bool {
+        self.flushers
+            .lock()
+            .expect("flushers")
+            .get(key)
+            .is_some_and(|h| !h.is_finished())
     }
 
     /// The lock rounds of stream `key` take in this process.
@@ -315,7 +348,9 @@ impl WriteBehind {
 
     /// Applies everything queued for `E` now, in this task, and returns when its queue is
     /// empty (or `timeout` passed). For shutdown and tests. Needs a repository of `E` to have
-    /// been made on this handle (it registers the pipeline that applies the queue).
+    /// been made on this handle (it registers the pipeline that applies the queue). Unless
+    /// this handle's background flusher runs on the queue, the queue's lease is given up
+    /// afterwards, so another instance's flusher need not wait for it to expire.
     pub async fn flush<E: Entity>(&self, timeout: Duration) -> Result<()> {
         let key = stream_key(&self.shared.prefix, E::META.database, E::META.collection);
         self.flush_key(&key, timeout).await
@@ -338,6 +373,55 @@ impl WriteBehind {
     }
 
     async fn flush_key(&self, key: &str, timeout: Duration) -> Result<()> {
+        let result = self.drain_key(key, timeout).await;
+        // The rounds above took the stream's lease. With no flusher of this handle to apply
+        // what comes next, holding it until it expires would keep every other instance
+        // from the stream meanwhile (lease_ttl): give it up.
+        if !self.shared.flusher_runs(key) {
+            if let Err(e) = flusher::release(&self.shared, key).await {
+                // Not released, it expires after lease_ttl: later, never wrong.
+                tracing::debug!(stream = key, error = %e, "write-behind: lease not released");
+            }
+        }
+        result
+    }
+
+    /// Stops this handle's background flushers, each between two rounds; a later queued
+    /// write starts its stream's flusher again. Returns the streams they were flushing.
+    pub(crate) async fn stop_flushers(&self) -> Vec<String> {
+        let running: Vec<(String, tokio::task::AbortHandle)> = self
+            .shared
+            .flushers
+            .lock()
+            .expect("flushers")
+            .drain()
+            .collect();
+        let mut keys = Vec::with_capacity(running.len());
+        for (key, task) in running {
+            let lock = self.shared.round_lock(&key);
+            let _between_rounds = lock.lock().await;
+            task.abort();
+            keys.push(key);
+        }
+        keys
+    }
+
+    /// Orderly shutdown of the queues (`Storage::shutdown`): stops the background flushers,
+    /// applies every registered entity's queue (bounded by `timeout`), and gives up this
+    /// handle's stream leases, so the other instances take the queues over at once.
+    pub(crate) async fn shutdown(&self, timeout: Duration) -> Result<()> {
+        let stopped = self.stop_flushers().await;
+        let result = self.flush_all(timeout).await;
+        for key in stopped {
+            // flush_all released the streams it flushed; these are the rest.
+            if let Err(e) = flusher::release(&self.shared, &key).await {
+                tracing::debug!(stream = %key, error = %e, "write-behind: lease not released");
+            }
+        }
+        result
+    }
+
+    async fn drain_key(&self, key: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut conn = self.shared.conn()?;
