@@ -720,24 +720,16 @@ async fn a_flushed_shut_down_or_dropped_instance_leaves_the_queue_to_the_others(
             .await
     };
 
-    // Explicit flushes on two instances, one after the other.
-    let a = Storage::connect(config.clone()).await.unwrap();
-    let b = Storage::connect(config.clone()).await.unwrap();
-    HandoverDocRepository::new(&a)
-        .insert(&t, &doc("a"))
-        .await
-        .unwrap();
-    flush(&a).await.unwrap();
-    HandoverDocRepository::new(&b)
-        .insert(&t, &doc("b"))
-        .await
-        .unwrap();
-    flush(&b)
-        .await
-        .expect("b's flush takes the queue a flushed");
-
-    // An instance with a background flusher shuts down and goes; the next one's flusher
-    // applies what it queues at its first rounds.
+    // A new instance with `config` that queues the document `id`.
+    let queueing = async |config: &StorageConfig, id: &str| {
+        let storage = Storage::connect(config.clone()).await.unwrap();
+        HandoverDocRepository::new(&storage)
+            .insert(&t, &doc(id))
+            .await
+            .unwrap();
+        storage
+    };
+    // Waits until the document `id` is applied; fails with `what` after 15 s.
     let wait_for = async |storage: &Storage, id: &str, what: &str| {
         let strong = HandoverDocRepository::new(storage).with_consistency(Consistency::Strong);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -751,36 +743,31 @@ async fn a_flushed_shut_down_or_dropped_instance_leaves_the_queue_to_the_others(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    config.write_behind.start_flusher = true;
-    let c = Storage::connect(config.clone()).await.unwrap();
-    HandoverDocRepository::new(&c)
-        .insert(&t, &doc("c"))
+
+    // Explicit flushes on two instances, one after the other.
+    let a = queueing(&config, "a").await;
+    flush(&a).await.unwrap();
+    let b = queueing(&config, "b").await;
+    flush(&b)
         .await
-        .unwrap();
+        .expect("b's flush takes the queue a flushed");
+
+    // An instance with a background flusher shuts down and goes; the next one's flusher
+    // applies what it queues at its first rounds.
+    config.write_behind.start_flusher = true;
+    let c = queueing(&config, "c").await;
     c.shutdown(Duration::from_secs(15)).await.unwrap();
     drop(c);
-    let d = Storage::connect(config.clone()).await.unwrap();
-    HandoverDocRepository::new(&d)
-        .insert(&t, &doc("d"))
-        .await
-        .unwrap();
+    let d = queueing(&config, "d").await;
     wait_for(&d, "d", "d's flusher never took the queue c shut down").await;
 
     // Instances whose flushers hold the queue are dropped without a shutdown (d, then e);
     // the next one's flusher takes the queue over each time.
     drop(d);
-    let e = Storage::connect(config.clone()).await.unwrap();
-    HandoverDocRepository::new(&e)
-        .insert(&t, &doc("e"))
-        .await
-        .unwrap();
+    let e = queueing(&config, "e").await;
     wait_for(&e, "e", "e's flusher never took the queue of the dropped d").await;
     drop(e);
-    let f = Storage::connect(config.clone()).await.unwrap();
-    HandoverDocRepository::new(&f)
-        .insert(&t, &doc("f"))
-        .await
-        .unwrap();
+    let f = queueing(&config, "f").await;
     wait_for(&f, "f", "f's flusher never took the queue of the dropped e").await;
 
     let all = HandoverDocRepository::new(&f)

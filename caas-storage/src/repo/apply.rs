@@ -251,10 +251,7 @@ async fn resolve_resend(
     let Err(e) = &again else {
         return Ok(again);
     };
-    let duplicate = matches!(
-        classify_write("", String::new(), e.clone()),
-        Error::DuplicateKey { .. }
-    );
+    let duplicate = crate::error::duplicate_key_message(e).is_some();
     let Some(id) = doc.get("_id").filter(|_| duplicate) else {
         return Ok(again);
     };

@@ -138,22 +138,16 @@ impl Drop for WriteBehind {
     /// when the leases expire. Giving up needs a runtime to run on; without one the leases
     /// expire after `lease_ttl`, as they do when a process dies.
     fn drop(&mut self) {
-        let running: Vec<(String, tokio::task::AbortHandle)> = self
-            .shared
-            .flushers
-            .lock()
-            .expect("flushers")
-            .drain()
-            .collect();
+        let running = self.shared.take_flushers();
         for (_, task) in &running {
             task.abort();
+        }
+        if running.is_empty() {
+            return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if running.is_empty() {
-            return;
-        }
         let shared = self.shared.clone();
         runtime.spawn(async move {
             for (key, _) in running {
@@ -201,6 +195,12 @@ impl Shared {
         }
         let task = tokio::spawn(flusher::run(self.clone(), key.clone()));
         flushers.insert(key, task.abort_handle());
+    }
+
+    /// This handle's background flushers, each with its stream, taken out of the map (the
+    /// caller stops them).
+    fn take_flushers(&self) -> Vec<(String, tokio::task::AbortHandle)> {
+        self.flushers.lock().expect("flushers").drain().collect()
     }
 
     /// Whether this handle's background flusher of stream `key` runs.
@@ -389,13 +389,7 @@ impl WriteBehind {
     /// Stops this handle's background flushers, each between two rounds; a later queued
     /// write starts its stream's flusher again. Returns the streams they were flushing.
     pub(crate) async fn stop_flushers(&self) -> Vec<String> {
-        let running: Vec<(String, tokio::task::AbortHandle)> = self
-            .shared
-            .flushers
-            .lock()
-            .expect("flushers")
-            .drain()
-            .collect();
+        let running = self.shared.take_flushers();
         let mut keys = Vec::with_capacity(running.len());
         for (key, task) in running {
             let lock = self.shared.round_lock(&key);

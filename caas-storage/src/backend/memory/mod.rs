@@ -29,6 +29,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::{CollectionBackend, DriverResult, Session, Updated};
 use crate::entity::EntityMeta;
 use eval::error::EvalError;
+use eval::path::split_head;
 
 /// MongoDB's duplicate key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -799,10 +800,7 @@ fn index_entries(doc: &Document, keys: &[String]) -> Result<Vec<Vec<Bson>>, Refu
     let mut fixed = Vec::with_capacity(keys.len());
     let mut spread: Option<(usize, Vec<Bson>)> = None;
     for (i, key) in keys.iter().enumerate() {
-        let (first, rest) = match key.split_once('.') {
-            Some((first, rest)) => (first, Some(rest)),
-            None => (key.as_str(), None),
-        };
+        let (first, rest) = split_head(key);
         let (mut values, mut multi) = (Vec::new(), false);
         key_values(doc.get(first), rest, &mut values, &mut multi);
         if multi {
@@ -835,11 +833,7 @@ fn index_entries(doc: &Document, keys: &[String]) -> Result<Vec<Vec<Bson>>, Refu
 /// The values a path (`value`, then the `rest` of the dotted path under it) gives an index
 /// entry; `multi` is set when an array was crossed.
 fn key_values(value: Option<&Bson>, rest: Option<&str>, out: &mut Vec<Bson>, multi: &mut bool) {
-    let next = rest.map(|r| match r.split_once('.') {
-        Some((next, rest)) => (next, Some(rest)),
-        None => (r, None),
-    });
-    match (value, next) {
+    match (value, rest.map(split_head)) {
         (None, _) => out.push(Bson::Null),
         (Some(Bson::Array(items)), None) => {
             *multi = true;

@@ -31,6 +31,14 @@ pub fn array_index(component: &str) -> Option<usize> {
     }
 }
 
+/// A dotted path's first field, and the rest of the path if there is more.
+pub fn split_head(path: &str) -> (&str, Option<&str>) {
+    match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    }
+}
+
 /// Query-style lookup of a dotted path, mirroring MongoDB's element iterator.
 ///
 /// Each entry is one candidate: `Some(value)` for a value found, `None` where the path is

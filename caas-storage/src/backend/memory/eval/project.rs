@@ -16,10 +16,7 @@ impl Tree {
 
     fn insert(&mut self, path: &str) -> EvalResult<()> {
         let collision = || EvalError::BadValue(format!("Path collision at {path}"));
-        let (head, rest) = match path.split_once('.') {
-            Some((head, rest)) => (head, Some(rest)),
-            None => (path, None),
-        };
+        let (head, rest) = super::path::split_head(path);
         let index = self.children.iter().position(|(k, _)| k == head);
         match (index, rest) {
             (None, None) => self.children.push((head.to_string(), None)),
